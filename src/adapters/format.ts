@@ -1,0 +1,124 @@
+import { createHash } from 'node:crypto';
+import { FormatError } from '../errors.js';
+import { biasNames, type ModelConfig } from '../model/checkpoint.js';
+import { parseSafetensors, type Tensor } from '../model/safetensors.js';
+import type { AdapterTensors } from '../protocol.js';
+import { parseTaskSpec, type TaskSpec } from './task-spec.js';
+
+export type PeftType = 'PROMPT_TUNING' | 'P_TUNING' | 'PREFIX_TUNING' | 'BITFIT';
+const KIND: Record<PeftType, AdapterTensors['kind']> = {
+  PROMPT_TUNING: 'prompt',
+  P_TUNING: 'prompt',
+  PREFIX_TUNING: 'prefix',
+  BITFIT: 'bitfit',
+};
+const KNOWN_UNSUPPORTED = new Set(['LORA', 'IA3', 'ADALORA', 'LOHA', 'LOKR', 'OFT', 'BOFT', 'VERA', 'MULTITASK_PROMPT_TUNING', 'ADAPTION_PROMPT']);
+
+/** The three files of an adapter folder, as bytes. */
+export interface AdapterFiles {
+  config: Buffer;
+  weights: Buffer;
+  task?: Buffer;
+}
+
+export interface Adapter {
+  task: string;
+  /** Content hash of the three files: the adapter's version. */
+  version: string;
+  peftType: PeftType;
+  spec: TaskSpec;
+  tensors: AdapterTensors;
+  /** Size of the files as uploaded. */
+  bytes: number;
+  /** Bytes the decoded tensors hold in memory. */
+  residentBytes: number;
+  createdAt: string;
+}
+
+const fail = (code: string, message: string): never => {
+  throw new FormatError(code, message);
+};
+
+export function adapterVersion(files: AdapterFiles): string {
+  const h = createHash('sha256');
+  for (const part of [files.config, files.weights, files.task ?? Buffer.alloc(0)]) {
+    h.update(String(part.length)).update(':').update(part);
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
+/**
+ * Parses and validates an adapter against the loaded base model. Nothing of it is used before every
+ * check has passed; a failure is a FormatError whose code names the check.
+ */
+export function parseAdapter(task: string, files: AdapterFiles, base: { config: ModelConfig; biases: Record<string, Float32Array> }, createdAt = new Date().toISOString()): Adapter {
+  let cfg: Record<string, unknown>;
+  try {
+    cfg = JSON.parse(files.config.toString('utf8'));
+  } catch (e) {
+    return fail('invalid_json', `adapter_config.json is not valid JSON: ${(e as Error).message}`);
+  }
+  if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) return fail('invalid_json', 'adapter_config.json must be an object');
+  const peftType = String(cfg.peft_type);
+  if (!(peftType in KIND)) {
+    return fail('unsupported_peft_type', KNOWN_UNSUPPORTED.has(peftType)
+      ? `peft_type ${peftType} is not supported yet (supported: PROMPT_TUNING, P_TUNING, PREFIX_TUNING, BITFIT)`
+      : `unknown peft_type ${JSON.stringify(cfg.peft_type)}`);
+  }
+  if ((cfg.task_type ?? 'CAUSAL_LM') !== 'CAUSAL_LM') return fail('unsupported_task_type', `task_type ${JSON.stringify(cfg.task_type)} is not supported (CAUSAL_LM)`);
+  const spec = parseTaskSpec(files.task);
+  const { tensors: raw } = parseSafetensors(files.weights);
+  for (const [name, t] of raw) {
+    for (let i = 0; i < t.data.length; i++) {
+      if (!Number.isFinite(t.data[i])) fail('non_finite', `tensor '${name}' has a non-finite value at flat index ${i}`);
+    }
+  }
+  const type = peftType as PeftType;
+  const tensors = type === 'BITFIT' ? bitfit(cfg, raw, base) : virtual(type, cfg, raw, base.config);
+  const residentBytes = tensors.embeddings ? tensors.embeddings.byteLength : Object.values(tensors.biases ?? {}).reduce((n, b) => n + b.byteLength, 0);
+  const version = adapterVersion(files);
+  tensors.key = `${task}@${version}`;
+  return { task, version, peftType: type, spec, tensors, bytes: files.config.length + files.weights.length + (files.task?.length ?? 0), residentBytes, createdAt };
+}
+
+function shared(data: Float32Array): Float32Array {
+  const out = new Float32Array(new SharedArrayBuffer(data.byteLength));
+  out.set(data);
+  return out;
+}
+
+function virtual(type: PeftType, cfg: Record<string, unknown>, raw: Map<string, Tensor>, c: ModelConfig): AdapterTensors {
+  const names = [...raw.keys()];
+  if (names.length !== 1 || names[0] !== 'prompt_embeddings') {
+    fail('unexpected_tensors', `${type} needs exactly one tensor 'prompt_embeddings', found [${names.join(', ')}]`);
+  }
+  const t = raw.get('prompt_embeddings')!;
+  const n = Number(cfg.num_virtual_tokens);
+  if (!Number.isInteger(n) || n < 1) fail('invalid_config', 'num_virtual_tokens must be a positive integer');
+  if ((cfg.num_transformer_submodules ?? 1) !== 1) fail('invalid_config', 'num_transformer_submodules must be 1 for a decoder-only model');
+  if (cfg.token_dim !== undefined && cfg.token_dim !== c.hidden) fail('wrong_base_model', `token_dim ${cfg.token_dim} differs from the base model's hidden size ${c.hidden}`);
+  if (cfg.num_layers !== undefined && cfg.num_layers !== c.layers) fail('wrong_base_model', `num_layers ${cfg.num_layers} differs from the base model's ${c.layers}`);
+  if (cfg.num_attention_heads !== undefined && cfg.num_attention_heads !== c.heads) fail('wrong_base_model', `num_attention_heads ${cfg.num_attention_heads} differs from the base model's ${c.heads}`);
+  const width = type === 'PREFIX_TUNING' ? c.layers * 2 * c.hidden : c.hidden;
+  if (t.shape.length !== 2 || t.shape[0] !== n || t.shape[1] !== width) {
+    fail('wrong_shape', `prompt_embeddings has shape [${t.shape}], expected [${n}, ${width}] (num_virtual_tokens × ${type === 'PREFIX_TUNING' ? 'layers·2·hidden' : 'hidden'})`);
+  }
+  if (n >= c.nPositions) fail('wrong_shape', `num_virtual_tokens ${n} leaves no room in the ${c.nPositions}-token context`);
+  return { key: '', kind: KIND[type], virtualTokens: n, embeddings: shared(t.data) };
+}
+
+function bitfit(cfg: Record<string, unknown>, raw: Map<string, Tensor>, base: { config: ModelConfig; biases: Record<string, Float32Array> }): AdapterTensors {
+  if ((cfg.bias_values ?? 'absolute') !== 'absolute') fail('invalid_config', `bias_values ${JSON.stringify(cfg.bias_values)} is not supported (absolute)`);
+  const sizes = new Map(biasNames(base.config).map((b) => [b.name, b.size]));
+  if (raw.size === 0) fail('unexpected_tensors', 'a BitFit adapter needs at least one bias tensor');
+  const biases: Record<string, Float32Array> = {};
+  for (const [name, t] of raw) {
+    const size = sizes.get(name);
+    if (size === undefined) fail('unexpected_tensors', `'${name}' is not a bias of the base model`);
+    if (t.shape.length !== 1 || t.shape[0] !== size) fail('wrong_shape', `'${name}' has shape [${t.shape}], expected [${size}]`);
+  }
+  // Every bias is materialised per adapter, base values where the adapter names none, so a
+  // BitFit row costs the worker one copy per bias and no lookup of what is overridden.
+  for (const name of sizes.keys()) biases[name] = shared(raw.get(name)?.data ?? base.biases[name]);
+  return { key: '', kind: 'bitfit', virtualTokens: 0, biases };
+}

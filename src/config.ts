@@ -1,0 +1,56 @@
+import { cpus } from 'node:os';
+
+export interface Config {
+  port: number;
+  host: string;
+  modelDir: string;
+  adaptersDir: string;
+  cacheDir: string;
+  redisUrl: string | undefined;
+  adminToken: string | undefined;
+  apiTokens: string[];
+  executionProvider: 'cpu' | 'webgpu';
+  logLevel: string;
+  maxBatchSize: number;
+  maxBatchTokens: number;
+  maxQueue: number;
+  batchWaitMs: number;
+  requestTimeoutMs: number;
+  bodyLimitBytes: number;
+  maxAdapterBytes: number;
+  intraOpThreads: number;
+}
+
+function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const v = Number(raw);
+  if (!Number.isInteger(v) || v < min) throw new Error(`${name} must be an integer ≥ ${min}, got '${raw}'`);
+  return v;
+}
+
+/** Reads and validates the environment once; the result is frozen and handed out in slices. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
+  const provider = (env.EXECUTION_PROVIDER ?? 'cpu').toLowerCase();
+  if (provider !== 'cpu' && provider !== 'webgpu') throw new Error(`EXECUTION_PROVIDER must be cpu or webgpu, got '${provider}'`);
+  return Object.freeze({
+    port: int(env, 'PORT', 8080),
+    host: env.HOST ?? '127.0.0.1',
+    modelDir: env.MODEL_DIR ?? 'models/demo-gpt2',
+    adaptersDir: env.ADAPTERS_DIR ?? 'adapters',
+    cacheDir: env.CACHE_DIR ?? '.cache',
+    redisUrl: env.REDIS_URL || undefined,
+    adminToken: env.ADMIN_TOKEN || undefined,
+    apiTokens: (env.API_TOKENS ?? '').split(',').map((t) => t.trim()).filter(Boolean),
+    executionProvider: provider,
+    logLevel: env.LOG_LEVEL ?? 'info',
+    maxBatchSize: int(env, 'MAX_BATCH_SIZE', 64, 1),
+    maxBatchTokens: int(env, 'MAX_BATCH_TOKENS', 4096, 16),
+    maxQueue: int(env, 'MAX_QUEUE', 1024, 1),
+    batchWaitMs: int(env, 'BATCH_WAIT_MS', 2),
+    requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 60_000, 1),
+    bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 1024 * 1024, 1024),
+    maxAdapterBytes: int(env, 'MAX_ADAPTER_BYTES', 64 * 1024 * 1024, 1024),
+    intraOpThreads: int(env, 'INTRA_OP_THREADS', Math.max(1, cpus().length), 1),
+  });
+}

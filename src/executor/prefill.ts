@@ -1,0 +1,89 @@
+import ort from 'onnxruntime-node';
+import type { AdapterTensors } from '../protocol.js';
+import { NEG, type FeedContext } from './model-constants.js';
+
+/** One row of a prefill run: a new sequence, or a one-shot scoring row. */
+export interface PrefillItem {
+  adapter: AdapterTensors | null;
+  tokens: number[];
+  /** Indices into the row's full sequence (virtual tokens included) whose logits are wanted. */
+  logitAt: number[];
+}
+
+export interface PrefillLayout {
+  feeds: Record<string, ort.Tensor>;
+  /** Past length (longest prefix) and padded sequence length of the run. */
+  P: number;
+  S: number;
+  /** Per row: prefix length and sequence length (virtual + real tokens). */
+  prefix: number[];
+  length: number[];
+}
+
+export function virtualTokens(a: AdapterTensors | null, kind: AdapterTensors['kind']): number {
+  return a?.kind === kind ? a.virtualTokens : 0;
+}
+
+/**
+ * Feeds for a padded prefill of ragged rows. Row r occupies past columns [0, prefix_r) and
+ * sequence columns [0, length_r); everything else is padding that the mask hides from every query.
+ * Positions follow PEFT: virtual tokens (soft prompt or prefix) take 0..n-1 and real tokens n...
+ */
+export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLayout {
+  const c = ctx.base.config;
+  const { hidden: D, heads: H, headDim: hd, layers: L } = c;
+  const B = items.length;
+  const prefix = items.map((it) => virtualTokens(it.adapter, 'prefix'));
+  const length = items.map((it) => virtualTokens(it.adapter, 'prompt') + it.tokens.length);
+  const P = Math.max(0, ...prefix);
+  const S = Math.max(1, ...length);
+  const T = P + S;
+
+  const embeds = new Float32Array(B * S * D);
+  const positions = new BigInt64Array(B * S);
+  const bias = new Float32Array(B * S * T).fill(NEG);
+  const logitIndex: bigint[] = [];
+  items.forEach((it, r) => {
+    const vt = virtualTokens(it.adapter, 'prompt');
+    if (vt > 0) embeds.set(it.adapter!.embeddings!.subarray(0, vt * D), r * S * D);
+    it.tokens.forEach((tok, i) => ctx.embed(embeds, (r * S + vt + i) * D, tok));
+    for (let i = 0; i < S; i++) {
+      positions[r * S + i] = BigInt(Math.min(prefix[r] + i, c.nPositions - 1));
+      const row = (r * S + i) * T;
+      for (let j = 0; j < prefix[r]; j++) bias[row + j] = 0;
+      // Padded queries (i >= length) still see position 0, so their softmax stays finite.
+      const last = Math.min(i, length[r] - 1);
+      for (let j = 0; j <= Math.max(last, 0); j++) bias[row + P + j] = 0;
+    }
+    for (const at of it.logitAt) logitIndex.push(BigInt(r * S + at));
+  });
+
+  const feeds: Record<string, ort.Tensor> = {
+    inputs_embeds: new ort.Tensor('float32', embeds, [B, S, D]),
+    position_ids: new ort.Tensor('int64', positions, [B, S]),
+    attn_bias: new ort.Tensor('float32', bias, [B, 1, S, T]),
+    logit_index: new ort.Tensor('int64', BigInt64Array.from(logitIndex), [logitIndex.length]),
+    ...ctx.biasFeeds(items.map((it) => it.adapter)),
+  };
+  for (let l = 0; l < L; l++) {
+    const keys = new Float32Array(B * H * P * hd);
+    const values = new Float32Array(B * H * P * hd);
+    items.forEach((it, r) => {
+      if (prefix[r] === 0) return;
+      // PEFT layout: E[t, (2l)*D + h*hd + d] is the key, E[t, (2l+1)*D + h*hd + d] the value.
+      const E = it.adapter!.embeddings!;
+      const stride = 2 * L * D;
+      for (let h = 0; h < H; h++) {
+        for (let t = 0; t < prefix[r]; t++) {
+          const dst = ((r * H + h) * P + t) * hd;
+          const src = t * stride + h * hd;
+          keys.set(E.subarray(src + 2 * l * D, src + 2 * l * D + hd), dst);
+          values.set(E.subarray(src + (2 * l + 1) * D, src + (2 * l + 1) * D + hd), dst);
+        }
+      }
+    });
+    feeds[`past_key_${l}`] = new ort.Tensor('float32', keys, [B, H, P, hd]);
+    feeds[`past_value_${l}`] = new ort.Tensor('float32', values, [B, H, P, hd]);
+  }
+  return { feeds, P, S, prefix, length };
+}

@@ -1,0 +1,156 @@
+import ort from 'onnxruntime-node';
+import type { AdapterTensors, NewSequence, Sampling, StepPlan, StepResult, TokenChoice } from '../protocol.js';
+import { KvBatch, type RunningRow } from './kv-batch.js';
+import type { FeedContext } from './model-constants.js';
+import { prefillFeeds, virtualTokens, type PrefillItem } from './prefill.js';
+import { logSumExp, sample } from './sampler.js';
+
+/**
+ * Executes StepPlans against one ONNX Runtime session. It owns every tensor: adapter tensors by
+ * key, and the running batch's KV cache. The scheduler only ever names sequences and adapters.
+ */
+export class StepRunner {
+  private readonly adapters = new Map<string, AdapterTensors>();
+  private readonly sampling = new Map<number, Sampling>();
+  private readonly batch: KvBatch;
+
+  constructor(
+    private readonly session: ort.InferenceSession,
+    private readonly ctx: FeedContext,
+  ) {
+    this.batch = new KvBatch(ctx.base.config);
+  }
+
+  async step(plan: StepPlan): Promise<StepResult> {
+    const t0 = performance.now();
+    if (plan.reset) {
+      this.batch.rows = [];
+      this.batch.kv = [];
+      this.batch.T = 0;
+      this.sampling.clear();
+    }
+    for (const a of plan.adapters) this.adapters.set(a.key, a);
+    for (const key of plan.forget) this.adapters.delete(key);
+    let runMs = 0;
+    let kvBytes = 0;
+    const timed = async (feeds: Record<string, ort.Tensor>) => {
+      const t = performance.now();
+      const out = await this.session.run(feeds);
+      runMs += performance.now() - t;
+      return out;
+    };
+
+    const dropped = new Set(plan.drop);
+    for (const seq of dropped) this.sampling.delete(seq);
+    const tokens: TokenChoice[] = [];
+    // Rows leaving with nobody joining: shrink now. With joiners, the merge below drops them in one copy.
+    if (dropped.size > 0 && plan.prefill.length === 0) {
+      kvBytes += this.merge([], null, dropped);
+    }
+    if (plan.decode.length > 0) tokens.push(...(await this.decode(plan, dropped, timed)));
+
+    const scores: StepResult['scores'] = [];
+    if (plan.prefill.length > 0 || plan.score.length > 0) {
+      const items: PrefillItem[] = [
+        ...plan.prefill.map((s) => ({ adapter: this.adapter(s.adapter), tokens: s.tokens, logitAt: [] as number[] })),
+        ...plan.score.map((s) => this.scoreItem(s.adapter, s.context, s.targets)),
+      ];
+      for (const it of items.slice(0, plan.prefill.length)) it.logitAt = [virtualTokens(it.adapter, 'prompt') + it.tokens.length - 1];
+      const layout = prefillFeeds(this.ctx, items);
+      const out = await timed(layout.feeds);
+      const logits = out.logits.data as Float32Array;
+      const V = this.ctx.base.config.vocabSize;
+      let at = 0;
+      plan.prefill.forEach((s) => {
+        this.sampling.set(s.seq, s.sampling);
+        tokens.push(sample(s.seq, logits.subarray(at * V, (at + 1) * V), s.sampling, 0));
+        at++;
+      });
+      plan.score.forEach((s, k) => {
+        const item = items[plan.prefill.length + k];
+        const targets = s.targets.slice(s.targets.length - item.logitAt.length);
+        const logprobs = targets.map((tok) => {
+          const row = logits.subarray(at * V, (at + 1) * V);
+          at++;
+          return row[tok] - logSumExp(row);
+        });
+        scores.push({ id: s.id, logprobs });
+      });
+      if (plan.prefill.length > 0) kvBytes += this.merge(plan.prefill, { out, layout }, dropped);
+    }
+    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0, kvCopy: kvBytes }, batchRows: this.batch.rows.length };
+  }
+
+  private adapter(key: string | null): AdapterTensors | null {
+    if (key === null) return null;
+    const a = this.adapters.get(key);
+    if (!a) throw new Error(`adapter ${key} was never sent to the worker`);
+    return a;
+  }
+
+  /** Logits are wanted where they predict a target: the last input is never needed, so it is not fed. */
+  private scoreItem(key: string | null, context: number[], targets: number[]): PrefillItem {
+    const adapter = this.adapter(key);
+    const tokens = [...context, ...targets].slice(0, -1);
+    const vt = virtualTokens(adapter, 'prompt');
+    const logitAt: number[] = [];
+    for (let i = 0; i < targets.length; i++) {
+      const predictor = vt + context.length + i - 1;
+      if (predictor >= 0) logitAt.push(predictor);
+    }
+    return { adapter, tokens, logitAt };
+  }
+
+  private async decode(plan: StepPlan, dropped: Set<number>, run: (f: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
+    const wanted = new Map(plan.decode.map((d) => [d.seq, d]));
+    const rows = this.batch.rows;
+    for (const row of rows) {
+      if (!wanted.has(row.seq) && !dropped.has(row.seq)) throw new Error(`running sequence ${row.seq} is missing from the decode plan`);
+    }
+    if (wanted.size !== rows.filter((r) => wanted.has(r.seq)).length) throw new Error('decode plan names a sequence that is not running');
+    const { hidden: D, vocabSize: V, layers: L } = this.ctx.base.config;
+    const embeds = new Float32Array(rows.length * D);
+    rows.forEach((row, r) => this.ctx.embed(embeds, r * D, wanted.get(row.seq)?.token ?? 0));
+    const { attnBias, positions, past } = this.batch.stepFeeds();
+    const out = await run({
+      inputs_embeds: new ort.Tensor('float32', embeds, [rows.length, 1, D]),
+      position_ids: positions,
+      attn_bias: attnBias,
+      logit_index: new ort.Tensor('int64', BigInt64Array.from(rows.map((_, r) => BigInt(r))), [rows.length]),
+      ...past,
+      ...this.ctx.biasFeeds(rows.map((r) => r.adapter)),
+    });
+    const present: ort.Tensor[] = [];
+    for (let l = 0; l < L; l++) present.push(out[`present_key_${l}`], out[`present_value_${l}`]);
+    this.batch.advance(present);
+    const logits = out.logits.data as Float32Array;
+    const chosen: TokenChoice[] = [];
+    rows.forEach((row, r) => {
+      const d = wanted.get(row.seq);
+      if (d) chosen.push(sample(row.seq, logits.subarray(r * V, (r + 1) * V), this.sampling.get(row.seq)!, d.step));
+    });
+    return chosen;
+  }
+
+  /** Rebuilds the running batch: kept rows minus `dropped`, plus the new sequences of a prefill. */
+  private merge(joining: NewSequence[], prefill: { out: ort.InferenceSession.OnnxValueMapType; layout: ReturnType<typeof prefillFeeds> } | null, dropped: Set<number>): number {
+    const L = this.ctx.base.config.layers;
+    const sources: Parameters<KvBatch['rebuild']>[0] = [];
+    this.batch.rows.forEach((keep: RunningRow, row) => {
+      if (!dropped.has(keep.seq)) sources.push({ kv: this.batch.kv, T: this.batch.T, row, keep });
+    });
+    if (prefill) {
+      const kv: ort.Tensor[] = [];
+      for (let l = 0; l < L; l++) kv.push(prefill.out[`present_key_${l}`], prefill.out[`present_value_${l}`]);
+      const { P, S, prefix, length } = prefill.layout;
+      joining.forEach((s, r) => {
+        const valid = new Uint8Array(P + S);
+        valid.fill(1, 0, prefix[r]);
+        valid.fill(1, P, P + length[r]);
+        const adapter = this.adapter(s.adapter);
+        sources.push({ kv, T: P + S, row: r, keep: { seq: s.seq, adapter, position: prefix[r] + length[r], valid } });
+      });
+    }
+    return this.batch.rebuild(sources);
+  }
+}

@@ -1,0 +1,51 @@
+import ort from 'onnxruntime-node';
+import { parentPort, workerData } from 'node:worker_threads';
+import type { StepPlan } from '../protocol.js';
+import { FeedContext, type BaseTensors } from './model-constants.js';
+import { StepRunner } from './step-runner.js';
+
+/** Runs in a worker thread: session.run is synchronous native work and must not hold the event loop. */
+export interface WorkerInit {
+  graphPath: string;
+  base: BaseTensors;
+  provider: 'cpu' | 'webgpu';
+  threads: number;
+}
+
+export type WorkerRequest = { id: number; plan: StepPlan } | { id: number; crash: true };
+export type WorkerReply = { id: number; result?: unknown; error?: string } | { ready: true; providers: string[] } | { fatal: string };
+
+async function main(): Promise<void> {
+  const init = workerData as WorkerInit;
+  let session: ort.InferenceSession;
+  try {
+    session = await ort.InferenceSession.create(init.graphPath, {
+      executionProviders: [init.provider],
+      graphOptimizationLevel: 'all',
+      intraOpNumThreads: init.threads,
+      interOpNumThreads: 1,
+      executionMode: 'sequential',
+    });
+  } catch (e) {
+    const why = (e as Error).message;
+    const hint = init.provider === 'webgpu' ? ' (EXECUTION_PROVIDER=webgpu needs a GPU adapter that WebGPU can open; use cpu where there is none)' : '';
+    parentPort!.postMessage({ fatal: `cannot create the ${init.provider} session: ${why}${hint}` });
+    return;
+  }
+  const runner = new StepRunner(session, new FeedContext(init.base));
+  parentPort!.postMessage({ ready: true, providers: [init.provider] });
+  // Steps are processed one at a time, in order: the runner's KV state is sequential by nature.
+  let chain = Promise.resolve();
+  parentPort!.on('message', (msg: WorkerRequest) => {
+    if ('crash' in msg) process.exit(3); // test hook: lets the crash-recovery path be exercised for real
+    chain = chain.then(async () => {
+      try {
+        parentPort!.postMessage({ id: msg.id, result: await runner.step(msg.plan) });
+      } catch (e) {
+        parentPort!.postMessage({ id: msg.id, error: (e as Error).message });
+      }
+    });
+  });
+}
+
+void main();

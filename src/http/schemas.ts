@@ -1,0 +1,72 @@
+import { Type, type Static } from '@sinclair/typebox';
+
+const ErrorBody = Type.Object({ error: Type.Object({ code: Type.String(), message: Type.String() }) }, { $id: 'Error' });
+
+export const TaskParams = Type.Object({ task: Type.String({ maxLength: 128 }) });
+export type TaskParams = Static<typeof TaskParams>;
+
+export const GenerateBody = Type.Object(
+  {
+    prompt: Type.String({ maxLength: 100_000 }),
+    raw: Type.Optional(Type.Boolean({ default: false })),
+    max_tokens: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096, default: 64 })),
+    temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 100, default: 1 })),
+    top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
+    top_k: Type.Optional(Type.Integer({ minimum: 0, default: 0 })),
+    seed: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
+    stop: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 4 })),
+    logprobs: Type.Optional(Type.Integer({ minimum: 0, maximum: 20, default: 0 })),
+    stream: Type.Optional(Type.Boolean({ default: false })),
+  },
+  { additionalProperties: false, examples: [{ prompt: 'In the beginning', max_tokens: 20, temperature: 0 }] },
+);
+export type GenerateBody = Static<typeof GenerateBody>;
+
+const TokenLogprob = Type.Object({ token_id: Type.Integer(), logprob: Type.Number() });
+export const GenerateResponse = Type.Object({
+  task: Type.String(),
+  adapter_version: Type.String(),
+  text: Type.String(),
+  token_ids: Type.Array(Type.Integer()),
+  finish_reason: Type.Union([Type.Literal('stop'), Type.Literal('length')]),
+  usage: Type.Object({ prompt_tokens: Type.Integer(), completion_tokens: Type.Integer() }),
+  logprobs: Type.Optional(Type.Array(Type.Object({ token_id: Type.Integer(), logprob: Type.Number(), top: Type.Array(TokenLogprob) }))),
+});
+
+export const ClassifyBody = Type.Object(
+  {
+    input: Type.Union([Type.String({ maxLength: 100_000 }), Type.Array(Type.String({ maxLength: 100_000 }), { minItems: 1, maxItems: 64 })]),
+    labels: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { minItems: 2, maxItems: 64 })),
+    prompt_template: Type.Optional(Type.String({ maxLength: 10_000 })),
+  },
+  { additionalProperties: false, examples: [{ input: ['happily', 'ocean'] }] },
+);
+export type ClassifyBody = Static<typeof ClassifyBody>;
+
+export const ClassifyResponse = Type.Object({
+  task: Type.String(),
+  adapter_version: Type.String(),
+  results: Type.Array(Type.Object({ label: Type.String(), scores: Type.Record(Type.String(), Type.Number()) })),
+});
+
+export const ScoreBody = Type.Object(
+  {
+    prompt: Type.String({ maxLength: 100_000 }),
+    completion: Type.String({ maxLength: 100_000 }),
+    raw: Type.Optional(Type.Boolean({ default: false })),
+    eos: Type.Optional(Type.Boolean({ default: false })),
+  },
+  { additionalProperties: false, examples: [{ prompt: 'ocean:', completion: ' a large body of salt water', raw: true, eos: true }] },
+);
+export type ScoreBody = Static<typeof ScoreBody>;
+
+export const ScoreResponse = Type.Object({
+  task: Type.String(),
+  adapter_version: Type.String(),
+  logprob: Type.Number(),
+  mean_logprob: Type.Number(),
+  tokens: Type.Integer(),
+});
+
+export { ErrorBody };
+export const errorResponses = { 400: ErrorBody, 404: ErrorBody, 413: ErrorBody, 429: ErrorBody, 503: ErrorBody };

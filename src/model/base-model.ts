@@ -1,0 +1,43 @@
+import { join } from 'node:path';
+import { Tokenizer } from '../tokenizer/bpe.js';
+import type { BaseTensors } from '../executor/model-constants.js';
+import { biasNames, loadCheckpoint, type ModelConfig } from './checkpoint.js';
+import { cachedGraphPath } from './graph-cache.js';
+
+/** The frozen base model as the main thread holds it: config, tokenizer, graph file and shared tensors. */
+export interface BaseModel {
+  dir: string;
+  config: ModelConfig;
+  tokenizer: Tokenizer;
+  hash: string;
+  graphPath: string;
+  graphBuilt: boolean;
+  /** In SharedArrayBuffers: the worker reads them without a copy. */
+  tensors: BaseTensors;
+}
+
+function shared(data: Float32Array): Float32Array {
+  const out = new Float32Array(new SharedArrayBuffer(data.byteLength));
+  out.set(data);
+  return out;
+}
+
+export function loadBaseModel(dir: string, cacheDir: string): BaseModel {
+  const ckpt = loadCheckpoint(dir);
+  const tokenizer = Tokenizer.fromFile(join(dir, 'tokenizer.json'));
+  if (tokenizer.vocabSize > ckpt.config.vocabSize) {
+    throw new Error(`tokenizer has ${tokenizer.vocabSize} tokens but the model only ${ckpt.config.vocabSize}`);
+  }
+  const { path, built } = cachedGraphPath(ckpt, cacheDir);
+  const biases: Record<string, Float32Array> = {};
+  for (const { name } of biasNames(ckpt.config)) biases[name] = shared(ckpt.weights.get(name)!.data);
+  return {
+    dir,
+    config: ckpt.config,
+    tokenizer,
+    hash: ckpt.hash,
+    graphPath: path,
+    graphBuilt: built,
+    tensors: { config: ckpt.config, wte: shared(ckpt.weights.get('transformer.wte.weight')!.data), biases },
+  };
+}

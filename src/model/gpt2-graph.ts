@@ -1,0 +1,90 @@
+import { biasNames, type Checkpoint } from './checkpoint.js';
+import { GraphBuilder } from './onnx-builder.js';
+
+/** Bump when the graph changes: it keys the on-disk cache. */
+export const GRAPH_VERSION = 'gpt2-v1';
+const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in opset 20.
+
+/**
+ * The graph's contract with the executor. Everything that varies per batch row comes in as an input,
+ * so one frozen graph serves every adapter kind:
+ * - `inputs_embeds` [B, S, D]: token embeddings looked up on the host, or soft-prompt rows (prompt
+ *   tuning, P-tuning). Host lookup costs one 1 KB copy per token and lets any row start with
+ *   virtual tokens, without a second graph.
+ * - `position_ids` [B, S]: explicit per row, since virtual tokens shift the real tokens' positions.
+ * - `attn_bias` [B, 1, S, T] (T = P + S): additive mask, 0 or -1e9. It encodes causality, padding and
+ *   ragged per-row pasts, and covers a prefix adapter's key/value prefix.
+ * - `past_key_l`/`past_value_l` [B, H, P, hd]: the KV cache, or a prefix adapter's prefix as initial past.
+ * - one input per bias vector, named as in the checkpoint, [R, 1, n] with R = 1 (broadcast, the base
+ *   model's values) or R = B (per-row values, for BitFit rows). Feeding absolute biases rather than
+ *   deltas costs no extra Add in the graph.
+ * - `logit_index` [N]: rows of the flattened [B*S] hidden states that need logits. The LM head is a
+ *   quarter of the FLOPs per token; prefill of a generate request needs it at one position only.
+ * Outputs: `logits` [N, V] and `present_key_l`/`present_value_l` [B, H, P+S, hd].
+ *
+ * Plain ONNX ops rather than com.microsoft contrib ops: ORT's CPU optimiser fuses LayerNorm, Gelu
+ * and MatMul+Add itself, and plain ops run unchanged on the WebGPU provider.
+ */
+export function buildGpt2Graph(ckpt: Checkpoint): Uint8Array {
+  const c = ckpt.config;
+  const g = new GraphBuilder();
+  const W = (name: string) => {
+    const t = ckpt.weights.get(name)!;
+    return g.weight(name, t.shape, t.data);
+  };
+  const bias = new Map(biasNames(c).map(({ name, size }) => [name, g.input(name, 'float', ['bias_rows', 1, size])]));
+
+  const embeds = g.input('inputs_embeds', 'float', ['batch', 'seq', c.hidden]);
+  const positions = g.input('position_ids', 'int64', ['batch', 'seq']);
+  const attnBias = g.input('attn_bias', 'float', ['batch', 1, 'seq', 'total']);
+  const logitIndex = g.input('logit_index', 'int64', ['n_logits']);
+  const pastK: string[] = [];
+  const pastV: string[] = [];
+  for (let l = 0; l < c.layers; l++) {
+    pastK.push(g.input(`past_key_${l}`, 'float', ['batch', c.heads, 'past', c.headDim]));
+    pastV.push(g.input(`past_value_${l}`, 'float', ['batch', c.heads, 'past', c.headDim]));
+  }
+
+  const headsShape = g.ints('shape_heads', [0, 0, c.heads, c.headDim]);
+  const mergedShape = g.ints('shape_merged', [0, 0, c.hidden]);
+  const flatShape = g.ints('shape_flat', [-1, c.hidden]);
+  // Scaling q by 1/sqrt(hd) before QK^T is exact for a power-of-two head size and saves a pass over the scores.
+  const qScale = g.scalar('q_scale', 1 / Math.sqrt(c.headDim));
+
+  const layerNorm = (x: string, prefix: string) => {
+    const normed = g.one('LayerNormalization', [x, W(`${prefix}.weight`)], { axis: -1, epsilon: { float: c.layerNormEps } });
+    return g.one('Add', [normed, bias.get(`${prefix}.bias`)!]);
+  };
+  const linear = (x: string, prefix: string) => g.one('Add', [g.one('MatMul', [x, W(`${prefix}.weight`)]), bias.get(`${prefix}.bias`)!]);
+  const splitHeads = (x: string) => g.one('Transpose', [g.one('Reshape', [x, headsShape])], { perm: [0, 2, 1, 3] });
+
+  let x = g.one('Add', [embeds, g.one('Gather', [W('transformer.wpe.weight'), positions], { axis: 0 })]);
+  for (let l = 0; l < c.layers; l++) {
+    const p = `transformer.h.${l}`;
+    const qkv = linear(layerNorm(x, `${p}.ln_1`), `${p}.attn.c_attn`); // [B, S, 3D]
+    const [q, k, v] = g.op('Split', [qkv], { axis: 2, num_outputs: 3 }, 3);
+    const keys = g.one('Concat', [pastK[l], splitHeads(k)], { axis: 2 }); // [B, H, T, hd]
+    const values = g.one('Concat', [pastV[l], splitHeads(v)], { axis: 2 });
+    g.output(keys, `present_key_${l}`, ['batch', c.heads, 'total', c.headDim]);
+    g.output(values, `present_value_${l}`, ['batch', c.heads, 'total', c.headDim]);
+    const qh = g.one('Mul', [splitHeads(q), qScale]);
+    const scores = g.one('Add', [g.one('MatMul', [qh, g.one('Transpose', [keys], { perm: [0, 1, 3, 2] })]), attnBias]); // [B, H, S, T]
+    const ctx = g.one('MatMul', [g.one('Softmax', [scores], { axis: -1 }), values]); // [B, H, S, hd]
+    const merged = g.one('Reshape', [g.one('Transpose', [ctx], { perm: [0, 2, 1, 3] }), mergedShape]);
+    x = g.one('Add', [x, linear(merged, `${p}.attn.c_proj`)]);
+    const hidden = g.one('Gelu', [linear(layerNorm(x, `${p}.ln_2`), `${p}.mlp.c_fc`)], { approximate: 'tanh' });
+    x = g.one('Add', [x, linear(hidden, `${p}.mlp.c_proj`)]);
+  }
+  const final = layerNorm(x, 'transformer.ln_f');
+  const picked = g.one('Gather', [g.one('Reshape', [final, flatShape]), logitIndex], { axis: 0 }); // [N, D]
+  const wte = ckpt.weights.get('transformer.wte.weight')!;
+  const lmHead = g.weight('lm_head_t', [c.hidden, c.vocabSize], transpose(wte.data, c.vocabSize, c.hidden)); // tied to wte
+  g.output(g.one('MatMul', [picked, lmHead]), 'logits', ['n_logits', c.vocabSize]);
+  return g.serialize(OPSET, `GPT-2 built by softprompt-server ${GRAPH_VERSION} from checkpoint ${ckpt.hash}`);
+}
+
+function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  for (let r = 0; r < rows; r++) for (let col = 0; col < cols; col++) out[col * rows + r] = data[r * cols + col];
+  return out;
+}

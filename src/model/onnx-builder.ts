@@ -1,0 +1,107 @@
+import onnxProto from 'onnx-proto';
+
+const { onnx } = onnxProto;
+const FLOAT = onnx.TensorProto.DataType.FLOAT;
+const INT64 = onnx.TensorProto.DataType.INT64;
+
+type Dim = number | string;
+/** `{ float }` marks a float attribute whose value happens to be whole. */
+type Attr = number | number[] | string | { float: number };
+
+/** A small typed front-end over the ONNX protobuf: names values, adds nodes, serialises. */
+export class GraphBuilder {
+  private readonly nodes: InstanceType<typeof onnx.NodeProto>[] = [];
+  private readonly initializers: InstanceType<typeof onnx.TensorProto>[] = [];
+  private readonly inputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
+  private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
+  private counter = 0;
+
+  input(name: string, type: 'float' | 'int64', dims: Dim[]): string {
+    this.inputs.push(valueInfo(name, type === 'float' ? FLOAT : INT64, dims));
+    return name;
+  }
+
+  output(value: string, name: string, dims: Dim[]): void {
+    this.nodes.push(onnx.NodeProto.create({ opType: 'Identity', input: [value], output: [name], name: `out_${name}` }));
+    this.outputs.push(valueInfo(name, FLOAT, dims));
+  }
+
+  weight(name: string, dims: number[], data: Float32Array): string {
+    this.initializers.push(
+      onnx.TensorProto.create({ name, dims, dataType: FLOAT, rawData: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) }),
+    );
+    return name;
+  }
+
+  ints(name: string, values: number[]): string {
+    const data = new BigInt64Array(values.map(BigInt));
+    this.initializers.push(
+      onnx.TensorProto.create({ name, dims: [values.length], dataType: INT64, rawData: new Uint8Array(data.buffer) }),
+    );
+    return name;
+  }
+
+  scalar(name: string, value: number): string {
+    this.initializers.push(onnx.TensorProto.create({ name, dims: [], dataType: FLOAT, floatData: [value] }));
+    return name;
+  }
+
+  /** Adds a node and returns its output names (one per `outputs`). */
+  op(opType: string, inputs: string[], attrs: Record<string, Attr> = {}, outputs = 1, domain = ''): string[] {
+    const id = this.counter++;
+    const out = Array.from({ length: outputs }, (_, i) => `${opType.toLowerCase()}_${id}_${i}`);
+    this.nodes.push(
+      onnx.NodeProto.create({
+        opType,
+        domain,
+        name: `${opType}_${id}`,
+        input: inputs,
+        output: out,
+        attribute: Object.entries(attrs).map(([name, v]) => attribute(name, v)),
+      }),
+    );
+    return out;
+  }
+
+  one(opType: string, inputs: string[], attrs: Record<string, Attr> = {}): string {
+    return this.op(opType, inputs, attrs)[0];
+  }
+
+  serialize(opset: number, docString: string): Uint8Array {
+    const model = onnx.ModelProto.create({
+      irVersion: 8,
+      producerName: 'softprompt-server',
+      docString,
+      opsetImport: [{ domain: '', version: opset }],
+      graph: onnx.GraphProto.create({
+        name: 'model',
+        node: this.nodes,
+        initializer: this.initializers,
+        input: this.inputs,
+        output: this.outputs,
+      }),
+    });
+    return onnx.ModelProto.encode(model).finish();
+  }
+}
+
+function valueInfo(name: string, elemType: number, dims: Dim[]) {
+  return onnx.ValueInfoProto.create({
+    name,
+    type: {
+      tensorType: {
+        elemType,
+        shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) },
+      },
+    },
+  });
+}
+
+function attribute(name: string, v: Attr) {
+  const T = onnx.AttributeProto.AttributeType;
+  if (typeof v === 'string') return onnx.AttributeProto.create({ name, type: T.STRING, s: new TextEncoder().encode(v) });
+  if (typeof v === 'object' && !Array.isArray(v)) return onnx.AttributeProto.create({ name, type: T.FLOAT, f: v.float });
+  if (Array.isArray(v)) return onnx.AttributeProto.create({ name, type: T.INTS, ints: v });
+  if (Number.isInteger(v)) return onnx.AttributeProto.create({ name, type: T.INT, i: v });
+  return onnx.AttributeProto.create({ name, type: T.FLOAT, f: v });
+}

@@ -1,0 +1,71 @@
+/**
+ * The data that crosses seams: HTTP → engine (ValidRequest), engine → worker (StepPlan),
+ * worker → engine (StepResult). Plain, serialisable objects: they go through postMessage.
+ */
+
+/** An adapter as the worker applies it. Arrays live in SharedArrayBuffers, so posting them copies nothing. */
+export interface AdapterTensors {
+  /** Unique per content version: the worker caches tensors under it. */
+  key: string;
+  kind: 'prompt' | 'prefix' | 'bitfit';
+  /** Soft-prompt rows (prompt) or key/value prefix length (prefix); 0 for BitFit. */
+  virtualTokens: number;
+  /** prompt: [n, D] embeddings put before the tokens. prefix: [n, L*2*D] as PEFT saves it. */
+  embeddings?: Float32Array;
+  /** bitfit: every bias vector of the model (base values where the adapter names none), by HF name. */
+  biases?: Record<string, Float32Array>;
+}
+
+export interface Sampling {
+  temperature: number; // 0: greedy
+  topP: number;
+  topK: number; // 0: off
+  seed: number; // every request has one: the engine draws it when the client gives none
+  logprobs: number; // 0..20 top alternatives to report
+}
+
+/** A row that joins the running batch: prefill its prompt, then decode one token per step. */
+export interface NewSequence {
+  seq: number;
+  adapter: string | null;
+  tokens: number[];
+  sampling: Sampling;
+}
+
+/** A one-shot row (score, classify): log-probabilities of `targets` after `context`, no KV kept. */
+export interface ScoreRow {
+  id: number;
+  adapter: string | null;
+  context: number[];
+  targets: number[];
+}
+
+export interface StepPlan {
+  /** Clear the worker's running batch first: the scheduler lost track of it after a failed step. */
+  reset?: boolean;
+  /** Sequences to remove from the batch before this step (finished, cancelled). */
+  drop: number[];
+  /** Running sequences to decode: their last sampled token goes in. Order is free. */
+  decode: { seq: number; token: number; step: number }[];
+  prefill: NewSequence[];
+  score: ScoreRow[];
+  /** Adapter tensors the worker has not seen yet. */
+  adapters: AdapterTensors[];
+  /** Adapter keys the worker may free. */
+  forget: string[];
+}
+
+export interface TokenChoice {
+  seq: number;
+  token: number;
+  logprob: number;
+  top?: { token: number; logprob: number }[];
+}
+
+export interface StepResult {
+  tokens: TokenChoice[];
+  scores: { id: number; logprobs: number[] }[];
+  /** Timing of the step inside the worker, for metrics and benchmarks. */
+  ms: { run: number; total: number; kvCopy: number };
+  batchRows: number;
+}

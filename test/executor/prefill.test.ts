@@ -1,0 +1,42 @@
+import ort from 'onnxruntime-node';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import t from 'tap';
+import { readAdapterFolder, Registry } from '../../src/adapters/registry.js';
+import { FeedContext } from '../../src/executor/model-constants.js';
+import { prefillFeeds, virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
+import { loadBaseModel } from '../../src/model/base-model.js';
+import { reference, refLogits, relErr, ROOT, SUPPORTED } from '../helpers.js';
+
+const model = loadBaseModel(join(ROOT, 'models', 'demo-gpt2'), join(ROOT, '.cache'));
+const registry = new Registry(model, pino({ level: 'silent' }));
+const session = await ort.InferenceSession.create(model.graphPath);
+const ctx = new FeedContext(model.tensors);
+const cases = reference.cases.filter((c) => SUPPORTED.has(c.adapter));
+const items: PrefillItem[] = cases.map((c) => {
+  const adapter = c.adapter ? registry.parse(c.adapter, readAdapterFolder(join(ROOT, 'adapters', c.adapter))).tensors : null;
+  return { adapter, tokens: c.ids, logitAt: [virtualTokens(adapter, 'prompt') + c.ids.length - 1] };
+});
+
+async function lastLogits(batch: PrefillItem[]): Promise<Float32Array[]> {
+  const out = await session.run(prefillFeeds(ctx, batch).feeds);
+  const V = model.config.vocabSize;
+  const data = out.logits.data as Float32Array;
+  return batch.map((_, r) => data.slice(r * V, (r + 1) * V));
+}
+
+t.test('last-position logits of every case, alone, within 1e-4', async (t) => {
+  for (let i = 0; i < cases.length; i++) {
+    const [logits] = await lastLogits([items[i]]);
+    const err = relErr(logits, refLogits(cases[i]));
+    t.ok(err < 1e-4, `${cases[i].adapter ?? 'base'} ${JSON.stringify(cases[i].text)}: ${err.toExponential(2)}`);
+  }
+});
+
+t.test('all cases in one padded, mixed-adapter batch: same logits', async (t) => {
+  const all = await lastLogits(items);
+  all.forEach((logits, i) => {
+    const err = relErr(logits, refLogits(cases[i]));
+    t.ok(err < 1e-4, `${cases[i].adapter ?? 'base'} ${JSON.stringify(cases[i].text)}: ${err.toExponential(2)}`);
+  });
+});

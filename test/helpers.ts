@@ -1,0 +1,79 @@
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { pino } from 'pino';
+import { loadConfig } from '../src/config.js';
+import { createServer, type Server } from '../src/server.js';
+
+/** The repository root, whether tests run from test/ or from dist/test/. */
+export const ROOT = (() => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!readdirHas(dir, 'package.json')) dir = dirname(dir);
+  return dir;
+})();
+
+function readdirHas(dir: string, name: string): boolean {
+  try {
+    readFileSync(join(dir, name));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export interface RefCase {
+  adapter: string | null;
+  text: string;
+  ids: number[];
+  last_logits_f32_b64: string;
+  greedy: number[];
+  top5: number[];
+  label_logprobs?: Record<string, number>;
+}
+
+export interface Reference {
+  labels: string[];
+  tokenizer: { text: string; ids: number[] }[];
+  cases: RefCase[];
+}
+
+export const SHARED = process.env.SHARED_DIR ?? join(ROOT, '..', 'shared');
+export const reference: Reference = JSON.parse(readFileSync(join(SHARED, 'reference', 'reference.json'), 'utf8'));
+export const SUPPORTED = new Set([null, 'define-prefix', 'fortune-ptuning', 'kjv-prompt', 'pos-bitfit', 'pos-prefix', 'pos-prompt', 'pos-ptuning']);
+
+export function refLogits(c: RefCase): Float32Array {
+  const b = Buffer.from(c.last_logits_f32_b64, 'base64');
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+}
+
+export function logSoftmax(x: Float32Array): Float64Array {
+  let max = -Infinity;
+  for (const v of x) max = Math.max(max, v);
+  let sum = 0;
+  for (const v of x) sum += Math.exp(v - max);
+  const lse = max + Math.log(sum);
+  return Float64Array.from(x, (v) => v - lse);
+}
+
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < b.length; i++) {
+    num += (a[i] - b[i]) ** 2;
+    den += b[i] ** 2;
+  }
+  return Math.sqrt(num / den);
+}
+
+export async function startServer(env: Record<string, string> = {}): Promise<Server> {
+  const config = loadConfig({
+    MODEL_DIR: join(ROOT, 'models', 'demo-gpt2'),
+    ADAPTERS_DIR: join(ROOT, 'adapters'),
+    CACHE_DIR: join(ROOT, '.cache'),
+    INTRA_OP_THREADS: '2',
+    ...env,
+  });
+  const server = await createServer(config, pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }));
+  await server.app.ready();
+  return server;
+}
