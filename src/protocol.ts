@@ -58,7 +58,8 @@ export interface StepPlan {
 export interface TokenChoice {
   seq: number;
   token: number;
-  logprob: number;
+  /** Only when the request asked for logprobs. */
+  logprob?: number;
   top?: { token: number; logprob: number }[];
 }
 

@@ -111,7 +111,7 @@ export class Inference {
         return 'stop';
       }
       ids.push(c.token);
-      if (p.logprobs) logprobs.push({ token_id: c.token, logprob: c.logprob, top: (c.top ?? []).map((x) => ({ token_id: x.token, logprob: x.logprob })) });
+      if (p.logprobs) logprobs.push({ token_id: c.token, logprob: c.logprob!, top: (c.top ?? []).map((x) => ({ token_id: x.token, logprob: x.logprob })) });
       out += stream.push(c.token);
       const hit = stops.map((s) => out.indexOf(s, Math.max(0, emitted - holdBack))).filter((i) => i >= 0);
       if (hit.length > 0) {

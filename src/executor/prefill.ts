@@ -66,8 +66,8 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
     ...ctx.biasFeeds(items.map((it) => it.adapter)),
   };
   for (let l = 0; l < L; l++) {
-    const keys = new Float32Array(B * H * P * hd);
-    const values = new Float32Array(B * H * P * hd);
+    const keys = new Float32Array(B * H * hd * P); // [B, H, hd, P]
+    const values = new Float32Array(B * H * P * hd); // [B, H, P, hd]
     items.forEach((it, r) => {
       if (prefix[r] === 0) return;
       // PEFT layout: E[t, (2l)*D + h*hd + d] is the key, E[t, (2l+1)*D + h*hd + d] the value.
@@ -75,14 +75,13 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
       const stride = 2 * L * D;
       for (let h = 0; h < H; h++) {
         for (let t = 0; t < prefix[r]; t++) {
-          const dst = ((r * H + h) * P + t) * hd;
           const src = t * stride + h * hd;
-          keys.set(E.subarray(src + 2 * l * D, src + 2 * l * D + hd), dst);
-          values.set(E.subarray(src + (2 * l + 1) * D, src + (2 * l + 1) * D + hd), dst);
+          values.set(E.subarray(src + (2 * l + 1) * D, src + (2 * l + 1) * D + hd), ((r * H + h) * P + t) * hd);
+          for (let d = 0; d < hd; d++) keys[((r * H + h) * hd + d) * P + t] = E[src + 2 * l * D + d];
         }
       }
     });
-    feeds[`past_key_${l}`] = new ort.Tensor('float32', keys, [B, H, P, hd]);
+    feeds[`past_key_${l}`] = new ort.Tensor('float32', keys, [B, H, hd, P]);
     feeds[`past_value_${l}`] = new ort.Tensor('float32', values, [B, H, P, hd]);
   }
   return { feeds, P, S, prefix, length };

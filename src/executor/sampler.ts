@@ -41,7 +41,6 @@ function topIndices(logits: Float32Array, k: number): number[] {
 
 /** Chooses the next token from one row of logits; the log-probabilities reported are before temperature. */
 export function sample(seq: number, logits: Float32Array, s: Sampling, step: number): TokenChoice {
-  const lse = logSumExp(logits);
   let token: number;
   if (s.temperature === 0) {
     token = 0;
@@ -49,12 +48,18 @@ export function sample(seq: number, logits: Float32Array, s: Sampling, step: num
   } else {
     token = sampleTemperature(logits, s, uniform(s.seed, step));
   }
-  const choice: TokenChoice = { seq, token, logprob: logits[token] - lse };
-  if (s.logprobs > 0) choice.top = topIndices(logits, s.logprobs).map((t) => ({ token: t, logprob: logits[t] - lse }));
+  const choice: TokenChoice = { seq, token };
+  // log-softmax costs an exp per vocabulary entry: paid only by requests that ask for logprobs.
+  if (s.logprobs > 0) {
+    const lse = logSumExp(logits);
+    choice.logprob = logits[token] - lse;
+    choice.top = topIndices(logits, s.logprobs).map((t) => ({ token: t, logprob: logits[t] - lse }));
+  }
   return choice;
 }
 
 function sampleTemperature(logits: Float32Array, s: Sampling, u: number): number {
+  if (s.topK === 0 && s.topP >= 1) return sampleFull(logits, s.temperature, u);
   // Candidates sorted by probability; top-k then top-p cut the tail before renormalising.
   const k = s.topK > 0 ? Math.min(s.topK, logits.length) : logits.length;
   const order = k < logits.length ? topIndices(logits, k) : Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b);
@@ -79,4 +84,19 @@ function sampleTemperature(logits: Float32Array, s: Sampling, u: number): number
     if (target < 0) return order[i];
   }
   return order[keep - 1];
+}
+
+/** Plain temperature sampling: no order is needed, so no sort. */
+function sampleFull(logits: Float32Array, temperature: number, u: number): number {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  const probs = new Float64Array(logits.length);
+  let total = 0;
+  for (let i = 0; i < logits.length; i++) total += probs[i] = Math.exp((logits[i] - max) / temperature);
+  let target = u * total;
+  for (let i = 0; i < logits.length; i++) {
+    target -= probs[i];
+    if (target < 0) return i;
+  }
+  return logits.length - 1;
 }

@@ -1,8 +1,8 @@
 import ort from 'onnxruntime-node';
 import type { AdapterTensors, NewSequence, Sampling, StepPlan, StepResult, TokenChoice } from '../protocol.js';
-import { KvBatch, type RunningRow } from './kv-batch.js';
+import { KvBatch, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
-import { prefillFeeds, virtualTokens, type PrefillItem } from './prefill.js';
+import { prefillFeeds, virtualTokens, type PrefillItem, type PrefillLayout } from './prefill.js';
 import { logSumExp, sample } from './sampler.js';
 
 /**
@@ -24,9 +24,7 @@ export class StepRunner {
   async step(plan: StepPlan): Promise<StepResult> {
     const t0 = performance.now();
     if (plan.reset) {
-      this.batch.rows = [];
-      this.batch.kv = [];
-      this.batch.T = 0;
+      this.batch.clear();
       this.sampling.clear();
     }
     for (const a of plan.adapters) this.adapters.set(a.key, a);
@@ -47,7 +45,11 @@ export class StepRunner {
     if (dropped.size > 0 && plan.prefill.length === 0) {
       kvBytes += this.merge([], null, dropped);
     }
-    if (plan.decode.length > 0) tokens.push(...(await this.decode(plan, dropped, timed)));
+    if (plan.decode.length > 0) {
+      const { chosen, kvCopied } = await this.decode(plan, dropped, timed);
+      tokens.push(...chosen);
+      kvBytes += kvCopied;
+    }
 
     const scores: StepResult['scores'] = [];
     if (plan.prefill.length > 0 || plan.score.length > 0) {
@@ -120,37 +122,44 @@ export class StepRunner {
       ...past,
       ...this.ctx.biasFeeds(rows.map((r) => r.adapter)),
     });
-    const present: ort.Tensor[] = [];
-    for (let l = 0; l < L; l++) present.push(out[`present_key_${l}`], out[`present_value_${l}`]);
-    this.batch.advance(present);
+    const kvCopied = this.batch.append(newKv(out, L));
     const logits = out.logits.data as Float32Array;
     const chosen: TokenChoice[] = [];
     rows.forEach((row, r) => {
       const d = wanted.get(row.seq);
       if (d) chosen.push(sample(row.seq, logits.subarray(r * V, (r + 1) * V), this.sampling.get(row.seq)!, d.step));
     });
-    return chosen;
+    return { chosen, kvCopied };
   }
 
   /** Rebuilds the running batch: kept rows minus `dropped`, plus the new sequences of a prefill. */
-  private merge(joining: NewSequence[], prefill: { out: ort.InferenceSession.OnnxValueMapType; layout: ReturnType<typeof prefillFeeds> } | null, dropped: Set<number>): number {
-    const L = this.ctx.base.config.layers;
-    const sources: Parameters<KvBatch['rebuild']>[0] = [];
-    this.batch.rows.forEach((keep: RunningRow, row) => {
-      if (!dropped.has(keep.seq)) sources.push({ kv: this.batch.kv, T: this.batch.T, row, keep });
+  private merge(joining: NewSequence[], prefill: { out: ort.InferenceSession.OnnxValueMapType; layout: PrefillLayout } | null, dropped: Set<number>): number {
+    const rows: Parameters<KvBatch['rebuild']>[0] = [];
+    this.batch.rows.forEach((keep, row) => {
+      if (!dropped.has(keep.seq)) rows.push({ keep, segments: this.batch.segments(row) });
     });
     if (prefill) {
-      const kv: ort.Tensor[] = [];
-      for (let l = 0; l < L; l++) kv.push(prefill.out[`present_key_${l}`], prefill.out[`present_value_${l}`]);
-      const { P, S, prefix, length } = prefill.layout;
+      const { P, S, prefix, length, feeds } = prefill.layout;
+      const L = this.ctx.base.config.layers;
+      const past: LayerKv[] = [];
+      for (let l = 0; l < L; l++) past.push({ keys: feeds[`past_key_${l}`].data as Float32Array, values: feeds[`past_value_${l}`].data as Float32Array });
+      const fresh = newKv(prefill.out, L);
       joining.forEach((s, r) => {
-        const valid = new Uint8Array(P + S);
-        valid.fill(1, 0, prefix[r]);
-        valid.fill(1, P, P + length[r]);
-        const adapter = this.adapter(s.adapter);
-        sources.push({ kv, T: P + S, row: r, keep: { seq: s.seq, adapter, position: prefix[r] + length[r], valid } });
+        rows.push({
+          keep: { seq: s.seq, adapter: this.adapter(s.adapter), position: prefix[r] + length[r] },
+          segments: [
+            { kv: past, cols: P, row: r, from: 0, to: prefix[r] },
+            { kv: fresh, cols: S, row: r, from: 0, to: length[r] },
+          ],
+        });
       });
     }
-    return this.batch.rebuild(sources);
+    return this.batch.rebuild(rows);
   }
+}
+
+function newKv(out: ort.InferenceSession.OnnxValueMapType, layers: number): LayerKv[] {
+  const kv: LayerKv[] = [];
+  for (let l = 0; l < layers; l++) kv.push({ keys: out[`new_key_${l}`].data as Float32Array, values: out[`new_value_${l}`].data as Float32Array });
+  return kv;
 }

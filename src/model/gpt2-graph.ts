@@ -2,7 +2,7 @@ import { biasNames, type Checkpoint } from './checkpoint.js';
 import { GraphBuilder } from './onnx-builder.js';
 
 /** Bump when the graph changes: it keys the on-disk cache. */
-export const GRAPH_VERSION = 'gpt2-v1';
+export const GRAPH_VERSION = 'gpt2-v2';
 const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in opset 20.
 
 /**
@@ -14,13 +14,17 @@ const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in ops
  * - `position_ids` [B, S]: explicit per row, since virtual tokens shift the real tokens' positions.
  * - `attn_bias` [B, 1, S, T] (T = P + S): additive mask, 0 or -1e9. It encodes causality, padding and
  *   ragged per-row pasts, and covers a prefix adapter's key/value prefix.
- * - `past_key_l`/`past_value_l` [B, H, P, hd]: the KV cache, or a prefix adapter's prefix as initial past.
+ * - `past_key_l` [B, H, hd, P] (keys stored transposed, so QK^T needs no transpose of the cache) and
+ *   `past_value_l` [B, H, P, hd]: the KV cache, or a prefix adapter's prefix as initial past.
  * - one input per bias vector, named as in the checkpoint, [R, 1, n] with R = 1 (broadcast, the base
  *   model's values) or R = B (per-row values, for BitFit rows). Feeding absolute biases rather than
  *   deltas costs no extra Add in the graph.
  * - `logit_index` [N]: rows of the flattened [B*S] hidden states that need logits. The LM head is a
  *   quarter of the FLOPs per token; prefill of a generate request needs it at one position only.
- * Outputs: `logits` [N, V] and `present_key_l`/`present_value_l` [B, H, P+S, hd].
+ * Outputs: `logits` [N, V], and only this step's keys/values, `new_key_l` [B, H, hd, S] and
+ * `new_value_l` [B, H, S, hd]. Attention reads past and new keys separately and joins the scores
+ * ([B, H, S, P+S], small) instead of concatenating the cache: the cache is read once per step and
+ * never copied inside the graph, and the host appends S columns to its own buffer.
  *
  * Plain ONNX ops rather than com.microsoft contrib ops: ORT's CPU optimiser fuses LayerNorm, Gelu
  * and MatMul+Add itself, and plain ops run unchanged on the WebGPU provider.
@@ -41,7 +45,7 @@ export function buildGpt2Graph(ckpt: Checkpoint): Uint8Array {
   const pastK: string[] = [];
   const pastV: string[] = [];
   for (let l = 0; l < c.layers; l++) {
-    pastK.push(g.input(`past_key_${l}`, 'float', ['batch', c.heads, 'past', c.headDim]));
+    pastK.push(g.input(`past_key_${l}`, 'float', ['batch', c.heads, c.headDim, 'past']));
     pastV.push(g.input(`past_value_${l}`, 'float', ['batch', c.heads, 'past', c.headDim]));
   }
 
@@ -50,6 +54,9 @@ export function buildGpt2Graph(ckpt: Checkpoint): Uint8Array {
   const flatShape = g.ints('shape_flat', [-1, c.hidden]);
   // Scaling q by 1/sqrt(hd) before QK^T is exact for a power-of-two head size and saves a pass over the scores.
   const qScale = g.scalar('q_scale', 1 / Math.sqrt(c.headDim));
+  const axisLast = g.ints('axis_last', [3]);
+  const bigEnd = g.ints('big_end', [2 ** 31 - 1]);
+  const zero = g.ints('zero', [0]);
 
   const layerNorm = (x: string, prefix: string) => {
     const normed = g.one('LayerNormalization', [x, W(`${prefix}.weight`)], { axis: -1, epsilon: { float: c.layerNormEps } });
@@ -63,13 +70,17 @@ export function buildGpt2Graph(ckpt: Checkpoint): Uint8Array {
     const p = `transformer.h.${l}`;
     const qkv = linear(layerNorm(x, `${p}.ln_1`), `${p}.attn.c_attn`); // [B, S, 3D]
     const [q, k, v] = g.op('Split', [qkv], { axis: 2, num_outputs: 3 }, 3);
-    const keys = g.one('Concat', [pastK[l], splitHeads(k)], { axis: 2 }); // [B, H, T, hd]
-    const values = g.one('Concat', [pastV[l], splitHeads(v)], { axis: 2 });
-    g.output(keys, `present_key_${l}`, ['batch', c.heads, 'total', c.headDim]);
-    g.output(values, `present_value_${l}`, ['batch', c.heads, 'total', c.headDim]);
+    const kNew = g.one('Transpose', [g.one('Reshape', [k, headsShape])], { perm: [0, 2, 3, 1] }); // [B, H, hd, S]
+    const vNew = splitHeads(v); // [B, H, S, hd]
+    g.output(kNew, `new_key_${l}`, ['batch', c.heads, c.headDim, 'seq']);
+    g.output(vNew, `new_value_${l}`, ['batch', c.heads, 'seq', c.headDim]);
     const qh = g.one('Mul', [splitHeads(q), qScale]);
-    const scores = g.one('Add', [g.one('MatMul', [qh, g.one('Transpose', [keys], { perm: [0, 1, 3, 2] })]), attnBias]); // [B, H, S, T]
-    const ctx = g.one('MatMul', [g.one('Softmax', [scores], { axis: -1 }), values]); // [B, H, S, hd]
+    const scores = g.one('Concat', [g.one('MatMul', [qh, pastK[l]]), g.one('MatMul', [qh, kNew])], { axis: 3 }); // [B, H, S, P+S]
+    const probs = g.one('Softmax', [g.one('Add', [scores, attnBias])], { axis: -1 });
+    const P = g.one('Shape', [pastK[l]], { start: 3, end: 4 });
+    const probsPast = g.one('Slice', [probs, zero, P, axisLast]);
+    const probsNew = g.one('Slice', [probs, P, bigEnd, axisLast]);
+    const ctx = g.one('Add', [g.one('MatMul', [probsPast, pastV[l]]), g.one('MatMul', [probsNew, vNew])]); // [B, H, S, hd]
     const merged = g.one('Reshape', [g.one('Transpose', [ctx], { perm: [0, 2, 1, 3] }), mergedShape]);
     x = g.one('Add', [x, linear(merged, `${p}.attn.c_proj`)]);
     const hidden = g.one('Gelu', [linear(layerNorm(x, `${p}.ln_2`), `${p}.mlp.c_fc`)], { approximate: 'tanh' });
