@@ -183,12 +183,13 @@ export class Inference {
     });
   }
 
-  async score(task: string, p: { prompt: string; completion: string; raw?: boolean; eos?: boolean }, ctl: RequestControl = {}) {
+  async score(task: string, p: { prompt: string; completion: string; raw?: boolean; eos?: boolean; max_length?: number }, ctl: RequestControl = {}) {
     const t = this.registry.resolve(task);
     const adapter = t.adapter?.tensors ?? null;
     const context = this.model.tokenizer.encode(p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt));
     const targets = this.model.tokenizer.encode(p.completion);
     if (p.eos) targets.push(this.model.config.eosTokenId);
+    if (p.max_length !== undefined) targets.splice(Math.max(0, p.max_length - context.length));
     if (targets.length === 0) throw new ServerError('invalid_request', 'completion has no tokens to score');
     this.checkContext(adapter, context.length + targets.length, 0);
     const [lp] = await this.scoreRows(t, [{ context, targets }], ctl);

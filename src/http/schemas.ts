@@ -55,6 +55,7 @@ export const ScoreBody = Type.Object(
     completion: Type.String({ maxLength: 100_000 }),
     raw: Type.Optional(Type.Boolean({ default: false })),
     eos: Type.Optional(Type.Boolean({ default: false })),
+    max_length: Type.Optional(Type.Integer({ minimum: 1, description: 'Score only the first max_length tokens of prompt + completion (+ end-of-text), as a tokenizer with max_length truncates a training example.' })),
   },
   { additionalProperties: false, examples: [{ prompt: 'ocean:', completion: ' a large body of salt water', raw: true, eos: true }] },
 );

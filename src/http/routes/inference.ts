@@ -1,11 +1,13 @@
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Inference } from '../../engine/inference.js';
 import { ClassifyBody, ClassifyResponse, errorResponses, GenerateBody, GenerateResponse, ScoreBody, ScoreResponse, TaskParams } from '../schemas.js';
 
-/** Aborts when the client's connection closes before the response is sent. */
-function clientGone(req: FastifyRequest): AbortSignal {
+/** Aborts when the connection closes before the response is complete (the client went away). */
+function clientGone(reply: FastifyReply): AbortSignal {
   const ctl = new AbortController();
-  req.raw.socket?.once('close', () => ctl.abort());
+  reply.raw.once('close', () => {
+    if (!reply.raw.writableFinished) ctl.abort();
+  });
   return ctl.signal;
 }
 
@@ -15,8 +17,8 @@ export function inferenceRoutes(app: FastifyInstance, inference: Inference): voi
     { schema: { tags: ['inference'], summary: 'Generate a continuation with a task adapter', params: TaskParams, body: GenerateBody, response: { 200: GenerateResponse, ...errorResponses } } },
     async (req, reply) => {
       const { stream, ...params } = req.body;
-      if (!stream) return inference.generate(req.params.task, params, { signal: clientGone(req) });
-      const signal = clientGone(req);
+      if (!stream) return inference.generate(req.params.task, params, { signal: clientGone(reply) });
+      const signal = clientGone(reply);
       const send = (data: unknown) => reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
       let started = false;
       const start = () => {
@@ -47,12 +49,12 @@ export function inferenceRoutes(app: FastifyInstance, inference: Inference): voi
   app.post<{ Params: TaskParams; Body: ClassifyBody }>(
     '/v1/tasks/:task/classify',
     { schema: { tags: ['inference'], summary: 'Score every label for one or more inputs', params: TaskParams, body: ClassifyBody, response: { 200: ClassifyResponse, ...errorResponses } } },
-    async (req) => inference.classify(req.params.task, req.body, { signal: clientGone(req) }),
+    async (req, reply) => inference.classify(req.params.task, req.body, { signal: clientGone(reply) }),
   );
 
   app.post<{ Params: TaskParams; Body: ScoreBody }>(
     '/v1/tasks/:task/score',
     { schema: { tags: ['inference'], summary: 'Log-probability of a completion after a prompt', params: TaskParams, body: ScoreBody, response: { 200: ScoreResponse, ...errorResponses } } },
-    async (req) => inference.score(req.params.task, req.body, { signal: clientGone(req) }),
+    async (req, reply) => inference.score(req.params.task, req.body, { signal: clientGone(reply) }),
   );
 }
