@@ -15,10 +15,12 @@ export interface Config {
   maxBatchTokens: number;
   maxQueue: number;
   batchWaitMs: number;
+  batchPolicy: 'mixed' | 'same-task';
   requestTimeoutMs: number;
   bodyLimitBytes: number;
   maxAdapterBytes: number;
   intraOpThreads: number;
+  spinThreads: boolean;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): number {
@@ -48,9 +50,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     maxBatchTokens: int(env, 'MAX_BATCH_TOKENS', 4096, 16),
     maxQueue: int(env, 'MAX_QUEUE', 1024, 1),
     batchWaitMs: int(env, 'BATCH_WAIT_MS', 2),
+    batchPolicy: env.BATCH_POLICY === 'same-task' ? 'same-task' : 'mixed',
     requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 60_000, 1),
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 1024 * 1024, 1024),
     maxAdapterBytes: int(env, 'MAX_ADAPTER_BYTES', 64 * 1024 * 1024, 1024),
     intraOpThreads: int(env, 'INTRA_OP_THREADS', Math.max(1, cpus().length), 1),
+    spinThreads: env.ORT_SPIN === '1',
   });
 }

@@ -26,7 +26,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   log.info({ model: config.modelDir, layers: model.config.layers, hidden: model.config.hidden, graph: model.graphPath, graphBuilt: model.graphBuilt }, 'base model loaded');
   const registry = new Registry(model, log);
   registry.loadDirectory(config.adaptersDir);
-  const executor = new Executor({ graphPath: model.graphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads });
+  const executor = new Executor({ graphPath: model.graphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads, spin: config.spinThreads });
   await executor.ready();
   log.info({ provider: config.executionProvider, ms: Math.round(performance.now() - t0) }, 'inference worker ready');
   const engine = new Engine(executor, { ...config, maxWorkerAdapters: 512 }, log);

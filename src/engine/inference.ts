@@ -18,6 +18,7 @@ export interface GenerateParams {
   seed?: number;
   stop?: string[];
   logprobs?: number;
+  ignore_eos?: boolean;
 }
 
 export interface GenerateResult {
@@ -104,7 +105,7 @@ export class Inference {
       emitted = upTo;
     };
     const onToken = (c: TokenChoice): 'continue' | 'stop' | 'length' => {
-      if (c.token === eos) {
+      if (c.token === eos && !p.ignore_eos) {
         out += stream.flush();
         finishReason = 'stop';
         if (out.length > emitted) emit(-1, true); // text held back for stop strings, with no token of its own

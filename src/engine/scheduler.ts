@@ -6,6 +6,11 @@ export interface SchedulerLimits {
   maxBatchTokens: number;
   /** Adapter keys the worker may hold before unused ones are forgotten. */
   maxWorkerAdapters: number;
+  /**
+   * 'mixed' (default): rows of any task share a batch. 'same-task': a batch holds one task at a
+   * time, as servers that swap adapters per batch do; kept as a baseline for the benchmarks.
+   */
+  batchPolicy?: 'mixed' | 'same-task';
 }
 
 interface Running {
@@ -107,6 +112,8 @@ export class Scheduler {
       } else this.planScoreRows(p, plan, fits, take, useAdapter);
     }
     let slots = this.limits.maxBatchSize - this.running.size;
+    // same-task: while rows of one task run, only that task may join them.
+    let onlyTask = this.limits.batchPolicy === 'same-task' ? (this.running.values().next().value?.job.task ?? null) : null;
     let progressed = true;
     while (this.turn.length > 0 && progressed) {
       progressed = false;
@@ -119,7 +126,7 @@ export class Scheduler {
           if (j.type === 'generate') j.finish(null);
           else j.done(null, null);
         }
-        const job = q[0];
+        const job = onlyTask === null || task === onlyTask ? q[0] : undefined;
         let admitted = false;
         if (job && job.type === 'generate') {
           const t = rowTokens(job.adapter, job.tokens.length);
@@ -141,6 +148,7 @@ export class Scheduler {
           }
         }
         if (admitted) {
+          if (this.limits.batchPolicy === 'same-task') onlyTask = task;
           q.shift();
           this.waiting--;
           progressed = true;

@@ -1,6 +1,6 @@
 import ort from 'onnxruntime-node';
 import type { AdapterTensors, NewSequence, Sampling, StepPlan, StepResult, TokenChoice } from '../protocol.js';
-import { KvBatch, type LayerKv } from './kv-batch.js';
+import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
 import { prefillFeeds, virtualTokens, type PrefillItem, type PrefillLayout } from './prefill.js';
 import { logSumExp, sample } from './sampler.js';
@@ -13,6 +13,9 @@ export class StepRunner {
   private readonly adapters = new Map<string, AdapterTensors>();
   private readonly sampling = new Map<number, Sampling>();
   private readonly batch: KvBatch;
+  /** Per-slot bias feeds, rebuilt only when a slot changes owner (BitFit rows make them per row). */
+  private biasFeeds: Record<string, ort.Tensor> = {};
+  private biasVersion = -1;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -41,12 +44,9 @@ export class StepRunner {
     const dropped = new Set(plan.drop);
     for (const seq of dropped) this.sampling.delete(seq);
     const tokens: TokenChoice[] = [];
-    // Rows leaving with nobody joining: shrink now. With joiners, the merge below drops them in one copy.
-    if (dropped.size > 0 && plan.prefill.length === 0) {
-      kvBytes += this.merge([], null, dropped);
-    }
+    kvBytes += this.batch.remove(dropped);
     if (plan.decode.length > 0) {
-      const { chosen, kvCopied } = await this.decode(plan, dropped, timed);
+      const { chosen, kvCopied } = await this.decode(plan, timed);
       tokens.push(...chosen);
       kvBytes += kvCopied;
     }
@@ -78,9 +78,9 @@ export class StepRunner {
         });
         scores.push({ id: s.id, logprobs });
       });
-      if (plan.prefill.length > 0) kvBytes += this.merge(plan.prefill, { out, layout }, dropped);
+      if (plan.prefill.length > 0) kvBytes += this.batch.place(this.joining(plan.prefill, out, layout));
     }
-    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0, kvCopy: kvBytes }, batchRows: this.batch.rows.length };
+    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0, kvCopy: kvBytes }, batchRows: this.batch.live.length };
   }
 
   private adapter(key: string | null): AdapterTensors | null {
@@ -103,58 +103,52 @@ export class StepRunner {
     return { adapter, tokens, logitAt };
   }
 
-  private async decode(plan: StepPlan, dropped: Set<number>, run: (f: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
+  private async decode(plan: StepPlan, run: (f: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
     const wanted = new Map(plan.decode.map((d) => [d.seq, d]));
-    const rows = this.batch.rows;
-    for (const row of rows) {
-      if (!wanted.has(row.seq) && !dropped.has(row.seq)) throw new Error(`running sequence ${row.seq} is missing from the decode plan`);
+    const slots = this.batch.slots;
+    const live = this.batch.live;
+    if (live.length !== wanted.size || live.some((r) => !wanted.has(r.seq))) {
+      throw new Error(`decode plan names ${wanted.size} sequences but ${live.length} are running, or names others`);
     }
-    if (wanted.size !== rows.filter((r) => wanted.has(r.seq)).length) throw new Error('decode plan names a sequence that is not running');
     const { hidden: D, vocabSize: V, layers: L } = this.ctx.base.config;
-    const embeds = new Float32Array(rows.length * D);
-    rows.forEach((row, r) => this.ctx.embed(embeds, r * D, wanted.get(row.seq)?.token ?? 0));
+    const embeds = new Float32Array(slots.length * D);
+    slots.forEach((row, r) => row && this.ctx.embed(embeds, r * D, wanted.get(row.seq)!.token));
     const { attnBias, positions, past } = this.batch.stepFeeds();
+    if (this.biasVersion !== this.batch.version) {
+      this.biasFeeds = this.ctx.biasFeeds(slots.map((r) => r?.adapter ?? null));
+      this.biasVersion = this.batch.version;
+    }
     const out = await run({
-      inputs_embeds: new ort.Tensor('float32', embeds, [rows.length, 1, D]),
+      inputs_embeds: new ort.Tensor('float32', embeds, [slots.length, 1, D]),
       position_ids: positions,
       attn_bias: attnBias,
-      logit_index: new ort.Tensor('int64', BigInt64Array.from(rows.map((_, r) => BigInt(r))), [rows.length]),
+      logit_index: new ort.Tensor('int64', BigInt64Array.from(slots, (_, r) => BigInt(r)), [slots.length]),
       ...past,
-      ...this.ctx.biasFeeds(rows.map((r) => r.adapter)),
+      ...this.biasFeeds,
     });
-    const kvCopied = this.batch.append(newKv(out, L));
     const logits = out.logits.data as Float32Array;
     const chosen: TokenChoice[] = [];
-    rows.forEach((row, r) => {
-      const d = wanted.get(row.seq);
-      if (d) chosen.push(sample(row.seq, logits.subarray(r * V, (r + 1) * V), this.sampling.get(row.seq)!, d.step));
+    slots.forEach((row, r) => {
+      if (row) chosen.push(sample(row.seq, logits.subarray(r * V, (r + 1) * V), this.sampling.get(row.seq)!, wanted.get(row.seq)!.step));
     });
+    const kvCopied = this.batch.append(newKv(out, L));
     return { chosen, kvCopied };
   }
 
-  /** Rebuilds the running batch: kept rows minus `dropped`, plus the new sequences of a prefill. */
-  private merge(joining: NewSequence[], prefill: { out: ort.InferenceSession.OnnxValueMapType; layout: PrefillLayout } | null, dropped: Set<number>): number {
-    const rows: Parameters<KvBatch['rebuild']>[0] = [];
-    this.batch.rows.forEach((keep, row) => {
-      if (!dropped.has(keep.seq)) rows.push({ keep, segments: this.batch.segments(row) });
-    });
-    if (prefill) {
-      const { P, S, prefix, length, feeds } = prefill.layout;
-      const L = this.ctx.base.config.layers;
-      const past: LayerKv[] = [];
-      for (let l = 0; l < L; l++) past.push({ keys: feeds[`past_key_${l}`].data as Float32Array, values: feeds[`past_value_${l}`].data as Float32Array });
-      const fresh = newKv(prefill.out, L);
-      joining.forEach((s, r) => {
-        rows.push({
-          keep: { seq: s.seq, adapter: this.adapter(s.adapter), position: prefix[r] + length[r] },
-          segments: [
-            { kv: past, cols: P, row: r, from: 0, to: prefix[r] },
-            { kv: fresh, cols: S, row: r, from: 0, to: length[r] },
-          ],
-        });
-      });
-    }
-    return this.batch.rebuild(rows);
+  /** The new sequences of a prefill as batch entries: prefix columns from the fed past, then the prompt's. */
+  private joining(seqs: NewSequence[], out: ort.InferenceSession.OnnxValueMapType, layout: PrefillLayout): Entry[] {
+    const { P, S, prefix, length, feeds } = layout;
+    const L = this.ctx.base.config.layers;
+    const past: LayerKv[] = [];
+    for (let l = 0; l < L; l++) past.push({ keys: feeds[`past_key_${l}`].data as Float32Array, values: feeds[`past_value_${l}`].data as Float32Array });
+    const fresh = newKv(out, L);
+    return seqs.map((s, r) => ({
+      keep: { seq: s.seq, adapter: this.adapter(s.adapter), position: prefix[r] + length[r] },
+      segments: [
+        { kv: past, cols: P, row: r, from: 0, to: prefix[r] },
+        { kv: fresh, cols: S, row: r, from: 0, to: length[r] },
+      ],
+    }));
   }
 }
 

@@ -10,6 +10,7 @@ export interface WorkerInit {
   base: BaseTensors;
   provider: 'cpu' | 'webgpu';
   threads: number;
+  spin: boolean;
 }
 
 export type WorkerRequest = { id: number; plan: StepPlan } | { id: number; crash: true };
@@ -25,6 +26,8 @@ async function main(): Promise<void> {
       intraOpNumThreads: init.threads,
       interOpNumThreads: 1,
       executionMode: 'sequential',
+      // Spinning intra-op threads would take the cores that the event loop and the HTTP clients need.
+      extra: { session: { intra_op: { allow_spinning: init.spin ? '1' : '0' } } },
     });
   } catch (e) {
     const why = (e as Error).message;

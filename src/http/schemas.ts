@@ -17,6 +17,7 @@ export const GenerateBody = Type.Object(
     stop: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 4 })),
     logprobs: Type.Optional(Type.Integer({ minimum: 0, maximum: 20, default: 0 })),
     stream: Type.Optional(Type.Boolean({ default: false })),
+    ignore_eos: Type.Optional(Type.Boolean({ default: false, description: 'Keep generating past end-of-text until max_tokens (benchmarks).' })),
   },
   { additionalProperties: false, examples: [{ prompt: 'In the beginning', max_tokens: 20, temperature: 0 }] },
 );

@@ -1,0 +1,130 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import ort from 'onnxruntime-node';
+import { encodeSafetensors, parseSafetensors } from '../src/model/safetensors.js';
+
+export const SUPPORTED = ['define-prefix', 'fortune-ptuning', 'kjv-prompt', 'pos-bitfit', 'pos-prefix', 'pos-prompt', 'pos-ptuning'];
+
+/** Writes `n` distinct adapters into `dir`: the demo ones, each copy's weights perturbed by ±1%. */
+export function writeAdapters(dir: string, n: number, source = 'adapters'): string[] {
+  mkdirSync(dir, { recursive: true });
+  const names: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const from = SUPPORTED[i % SUPPORTED.length];
+    const name = i < SUPPORTED.length ? from : `${from}-v${i}`;
+    const out = join(dir, name);
+    cpSync(join(source, from), out, { recursive: true });
+    if (i >= SUPPORTED.length) {
+      const { tensors } = parseSafetensors(readFileSync(join(out, 'adapter_model.safetensors')));
+      const perturbed: Record<string, { shape: number[]; data: Float32Array }> = {};
+      let seed = i * 7919;
+      for (const [k, t] of tensors) {
+        const data = t.data.map((v) => {
+          seed = (seed * 1103515245 + 12345) % 2 ** 31;
+          return v * (1 + 0.02 * (seed / 2 ** 31 - 0.5));
+        });
+        perturbed[k] = { shape: t.shape, data };
+      }
+      writeFileSync(join(out, 'adapter_model.safetensors'), encodeSafetensors(perturbed));
+    }
+    names.push(name);
+  }
+  return names;
+}
+
+export interface RunningServer {
+  url: string;
+  pid: number;
+  child: ChildProcess;
+  stop: () => Promise<void>;
+}
+
+/** Starts `node dist/src/main.js` on a free port with `env`, and waits until /readyz answers. */
+export async function startServerProcess(env: Record<string, string>, nodeArgs: string[] = []): Promise<RunningServer> {
+  const child = spawn(process.execPath, [...nodeArgs, 'dist/src/main.js'], { env: { ...process.env, PORT: '0', LOG_LEVEL: 'info', ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const url = await new Promise<string>((resolve, reject) => {
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const m = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(buf);
+      if (m) resolve(m[1]);
+    });
+    child.once('exit', (code) => reject(new Error(`server exited with ${code}: ${buf.slice(-2000)}`)));
+  });
+  child.stdout!.resume();
+  return {
+    url,
+    pid: child.pid!,
+    child,
+    stop: () =>
+      new Promise((resolve) => {
+        child.once('exit', () => resolve());
+        child.kill('SIGTERM');
+      }),
+  };
+}
+
+export function rssBytes(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : NaN;
+}
+
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+export function machineInfo(): Record<string, string | number> {
+  return { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, date: new Date().toISOString() };
+}
+
+/** Polls /healthz every `everyMs` until stopped; returns the latencies seen. */
+export function healthProbe(url: string, everyMs = 50): { stop: () => number[] } {
+  const latencies: number[] = [];
+  let running = true;
+  void (async () => {
+    while (running) {
+      const t0 = performance.now();
+      try {
+        await (await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) })).text();
+        latencies.push(performance.now() - t0);
+      } catch {
+        latencies.push(2000);
+      }
+      await new Promise((r) => setTimeout(r, everyMs));
+    }
+  })();
+  return {
+    stop: () => {
+      running = false;
+      return latencies;
+    },
+  };
+}
+
+/** One streamed generate request: total latency, time to first token, tokens received. */
+export async function streamGenerate(url: string, task: string, body: object): Promise<{ latency: number; ttft: number; tokens: number }> {
+  const t0 = performance.now();
+  const res = await fetch(`${url}/v1/tasks/${task}/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) });
+  if (res.status !== 200) throw new Error(`generate ${task}: ${res.status} ${await res.text()}`);
+  let ttft = NaN;
+  let tokens = 0;
+  let rest = '';
+  const decoder = new TextDecoder();
+  for await (const chunk of res.body!) {
+    rest += decoder.decode(chunk as Uint8Array, { stream: true });
+    let at: number;
+    while ((at = rest.indexOf('\n\n')) >= 0) {
+      const event = rest.slice(0, at);
+      rest = rest.slice(at + 2);
+      if (event.startsWith('data: {"token_id"')) {
+        if (tokens === 0) ttft = performance.now() - t0;
+        tokens++;
+      }
+    }
+  }
+  return { latency: performance.now() - t0, ttft, tokens };
+}
