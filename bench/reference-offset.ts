@@ -8,8 +8,8 @@
 import ort from 'onnxruntime-node';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pino } from 'pino';
-import { readAdapterFolder, Registry } from '../src/adapters/registry.js';
+import { adapterParser } from '../src/adapters/format.js';
+import { readAdapterFolder } from '../src/adapters/fs-store.js';
 import { FeedContext } from '../src/executor/model-constants.js';
 import { prefillFeeds } from '../src/executor/prefill.js';
 import { logSumExp } from '../src/executor/sampler.js';
@@ -17,7 +17,7 @@ import { loadBaseModel } from '../src/model/base-model.js';
 
 const shared = process.env.SHARED_DIR ?? '../shared';
 const model = loadBaseModel('models/demo-gpt2', '.cache');
-const registry = new Registry(model, pino({ level: 'silent' }));
+const parse = adapterParser(model);
 const session = await ort.InferenceSession.create(model.graphPath);
 const ctx = new FeedContext(model.tensors);
 const V = model.config.vocabSize;
@@ -25,7 +25,7 @@ const rows = readFileSync(join(shared, 'data', 'pos.jsonl'), 'utf8').split('\n')
 const labels = ['noun', 'verb', 'adjective', 'adverb'];
 const table = JSON.parse(readFileSync(join(shared, 'reference', 'table.json'), 'utf8'));
 for (const name of ['pos-prompt', 'pos-ptuning']) {
-  const a = registry.parse(name, readAdapterFolder(join('adapters', name))).tensors;
+  const a = parse(name, readAdapterFolder(join('adapters', name))).tensors;
   const n = a.virtualTokens;
   // One pass gives the logits at every virtual position: they depend on the soft prompt alone.
   const out = await session.run(prefillFeeds(ctx, [{ adapter: a, tokens: [0], logitAt: Array.from({ length: n }, (_, i) => i) }]).feeds);

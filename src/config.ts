@@ -19,6 +19,8 @@ export interface Config {
   requestTimeoutMs: number;
   bodyLimitBytes: number;
   maxAdapterBytes: number;
+  adapterCacheBytes: number;
+  redisPrefix: string;
   intraOpThreads: number;
   spinThreads: boolean;
 }
@@ -54,6 +56,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 60_000, 1),
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 1024 * 1024, 1024),
     maxAdapterBytes: int(env, 'MAX_ADAPTER_BYTES', 64 * 1024 * 1024, 1024),
+    adapterCacheBytes: int(env, 'ADAPTER_CACHE_BYTES', 256 * 1024 * 1024, 1),
+    redisPrefix: env.REDIS_PREFIX ?? 'sps:',
     intraOpThreads: int(env, 'INTRA_OP_THREADS', Math.max(1, cpus().length), 1),
     spinThreads: env.ORT_SPIN === '1',
   });

@@ -1,6 +1,10 @@
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
+import { randomBytes } from 'node:crypto';
+import { FsStore } from './adapters/fs-store.js';
+import { RedisStore } from './adapters/redis-store.js';
 import { Registry } from './adapters/registry.js';
+import type { AdapterStore } from './adapters/store.js';
 import type { Config } from './config.js';
 import { Engine } from './engine/engine.js';
 import { Inference } from './engine/inference.js';
@@ -16,6 +20,7 @@ export interface Server {
   executor: Executor;
   inference: Inference;
   log: Logger;
+  adminToken: string;
   close: () => Promise<void>;
 }
 
@@ -24,8 +29,13 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   const t0 = performance.now();
   const model = loadBaseModel(config.modelDir, config.cacheDir);
   log.info({ model: config.modelDir, layers: model.config.layers, hidden: model.config.hidden, graph: model.graphPath, graphBuilt: model.graphBuilt }, 'base model loaded');
-  const registry = new Registry(model, log);
-  registry.loadDirectory(config.adaptersDir);
+  const store = await openStore(config, log);
+  const registry = new Registry(model, store, log, config.adapterCacheBytes);
+  // A folder may hold files copied in by hand: validate them all. Redis holds only validated uploads.
+  await registry.sync(store.name === 'filesystem');
+  registry.follow();
+  const adminToken = config.adminToken ?? randomBytes(24).toString('base64url');
+  if (!config.adminToken) log.warn({ adminToken }, 'ADMIN_TOKEN is not set: generated one for this process (shown once)');
   const executor = new Executor({ graphPath: model.graphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads, spin: config.spinThreads });
   await executor.ready();
   log.info({ provider: config.executionProvider, ms: Math.round(performance.now() - t0) }, 'inference worker ready');
@@ -40,13 +50,34 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     engine,
     registry,
     bodyLimitBytes: config.bodyLimitBytes,
-    readiness: () => ({ ready, details: { model: model.config.modelType, adapters: registry.list().length, provider: config.executionProvider } }),
+    adminToken,
+    maxAdapterBytes: config.maxAdapterBytes,
+    readiness: () => ({
+      ready: ready && (registry.synced || store.name === 'redis'),
+      details: {
+        model: model.config.modelType,
+        provider: config.executionProvider,
+        adapters: registry.size,
+        store: store.name,
+        // A shared store that is away: serving goes on from memory, admin writes get 503.
+        degraded: !registry.synced,
+      },
+    }),
   });
   const close = async () => {
     ready = false;
     await app.close();
     await engine.stop();
     await executor.close();
+    await store.close();
   };
-  return { app, model, registry, engine, executor, inference, log, close };
+  return { app, model, registry, engine, executor, inference, log, close, adminToken };
+}
+
+async function openStore(config: Config, log: Logger): Promise<AdapterStore> {
+  if (!config.redisUrl) return new FsStore(config.adaptersDir);
+  const store = new RedisStore(config.redisUrl, config.redisPrefix, log);
+  await store.connect();
+  log.info({ prefix: config.redisPrefix }, 'adapter store: redis');
+  return store;
 }

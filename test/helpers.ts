@@ -1,4 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
@@ -76,4 +77,41 @@ export async function startServer(env: Record<string, string> = {}): Promise<Ser
   const server = await createServer(config, pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }));
   await server.app.ready();
   return server;
+}
+
+/** A multipart/form-data body with one file part per entry, for inject(). */
+export function multipart(files: Record<string, Buffer | Uint8Array>): { payload: Buffer; headers: Record<string, string> } {
+  const boundary = `----sps${Math.random().toString(16).slice(2)}`;
+  const parts: Buffer[] = [];
+  for (const [name, data] of Object.entries(files)) {
+    parts.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"; filename="${name}"\r\nContent-Type: application/octet-stream\r\n\r\n`));
+    parts.push(Buffer.from(data));
+    parts.push(Buffer.from('\r\n'));
+  }
+  parts.push(Buffer.from(`--${boundary}--\r\n`));
+  return { payload: Buffer.concat(parts), headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } };
+}
+
+/** The files of a shipped adapter, by their upload names. */
+export function adapterFiles(name: string): Record<string, Buffer> {
+  const dir = join(ROOT, 'adapters', name);
+  const out: Record<string, Buffer> = {
+    'adapter_config.json': readFileSync(join(dir, 'adapter_config.json')),
+    'adapter_model.safetensors': readFileSync(join(dir, 'adapter_model.safetensors')),
+  };
+  try {
+    out['task.json'] = readFileSync(join(dir, 'task.json'));
+  } catch {
+    /* optional */
+  }
+  return out;
+}
+
+/** A fresh copy of the shipped adapters, so tests that write do not touch the repository. */
+export function adaptersCopy(only?: string[]): string {
+  const dir = mkdtempSync(join(tmpdir(), 'sps-adapters-'));
+  for (const name of readdirSync(join(ROOT, 'adapters'))) {
+    if (!only || only.includes(name)) cpSync(join(ROOT, 'adapters', name), join(dir, name), { recursive: true });
+  }
+  return dir;
 }

@@ -39,6 +39,11 @@ const fail = (code: string, message: string): never => {
   throw new FormatError(code, message);
 };
 
+/** A parser bound to one base model, for tools and tests that need no registry. */
+export function adapterParser(model: { config: ModelConfig; tensors: { biases: Record<string, Float32Array> } }) {
+  return (task: string, files: AdapterFiles) => parseAdapter(task, files, { config: model.config, biases: model.tensors.biases });
+}
+
 export function adapterVersion(files: AdapterFiles): string {
   const h = createHash('sha256');
   for (const part of [files.config, files.weights, files.task ?? Buffer.alloc(0)]) {

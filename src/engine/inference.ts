@@ -82,8 +82,8 @@ export class Inference {
     });
   }
 
-  generate(task: string, p: GenerateParams, ctl: RequestControl = {}): Promise<GenerateResult> {
-    const t: ResolvedTask = this.registry.resolve(task);
+  async generate(task: string, p: GenerateParams, ctl: RequestControl = {}): Promise<GenerateResult> {
+    const t: ResolvedTask = await this.registry.resolve(task);
     const adapter = t.adapter?.tensors ?? null;
     const text = p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt);
     const tokens = this.encodePrompt(text, adapter);
@@ -185,7 +185,7 @@ export class Inference {
   }
 
   async score(task: string, p: { prompt: string; completion: string; raw?: boolean; eos?: boolean; max_length?: number }, ctl: RequestControl = {}) {
-    const t = this.registry.resolve(task);
+    const t = await this.registry.resolve(task);
     const adapter = t.adapter?.tensors ?? null;
     const context = this.model.tokenizer.encode(p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt));
     const targets = this.model.tokenizer.encode(p.completion);
@@ -200,7 +200,7 @@ export class Inference {
   }
 
   async classify(task: string, p: { input: string | string[]; labels?: string[]; prompt_template?: string }, ctl: RequestControl = {}) {
-    const t = this.registry.resolve(task);
+    const t = await this.registry.resolve(task);
     const adapter = t.adapter?.tensors ?? null;
     const labels = p.labels ?? t.spec.labels;
     if (labels.length === 0) throw new ServerError('not_a_classification_task', `task '${task}' has no labels; pass "labels" in the request`);

@@ -1,3 +1,4 @@
+import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
@@ -5,6 +6,7 @@ import type { Registry } from '../adapters/registry.js';
 import type { Engine } from '../engine/engine.js';
 import type { Inference } from '../engine/inference.js';
 import { installErrorHandler } from './errors.js';
+import { adminRoutes } from './routes/admin.js';
 import { inferenceRoutes } from './routes/inference.js';
 import { operationsRoutes } from './routes/operations.js';
 
@@ -14,6 +16,8 @@ export interface AppDeps {
   engine: Engine;
   registry: Registry;
   bodyLimitBytes: number;
+  adminToken: string;
+  maxAdapterBytes: number;
   readiness: () => { ready: boolean; details: Record<string, unknown> };
 }
 
@@ -27,10 +31,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(swagger, {
     openapi: {
       info: { title: 'softprompt-server', version: '1.0.0', description: 'Multi-task inference with hot-swappable soft prompts on one frozen base model.' },
+      components: { securitySchemes: { adminToken: { type: 'http', scheme: 'bearer' } } },
     },
   });
+  await app.register(multipart, { limits: { fileSize: deps.maxAdapterBytes, files: 3, fields: 0, parts: 3, fieldNameSize: 100, headerPairs: 100 } });
   installErrorHandler(app);
   inferenceRoutes(app, deps.inference);
+  adminRoutes(app, deps.registry, deps.adminToken, deps.maxAdapterBytes);
   operationsRoutes(app, deps);
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;

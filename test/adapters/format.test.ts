@@ -2,7 +2,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import t from 'tap';
-import { readAdapterFolder, Registry } from '../../src/adapters/registry.js';
+import { readAdapterFolder, FsStore } from '../../src/adapters/fs-store.js';
+import { adapterParser } from '../../src/adapters/format.js';
+import { Registry } from '../../src/adapters/registry.js';
 import type { AdapterFiles } from '../../src/adapters/format.js';
 import { FormatError } from '../../src/errors.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
@@ -10,7 +12,7 @@ import { encodeSafetensors } from '../../src/model/safetensors.js';
 import { ROOT } from '../helpers.js';
 
 const model = loadBaseModel(join(ROOT, 'models', 'demo-gpt2'), join(ROOT, '.cache'));
-const registry = new Registry(model, pino({ level: 'silent' }));
+const registry = { parse: adapterParser(model) };
 const folder = (name: string) => readAdapterFolder(join(ROOT, 'adapters', name));
 
 function promptFiles(cfg: Record<string, unknown>, tensors: Record<string, { shape: number[]; data: Float32Array }>, task?: unknown): AdapterFiles {
@@ -96,8 +98,8 @@ t.test('startup loading skips a bad adapter with its reason and keeps the rest',
   writeFileSync(join(dir, 'broken', 'adapter_config.json'), readFileSync(join(ROOT, 'adapters', 'kjv-prompt', 'adapter_config.json')));
   writeFileSync(join(dir, 'broken', 'adapter_model.safetensors'), Buffer.from('garbage'));
   mkdirSync(join(dir, 'missing'));
-  const fresh = new Registry(model, pino({ level: 'silent' }));
-  const { loaded, skipped } = fresh.loadDirectory(dir);
+  const fresh = new Registry(model, new FsStore(dir), pino({ level: 'silent' }));
+  const { loaded, skipped } = await fresh.sync(true);
   t.same(loaded, ['pos-bitfit']);
   t.same(skipped.map((s) => s.task).sort(), ['broken', 'missing']);
   t.match(skipped.find((s) => s.task === 'missing')!.reason, /missing_file/);

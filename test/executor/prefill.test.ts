@@ -1,20 +1,20 @@
 import ort from 'onnxruntime-node';
 import { join } from 'node:path';
-import { pino } from 'pino';
 import t from 'tap';
-import { readAdapterFolder, Registry } from '../../src/adapters/registry.js';
+import { adapterParser } from '../../src/adapters/format.js';
+import { readAdapterFolder } from '../../src/adapters/fs-store.js';
 import { FeedContext } from '../../src/executor/model-constants.js';
 import { prefillFeeds, virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
 import { reference, refLogits, relErr, ROOT, SUPPORTED } from '../helpers.js';
 
 const model = loadBaseModel(join(ROOT, 'models', 'demo-gpt2'), join(ROOT, '.cache'));
-const registry = new Registry(model, pino({ level: 'silent' }));
+const parse = adapterParser(model);
 const session = await ort.InferenceSession.create(model.graphPath);
 const ctx = new FeedContext(model.tensors);
 const cases = reference.cases.filter((c) => SUPPORTED.has(c.adapter));
 const items: PrefillItem[] = cases.map((c) => {
-  const adapter = c.adapter ? registry.parse(c.adapter, readAdapterFolder(join(ROOT, 'adapters', c.adapter))).tensors : null;
+  const adapter = c.adapter ? parse(c.adapter, readAdapterFolder(join(ROOT, 'adapters', c.adapter))).tensors : null;
   return { adapter, tokens: c.ids, logitAt: [virtualTokens(adapter, 'prompt') + c.ids.length - 1] };
 });
 

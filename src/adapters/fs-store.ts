@@ -1,0 +1,103 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { FormatError } from '../errors.js';
+import type { AdapterFiles } from './format.js';
+import type { AdapterStore, StoredAdapter, StoredMeta } from './store.js';
+
+const META = 'meta.json';
+
+export function readAdapterFolder(dir: string): AdapterFiles {
+  const file = (name: string) => join(dir, name);
+  for (const name of ['adapter_config.json', 'adapter_model.safetensors']) {
+    if (!existsSync(file(name))) throw new FormatError('missing_file', `${name} is missing`);
+  }
+  return {
+    config: readFileSync(file('adapter_config.json')),
+    weights: readFileSync(file('adapter_model.safetensors')),
+    task: existsSync(file('task.json')) ? readFileSync(file('task.json')) : undefined,
+  };
+}
+
+/**
+ * Adapters as folders of ADAPTERS_DIR, one per task, in Hugging Face PEFT layout. A save writes a
+ * hidden temporary folder, then swaps it in with renames; a crash between the two renames is
+ * repaired at the next start, so a task always has its old version or its new one.
+ */
+export class FsStore implements AdapterStore {
+  readonly name = 'filesystem';
+
+  constructor(private readonly dir: string) {
+    mkdirSync(dir, { recursive: true });
+    this.recover();
+  }
+
+  /** Folders of a save interrupted between its renames: put the old version back. */
+  private recover(): void {
+    for (const entry of readdirSync(this.dir)) {
+      const m = /^\.old-(.+)-[0-9a-f]{8}$/.exec(entry);
+      if (m && !existsSync(join(this.dir, m[1]))) renameSync(join(this.dir, entry), join(this.dir, m[1]));
+      else if (m || entry.startsWith('.tmp-')) rmSync(join(this.dir, entry), { recursive: true, force: true });
+    }
+  }
+
+  /** Task folders with their metadata; folders without meta.json (copied in by hand) get it on first load. */
+  async index(): Promise<StoredMeta[]> {
+    const out: StoredMeta[] = [];
+    for (const task of readdirSync(this.dir).sort()) {
+      if (task.startsWith('.') || !statSync(join(this.dir, task)).isDirectory()) continue;
+      const meta = this.readMeta(task);
+      out.push(meta ?? { task, version: '', peftType: '', kind: '', bytes: 0, createdAt: statSync(join(this.dir, task)).mtime.toISOString() });
+    }
+    return out;
+  }
+
+  private readMeta(task: string): StoredMeta | null {
+    try {
+      return JSON.parse(readFileSync(join(this.dir, task, META), 'utf8')) as StoredMeta;
+    } catch {
+      return null;
+    }
+  }
+
+  async load(task: string): Promise<StoredAdapter | null> {
+    const dir = join(this.dir, task);
+    if (!existsSync(dir)) return null;
+    const files = readAdapterFolder(dir);
+    const meta = this.readMeta(task) ?? { task, version: '', peftType: '', kind: '', bytes: 0, createdAt: statSync(dir).mtime.toISOString() };
+    return { meta, files };
+  }
+
+  async save({ meta, files }: StoredAdapter): Promise<{ replaced: boolean }> {
+    const suffix = randomBytes(4).toString('hex');
+    const tmp = join(this.dir, `.tmp-${meta.task}-${suffix}`);
+    mkdirSync(tmp);
+    writeFileSync(join(tmp, 'adapter_config.json'), files.config);
+    writeFileSync(join(tmp, 'adapter_model.safetensors'), files.weights);
+    if (files.task) writeFileSync(join(tmp, 'task.json'), files.task);
+    writeFileSync(join(tmp, META), JSON.stringify(meta, null, 2));
+    const target = join(this.dir, meta.task);
+    const replaced = existsSync(target);
+    const old = join(this.dir, `.old-${meta.task}-${suffix}`);
+    if (replaced) renameSync(target, old);
+    renameSync(tmp, target);
+    if (replaced) rmSync(old, { recursive: true, force: true });
+    return { replaced };
+  }
+
+  async remove(task: string): Promise<boolean> {
+    const target = join(this.dir, task);
+    if (!existsSync(target)) return false;
+    // Rename first: the task disappears atomically, and the files go after.
+    const gone = join(this.dir, `.tmp-${task}-${randomBytes(4).toString('hex')}`);
+    renameSync(target, gone);
+    rmSync(gone, { recursive: true, force: true });
+    return true;
+  }
+
+  healthy(): boolean {
+    return true;
+  }
+
+  async close(): Promise<void> {}
+}

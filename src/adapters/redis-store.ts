@@ -1,0 +1,113 @@
+import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { ServerError } from '../errors.js';
+import type { AdapterStore, StoreChange, StoredAdapter, StoredMeta } from './store.js';
+
+/**
+ * Adapters in Redis, shared by every replica. Files are binary hash fields; a save or delete is one
+ * MULTI that updates the files, the index and announces the change on a channel, so a replica
+ * sees the old version or the new one and hears of it at once. Commands fail fast while Redis is
+ * away (no offline queue): admin writes then get 503, and serving goes on from memory.
+ */
+export class RedisStore implements AdapterStore {
+  readonly name = 'redis';
+  private readonly client: Redis;
+  private subscriber: Redis | null = null;
+  private readonly indexKey: string;
+  private readonly channel: string;
+
+  constructor(
+    url: string,
+    private readonly prefix: string,
+    private readonly log: Logger,
+  ) {
+    const opts = { enableOfflineQueue: false, maxRetriesPerRequest: 1, retryStrategy: (n: number) => Math.min(100 * n, 1000), lazyConnect: false };
+    this.client = new Redis(url, opts);
+    this.client.on('error', (e) => this.log.debug({ err: e.message }, 'redis error'));
+    this.indexKey = `${prefix}index`;
+    this.channel = `${prefix}changes`;
+  }
+
+  private filesKey(task: string): string {
+    return `${this.prefix}files:${task}`;
+  }
+
+  /** Resolves once connected (or rejects after `ms`), so startup can read the index. */
+  async connect(ms = 5000): Promise<void> {
+    if (this.client.status === 'ready') return;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`redis did not answer within ${ms} ms`)), ms);
+      this.client.once('ready', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  private guard<T>(p: Promise<T>): Promise<T> {
+    return p.catch((e: Error) => {
+      throw new ServerError('store_unavailable', `the adapter store (redis) is unavailable: ${e.message}`);
+    });
+  }
+
+  async index(): Promise<StoredMeta[]> {
+    const all = await this.guard(this.client.hgetall(this.indexKey));
+    return Object.values(all).map((v) => JSON.parse(v) as StoredMeta).sort((a, b) => a.task.localeCompare(b.task));
+  }
+
+  async load(task: string): Promise<StoredAdapter | null> {
+    const [meta, files] = await this.guard(Promise.all([this.client.hget(this.indexKey, task), this.client.hgetallBuffer(this.filesKey(task))]));
+    if (!meta || !files.config || !files.weights) return null;
+    return { meta: JSON.parse(meta), files: { config: files.config, weights: files.weights, task: files.task } };
+  }
+
+  async save({ meta, files }: StoredAdapter): Promise<{ replaced: boolean }> {
+    const fields: Record<string, Buffer> = { config: files.config, weights: files.weights };
+    if (files.task) fields.task = files.task;
+    const change: StoreChange = { task: meta.task, version: meta.version };
+    const results = await this.guard(
+      this.client
+        .multi()
+        .hexists(this.indexKey, meta.task)
+        .del(this.filesKey(meta.task))
+        .hset(this.filesKey(meta.task), fields)
+        .hset(this.indexKey, meta.task, JSON.stringify(meta))
+        .publish(this.channel, JSON.stringify(change))
+        .exec(),
+    );
+    return { replaced: results?.[0]?.[1] === 1 };
+  }
+
+  async remove(task: string): Promise<boolean> {
+    const change: StoreChange = { task, version: null };
+    const results = await this.guard(this.client.multi().hdel(this.indexKey, task).del(this.filesKey(task)).publish(this.channel, JSON.stringify(change)).exec());
+    return results?.[0]?.[1] === 1;
+  }
+
+  watch(onChange: (change: StoreChange | null) => void): void {
+    const sub = this.client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null });
+    this.subscriber = sub;
+    sub.on('error', (e) => this.log.debug({ err: e.message }, 'redis subscriber error'));
+    sub.on('message', (_channel: string, message: string) => {
+      try {
+        onChange(JSON.parse(message) as StoreChange);
+      } catch {
+        this.log.warn({ message }, 'ignored a malformed change message');
+      }
+    });
+    // Every (re)subscription may have missed messages: resynchronise from the index.
+    sub.on('ready', () => {
+      void sub.subscribe(this.channel).then(() => onChange(null));
+    });
+    this.client.on('ready', () => onChange(null));
+  }
+
+  healthy(): boolean {
+    return this.client.status === 'ready' && (this.subscriber === null || this.subscriber.status === 'ready');
+  }
+
+  async close(): Promise<void> {
+    this.subscriber?.disconnect();
+    this.client.disconnect();
+  }
+}

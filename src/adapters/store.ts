@@ -1,0 +1,41 @@
+import type { AdapterFiles } from './format.js';
+
+/** What a store keeps per task: the files as uploaded, and the facts listed without decoding them. */
+export interface StoredMeta {
+  task: string;
+  version: string;
+  peftType: string;
+  kind: string;
+  bytes: number;
+  createdAt: string;
+}
+
+export interface StoredAdapter {
+  meta: StoredMeta;
+  files: AdapterFiles;
+}
+
+/** A change another replica made, announced to this one. */
+export interface StoreChange {
+  task: string;
+  /** The new version, or null when the task was deleted. */
+  version: string | null;
+}
+
+/**
+ * Where adapters live beyond this process. Writes are atomic: a reader sees the old version or
+ * the new one, never a mix. A store that other replicas share also announces their changes.
+ */
+export interface AdapterStore {
+  readonly name: string;
+  /** Every stored adapter's metadata. */
+  index(): Promise<StoredMeta[]>;
+  load(task: string): Promise<StoredAdapter | null>;
+  /** Returns whether a previous version was replaced. */
+  save(adapter: StoredAdapter): Promise<{ replaced: boolean }>;
+  remove(task: string): Promise<boolean>;
+  /** Shared stores: calls back on changes by any replica, and on reconnect (null: resynchronise all). */
+  watch?(onChange: (change: StoreChange | null) => void): void;
+  healthy(): boolean;
+  close(): Promise<void>;
+}
