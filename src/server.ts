@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { FsStore } from './adapters/fs-store.js';
 import { RedisStore } from './adapters/redis-store.js';
 import { Registry } from './adapters/registry.js';
@@ -33,6 +34,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   const registry = new Registry(model, store, log, config.adapterCacheBytes);
   // A folder may hold files copied in by hand: validate them all. Redis holds only validated uploads.
   await registry.sync(store.name === 'filesystem');
+  if (store.name === 'redis') await seedFromFolder(registry, config.adaptersDir, log);
   registry.follow();
   const adminToken = config.adminToken ?? randomBytes(24).toString('base64url');
   if (!config.adminToken) log.warn({ adminToken }, 'ADMIN_TOKEN is not set: generated one for this process (shown once)');
@@ -80,4 +82,20 @@ async function openStore(config: Config, log: Logger): Promise<AdapterStore> {
   await store.connect();
   log.info({ prefix: config.redisPrefix }, 'adapter store: redis');
   return store;
+}
+
+/** A shared store starts empty: give it the adapters of ADAPTERS_DIR that it does not have yet. */
+async function seedFromFolder(registry: Registry, dir: string, log: Logger): Promise<void> {
+  if (!existsSync(dir)) return;
+  const have = new Set(registry.list().map((a) => a.task));
+  const folder = new FsStore(dir);
+  for (const { task } of await folder.index()) {
+    if (have.has(task)) continue;
+    try {
+      const stored = await folder.load(task);
+      if (stored) await registry.upload(task, stored.files);
+    } catch (e) {
+      log.warn({ task, reason: (e as Error).message }, 'adapter not seeded into redis');
+    }
+  }
 }

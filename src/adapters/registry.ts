@@ -50,7 +50,7 @@ export class Registry {
   private inSync = false;
 
   constructor(
-    private readonly model: BaseModel,
+    readonly model: BaseModel,
     private readonly store: AdapterStore,
     private readonly log: Logger,
     cacheBytes = 256 * 1024 * 1024,
