@@ -23,6 +23,9 @@ export interface Config {
   redisPrefix: string;
   intraOpThreads: number;
   spinThreads: boolean;
+  rateLimitPerMinute: number;
+  metricsMaxTasks: number;
+  shutdownDeadlineMs: number;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): number {
@@ -60,5 +63,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     redisPrefix: env.REDIS_PREFIX ?? 'sps:',
     intraOpThreads: int(env, 'INTRA_OP_THREADS', Math.max(1, cpus().length), 1),
     spinThreads: env.ORT_SPIN === '1',
+    rateLimitPerMinute: int(env, 'RATE_LIMIT_PER_MINUTE', 0),
+    metricsMaxTasks: int(env, 'METRICS_MAX_TASKS', 100, 1),
+    shutdownDeadlineMs: int(env, 'SHUTDOWN_DEADLINE_MS', 30_000),
   });
 }

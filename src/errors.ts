@@ -9,6 +9,7 @@ export const ERROR_STATUS = {
   prompt_too_long: 413,
   payload_too_large: 413,
   overloaded: 429,
+  rate_limited: 429,
   internal_error: 500,
   not_ready: 503,
   shutting_down: 503,

@@ -8,8 +8,9 @@ try {
   const server = await createServer(config, log);
   await server.app.listen({ port: config.port, host: config.host });
   const shutdown = async (signal: string) => {
-    log.info({ signal }, 'shutting down');
-    await server.close();
+    log.info({ signal, deadlineMs: config.shutdownDeadlineMs }, 'shutting down: finishing admitted requests');
+    await server.close(config.shutdownDeadlineMs);
+    log.info('shut down');
     process.exit(0);
   };
   process.once('SIGTERM', () => void shutdown('SIGTERM'));

@@ -11,6 +11,7 @@ import { Engine } from './engine/engine.js';
 import { Inference } from './engine/inference.js';
 import { Executor } from './executor/executor.js';
 import { buildApp } from './http/app.js';
+import { Metrics } from './metrics.js';
 import { loadBaseModel, type BaseModel } from './model/base-model.js';
 
 export interface Server {
@@ -22,7 +23,7 @@ export interface Server {
   inference: Inference;
   log: Logger;
   adminToken: string;
-  close: () => Promise<void>;
+  close: (deadlineMs?: number) => Promise<void>;
 }
 
 /** Composition root: config → model → registry → executor → engine → HTTP. */
@@ -44,7 +45,14 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   const engine = new Engine(executor, { ...config, maxWorkerAdapters: 512 }, log);
   executor.on('error', (e: Error) => log.error({ err: e.message }, 'inference worker failed to restart'));
   engine.start();
-  const inference = new Inference(engine, model, registry, config.requestTimeoutMs);
+  const metrics = new Metrics(config.metricsMaxTasks, {
+    queueDepth: () => engine.queueDepth,
+    running: () => engine.running,
+    adapters: () => registry.size,
+    cache: () => registry.cacheStats,
+  });
+  engine.onStep = ({ plan }) => metrics.step(plan.decode.length + plan.prefill.length + plan.score.length, plan.decode.length + plan.prefill.reduce((n, p) => n + p.tokens.length, 0) + plan.score.reduce((n, s) => n + s.context.length + s.targets.length, 0));
+  const inference = new Inference(engine, model, registry, config.requestTimeoutMs, metrics);
   let ready = true;
   const app = await buildApp({
     logger: log,
@@ -53,6 +61,9 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     registry,
     bodyLimitBytes: config.bodyLimitBytes,
     adminToken,
+    apiTokens: config.apiTokens,
+    rateLimitPerMinute: config.rateLimitPerMinute,
+    metrics,
     maxAdapterBytes: config.maxAdapterBytes,
     readiness: () => ({
       ready: ready && (registry.synced || store.name === 'redis'),
@@ -66,10 +77,13 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
       },
     }),
   });
-  const close = async () => {
+  /** Graceful: stop admitting (503 shutting_down), let admitted requests finish up to the deadline, then close. */
+  const close = async (deadlineMs = 0) => {
     ready = false;
-    await app.close();
+    const drained = await engine.drain(deadlineMs);
+    if (!drained) log.warn({ deadlineMs }, 'shutdown deadline reached with requests still running');
     await engine.stop();
+    await app.close();
     await executor.close();
     await store.close();
   };

@@ -53,7 +53,7 @@ export class Engine {
 
   /** Queues a job; past MAX_QUEUE it is refused with 429 and a hint of when to retry. */
   submit(job: Job): void {
-    if (this.stopped) throw new ServerError('shutting_down', 'the server is shutting down');
+    if (this.stopped || this.draining) throw new ServerError('shutting_down', 'the server is shutting down');
     if (this.scheduler.waiting >= this.opts.maxQueue) {
       throw new ServerError('overloaded', `the queue is full (${this.opts.maxQueue} requests); retry shortly`, { 'retry-after': '1' });
     }
@@ -100,10 +100,25 @@ export class Engine {
     }
   }
 
-  /** Stops admitting; returns once the loop has finished its current step. */
+  private draining = false;
+
+  /** Refuses new work with 503 and resolves when what was admitted has finished, or at the deadline. */
+  async drain(deadlineMs: number): Promise<boolean> {
+    this.draining = true;
+    const until = performance.now() + deadlineMs;
+    while (this.scheduler.hasWork() && performance.now() < until) await new Promise((r) => setTimeout(r, 20));
+    return !this.scheduler.hasWork();
+  }
+
+  /** Stops the loop; returns once it has finished its current step. */
   async stop(): Promise<void> {
     this.stopped = true;
     this.wake?.();
     await this.loopDone;
+    const err = new ServerError('shutting_down', 'the server shut down before this request finished');
+    for (const job of this.scheduler.abandon()) {
+      if (job.type === 'generate') job.finish(err);
+      else job.done(null, err);
+    }
   }
 }

@@ -6,7 +6,9 @@ import { applyTemplate, checkLabels, checkTemplate } from '../adapters/task-spec
 import { FormatError } from '../errors.js';
 import type { AdapterTensors, TokenChoice } from '../protocol.js';
 import { TextStream } from '../tokenizer/text-stream.js';
+import type { Metrics } from '../metrics.js';
 import type { Engine } from './engine.js';
+import type { GenerateJob } from './jobs.js';
 
 export interface GenerateParams {
   prompt: string;
@@ -47,7 +49,13 @@ export class Inference {
     private readonly model: BaseModel,
     private readonly registry: Registry,
     private readonly timeoutMs: number,
+    private readonly metrics: Metrics | null = null,
   ) {}
+
+  /** A token's text on its own (a partial UTF-8 character shows as U+FFFD), for OpenAI-style logprobs. */
+  tokenText(id: number): string {
+    return this.model.tokenizer.decode([id]);
+  }
 
   private encodePrompt(text: string, adapter: AdapterTensors | null): number[] {
     const tokens = this.model.tokenizer.encode(text);
@@ -98,6 +106,8 @@ export class Inference {
     let out = '';
     let emitted = 0;
     let finishReason: GenerateResult['finish_reason'] = 'length';
+    let job!: GenerateJob;
+    let lastTokenAt = 0;
     const emit = (tokenId: number, final: boolean) => {
       if (!ctl.onToken) return;
       const upTo = final ? out.length : Math.max(emitted, out.length - holdBack);
@@ -105,6 +115,12 @@ export class Inference {
       emitted = upTo;
     };
     const onToken = (c: TokenChoice): 'continue' | 'stop' | 'length' => {
+      const now = performance.now();
+      if (lastTokenAt === 0) {
+        this.metrics?.firstToken(now - job.enqueuedAt);
+        if (job.admittedAt !== undefined) this.metrics?.waited(job.admittedAt - job.enqueuedAt);
+      } else this.metrics?.nextToken(now - lastTokenAt);
+      lastTokenAt = now;
       if (c.token === eos && !p.ignore_eos) {
         out += stream.flush();
         finishReason = 'stop';
@@ -130,7 +146,6 @@ export class Inference {
       return 'continue';
     };
     return this.track(ctl, () => {
-      let job!: Parameters<Engine['submit']>[0] & { type: 'generate' };
       const result = new Promise<GenerateResult>((resolve, reject) => {
         job = {
           type: 'generate',
@@ -144,6 +159,7 @@ export class Inference {
           cancelled: false,
           enqueuedAt: performance.now(),
           finish: (err) => {
+            this.metrics?.generated(task, ids.length);
             if (err) return reject(err);
             const body: GenerateResult = {
               task,

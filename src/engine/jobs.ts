@@ -14,6 +14,8 @@ export interface GenerateJob {
   finish: (error: Error | null) => void;
   cancelled: boolean;
   enqueuedAt: number;
+  /** Set by the scheduler when the job joins a step. */
+  admittedAt?: number;
 }
 
 /** A validated one-shot request: several rows scored in batched forward passes, no decode loop. */

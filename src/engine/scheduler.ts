@@ -135,6 +135,7 @@ export class Scheduler {
             slots--;
             const seq = this.nextRowId++;
             this.running.set(seq, { job, last: -1, generated: 0 });
+            job.admittedAt = performance.now();
             plan.prefill.push({ seq, adapter: job.adapter?.key ?? null, tokens: job.tokens, sampling: job.sampling });
             useAdapter(job.adapter);
             admitted = true;
@@ -220,6 +221,15 @@ export class Scheduler {
   private finishScore(p: ScoreProgress): SchedulerEvent {
     this.scoring.delete(p.job.id);
     return { type: 'scored', job: p.job, logprobs: p.results as number[][] };
+  }
+
+  /** At shutdown: every job, queued or in flight, leaves the scheduler. */
+  abandon(): Job[] {
+    const queued = [...this.queues.values()].flat();
+    this.queues.clear();
+    this.turn.length = 0;
+    this.waiting = 0;
+    return [...this.reset(), ...queued];
   }
 
   /** After a worker crash: everything it held is gone. Returns the jobs that were in flight. */

@@ -5,6 +5,7 @@ import { errorBody, ServerError } from '../errors.js';
 export function installErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | ServerError, req, reply) => {
     if (err instanceof ServerError) {
+      req.errorCode = err.code;
       if (err.status >= 500) req.log.warn({ code: err.code }, err.message);
       return reply.code(err.status).headers(err.headers).send(errorBody(err.code, err.message));
     }

@@ -1,10 +1,29 @@
+import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { AppDeps } from '../app.js';
+import { ErrorBody } from '../schemas.js';
+
+const Health = Type.Object({ status: Type.Literal('ok') }, { examples: [{ status: 'ok' }] });
+const Ready = Type.Object(
+  {
+    status: Type.String(),
+    model: Type.String(),
+    provider: Type.String(),
+    adapters: Type.Integer(),
+    store: Type.String(),
+    degraded: Type.Boolean({ description: 'The shared adapter store is away: serving goes on from memory, admin writes get 503' }),
+  },
+  { examples: [{ status: 'ready', model: 'gpt2', provider: 'cpu', adapters: 7, store: 'filesystem', degraded: false }] },
+);
 
 export function operationsRoutes(app: FastifyInstance, deps: AppDeps): void {
-  app.get('/healthz', { schema: { tags: ['operations'], summary: 'Liveness' }, logLevel: 'warn' }, async () => ({ status: 'ok' }));
-  app.get('/readyz', { schema: { tags: ['operations'], summary: 'Readiness: model loaded and registry in sync' }, logLevel: 'warn' }, async (_req, reply) => {
-    const { ready, details } = deps.readiness();
-    return reply.code(ready ? 200 : 503).send(ready ? { status: 'ready', ...details } : { error: { code: 'not_ready', message: 'the server is not ready' }, ...details });
-  });
+  app.get('/healthz', { schema: { tags: ['operations'], summary: 'Liveness', response: { 200: Health } }, logLevel: 'warn' }, async () => ({ status: 'ok' as const }));
+  app.get(
+    '/readyz',
+    { schema: { tags: ['operations'], summary: 'Readiness: model loaded and registry in sync', response: { 200: Ready, 503: Type.Intersect([ErrorBody, Type.Partial(Ready)]) } }, logLevel: 'warn' },
+    async (_req, reply) => {
+      const { ready, details } = deps.readiness();
+      return reply.code(ready ? 200 : 503).send(ready ? { status: 'ready', ...details } : { error: { code: 'not_ready', message: 'the server is not ready' }, ...details });
+    },
+  );
 }

@@ -1,0 +1,85 @@
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import client from 'prom-client';
+
+/**
+ * Prometheus metrics. Task labels are bounded: the first `maxTasks` tasks seen keep their name,
+ * later ones are counted as 'other', so thousands of adapters cannot blow up the series count.
+ */
+export class Metrics {
+  readonly registry = new client.Registry();
+  private readonly tasks = new Set<string>();
+  private readonly requests: client.Counter<'task' | 'route' | 'status'>;
+  private readonly tokens: client.Counter<'task'>;
+  private readonly errors: client.Counter<'task' | 'code'>;
+  private readonly batchRows: client.Histogram;
+  private readonly batchTokens: client.Histogram;
+  private readonly queueWait: client.Histogram;
+  private readonly ttft: client.Histogram;
+  private readonly interToken: client.Histogram;
+  private readonly loop = monitorEventLoopDelay({ resolution: 10 });
+
+  constructor(
+    private readonly maxTasks: number,
+    sources: { queueDepth: () => number; running: () => number; adapters: () => number; cache: () => { hits: number; misses: number; evictions: number; bytes: number } },
+  ) {
+    const r = this.registry;
+    client.collectDefaultMetrics({ register: r });
+    this.loop.enable();
+    const ms = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
+    this.requests = new client.Counter({ name: 'sps_requests_total', help: 'Inference requests by task, route and status', labelNames: ['task', 'route', 'status'], registers: [r] });
+    this.tokens = new client.Counter({ name: 'sps_generated_tokens_total', help: 'Generated tokens by task', labelNames: ['task'], registers: [r] });
+    this.errors = new client.Counter({ name: 'sps_errors_total', help: 'Failed inference requests by task and error code', labelNames: ['task', 'code'], registers: [r] });
+    this.batchRows = new client.Histogram({ name: 'sps_batch_rows', help: 'Rows per forward step', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: [r] });
+    this.batchTokens = new client.Histogram({ name: 'sps_batch_tokens', help: 'Tokens per forward step (decode rows + prefill tokens)', buckets: [1, 8, 32, 128, 512, 2048, 8192], registers: [r] });
+    this.queueWait = new client.Histogram({ name: 'sps_queue_wait_ms', help: 'Time from admission to the queue until the first step', buckets: ms, registers: [r] });
+    this.ttft = new client.Histogram({ name: 'sps_time_to_first_token_ms', help: 'Time to first token', buckets: ms, registers: [r] });
+    this.interToken = new client.Histogram({ name: 'sps_inter_token_ms', help: 'Time between tokens of one request', buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500], registers: [r] });
+    new client.Gauge({ name: 'sps_queue_depth', help: 'Requests waiting for admission', registers: [r], collect() { this.set(sources.queueDepth()); } });
+    new client.Gauge({ name: 'sps_running_sequences', help: 'Sequences in the running batch', registers: [r], collect() { this.set(sources.running()); } });
+    new client.Gauge({ name: 'sps_adapters_registered', help: 'Registered adapters', registers: [r], collect() { this.set(sources.adapters()); } });
+    const cacheGauge = (name: string, help: string, pick: (c: ReturnType<typeof sources.cache>) => number) =>
+      new client.Gauge({ name, help, registers: [r], collect() { this.set(pick(sources.cache())); } });
+    cacheGauge('sps_adapter_cache_hits', 'Adapter cache hits (cumulative)', (c) => c.hits);
+    cacheGauge('sps_adapter_cache_misses', 'Adapter cache misses (cumulative)', (c) => c.misses);
+    cacheGauge('sps_adapter_cache_evictions', 'Adapter cache evictions (cumulative)', (c) => c.evictions);
+    cacheGauge('sps_adapter_cache_bytes', 'Bytes of decoded adapters in memory', (c) => c.bytes);
+    const loop = this.loop;
+    new client.Gauge({ name: 'sps_event_loop_delay_p99_ms', help: 'Event-loop delay, p99 since the last scrape', registers: [r], collect() { this.set(loop.percentile(99) / 1e6); loop.reset(); } });
+  }
+
+  private label(task: string): string {
+    if (this.tasks.has(task)) return task;
+    if (this.tasks.size < this.maxTasks) {
+      this.tasks.add(task);
+      return task;
+    }
+    return 'other';
+  }
+
+  request(task: string, route: string, status: number, code?: string): void {
+    const t = this.label(task);
+    this.requests.inc({ task: t, route, status: String(status) });
+    if (code) this.errors.inc({ task: t, code });
+  }
+
+  generated(task: string, n: number): void {
+    if (n > 0) this.tokens.inc({ task: this.label(task) }, n);
+  }
+
+  step(rows: number, tokens: number): void {
+    this.batchRows.observe(rows);
+    this.batchTokens.observe(tokens);
+  }
+
+  waited(ms: number): void {
+    this.queueWait.observe(ms);
+  }
+
+  firstToken(ms: number): void {
+    this.ttft.observe(ms);
+  }
+
+  nextToken(ms: number): void {
+    this.interToken.observe(ms);
+  }
+}

@@ -1,0 +1,59 @@
+import t from 'tap';
+import { startServer } from '../helpers.js';
+
+t.test('API_TOKENS: inference needs one of them; operations stay open', async (t) => {
+  const server = await startServer({ API_TOKENS: 'alpha,beta' });
+  t.teardown(() => server.close());
+  const gen = (headers: Record<string, string>) => server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt: 'love', max_tokens: 2 }, headers });
+  const none = await gen({});
+  t.equal(none.statusCode, 401);
+  t.equal(none.json().error.code, 'unauthorized');
+  t.equal((await gen({ authorization: 'Bearer gamma' })).statusCode, 401);
+  t.equal((await gen({ authorization: 'Bearer beta' })).statusCode, 200);
+  t.equal((await server.app.inject('/healthz')).statusCode, 200);
+});
+
+t.test('rate limit per API token: 429 with the error shape', async (t) => {
+  const server = await startServer({ API_TOKENS: 'alpha,beta', RATE_LIMIT_PER_MINUTE: '3' });
+  t.teardown(() => server.close());
+  const gen = (token: string) => server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt: 'love', max_tokens: 1 }, headers: { authorization: `Bearer ${token}` } });
+  const codes = [];
+  for (let i = 0; i < 4; i++) codes.push((await gen('alpha')).statusCode);
+  t.same(codes, [200, 200, 200, 429]);
+  const limited = await gen('alpha');
+  t.equal(limited.json().error.code, 'rate_limited');
+  t.equal((await gen('beta')).statusCode, 200, 'another token has its own budget');
+});
+
+t.test('metrics: queue, batches, latencies, per-task counters folded past the limit', async (t) => {
+  const server = await startServer({ METRICS_MAX_TASKS: '2' });
+  t.teardown(() => server.close());
+  for (const task of ['base', 'kjv-prompt', 'pos-bitfit', 'define-prefix']) {
+    await server.app.inject({ method: 'POST', url: `/v1/tasks/${task}/generate`, payload: { prompt: 'love', max_tokens: 3, temperature: 0, ignore_eos: true } });
+  }
+  await server.app.inject({ method: 'POST', url: '/v1/tasks/missing/generate', payload: { prompt: 'love' } });
+  const res = await server.app.inject('/metrics');
+  t.equal(res.statusCode, 200);
+  const text = res.body;
+  for (const name of ['sps_queue_depth', 'sps_batch_rows_bucket', 'sps_batch_tokens_bucket', 'sps_queue_wait_ms_bucket', 'sps_time_to_first_token_ms_bucket', 'sps_inter_token_ms_bucket', 'sps_adapter_cache_hits', 'sps_adapter_cache_misses', 'sps_adapter_cache_evictions', 'sps_adapters_registered', 'sps_event_loop_delay_p99_ms']) {
+    t.match(text, new RegExp(`^${name}`, 'm'), name);
+  }
+  t.match(text, /sps_generated_tokens_total\{task="base"\} 3/);
+  t.match(text, /sps_generated_tokens_total\{task="other"\} 6/, 'tasks past METRICS_MAX_TASKS are folded into other');
+  t.match(text, /sps_errors_total\{task="other",code="task_not_found"\} 1/);
+});
+
+t.test('graceful shutdown: admitted requests finish, new ones get 503 shutting_down', async (t) => {
+  const server = await startServer();
+  const inflight = server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt: 'In the beginning', max_tokens: 200, temperature: 0, ignore_eos: true } });
+  for (let i = 0; i < 200 && server.engine.running === 0; i++) await new Promise((r) => setTimeout(r, 5));
+  const closing = server.close(10_000);
+  await new Promise((r) => setTimeout(r, 10));
+  const late = await server.inference.generate('base', { prompt: 'late', max_tokens: 2 }).catch((e: { code: string; status: number }) => e);
+  t.equal((late as { code: string }).code, 'shutting_down');
+  t.equal((late as { status: number }).status, 503);
+  const done = await inflight;
+  t.equal(done.statusCode, 200, 'the admitted request finished');
+  t.equal(done.json().token_ids.length, 200);
+  await closing;
+});
