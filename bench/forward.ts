@@ -6,6 +6,7 @@ import ort from 'onnxruntime-node';
 import { cpus } from 'node:os';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { parseArgs } from 'node:util';
 import { FeedContext } from '../src/executor/model-constants.js';
 import { StepRunner } from '../src/executor/step-runner.js';
 import { loadBaseModel } from '../src/model/base-model.js';
@@ -13,6 +14,7 @@ import { GraphBuilder } from '../src/model/onnx-builder.js';
 import type { StepPlan } from '../src/protocol.js';
 import { printTable } from './table.js';
 
+const { values: args } = parseArgs({ options: { batches: { type: 'string', default: '1,8,32,64' }, out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'forward.json') } } });
 const THREADS = Number(process.env.INTRA_OP_THREADS ?? cpus().length);
 const PROMPT = 64;
 const DECODE_STEPS = 32;
@@ -50,7 +52,7 @@ const empty = (): StepPlan => ({ drop: [], decode: [], prefill: [], score: [], a
 
 const rows: (string | number)[][] = [];
 const results: Record<string, unknown>[] = [];
-for (const B of [1, 8, 32, 64]) {
+for (const B of args.batches!.split(',').map(Number)) {
   const runner = new StepRunner(session, new FeedContext(model.tensors));
   const tokens = Array.from({ length: PROMPT }, (_, i) => 100 + ((i * 37) % 3000));
   let prefillMs = Infinity;
@@ -97,5 +99,5 @@ console.log('\nTimes are whole worker steps (feeds, session.run, sampling, KV ap
 console.log(`forward pass, ${c.layers} layers × ${c.hidden} wide, prompt ${PROMPT} tokens, ${DECODE_STEPS} decode steps, ${THREADS} intra-op threads, cpu: ${cpus()[0]?.model}`);
 console.log(`ceiling: one 1024×1024×1024 MatMul through onnxruntime-node ${ort.env.versions.common} = ${ceiling.toFixed(1)} GFLOP/s\n`);
 printTable(['batch', 'prefill tok/s', 'decode tok/s', 'prefill GFLOP/s', 'decode GFLOP/s', 'prefill % of ceiling', 'decode % of ceiling', 'decode time on host'], rows);
-mkdirSync('bench/results', { recursive: true });
-writeFileSync(join('bench/results', 'forward.json'), JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, threads: THREADS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));
+mkdirSync(join(args.out!, '..'), { recursive: true });
+writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, threads: THREADS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));

@@ -128,3 +128,68 @@ export async function streamGenerate(url: string, task: string, body: object): P
   }
   return { latency: performance.now() - t0, ttft, tokens };
 }
+
+export const POLICIES = [
+  { name: '(a) one at a time', env: { MAX_BATCH_SIZE: '1' } as Record<string, string> },
+  { name: '(b) same-task batching', env: { BATCH_POLICY: 'same-task' } as Record<string, string> },
+  { name: '(c) mixed-task batching', env: { BATCH_POLICY: 'mixed' } as Record<string, string> },
+];
+
+export interface WorkloadRow {
+  policy: string;
+  tasks: number;
+  clients: number;
+  reqPerS: number;
+  tokPerS: number;
+  p50: number;
+  p99: number;
+  ttftP50: number;
+  ttftP99: number;
+  healthP50: number;
+  healthP99: number;
+}
+
+/** Prompts: the start of training-split verses and fortunes, 4 to 12 words. */
+export function benchPrompts(shared: string, n: number): string[] {
+  const texts = ['kjv.jsonl', 'fortunes.jsonl'].flatMap((f) => readFileSync(join(shared, 'data', f), 'utf8').split('\n').filter(Boolean).slice(2000, 2000 + n));
+  return Array.from({ length: n }, (_, i) => (JSON.parse(texts[(i * 2) % texts.length]).text as string).split(/\s+/).slice(0, 4 + (i % 9)).join(' '));
+}
+
+/**
+ * One fixed workload against a fresh server process: `prompts.length` streamed generate requests of
+ * `tokens` new tokens, `clients` at a time, spread over `tasks` (adapter folders in `adapterDir`).
+ */
+export async function runWorkload(o: { policy: (typeof POLICIES)[number]; adapterDir: string; tasks: string[]; clients: number; prompts: string[]; tokens: number }): Promise<WorkloadRow> {
+  const server = await startServerProcess({ ADAPTERS_DIR: o.adapterDir, MAX_QUEUE: '4096', ...o.policy.env });
+  const body = (i: number) => ({ prompt: o.prompts[i], raw: true, max_tokens: o.tokens, temperature: 0, ignore_eos: true });
+  await Promise.all(o.tasks.slice(0, 8).map((t, i) => streamGenerate(server.url, t, body(i)))); // warm-up
+  const probe = healthProbe(server.url);
+  const results: { latency: number; ttft: number; tokens: number }[] = [];
+  let next = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: o.clients }, async () => {
+      while (next < o.prompts.length) {
+        const i = next++;
+        results.push(await streamGenerate(server.url, o.tasks[i % o.tasks.length], body(i)));
+      }
+    }),
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  const health = probe.stop();
+  await server.stop();
+  const col = (k: 'latency' | 'ttft') => results.map((r) => r[k]);
+  return {
+    policy: o.policy.name,
+    tasks: o.tasks.length,
+    clients: o.clients,
+    reqPerS: o.prompts.length / seconds,
+    tokPerS: results.reduce((s, r) => s + r.tokens, 0) / seconds,
+    p50: percentile(col('latency'), 50),
+    p99: percentile(col('latency'), 99),
+    ttftP50: percentile(col('ttft'), 50),
+    ttftP99: percentile(col('ttft'), 99),
+    healthP50: percentile(health, 50),
+    healthP99: percentile(health, 99),
+  };
+}

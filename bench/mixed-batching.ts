@@ -5,11 +5,11 @@
  * each at 1, 8 and 64 distinct tasks. Also: resident bytes per adapter and RSS with 1,000 adapters.
  *   npm run bench:mixed [-- --requests 512 --clients 32]
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { healthProbe, machineInfo, percentile, rssBytes, startServerProcess, streamGenerate, writeAdapters } from './harness.js';
+import { benchPrompts, machineInfo, POLICIES, rssBytes, runWorkload, startServerProcess, writeAdapters, type WorkloadRow } from './harness.js';
 import { printTable } from './table.js';
 
 const { values: args } = parseArgs({
@@ -29,49 +29,13 @@ const TOKENS = Number(args.tokens);
 const TASK_COUNTS = args.tasks!.split(',').map(Number);
 const work = mkdtempSync(join(tmpdir(), 'bench-mixed-'));
 
-// Prompts: the start of training-split verses and fortunes, 4 to 12 words.
-const texts = ['kjv.jsonl', 'fortunes.jsonl'].flatMap((f) => readFileSync(join(args.shared!, 'data', f), 'utf8').split('\n').filter(Boolean).slice(2000, 2000 + REQUESTS));
-const prompts = Array.from({ length: REQUESTS }, (_, i) => {
-  const words = (JSON.parse(texts[i * 2 % texts.length]).text as string).split(/\s+/);
-  return words.slice(0, 4 + (i % 9)).join(' ');
-});
-
-const POLICIES = [
-  { name: '(a) one at a time', env: { MAX_BATCH_SIZE: '1' } },
-  { name: '(b) same-task batching', env: { BATCH_POLICY: 'same-task' } },
-  { name: '(c) mixed-task batching', env: { BATCH_POLICY: 'mixed' } },
-];
-
-interface Row { policy: string; tasks: number; reqPerS: number; tokPerS: number; p50: number; p99: number; ttftP50: number; ttftP99: number; healthP50: number; healthP99: number; healthMax: number }
-const rows: Row[] = [];
+const prompts = benchPrompts(args.shared!, REQUESTS);
+const rows: WorkloadRow[] = [];
 for (const n of TASK_COUNTS) {
   const dir = join(work, `tasks-${n}`);
-  const names = writeAdapters(dir, n);
+  const tasks = writeAdapters(dir, n);
   for (const policy of POLICIES) {
-    const server = await startServerProcess({ ADAPTERS_DIR: dir, MAX_QUEUE: '4096', ...(policy.env as unknown as Record<string, string>) });
-    const body = (i: number) => ({ prompt: prompts[i], raw: true, max_tokens: TOKENS, temperature: 0, ignore_eos: true });
-    await Promise.all(names.slice(0, 8).map((t, i) => streamGenerate(server.url, t, body(i)))); // warm-up
-    const probe = healthProbe(server.url);
-    const results: { latency: number; ttft: number; tokens: number }[] = [];
-    let next = 0;
-    const t0 = performance.now();
-    await Promise.all(Array.from({ length: CLIENTS }, async () => {
-      while (next < REQUESTS) {
-        const i = next++;
-        results.push(await streamGenerate(server.url, names[i % names.length], body(i)));
-      }
-    }));
-    const seconds = (performance.now() - t0) / 1000;
-    const health = probe.stop();
-    await server.stop();
-    const tokens = results.reduce((s, r) => s + r.tokens, 0);
-    const row: Row = {
-      policy: policy.name, tasks: n,
-      reqPerS: REQUESTS / seconds, tokPerS: tokens / seconds,
-      p50: percentile(results.map((r) => r.latency), 50), p99: percentile(results.map((r) => r.latency), 99),
-      ttftP50: percentile(results.map((r) => r.ttft), 50), ttftP99: percentile(results.map((r) => r.ttft), 99),
-      healthP50: percentile(health, 50), healthP99: percentile(health, 99), healthMax: Math.max(...health),
-    };
+    const row = await runWorkload({ policy, adapterDir: dir, tasks, clients: CLIENTS, prompts, tokens: TOKENS });
     rows.push(row);
     console.error(`${policy.name}, ${n} tasks: ${row.tokPerS.toFixed(0)} tok/s`);
   }

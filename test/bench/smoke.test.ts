@@ -1,0 +1,23 @@
+/** The benchmark suite and the evaluation harness, on tiny workloads, so that they cannot rot. */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { ROOT } from '../helpers.js';
+
+t.test('npm run bench -- --smoke completes and writes every result', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'sps-bench-'));
+  const r = spawnSync(process.execPath, [join('dist', 'bench', 'run-all.js'), '--smoke', '--out', out], { cwd: ROOT, encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr.slice(-2000));
+  const dir = join(out, 'smoke');
+  for (const f of ['forward.json', 'mixed-batching.json', 'sweeps.json', 'hot-swap.json', 'eval.json', 'summary.md', 'concurrency.svg', 'heterogeneity.svg']) {
+    t.ok(existsSync(join(dir, f)), f);
+  }
+  const summary = readFileSync(join(dir, 'summary.md'), 'utf8');
+  for (const section of ['Forward pass', 'Mixed-task batching', 'Sweeps', 'Hot swap', 'Evaluation']) t.match(summary, `## ${section}`);
+  t.notMatch(summary, /failed with exit code/);
+  const evalJson = JSON.parse(readFileSync(join(dir, 'eval.json'), 'utf8'));
+  for (const key of ['pos/frozen', 'pos/bitfit', 'pos/prefix', 'define/prefix', 'kjv/prompt', 'fortune/ptuning']) t.type(evalJson[key]?.score, 'number', key);
+  t.match(readFileSync(join(dir, 'concurrency.svg'), 'utf8'), /^<svg/);
+});
