@@ -54,7 +54,7 @@ for (const [k, v] of Object.entries(table)) TRAINABLE[k] = v.trainable_params;
 let base = args.url;
 let close = async () => {};
 if (!base) {
-  const server = await createServer(loadConfig({ ...process.env, PORT: '0' }), pino({ level: 'warn' }));
+  const server = await createServer(loadConfig({ ...process.env, PORT: '0' }), pino({ level: 'error' }));
   await server.app.listen({ port: 0, host: '127.0.0.1' });
   base = `http://127.0.0.1:${(server.app.server.address() as { port: number }).port}`;
   close = server.close;

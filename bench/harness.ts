@@ -130,7 +130,7 @@ export async function streamGenerate(url: string, task: string, body: object): P
 }
 
 export const POLICIES = [
-  { name: '(a) one at a time', env: { MAX_BATCH_SIZE: '1' } as Record<string, string> },
+  { name: '(a) one at a time', env: { MAX_BATCH_SIZE: '1', WORKERS: '1' } as Record<string, string> },
   { name: '(b) same-task batching', env: { BATCH_POLICY: 'same-task' } as Record<string, string> },
   { name: '(c) mixed-task batching', env: { BATCH_POLICY: 'mixed' } as Record<string, string> },
 ];

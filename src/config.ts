@@ -22,6 +22,7 @@ export interface Config {
   adapterCacheBytes: number;
   redisPrefix: string;
   intraOpThreads: number;
+  workers: number;
   spinThreads: boolean;
   rateLimitPerMinute: number;
   metricsMaxTasks: number;
@@ -34,6 +35,14 @@ function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): n
   const v = Number(raw);
   if (!Number.isInteger(v) || v < min) throw new Error(`${name} must be an integer ≥ ${min}, got '${raw}'`);
   return v;
+}
+
+/**
+ * Two workers by default: while one waits for the event loop between steps, the other computes.
+ * Measured on 2 cores (bench/mixed-batching.ts): 2 workers × 1 thread beat 1 × 2 by about 20%.
+ */
+function defaultWorkers(env: NodeJS.ProcessEnv): number {
+  return int(env, 'WORKERS', Math.min(2, cpus().length), 1);
 }
 
 /** Reads and validates the environment once; the result is frozen and handed out in slices. */
@@ -61,7 +70,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     maxAdapterBytes: int(env, 'MAX_ADAPTER_BYTES', 64 * 1024 * 1024, 1024),
     adapterCacheBytes: int(env, 'ADAPTER_CACHE_BYTES', 256 * 1024 * 1024, 1),
     redisPrefix: env.REDIS_PREFIX ?? 'sps:',
-    intraOpThreads: int(env, 'INTRA_OP_THREADS', Math.max(1, cpus().length), 1),
+    workers: defaultWorkers(env),
+    intraOpThreads: int(env, 'INTRA_OP_THREADS', Math.max(1, Math.floor(cpus().length / defaultWorkers(env))), 1),
     spinThreads: env.ORT_SPIN === '1',
     rateLimitPerMinute: int(env, 'RATE_LIMIT_PER_MINUTE', 0),
     metricsMaxTasks: int(env, 'METRICS_MAX_TASKS', 100, 1),

@@ -19,7 +19,7 @@ export interface Server {
   model: BaseModel;
   registry: Registry;
   engine: Engine;
-  executor: Executor;
+  executors: Executor[];
   inference: Inference;
   log: Logger;
   adminToken: string;
@@ -39,11 +39,11 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   registry.follow();
   const adminToken = config.adminToken ?? randomBytes(24).toString('base64url');
   if (!config.adminToken) log.warn({ adminToken }, 'ADMIN_TOKEN is not set: generated one for this process (shown once)');
-  const executor = new Executor({ graphPath: model.graphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads, spin: config.spinThreads });
-  await executor.ready();
-  log.info({ provider: config.executionProvider, ms: Math.round(performance.now() - t0) }, 'inference worker ready');
-  const engine = new Engine(executor, { ...config, maxWorkerAdapters: 512 }, log);
-  executor.on('error', (e: Error) => log.error({ err: e.message }, 'inference worker failed to restart'));
+  const executors = Array.from({ length: config.workers }, () => new Executor({ graphPath: model.graphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads, spin: config.spinThreads }));
+  await Promise.all(executors.map((e) => e.ready()));
+  log.info({ provider: config.executionProvider, workers: config.workers, threads: config.intraOpThreads, ms: Math.round(performance.now() - t0) }, 'inference workers ready');
+  const engine = new Engine(executors, { ...config, maxWorkerAdapters: 512 }, log);
+  for (const e of executors) e.on('error', (err: Error) => log.error({ err: err.message }, 'inference worker failed to restart'));
   engine.start();
   const metrics = new Metrics(config.metricsMaxTasks, {
     queueDepth: () => engine.queueDepth,
@@ -84,10 +84,10 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     if (!drained) log.warn({ deadlineMs }, 'shutdown deadline reached with requests still running');
     await engine.stop();
     await app.close();
-    await executor.close();
+    await Promise.all(executors.map((e) => e.close()));
     await store.close();
   };
-  return { app, model, registry, engine, executor, inference, log, close, adminToken };
+  return { app, model, registry, engine, executors, inference, log, close, adminToken };
 }
 
 async function openStore(config: Config, log: Logger): Promise<AdapterStore> {

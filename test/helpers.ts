@@ -71,7 +71,6 @@ export async function startServer(env: Record<string, string> = {}): Promise<Ser
     MODEL_DIR: join(ROOT, 'models', 'demo-gpt2'),
     ADAPTERS_DIR: join(ROOT, 'adapters'),
     CACHE_DIR: join(ROOT, '.cache'),
-    INTRA_OP_THREADS: '2',
     ...env,
   });
   const server = await createServer(config, pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }));

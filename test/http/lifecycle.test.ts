@@ -2,7 +2,8 @@ import { request } from 'node:http';
 import t from 'tap';
 import { startServer } from '../helpers.js';
 
-const server = await startServer({ REQUEST_TIMEOUT_MS: '4000' });
+// One worker, so that the crash below takes every running request with it.
+const server = await startServer({ REQUEST_TIMEOUT_MS: '4000', WORKERS: '1' });
 t.teardown(() => server.close());
 await server.app.listen({ port: 0, host: '127.0.0.1' });
 const port = (server.app.server.address() as { port: number }).port;
@@ -33,7 +34,7 @@ t.test('stop strings end generation and are not returned', async (t) => {
 t.test('a request past its timeout gets 504 and its row is freed', async (t) => {
   const slow = await startServer({ REQUEST_TIMEOUT_MS: '30' });
   t.teardown(() => slow.close());
-  const res = await slow.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt: 'In the beginning', max_tokens: 400, temperature: 1 } });
+  const res = await slow.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt: 'In the beginning', max_tokens: 400, temperature: 1, ignore_eos: true } });
   t.equal(res.statusCode, 504);
   t.equal(res.json().error.code, 'request_timeout');
   await sleep(200);
@@ -54,7 +55,7 @@ t.test('a client that disconnects cancels its request', async (t) => {
 t.test('a worker crash fails the requests it held with 503; later requests succeed', async (t) => {
   const inflight = Array.from({ length: 4 }, (_, i) => generate('kjv-prompt', { prompt: `And the LORD ${i}`, max_tokens: 200, temperature: 1 }));
   for (let i = 0; i < 200 && server.engine.running < 4; i++) await sleep(5);
-  server.executor.simulateCrash();
+  server.executors[0].simulateCrash();
   const results = await Promise.all(inflight);
   for (const r of results) {
     t.equal(r.statusCode, 503);
