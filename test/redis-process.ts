@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT } from './helpers.js';
+import { startServerProcess as spawnServer, type ServerProcess } from '../src/tools/server-process.js';
 
 /** A redis-server of the test's own, on its own port, persisting to a temp dir so a restart keeps data. */
 export class TestRedis {
@@ -46,34 +46,7 @@ export class TestRedis {
   }
 }
 
-export interface ServerProcess {
-  url: string;
-  stop: () => Promise<void>;
-}
-
-/** Starts the real server binary (dist/src/main.js) and waits until it listens. */
-export async function startServerProcess(env: Record<string, string>): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [join(ROOT, 'dist', 'src', 'main.js')], {
-    cwd: ROOT,
-    env: { ...process.env, PORT: '0', LOG_LEVEL: 'info', INTRA_OP_THREADS: '1', ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const url = await new Promise<string>((resolve, reject) => {
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      const m = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(buf);
-      if (m) resolve(m[1]);
-    });
-    child.once('exit', (code) => reject(new Error(`server exited with ${code}: ${buf.slice(-2000)}`)));
-  });
-  return {
-    url,
-    stop: () =>
-      new Promise((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once('exit', () => resolve());
-        child.kill('SIGTERM');
-      }),
-  };
+/** Real server processes sharing the test's Redis, one worker thread each. */
+export function startServerProcess(env: Record<string, string>): Promise<ServerProcess> {
+  return spawnServer({ INTRA_OP_THREADS: '1', WORKERS: '1', ...env });
 }

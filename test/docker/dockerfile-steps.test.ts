@@ -4,11 +4,12 @@
  * (or from the build stage), `RUN npm ...` lines run there, and the runtime stage is started with
  * the Dockerfile's ENV and CMD until /readyz answers. HOST is kept on the loopback for the test.
  */
-import { execSync, spawn } from 'node:child_process';
+import { execSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { startServerProcess } from '../../src/tools/server-process.js';
 import { ROOT } from '../helpers.js';
 
 const dockerfile = readFileSync(join(ROOT, 'docker', 'Dockerfile'), 'utf8').replace(/\\\n\s*/g, ' ');
@@ -57,17 +58,10 @@ for (const line of dockerfile.split('\n').map((l) => l.trim()).filter((l) => l &
 t.test('the runtime stage starts from the Dockerfile CMD and answers /readyz', async (t) => {
   t.ok(existsSync(join(stage, 'dist', 'src', 'main.js')), 'the build stage produced dist/src');
   t.notOk(existsSync(join(stage, 'node_modules', 'typescript')), 'production dependencies only');
-  const child = spawn(cmd[0] === 'node' ? process.execPath : cmd[0], cmd.slice(1), { cwd: stage, env: { ...process.env, ...env, HOST: '127.0.0.1', PORT: '0' }, stdio: ['ignore', 'pipe', 'inherit'] });
-  t.teardown(() => void child.kill('SIGTERM'));
-  const url = await new Promise<string>((resolve, reject) => {
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      const m = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(buf);
-      if (m) resolve(m[1]);
-    });
-    child.once('exit', (code) => reject(new Error(`exited with ${code}: ${buf}`)));
-  });
+  t.equal(cmd[0], 'node');
+  const server = await startServerProcess({ ...env, PORT: '0' }, { main: cmd[1], cwd: stage });
+  t.teardown(() => server.stop());
+  const url = server.url;
   const ready = await fetch(`${url}/readyz`);
   t.equal(ready.status, 200);
   t.equal(((await ready.json()) as { adapters: number }).adapters, 7);
