@@ -117,6 +117,8 @@ export interface WorkloadRow {
   ttftP99: number;
   healthP50: number;
   healthP99: number;
+  /** KV cache bytes the workers copied, per generated token (joins into slots and compactions). */
+  kvBytesPerToken: number;
 }
 
 /** Prompts: the start of training-split verses and fortunes, 4 to 12 words. */
@@ -147,6 +149,8 @@ export async function runWorkload(o: { policy: (typeof POLICIES)[number]; adapte
   );
   const seconds = (performance.now() - t0) / 1000;
   const health = probe.stop();
+  const metrics = await (await fetch(`${server.url}/metrics`)).text();
+  const kvCopied = Number(/^sps_kv_copied_bytes_total (\S+)/m.exec(metrics)?.[1] ?? NaN);
   await server.stop();
   const col = (k: 'latency' | 'ttft') => results.map((r) => r[k]);
   return {
@@ -161,5 +165,6 @@ export async function runWorkload(o: { policy: (typeof POLICIES)[number]; adapte
     ttftP99: percentile(col('ttft'), 99),
     healthP50: percentile(health, 50),
     healthP99: percentile(health, 99),
+    kvBytesPerToken: kvCopied / results.reduce((s, r) => s + r.tokens, 0),
   };
 }

@@ -16,6 +16,7 @@ export class Metrics {
   private readonly queueWait: client.Histogram;
   private readonly ttft: client.Histogram;
   private readonly interToken: client.Histogram;
+  private readonly kvCopied: client.Counter;
   private readonly loop = monitorEventLoopDelay({ resolution: 10 });
 
   constructor(
@@ -34,6 +35,7 @@ export class Metrics {
     this.queueWait = new client.Histogram({ name: 'sps_queue_wait_ms', help: 'Time from admission to the queue until the first step', buckets: ms, registers: [r] });
     this.ttft = new client.Histogram({ name: 'sps_time_to_first_token_ms', help: 'Time to first token', buckets: ms, registers: [r] });
     this.interToken = new client.Histogram({ name: 'sps_inter_token_ms', help: 'Time between tokens of one request', buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500], registers: [r] });
+    this.kvCopied = new client.Counter({ name: 'sps_kv_copied_bytes_total', help: 'Bytes of KV cache copied by the workers (joins into slots, compactions)', registers: [r] });
     new client.Gauge({ name: 'sps_queue_depth', help: 'Requests waiting for admission', registers: [r], collect() { this.set(sources.queueDepth()); } });
     new client.Gauge({ name: 'sps_running_sequences', help: 'Sequences in the running batch', registers: [r], collect() { this.set(sources.running()); } });
     new client.Gauge({ name: 'sps_adapters_registered', help: 'Registered adapters', registers: [r], collect() { this.set(sources.adapters()); } });
@@ -66,9 +68,10 @@ export class Metrics {
     if (n > 0) this.tokens.inc({ task: this.label(task) }, n);
   }
 
-  step(rows: number, tokens: number): void {
+  step(rows: number, tokens: number, kvCopiedBytes: number): void {
     this.batchRows.observe(rows);
     this.batchTokens.observe(tokens);
+    this.kvCopied.inc(kvCopiedBytes);
   }
 
   waited(ms: number): void {

@@ -51,7 +51,12 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     adapters: () => registry.size,
     cache: () => registry.cacheStats,
   });
-  engine.onStep = ({ plan }) => metrics.step(plan.decode.length + plan.prefill.length + plan.score.length, plan.decode.length + plan.prefill.reduce((n, p) => n + p.tokens.length, 0) + plan.score.reduce((n, s) => n + s.context.length + s.targets.length, 0));
+  engine.onStep = ({ plan, result }) =>
+    metrics.step(
+      plan.decode.length + plan.prefill.length + plan.score.length,
+      plan.decode.length + plan.prefill.reduce((n, p) => n + p.tokens.length, 0) + plan.score.reduce((n, s) => n + s.context.length + s.targets.length, 0),
+      result.ms.kvCopy,
+    );
   const inference = new Inference(engine, model, registry, config.requestTimeoutMs, metrics);
   let ready = true;
   const app = await buildApp({

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { FormatError, ServerError } from '../errors.js';
 import type { BaseModel } from '../model/base-model.js';
-import { adapterVersion, parseAdapter, type Adapter, type AdapterFiles } from './format.js';
+import { parseAdapter, type Adapter, type AdapterFiles } from './format.js';
 import { LruCache } from './lru.js';
 import type { AdapterStore, StoreChange, StoredMeta } from './store.js';
 import { DEFAULT_SPEC, type TaskSpec } from './task-spec.js';
@@ -205,4 +205,3 @@ export class Registry {
   }
 }
 
-export { adapterVersion };

@@ -8,8 +8,8 @@ export interface RunningRow {
   adapter: AdapterTensors | null;
   /** Position id of the next token. */
   position: number;
-  /** Which of the cache columns hold this row's keys/values; the rest is padding. */
-  valid: Uint8Array;
+  /** Cache columns [0, count) hold this row's keys/values; the rest of its slot is unused. */
+  count: number;
 }
 
 /** Keys [rows, H, hd, cols] and values [rows, H, cols, hd] of one layer, in host memory. */
@@ -32,21 +32,19 @@ export interface Entry {
   segments: Segment[];
 }
 
-const MIN_HEADROOM = 64;
+const HEADROOM = 32;
 
 /**
- * The running batch's KV cache, owned by the host, as `slots` rows of `capacity` columns per layer.
- * - A decode step feeds the whole buffers (unused columns masked) and appends its new column in
- *   place at column `used`: nothing is copied between steps.
- * - A finished row frees its slot; a joining row is written into a free slot. Other rows are not
- *   touched, so continuous batching does not copy the cache whenever membership changes.
- * - Only when slots or columns run out, or half the slots are idle, is the batch compacted: each
- *   live row's valid columns are packed to the left (one copy, amortised over many steps).
+ * The running batch's KV cache, owned by the host: `slots` rows of `capacity` columns per layer.
+ * Positions live in `position_ids`, not in column order, so each row simply appends its step's
+ * keys/values at its own next column: a decode step copies nothing but the new column.
+ * - A joining row is written into a free slot; a leaving row frees its slot. Other rows are untouched.
+ * - Buffers are reallocated only to add slots or columns (capacity doubles), or to drop idle slots
+ *   when three quarters sit empty.
  */
 export class KvBatch {
   slots: (RunningRow | null)[] = [];
   layers: LayerKv[] = [];
-  used = 0;
   capacity = 0;
   /** Bumped whenever a slot changes owner: per-slot feeds cached elsewhere are then stale. */
   version = 0;
@@ -60,110 +58,95 @@ export class KvBatch {
   clear(): void {
     this.slots = [];
     this.layers = [];
-    this.used = 0;
     this.capacity = 0;
     this.version++;
   }
 
-  /** Frees the slots of `seqs`; compacts when more than half the slots would sit idle. Returns bytes copied. */
+  /** Frees the slots of `seqs`; repacks only a batch left three-quarters idle. Returns bytes copied. */
   remove(seqs: Set<number>): number {
     if (seqs.size === 0) return 0;
     this.slots = this.slots.map((r) => (r && seqs.has(r.seq) ? null : r));
     this.version++;
     const live = this.live.length;
-    return live * 2 < this.slots.length ? this.compact([], Math.ceil(live / 4)) : 0;
+    if (live === 0) {
+      this.clear();
+      return 0;
+    }
+    return live * 4 < this.slots.length && this.slots.length > 8 ? this.resize(Math.ceil(live * 1.25), this.capacity, true) : 0;
   }
 
-  /** Writes joining rows into free slots, or compacts with them when they do not fit. Returns bytes copied. */
+  /** Writes joining rows into free slots, adding slots or columns first when needed. Returns bytes copied. */
   place(entries: Entry[]): number {
     if (entries.length === 0) return 0;
-    const free = this.slots.flatMap((r, i) => (r === null ? [i] : []));
-    const longest = Math.max(...entries.map(count));
-    // Out of slots: compact with a quarter spare, so that the next joiners find room without a copy.
-    if (free.length < entries.length || longest >= this.capacity) return this.compact(entries, Math.ceil((this.live.length + entries.length) / 4));
-    if (longest > this.used) {
-      // Every row's next column moves right; the columns skipped are padding for the rows already there.
-      this.used = longest;
-    }
     let bytes = 0;
+    const longest = Math.max(...entries.map(count));
+    let free = this.freeSlots();
+    if (free.length < entries.length || longest >= this.capacity) {
+      const slots = this.slots.length + Math.max(0, entries.length - free.length + Math.ceil((this.live.length + entries.length) / 4));
+      bytes += this.resize(slots, Math.max(this.capacity, longest + HEADROOM), false);
+      free = this.freeSlots();
+    }
     entries.forEach((e, k) => {
-      const slot = free[k];
-      bytes += this.write(this.layers, this.capacity, slot, e.segments);
-      const valid = new Uint8Array(this.capacity);
-      valid.fill(1, 0, count(e));
-      this.slots[slot] = { ...e.keep, valid };
+      bytes += this.write(free[k], e.segments);
+      this.slots[free[k]] = { ...e.keep, count: count(e) };
     });
     this.version++;
     return bytes;
   }
 
-  /** Repacks live rows (plus `joining`) into fresh buffers: valid columns to the left, no idle slots. */
-  compact(joining: Entry[], spareSlots = 0): number {
-    const entries: Entry[] = [...this.live.map((r) => ({ keep: r, segments: this.segments(r) })), ...joining];
-    const slots = entries.length + spareSlots;
-    const used = Math.max(0, ...entries.map(count));
-    const capacity = used + Math.max(MIN_HEADROOM, used);
-    const { heads: H, headDim: hd, layers: L } = this.c;
-    const layers: LayerKv[] = Array.from({ length: L }, () => ({
-      keys: new Float32Array(slots * H * hd * capacity),
-      values: new Float32Array(slots * H * capacity * hd),
-    }));
-    let bytes = 0;
-    entries.forEach((e, slot) => (bytes += this.write(layers, capacity, slot, e.segments)));
-    this.slots = entries.map((e) => {
-      const valid = new Uint8Array(capacity);
-      valid.fill(1, 0, count(e));
-      return { seq: e.keep.seq, adapter: e.keep.adapter, position: e.keep.position, valid } as RunningRow | null;
-    });
-    for (let i = 0; i < spareSlots; i++) this.slots.push(null);
-    this.layers = layers;
-    this.used = used;
+  private freeSlots(): number[] {
+    return this.slots.flatMap((r, i) => (r === null ? [i] : []));
+  }
+
+  /**
+   * New buffers of `slots` × `capacity`. Live rows keep their columns; `pack` also moves them to the
+   * first slots (dropping idle ones), else every row keeps its slot index.
+   */
+  private resize(slots: number, capacity: number, pack: boolean): number {
+    const { heads: H, headDim: hd } = this.c;
+    const old = { layers: this.layers, cols: this.capacity };
+    const moves = this.slots.flatMap((r, i) => (r ? [{ row: r, from: i }] : []));
+    const next: (RunningRow | null)[] = pack ? moves.map((m) => m.row) : [...this.slots];
+    while (next.length < slots) next.push(null);
+    this.layers = this.layers.length
+      ? this.layers.map(() => ({ keys: new Float32Array(slots * H * hd * capacity), values: new Float32Array(slots * H * capacity * hd) }))
+      : Array.from({ length: this.c.layers }, () => ({ keys: new Float32Array(slots * H * hd * capacity), values: new Float32Array(slots * H * capacity * hd) }));
+    this.slots = next;
     this.capacity = capacity;
+    let bytes = 0;
+    moves.forEach((m, k) => {
+      bytes += this.write(pack ? k : m.from, [{ kv: old.layers, cols: old.cols, row: m.from, from: 0, to: m.row.count }]);
+    });
     this.version++;
     return bytes;
   }
 
   /** Copies segments, in order, into columns 0.. of `slot`. */
-  private write(layers: LayerKv[], capacity: number, slot: number, segments: Segment[]): number {
+  private write(slot: number, segments: Segment[]): number {
     const { heads: H, headDim: hd } = this.c;
+    const cap = this.capacity;
     let at = 0;
     for (const s of segments) {
       const n = s.to - s.from;
-      layers.forEach((dst, l) => {
+      this.layers.forEach((dst, l) => {
         const src = s.kv[l];
         for (let h = 0; h < H; h++) {
           const vSrc = ((s.row * H + h) * s.cols + s.from) * hd;
-          dst.values.set(src.values.subarray(vSrc, vSrc + n * hd), ((slot * H + h) * capacity + at) * hd);
+          dst.values.set(src.values.subarray(vSrc, vSrc + n * hd), ((slot * H + h) * cap + at) * hd);
           // Keys are [hd, cols]: one short run per dim; a plain loop beats allocating a subarray for each.
           for (let d = 0; d < hd; d++) {
             const kSrc = ((s.row * H + h) * hd + d) * s.cols + s.from;
-            const kDst = ((slot * H + h) * hd + d) * capacity + at;
+            const kDst = ((slot * H + h) * hd + d) * cap + at;
             for (let j = 0; j < n; j++) dst.keys[kDst + j] = src.keys[kSrc + j];
           }
         }
       });
       at += n;
     }
-    return at * layers.length * 2 * H * hd * 4;
+    return at * this.layers.length * 2 * H * hd * 4;
   }
 
-  /** A row's valid columns as segments of the current buffers. */
-  private segments(row: RunningRow): Segment[] {
-    const slot = this.slots.indexOf(row);
-    const out: Segment[] = [];
-    let start = -1;
-    for (let j = 0; j <= this.used; j++) {
-      const on = j < this.used && row.valid[j] === 1;
-      if (on && start < 0) start = j;
-      if (!on && start >= 0) {
-        out.push({ kv: this.layers, cols: this.capacity, row: slot, from: start, to: j });
-        start = -1;
-      }
-    }
-    return out;
-  }
-
-  /** Feeds of one decode step over every slot: the whole buffers, unused columns and idle slots masked. */
+  /** Feeds of one decode step over every slot: the whole buffers, each row's unused columns masked. */
   stepFeeds(): { attnBias: ort.Tensor; positions: ort.Tensor; past: Record<string, ort.Tensor> } {
     const { heads: H, headDim: hd } = this.c;
     const B = this.slots.length;
@@ -171,7 +154,7 @@ export class KvBatch {
     const bias = new Float32Array(B * T);
     const positions = new BigInt64Array(B);
     this.slots.forEach((row, r) => {
-      for (let j = 0; j < this.capacity; j++) if (!row?.valid[j]) bias[r * T + j] = NEG;
+      bias.fill(NEG, r * T + (row?.count ?? 0), r * T + this.capacity);
       positions[r] = BigInt(Math.min(row?.position ?? 0, this.c.nPositions - 1));
     });
     const past: Record<string, ort.Tensor> = {};
@@ -182,15 +165,18 @@ export class KvBatch {
     return { attnBias: new ort.Tensor('float32', bias, [B, 1, 1, T]), positions: new ort.Tensor('int64', positions, [B, 1]), past };
   }
 
-  /** Appends a decode step's keys [B, H, hd, 1] and values [B, H, 1, hd] at column `used`. */
+  /** Appends a decode step's keys [B, H, hd, 1] and values [B, H, 1, hd], each row at its own next column. */
   append(newKv: LayerKv[]): number {
     const { heads: H, headDim: hd } = this.c;
+    // Full: double the columns (one copy, amortised over as many steps as it adds).
+    const full = this.live.some((r) => r.count === this.capacity);
+    const bytes = full ? this.resize(this.slots.length, Math.min(2 * this.capacity, this.c.nPositions), false) : 0;
     const cap = this.capacity;
-    const t = this.used;
     newKv.forEach((kv, l) => {
       const { keys, values } = this.layers[l];
       this.slots.forEach((row, b) => {
         if (!row) return;
+        const t = row.count;
         for (let h = 0; h < H; h++) {
           const bh = b * H + h;
           values.set(kv.values.subarray(bh * hd, (bh + 1) * hd), (bh * cap + t) * hd);
@@ -199,12 +185,10 @@ export class KvBatch {
       });
     });
     for (const row of this.live) {
-      row.valid[t] = 1;
+      row.count += 1;
       row.position += 1;
     }
-    this.used += 1;
-    // Out of columns: repack now, so the next step has room.
-    return this.used === this.capacity ? this.compact([]) : 0;
+    return bytes;
   }
 }
 

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Checkpoint } from './checkpoint.js';
 import { buildGpt2Graph, GRAPH_VERSION } from './gpt2-graph.js';
@@ -15,8 +15,4 @@ export function cachedGraphPath(ckpt: Checkpoint, cacheDir: string): { path: str
   writeFileSync(tmp, buildGpt2Graph(ckpt));
   renameSync(tmp, path); // atomic: a concurrent reader sees no file or a whole one
   return { path, built: true };
-}
-
-export function readGraph(path: string): Uint8Array {
-  return readFileSync(path);
 }
