@@ -1,4 +1,6 @@
 import ort from 'onnxruntime-node';
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { StepPlan } from '../protocol.js';
 import { FeedContext, type BaseTensors } from './model-constants.js';
@@ -16,8 +18,23 @@ export interface WorkerInit {
 export type WorkerRequest = { id: number; plan: StepPlan } | { id: number; crash: true };
 export type WorkerReply = { id: number; result?: unknown; error?: string } | { ready: true; providers: string[] } | { fatal: string };
 
+/**
+ * Lowers this thread's scheduling priority (Linux: a thread id works as a pid for setpriority), so
+ * that under load the event loop — health checks, streaming, admission — preempts inference. The
+ * session's own threads, created after, inherit it.
+ */
+function yieldToEventLoop(): void {
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (Number.isInteger(tid)) setPriority(tid, 5);
+  } catch {
+    // Not Linux, or not permitted: run at normal priority.
+  }
+}
+
 async function main(): Promise<void> {
   const init = workerData as WorkerInit;
+  yieldToEventLoop();
   let session: ort.InferenceSession;
   try {
     session = await ort.InferenceSession.create(init.graphPath, {
