@@ -67,6 +67,7 @@ export interface StepResult {
   tokens: TokenChoice[];
   scores: { id: number; logprobs: number[] }[];
   /** Timing of the step inside the worker, for metrics and benchmarks. */
-  ms: { run: number; total: number; kvCopy: number };
-  batchRows: number;
+  ms: { run: number; total: number };
+  /** KV cache bytes copied in this step (rows written into slots, buffers resized). */
+  kvCopiedBytes: number;
 }

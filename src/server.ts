@@ -55,7 +55,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     metrics.step(
       plan.decode.length + plan.prefill.length + plan.score.length,
       plan.decode.length + plan.prefill.reduce((n, p) => n + p.tokens.length, 0) + plan.score.reduce((n, s) => n + s.context.length + s.targets.length, 0),
-      result.ms.kvCopy,
+      result.kvCopiedBytes,
     );
   const inference = new Inference(engine, model, registry, config.requestTimeoutMs, metrics);
   let ready = true;

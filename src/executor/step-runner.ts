@@ -80,7 +80,7 @@ export class StepRunner {
       });
       if (plan.prefill.length > 0) kvBytes += this.batch.place(this.joining(plan.prefill, out, layout));
     }
-    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0, kvCopy: kvBytes }, batchRows: this.batch.live.length };
+    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes };
   }
 
   private adapter(key: string | null): AdapterTensors | null {

@@ -20,8 +20,8 @@ function fakeResult(plan: StepPlan): StepResult {
   return {
     tokens: [...plan.decode.map((d) => ({ seq: d.seq, token: 7, logprob: -1 })), ...plan.prefill.map((p) => ({ seq: p.seq, token: 7, logprob: -1 }))],
     scores: plan.score.map((s) => ({ id: s.id, logprobs: s.targets.map(() => -0.5) })),
-    ms: { run: 0, total: 0, kvCopy: 0 },
-    batchRows: 0,
+    ms: { run: 0, total: 0 },
+    kvCopiedBytes: 0,
   };
 }
 
