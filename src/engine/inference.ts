@@ -72,10 +72,10 @@ export class Inference {
     }
   }
 
-  /** Runs `body` as a job, bounded by the request timeout and the client's connection. */
-  private track<T>(ctl: RequestControl, start: (reject: (e: Error) => void) => { cancel: () => void; result: Promise<T> }): Promise<T> {
+  /** Starts a job and bounds it by the request timeout and the client's connection. */
+  private track<T>(ctl: RequestControl, start: () => { cancel: () => void; result: Promise<T> }): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const { cancel, result } = start(reject);
+      const { cancel, result } = start();
       const abort = (err: ServerError) => {
         cancel();
         reject(err);
