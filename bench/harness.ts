@@ -122,8 +122,8 @@ export interface WorkloadRow {
 }
 
 /** Prompts: the start of training-split verses and fortunes, 4 to 12 words. */
-export function benchPrompts(shared: string, n: number): string[] {
-  const texts = ['kjv.jsonl', 'fortunes.jsonl'].flatMap((f) => readFileSync(join(shared, 'data', f), 'utf8').split('\n').filter(Boolean).slice(2000, 2000 + n));
+export function benchPrompts(fixtures: string, n: number): string[] {
+  const texts = ['kjv.jsonl', 'fortunes.jsonl'].flatMap((f) => readFileSync(join(fixtures, 'data', f), 'utf8').split('\n').filter(Boolean).slice(2000, 2000 + n));
   return Array.from({ length: n }, (_, i) => (JSON.parse(texts[(i * 2) % texts.length]).text as string).split(/\s+/).slice(0, 4 + (i % 9)).join(' '));
 }
 

@@ -19,7 +19,7 @@ const { values: args } = parseArgs({
     tokens: { type: 'string', default: '32' },
     tasks: { type: 'string', default: '1,8,64' },
     adapters: { type: 'string', default: '1000' },
-    shared: { type: 'string', default: process.env.SHARED_DIR ?? '../shared' },
+    fixtures: { type: 'string', default: 'test/fixtures' },
     out: { type: 'string', default: 'bench/results/mixed-batching.json' },
   },
 });
@@ -29,7 +29,7 @@ const TOKENS = Number(args.tokens);
 const TASK_COUNTS = args.tasks!.split(',').map(Number);
 const work = mkdtempSync(join(tmpdir(), 'bench-mixed-'));
 
-const prompts = benchPrompts(args.shared!, REQUESTS);
+const prompts = benchPrompts(args.fixtures!, REQUESTS);
 const rows: WorkloadRow[] = [];
 for (const n of TASK_COUNTS) {
   const dir = join(work, `tasks-${n}`);

@@ -17,12 +17,12 @@ const { values: args } = parseArgs({
     tokens: { type: 'string', default: '32' },
     clients: { type: 'string', default: '1,4,16,64' },
     tasks: { type: 'string', default: '1,4,16,64,256' },
-    shared: { type: 'string', default: process.env.SHARED_DIR ?? '../shared' },
+    fixtures: { type: 'string', default: 'test/fixtures' },
     out: { type: 'string', default: 'bench/results' },
   },
 });
 const work = mkdtempSync(join(tmpdir(), 'bench-sweep-'));
-const prompts = benchPrompts(args.shared!, Number(args.requests));
+const prompts = benchPrompts(args.fixtures!, Number(args.requests));
 const tokens = Number(args.tokens);
 
 const concurrency: WorkloadRow[] = [];

@@ -38,8 +38,9 @@ export interface Reference {
   cases: RefCase[];
 }
 
-export const SHARED = process.env.SHARED_DIR ?? join(ROOT, '..', 'shared');
-export const reference: Reference = JSON.parse(readFileSync(join(SHARED, 'reference', 'reference.json'), 'utf8'));
+/** Copies of ../shared kept in the repository (scripts/sync-fixtures.sh refreshes them). */
+export const FIXTURES = join(ROOT, 'test', 'fixtures');
+export const reference: Reference = JSON.parse(readFileSync(join(FIXTURES, 'reference', 'reference.json'), 'utf8'));
 export const SUPPORTED = new Set([null, 'define-prefix', 'fortune-ptuning', 'kjv-prompt', 'pos-bitfit', 'pos-prefix', 'pos-prompt', 'pos-ptuning']);
 
 export function refLogits(c: RefCase): Float32Array {

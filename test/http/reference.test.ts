@@ -50,12 +50,9 @@ t.test('score: log-probability of end-of-text at the last position equals the re
   }
 });
 
-// The reference's label_logprobs for prompt-tuning and P-tuning adapters read logits num_virtual_tokens
-// positions too early (inside the soft prompt; they are the same for every text), so for those
-// kinds we check classify against the reference's last-position logits instead: one-token labels.
-const SOFT_PROMPT = new Set(['pos-prompt', 'pos-ptuning']);
-
-t.test('classify with one-token labels equals the log-softmax of the reference logits (prompt kinds)', async (t) => {
+// Classify on every case's own text: with one-token labels the scores are the log-softmax of the
+// reference's last-position logits, so every adapter kind is checked, not only the pos-* ones.
+t.test('classify with one-token labels equals the log-softmax of the reference logits', async (t) => {
   const tok = server.model.tokenizer;
   const firstTokens = [...new Set(reference.labels.map((w) => tok.encode(' ' + w)[0]))];
   const labels = firstTokens.map((id) => tok.decode([id]).slice(1));
@@ -69,7 +66,7 @@ t.test('classify with one-token labels equals the log-softmax of the reference l
 });
 
 t.test('classify scores equal the reference label_logprobs', async (t) => {
-  for (const c of reference.cases.filter((x) => x.label_logprobs && SUPPORTED.has(x.adapter) && !SOFT_PROMPT.has(x.adapter!))) {
+  for (const c of reference.cases.filter((x) => x.label_logprobs && SUPPORTED.has(x.adapter))) {
     const prompt = c.text.endsWith('->') ? c.text : `${c.text} ->`;
     const res = await server.app.inject({
       method: 'POST',
