@@ -64,6 +64,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     inference,
     engine,
     registry,
+    model,
     bodyLimitBytes: config.bodyLimitBytes,
     adminToken,
     apiTokens: config.apiTokens,
