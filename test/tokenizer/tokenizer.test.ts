@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { ServerError } from '../../src/errors.js';
 import { Tokenizer } from '../../src/tokenizer/tokenizer.js';
-import { reference, ROOT } from '../helpers.js';
+import { reference, ROOT, startServer } from '../helpers.js';
 
 const DEMO = join(ROOT, 'models', 'demo-gpt2');
 const tok = Tokenizer.load(DEMO);
@@ -101,4 +101,26 @@ t.test('the word cache is bounded in bytes', async (t) => {
 t.test('tokenText keeps the text a token has after others', async (t) => {
   const [id] = tok.encodeSync(' ocean');
   t.equal(tok.tokenText(id), tok.decode([id]));
+});
+
+t.test('over HTTP: 413 prompt_too_long beyond MAX_PROMPT_CHARS, and /healthz answers while a long prompt is tokenized', async (t) => {
+  const server = await startServer({ MAX_PROMPT_CHARS: '50000' });
+  t.teardown(() => server.close());
+  const tokenizer = server.model.tokenizer;
+  const post = (prompt: string) => server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt, max_tokens: 1 } });
+  const cached = tokenizer.cacheBytes;
+  const refused = await post('x'.repeat(50_001));
+  t.equal(refused.statusCode, 413);
+  t.equal(refused.json().error.code, 'prompt_too_long');
+  t.match(refused.json().error.message, /50001 characters; the limit is 50000/);
+  t.equal(tokenizer.cacheBytes, cached, 'nothing was tokenized');
+  // 20,000 random letters: tokenized in the worker, then refused for the context.
+  const inWorker = () => (tokenizer as unknown as { pool: { pending: Map<number, unknown> } | null }).pool?.pending.size ?? 0;
+  let done = false;
+  const long = post(letters(20_000)).then((r) => ((done = true), r));
+  while (!done && inWorker() === 0) await new Promise((r) => setImmediate(r));
+  t.ok(inWorker() > 0, 'the long prompt is being tokenized in the worker');
+  t.equal((await server.app.inject({ method: 'GET', url: '/healthz' })).statusCode, 200);
+  t.notOk(done, '/healthz answered while the long prompt was still being tokenized');
+  t.equal((await long).statusCode, 413, 'over the context');
 });
