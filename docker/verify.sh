@@ -66,7 +66,7 @@ else
     --customize-hook="mkdir -p \"\$1/usr/local/lib/node_modules\" && cp -a $npm_dir \"\$1/usr/local/lib/node_modules/npm\"" \
     --customize-hook='ln -s ../lib/node_modules/npm/bin/npm-cli.js "$1/usr/local/bin/npm" && ln -s ../lib/node_modules/npm/bin/npx-cli.js "$1/usr/local/bin/npx"' \
     --customize-hook='echo "node:x:1000:1000::/home/node:/bin/sh" >>"$1/etc/passwd" && echo "node:x:1000:" >>"$1/etc/group" && mkdir -p "$1/home/node" && chown 1000:1000 "$1/home/node"' \
-    --customize-hook="copy-in $ca /usr/local/share && mv \"\$1/usr/local/share/$(basename "$ca")\" \"\$1/usr/local/share/host-ca-bundle.crt\"" \
+    --customize-hook="cp $ca \"\$1/usr/local/share/host-ca-bundle.crt\"" \
     bookworm - 2>"$WORK/mmdebstrap.log" |
     podman import \
       --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
