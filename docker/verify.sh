@@ -32,7 +32,7 @@ fatal() { not_ok "$1"; [ -n "${2:-}" ] && [ -s "$2" ] && tail -n 40 "$2" | note;
 check() { if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1 (got '$2', want '$3')"; fi; }
 
 cleanup() {
-  podman rm -f -v -t 0 "$NAME" "$NAME-ro" >/dev/null 2>&1 || true
+  for c in "$NAME" "$NAME-ro"; do podman rm -f -v --ignore -t 0 "$c" >/dev/null 2>&1 || true; done
   [ "${KEEP_IMAGE:-}" = 1 ] || podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -51,15 +51,17 @@ podman info >"$WORK/info" 2>&1 || skip_all "podman does not work here: $(tail -n
 
 # The stand-in base image, built once: Debian minbase, the machine's node and npm under /usr/local,
 # a `node` user with uid 1000 as in the real image, and the machine's CA bundle for the npm registry
-# (reached through a TLS-intercepting proxy whose CA this machine trusts).
+# (reached through a TLS-intercepting proxy whose CA this machine trusts). After a node upgrade,
+# `podman rmi docker.io/library/node:20-slim` makes the next run build it again.
 if podman image exists "$BASE"; then
-  label=$(podman image inspect --format '{{index .Labels "stand-in"}}' "$BASE" 2>/dev/null || true)
+  label=$(podman image inspect --format '{{with .Labels}}{{index . "stand-in"}}{{end}}' "$BASE" 2>/dev/null || true)
   ok "base image $BASE: present${label:+ (stand-in: $label)}"
 else
   command -v mmdebstrap >/dev/null || skip_all "no $BASE image and no mmdebstrap to build a stand-in"
   node_bin=$(readlink -f "$(command -v node)")
   npm_dir=$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")
   ca=${NODE_EXTRA_CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}
+  what="mmdebstrap bookworm + node $(node --version)"
   started=$SECONDS
   if mmdebstrap --variant=minbase --include=ca-certificates \
     --customize-hook="copy-in $node_bin /usr/local/bin" \
@@ -71,9 +73,9 @@ else
     podman import \
       --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       --change 'ENV NODE_EXTRA_CA_CERTS=/usr/local/share/host-ca-bundle.crt' \
-      --change "LABEL stand-in=\"mmdebstrap bookworm + node $(node --version)\"" \
+      --change "LABEL stand-in=\"$what\"" \
       --change 'CMD ["node"]' - "$BASE" >"$WORK/import.log" 2>&1; then
-    ok "base image $BASE: stand-in built in $((SECONDS - started)) s (mmdebstrap bookworm + node $(node --version))"
+    ok "base image $BASE: stand-in built in $((SECONDS - started)) s ($what)"
   else
     cat "$WORK/import.log" >>"$WORK/mmdebstrap.log"
     podman rmi -f "$BASE" >/dev/null 2>&1 || true
