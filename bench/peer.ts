@@ -4,12 +4,14 @@
  * child process. Workload: N concurrent sequences × 32 greedy tokens (end-of-text ignored), the
  * same prompts for both, N = 1, 8, 32, 64. Each engine runs at each of its thread settings, in
  * interleaved rounds (every variant once per N per round, the order rotating between rounds), so a
- * noisy machine hits all of them alike; the table gives the median and min–max of tokens/s, each
- * engine at its best setting, and the ratio of the medians.
+ * noisy machine hits all of them alike; the table gives the median and min–max of tokens/s (and of
+ * tokens per CPU-second, which load from others disturbs less), each engine at its best setting,
+ * and the ratios of the medians.
  * test/tools/gguf.test.ts checks first that llama.cpp runs the same model as the reference.
  *   npm run bench:peer [-- --rounds 3 --sizes 1,8,32,64 --tokens 32]
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { getLlama, LlamaLogLevel, type LlamaModel, type Token } from 'node-llama-cpp';
@@ -43,16 +45,27 @@ const prompts = benchPrompts(args.fixtures!, Math.max(...SIZES));
 const tokenizer = Tokenizer.fromFile(join(args.model!, 'tokenizer.json'));
 const promptIds = prompts.map((p) => tokenizer.encode(p) as Token[]);
 
-/** One measurement: N sequences at once, each TOKENS new tokens; returns generated tokens per second. */
-type Run = (n: number) => Promise<number>;
+/**
+ * One measurement: N sequences at once, each TOKENS new tokens. `wall`: generated tokens per second;
+ * `cpu`: per CPU-second of the engine's process (all its threads), which other load on a shared
+ * machine disturbs far less than wall time (it still pays for cache misses and for spinning).
+ */
+type Run = (n: number) => Promise<{ wall: number; cpu: number }>;
 
+/** utime + stime of a process, all threads, from /proc (clock ticks of 10 ms). */
+function cpuSecondsOf(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // fields 14 and 15 of proc(5), after pid and comm
+}
+
+/** Ours: the server's process does the work; the HTTP client here is not counted in `cpu`. */
 function oursRun(server: ServerProcess): Run {
   return async (n) => {
     const body = (i: number) => ({ prompt: prompts[i], raw: true, max_tokens: TOKENS, temperature: 0, ignore_eos: true });
+    const cpu0 = cpuSecondsOf(server.pid);
     const t0 = performance.now();
     const results = await Promise.all(Array.from({ length: n }, (_, i) => streamGenerate(server.url, 'base', body(i))));
-    const seconds = (performance.now() - t0) / 1000;
-    return check(results.map((r) => r.tokens), seconds);
+    return rates(results.map((r) => r.tokens), (performance.now() - t0) / 1000, cpuSecondsOf(server.pid) - cpu0);
   };
 }
 
@@ -67,6 +80,7 @@ function peerRun(model: LlamaModel, threads: number): Run {
     const context = await model.createContext({ contextSize: perSequence, sequences: n, threads });
     try {
       const sequences = Array.from({ length: n }, () => context.getSequence());
+      const cpu0 = process.cpuUsage();
       const t0 = performance.now();
       const counts = await Promise.all(
         sequences.map(async (seq, i) => {
@@ -79,7 +93,9 @@ function peerRun(model: LlamaModel, threads: number): Run {
           return count;
         }),
       );
-      return check(counts, (performance.now() - t0) / 1000);
+      const seconds = (performance.now() - t0) / 1000;
+      const cpu = process.cpuUsage(cpu0);
+      return rates(counts, seconds, (cpu.user + cpu.system) / 1e6);
     } finally {
       await context.dispose();
     }
@@ -87,9 +103,10 @@ function peerRun(model: LlamaModel, threads: number): Run {
 }
 
 /** Both engines must do the same work: every sequence exactly TOKENS new tokens. */
-function check(counts: number[], seconds: number): number {
+function rates(counts: number[], seconds: number, cpuSeconds: number): { wall: number; cpu: number } {
   if (counts.some((c) => c !== TOKENS)) throw new Error(`expected ${TOKENS} tokens per sequence, got ${counts.join(',')}`);
-  return (counts.length * TOKENS) / seconds;
+  const tokens = counts.length * TOKENS;
+  return { wall: tokens / seconds, cpu: tokens / cpuSeconds };
 }
 
 const llama = await getLlama({ build: 'never', gpu: false, logLevel: LlamaLogLevel.error });
@@ -107,26 +124,27 @@ const variants: { engine: 'ours' | 'llama.cpp'; setting: string; run: Run }[] = 
   { engine: 'llama.cpp', setting: 'threads: 2', run: peerRun(model, 2) },
 ];
 
+const load0 = loadavg()[0];
 try {
   // Warm-up (graph sessions, lanes, llama.cpp's buffers), which also drops a setting that is far
   // behind its engine's best: on a loaded machine llama.cpp's threads: 2 spins at its barriers and
   // runs at a few tokens/s, and would take the whole run.
   const warm: number[] = [];
-  for (const v of variants) warm.push(await v.run(8));
-  for (let i = variants.length - 1; i >= 0; i--) {
-    const best = Math.max(...warm.filter((_, j) => variants[j].engine === variants[i].engine));
-    if (warm[i] < DROP_BELOW * best) {
-      dropped.push(`${variants[i].engine} ${variants[i].setting}: ${warm[i].toFixed(0)} tok/s at warm-up (N=8), against ${best.toFixed(0)}`);
-      variants.splice(i, 1);
-    }
-  }
-  const samples = new Map<string, number[]>(); // `${variant index}/${n}` → tokens/s of each round
+  for (const v of variants) warm.push((await v.run(8)).wall);
+  const bestWarm = (engine: string) => Math.max(...warm.filter((_, j) => variants[j].engine === engine));
+  const keep = variants.filter((v, i) => {
+    const best = bestWarm(v.engine);
+    if (warm[i] >= DROP_BELOW * best) return true;
+    dropped.push(`${v.engine} ${v.setting}: ${warm[i].toFixed(0)} tok/s at warm-up (N=8), against ${best.toFixed(0)}`);
+    return false;
+  });
+  variants.splice(0, variants.length, ...keep);
+  const samples = new Map<string, { wall: number; cpu: number }[]>(); // `${variant index}/${n}` → one per round
   for (let round = 0; round < ROUNDS; round++) {
     for (const n of SIZES) {
       for (let k = 0; k < variants.length; k++) {
         const i = (k + round) % variants.length; // rotate who goes first
-        const tps = await variants[i].run(n);
-        samples.set(`${i}/${n}`, [...(samples.get(`${i}/${n}`) ?? []), tps]);
+        samples.set(`${i}/${n}`, [...(samples.get(`${i}/${n}`) ?? []), await variants[i].run(n)]);
       }
     }
     console.error(`round ${round + 1}/${ROUNDS} done`);
@@ -143,28 +161,41 @@ function stats(xs: number[]): { median: number; min: number; max: number; sample
   return { median, min: s[0], max: s.at(-1)!, samples: xs };
 }
 
-function report(samples: Map<string, number[]>): void {
+function report(samples: Map<string, { wall: number; cpu: number }[]>): void {
   const m = machineInfo();
+  const load = `load average ${load0.toFixed(1)} at the start, ${loadavg()[0].toFixed(1)} at the end`;
   const f = (x: number) => x.toFixed(0);
   const cell = (s: ReturnType<typeof stats>) => `${f(s.median)} (${f(s.min)}–${f(s.max)})`;
-  const rows = SIZES.flatMap((n) => variants.map((v, i) => ({ n, engine: v.engine, setting: v.setting, ...stats(samples.get(`${i}/${n}`)!) })));
-  const best = (engine: string, n: number) => rows.filter((r) => r.engine === engine && r.n === n).sort((a, b) => b.median - a.median)[0];
+  const rows = SIZES.flatMap((n) =>
+    variants.map((v, i) => {
+      const runs = samples.get(`${i}/${n}`)!;
+      return { n, engine: v.engine, setting: v.setting, wall: stats(runs.map((r) => r.wall)), cpu: stats(runs.map((r) => r.cpu)) };
+    }),
+  );
+  // Each engine at its best setting: the one with the highest median tokens/s at that N.
+  const best = (engine: string, n: number) => rows.filter((r) => r.engine === engine && r.n === n).sort((a, b) => b.wall.median - a.wall.median)[0];
+  const summary = SIZES.map((n) => ({ n, ours: best('ours', n), peer: best('llama.cpp', n) }));
   console.log(`\nours (HTTP, streamed) against llama.cpp (node-llama-cpp 3.21.1, in-process), same F32 weights: N sequences × ${TOKENS} greedy tokens;`);
-  console.log(`tokens/s, median (min–max) of ${ROUNDS} interleaved rounds; ${m.date}, ${m.cpu}, ${m.cores} cores (shared: numbers are noisy)\n`);
-  const summary = SIZES.map((n) => {
-    const ours = best('ours', n);
-    const peer = best('llama.cpp', n);
-    return { n, ours, peer, ratio: ours.median / peer.median };
-  });
+  console.log(`median (min–max) of ${ROUNDS} interleaved rounds; ${m.date}, ${m.cpu}, ${m.cores} cores, ${load} (a shared machine: wall numbers are noisy)\n`);
   printTable(
-    ['N', 'ours tok/s', 'ours setting', 'llama.cpp tok/s', 'llama.cpp setting', 'ours / llama.cpp'],
-    summary.map((s) => [s.n, cell(s.ours), s.ours.setting, cell(s.peer), s.peer.setting, `${s.ratio.toFixed(2)}×`]),
+    ['N', 'ours tok/s', 'ours setting', 'llama.cpp tok/s', 'llama.cpp setting', 'ours / llama.cpp', 'ours tok/CPU-s', 'llama.cpp tok/CPU-s', 'ratio per CPU-s'],
+    summary.map((s) => [
+      s.n,
+      cell(s.ours.wall),
+      s.ours.setting,
+      cell(s.peer.wall),
+      s.peer.setting,
+      `${(s.ours.wall.median / s.peer.wall.median).toFixed(2)}×`,
+      cell(s.ours.cpu),
+      cell(s.peer.cpu),
+      `${(s.ours.cpu.median / s.peer.cpu.median).toFixed(2)}×`,
+    ]),
   );
   if (dropped.length) console.log(`\nleft out after the warm-up (under ${DROP_BELOW} × the engine's best): ${dropped.join('; ')}`);
   console.log('\nevery variant');
-  printTable(['N', 'engine', 'setting', 'tok/s median (min–max)'], rows.map((r) => [r.n, r.engine, r.setting, cell(r)]));
+  printTable(['N', 'engine', 'setting', 'tok/s', 'tok/CPU-s'], rows.map((r) => [r.n, r.engine, r.setting, cell(r.wall), cell(r.cpu)]));
   mkdirSync(dirname(args.out!), { recursive: true });
-  const bestPairs = summary.map((s) => ({ n: s.n, ours: s.ours.setting, oursMedian: s.ours.median, peer: s.peer.setting, peerMedian: s.peer.median, ratio: s.ratio }));
-  writeFileSync(args.out!, JSON.stringify({ machine: m, tokens: TOKENS, rounds: ROUNDS, nodeLlamaCpp: '3.21.1', summary: bestPairs, rows, dropped }, null, 2) + '\n');
+  const ratios = summary.map((s) => ({ n: s.n, ours: s.ours.setting, peer: s.peer.setting, wall: s.ours.wall.median / s.peer.wall.median, cpu: s.ours.cpu.median / s.peer.cpu.median }));
+  writeFileSync(args.out!, JSON.stringify({ machine: { ...m, load: [load0, loadavg()[0]] }, tokens: TOKENS, rounds: ROUNDS, nodeLlamaCpp: '3.21.1', ratios, rows, dropped }, null, 2) + '\n');
   console.error(`wrote ${args.out}`);
 }
