@@ -260,6 +260,7 @@ export function gpt2Vocab(files: TokenizerFiles, vocabSize: number, pre = 'gpt-2
 export function gpt2ToGguf(modelDir: string): Uint8Array {
   const ckpt = loadCheckpoint(modelDir);
   const c = ckpt.config;
+  // tokenizer_config.json is optional (special tokens then come from config.json); tokenizer.json is not.
   const readJson = (name: string) => (existsSync(join(modelDir, name)) ? JSON.parse(readFileSync(join(modelDir, name), 'utf8')) : {});
   const metadata: [string, GgufValue][] = [
     ['general.architecture', { type: 'string', value: 'gpt2' }],
@@ -268,12 +269,13 @@ export function gpt2ToGguf(modelDir: string): Uint8Array {
     ['gpt2.block_count', { type: 'uint32', value: c.layers }],
     ['gpt2.context_length', { type: 'uint32', value: c.nPositions }],
     ['gpt2.embedding_length', { type: 'uint32', value: c.hidden }],
+    // The converter writes 4 × n_embd; c.inner is that unless config.json sets n_inner.
     ['gpt2.feed_forward_length', { type: 'uint32', value: c.inner }],
     ['gpt2.attention.head_count', { type: 'uint32', value: c.heads }],
     ['gpt2.attention.layer_norm_epsilon', { type: 'float32', value: c.layerNormEps }],
     ['general.file_type', { type: 'uint32', value: 0 }], // LlamaFileType.ALL_F32
     ...gpt2Vocab(
-      { tokenizer: readJson('tokenizer.json'), tokenizerConfig: readJson('tokenizer_config.json'), modelConfig: readJson('config.json') },
+      { tokenizer: JSON.parse(readFileSync(join(modelDir, 'tokenizer.json'), 'utf8')), tokenizerConfig: readJson('tokenizer_config.json'), modelConfig: readJson('config.json') },
       c.vocabSize,
     ),
     ['general.quantization_version', { type: 'uint32', value: 2 }],
