@@ -1,4 +1,5 @@
 import ort from 'onnxruntime-node';
+import { ADAPTED_FLAG, adapterInputNames, linearModules, LORA_SELECT, type LinearModule } from '../model/adapter-ops.js';
 import { biasNames, type ModelConfig } from '../model/checkpoint.js';
 import type { AdapterTensors } from '../protocol.js';
 
@@ -15,11 +16,88 @@ export class FeedContext {
   readonly biasList: { name: string; size: number }[];
   /** Broadcast [1, 1, n] tensors of the base biases, reused by every step without a BitFit row. */
   private readonly sharedBias: Record<string, ort.Tensor>;
+  readonly modules: LinearModule[];
+  /** LoRA/IA3 feeds of a batch with no such row: the plain branch, empty stacks, broadcast ones. */
+  private readonly plainFeeds: Record<string, ort.Tensor>;
+  /** LoRA stacks by their set of adapters, the last few kept: decode and prefill steps reuse them. */
+  private readonly stacks = new Map<string, Record<string, ort.Tensor>>();
 
   constructor(readonly base: BaseTensors) {
     this.biasList = biasNames(base.config);
     // onnxruntime-node refuses tensors over a SharedArrayBuffer ("Invalid argument"): copy once here.
     this.sharedBias = Object.fromEntries(this.biasList.map(({ name, size }) => [name, new ort.Tensor('float32', new Float32Array(base.biases[name]), [1, 1, size])]));
+    this.modules = linearModules(base.config);
+    this.plainFeeds = { [ADAPTED_FLAG]: new ort.Tensor('bool', new Uint8Array([0]), []), ...this.loraStacks([]), ...this.ia3Feeds([]) };
+  }
+
+  /** Per-row LoRA and IA3 feeds (src/model/adapter-ops.ts) for a run whose rows use `adapters`. */
+  adapterFeeds(adapters: (AdapterTensors | null)[]): Record<string, ort.Tensor> {
+    const lora = [...new Set(adapters.filter((a) => a?.kind === 'lora'))] as AdapterTensors[];
+    const hasIa3 = adapters.some((a) => a?.kind === 'ia3');
+    if (lora.length === 0 && !hasIa3) return this.plainFeeds;
+    const key = lora.map((a) => a.key).join('\n');
+    let stacks = this.stacks.get(key);
+    if (!stacks) {
+      stacks = this.loraStacks(lora);
+      if (this.stacks.size >= 4) this.stacks.delete(this.stacks.keys().next().value!);
+      this.stacks.set(key, stacks);
+    }
+    const offsets = new Map<AdapterTensors, number>();
+    let K = 0;
+    for (const a of lora) {
+      offsets.set(a, K);
+      K += a.lora!.rank;
+    }
+    const select = new Float32Array(K === 0 ? 0 : adapters.length * K);
+    adapters.forEach((a, r) => a?.kind === 'lora' && select.fill(1, r * K + offsets.get(a)!, r * K + offsets.get(a)! + a.lora!.rank));
+    return {
+      [ADAPTED_FLAG]: new ort.Tensor('bool', new Uint8Array([1]), []),
+      ...stacks,
+      [LORA_SELECT]: new ort.Tensor('float32', select, [K === 0 ? 1 : adapters.length, 1, K]),
+      ...this.ia3Feeds(hasIa3 ? adapters : []),
+    };
+  }
+
+  /** Each module's A [in, K] and B [K, out]: the adapters' factors side by side along the rank axis. */
+  private loraStacks(lora: AdapterTensors[]): Record<string, ort.Tensor> {
+    const K = lora.reduce((n, a) => n + a.lora!.rank, 0);
+    const feeds: Record<string, ort.Tensor> = { [LORA_SELECT]: new ort.Tensor('float32', new Float32Array(0), [1, 1, 0]) };
+    for (const m of this.modules) {
+      const A = new Float32Array(m.in * K);
+      const B = new Float32Array(K * m.out);
+      let at = 0;
+      for (const a of lora) {
+        const r = a.lora!.rank;
+        const f = a.lora!.modules[m.name];
+        if (f) {
+          for (let i = 0; i < m.in; i++) A.set(f.a.subarray(i * r, (i + 1) * r), i * K + at);
+          B.set(f.b, at * m.out);
+        }
+        at += r;
+      }
+      const n = adapterInputNames(m.name);
+      feeds[n.loraA] = new ort.Tensor('float32', A, [m.in, K]);
+      feeds[n.loraB] = new ort.Tensor('float32', B, [K, m.out]);
+    }
+    return feeds;
+  }
+
+  /** Each module's IA3 scales: [B, 1, n] with ones where a row has none, or a [1, 1, n] broadcast of ones. */
+  private ia3Feeds(adapters: (AdapterTensors | null)[]): Record<string, ort.Tensor> {
+    const R = Math.max(1, adapters.length);
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const m of this.modules) {
+      const n = adapterInputNames(m.name);
+      for (const [side, name, width] of [['in', n.ia3In, m.in], ['out', n.ia3Out, m.out]] as const) {
+        const data = new Float32Array(R * width).fill(1);
+        adapters.forEach((a, r) => {
+          const v = a?.kind === 'ia3' ? a.ia3![m.name] : undefined;
+          if (v?.side === side) data.set(v.scale, r * width);
+        });
+        feeds[name] = new ort.Tensor('float32', data, [R, 1, width]);
+      }
+    }
+    return feeds;
   }
 
   /** Bias feeds for a run whose rows use `adapters` (row order). */
