@@ -1,5 +1,5 @@
 import ort from 'onnxruntime-node';
-import { ADAPTED_FLAG, adapterInputNames, linearModules, LORA_SELECT, type LinearModule } from '../model/adapter-ops.js';
+import { ADAPTED_FLAG, ADAPTER_INPUTS, adapterLayout, linearModules, type AdapterLayout } from '../model/adapter-ops.js';
 import { biasNames, type ModelConfig } from '../model/checkpoint.js';
 import type { AdapterTensors } from '../protocol.js';
 
@@ -16,7 +16,7 @@ export class FeedContext {
   readonly biasList: { name: string; size: number }[];
   /** Broadcast [1, 1, n] tensors of the base biases, reused by every step without a BitFit row. */
   private readonly sharedBias: Record<string, ort.Tensor>;
-  readonly modules: LinearModule[];
+  readonly layout: AdapterLayout;
   /** LoRA/IA3 feeds of a batch with no such row: the plain branch, empty stacks, broadcast ones. */
   private readonly plainFeeds: Record<string, ort.Tensor>;
   /** LoRA stacks by their set of adapters, the last few kept: decode and prefill steps reuse them. */
@@ -26,7 +26,7 @@ export class FeedContext {
     this.biasList = biasNames(base.config);
     // onnxruntime-node refuses tensors over a SharedArrayBuffer ("Invalid argument"): copy once here.
     this.sharedBias = Object.fromEntries(this.biasList.map(({ name, size }) => [name, new ort.Tensor('float32', new Float32Array(base.biases[name]), [1, 1, size])]));
-    this.modules = linearModules(base.config);
+    this.layout = adapterLayout(linearModules(base.config));
     this.plainFeeds = { [ADAPTED_FLAG]: new ort.Tensor('bool', new Uint8Array([0]), []), ...this.loraStacks([]), ...this.ia3Feeds([]) };
   }
 
@@ -53,51 +53,51 @@ export class FeedContext {
     return {
       [ADAPTED_FLAG]: new ort.Tensor('bool', new Uint8Array([1]), []),
       ...stacks,
-      [LORA_SELECT]: new ort.Tensor('float32', select, [K === 0 ? 1 : adapters.length, 1, K]),
+      [ADAPTER_INPUTS.select]: new ort.Tensor('float32', select, [K === 0 ? 1 : adapters.length, 1, K]),
       ...this.ia3Feeds(hasIa3 ? adapters : []),
     };
   }
 
-  /** Each module's A [in, K] and B [K, out]: the adapters' factors side by side along the rank axis. */
+  /** The packed A [Σin, K] and B [K, Σout]: the adapters' factors side by side along the rank axis. */
   private loraStacks(lora: AdapterTensors[]): Record<string, ort.Tensor> {
+    const { slots, totalIn, totalOut } = this.layout;
     const K = lora.reduce((n, a) => n + a.lora!.rank, 0);
-    const feeds: Record<string, ort.Tensor> = { [LORA_SELECT]: new ort.Tensor('float32', new Float32Array(0), [1, 1, 0]) };
-    for (const m of this.modules) {
-      const A = new Float32Array(m.in * K);
-      const B = new Float32Array(K * m.out);
-      let at = 0;
-      for (const a of lora) {
-        const r = a.lora!.rank;
+    const A = new Float32Array(totalIn * K);
+    const B = new Float32Array(K * totalOut);
+    let at = 0;
+    for (const a of lora) {
+      const r = a.lora!.rank;
+      for (const m of slots) {
         const f = a.lora!.modules[m.name];
-        if (f) {
-          for (let i = 0; i < m.in; i++) A.set(f.a.subarray(i * r, (i + 1) * r), i * K + at);
-          B.set(f.b, at * m.out);
-        }
-        at += r;
+        if (!f) continue;
+        for (let i = 0; i < m.in; i++) A.set(f.a.subarray(i * r, (i + 1) * r), (m.inAt + i) * K + at);
+        for (let k = 0; k < r; k++) B.set(f.b.subarray(k * m.out, (k + 1) * m.out), (at + k) * totalOut + m.outAt);
       }
-      const n = adapterInputNames(m.name);
-      feeds[n.loraA] = new ort.Tensor('float32', A, [m.in, K]);
-      feeds[n.loraB] = new ort.Tensor('float32', B, [K, m.out]);
+      at += r;
     }
-    return feeds;
+    return {
+      [ADAPTER_INPUTS.select]: new ort.Tensor('float32', new Float32Array(0), [1, 1, 0]),
+      [ADAPTER_INPUTS.loraA]: new ort.Tensor('float32', A, [totalIn, K]),
+      [ADAPTER_INPUTS.loraB]: new ort.Tensor('float32', B, [K, totalOut]),
+    };
   }
 
-  /** Each module's IA3 scales: [B, 1, n] with ones where a row has none, or a [1, 1, n] broadcast of ones. */
+  /** The packed IA3 scales: [B, 1, Σn] with ones where a row has none, or a [1, 1, Σn] broadcast of ones. */
   private ia3Feeds(adapters: (AdapterTensors | null)[]): Record<string, ort.Tensor> {
+    const { byName, totalIn, totalOut } = this.layout;
     const R = Math.max(1, adapters.length);
-    const feeds: Record<string, ort.Tensor> = {};
-    for (const m of this.modules) {
-      const n = adapterInputNames(m.name);
-      for (const [side, name, width] of [['in', n.ia3In, m.in], ['out', n.ia3Out, m.out]] as const) {
-        const data = new Float32Array(R * width).fill(1);
-        adapters.forEach((a, r) => {
-          const v = a?.kind === 'ia3' ? a.ia3![m.name] : undefined;
-          if (v?.side === side) data.set(v.scale, r * width);
-        });
-        feeds[name] = new ort.Tensor('float32', data, [R, 1, width]);
+    const scales = { in: new Float32Array(R * totalIn).fill(1), out: new Float32Array(R * totalOut).fill(1) };
+    adapters.forEach((a, r) => {
+      if (a?.kind !== 'ia3') return;
+      for (const [name, v] of Object.entries(a.ia3!)) {
+        const m = byName.get(name)!;
+        scales[v.side].set(v.scale, v.side === 'in' ? r * totalIn + m.inAt : r * totalOut + m.outAt);
       }
-    }
-    return feeds;
+    });
+    return {
+      [ADAPTER_INPUTS.ia3In]: new ort.Tensor('float32', scales.in, [R, 1, totalIn]),
+      [ADAPTER_INPUTS.ia3Out]: new ort.Tensor('float32', scales.out, [R, 1, totalOut]),
+    };
   }
 
   /** Bias feeds for a run whose rows use `adapters` (row order). */

@@ -11,16 +11,18 @@ const { onnx } = onnxProto;
  * modules once (`linearModules`), and both the graph builder and the adapter parser read that list,
  * so an adapter is checked against exactly the modules the graph can adapt.
  *
- * LoRA, batched: the distinct LoRA adapters of a batch are stacked along the rank axis, `<m>.lora_A`
- * [in, K] and `<m>.lora_B` [K, out] (K = the sum of their ranks, each adapter's scale — lora_alpha/r,
- * or /sqrt(r) with rsLoRA — folded into its B block, zeros where it does not target m), and
- * `lora_select` [R, 1, K] holds each row's 0/1 selection of its own adapter's block. A row's update
- * is ((x A) ⊙ select) B: one shared product with the stack, not one small product per row, and the
- * other blocks contribute exact zeros. The host rebuilds the stack only when the set of LoRA
- * adapters in the batch changes (bench/lora.ts compares it with padded per-row factors and with a
- * gather from a table of resident adapters).
- * IA3: `<m>.ia3_in` [R, 1, in] and `<m>.ia3_out` [R, 1, out] scale each row's input (PEFT's
- * feedforward modules) or output (bias included, as PEFT does); ones for other rows.
+ * The adapter inputs are packed, five tensors for all modules (each module's columns at its offset
+ * in `adapterLayout`), because every input costs every run a conversion in onnxruntime-node:
+ * - LoRA, batched: the distinct LoRA adapters of a batch are stacked along the rank axis, `lora_A`
+ *   [Σin, K] and `lora_B` [K, Σout] (K = the sum of their ranks, each adapter's scale —
+ *   lora_alpha/r, or /sqrt(r) with rsLoRA — folded into its B block, zeros where it does not target
+ *   a module), and `lora_select` [R, 1, K] holds each row's 0/1 selection of its own adapter's block.
+ *   A row's update is ((x A) ⊙ select) B: one shared product with the stack rather than one small
+ *   product per row, and the other blocks add exact zeros. The host rebuilds the stack only when the
+ *   set of LoRA adapters in the batch changes (bench/lora.ts compares this layout with padded
+ *   per-row factors and with a gather from a table of resident adapters).
+ * - IA3: `ia3_in` [R, 1, Σin] and `ia3_out` [R, 1, Σout] scale each row's input (PEFT's feedforward
+ *   modules) or output (bias included, as PEFT does); ones for other rows, [1, 1, n] when none has IA3.
  * The base weights are never merged with an adapter: one frozen initializer serves every row.
  */
 export interface LinearModule {
@@ -54,32 +56,60 @@ export function linearModules(c: LinearShape): LinearModule[] {
   return out;
 }
 
-export const LORA_SELECT = 'lora_select';
-export const adapterInputNames = (m: string) => ({ loraA: `${m}.lora_A`, loraB: `${m}.lora_B`, ia3In: `${m}.ia3_in`, ia3Out: `${m}.ia3_out` });
+/** The packed adapter inputs of the graph (see the module comment). */
+export const ADAPTER_INPUTS = { select: 'lora_select', loraA: 'lora_A', loraB: 'lora_B', ia3In: 'ia3_in', ia3Out: 'ia3_out' } as const;
 
-/** Declares the per-row adapter inputs: the shared LoRA selection and four inputs per module. */
-export function declareAdapterInputs(g: GraphBuilder, modules: LinearModule[]): void {
-  g.input(LORA_SELECT, 'float', ['lora_rows', 1, 'lora_rank']);
-  for (const m of modules) {
-    const n = adapterInputNames(m.name);
-    g.input(n.loraA, 'float', [m.in, 'lora_rank']);
-    g.input(n.loraB, 'float', ['lora_rank', m.out]);
-    g.input(n.ia3In, 'float', ['ia3_rows', 1, m.in]);
-    g.input(n.ia3Out, 'float', ['ia3_rows', 1, m.out]);
-  }
+/** A module with the offsets of its input and output columns in the packed inputs. */
+export interface ModuleSlot extends LinearModule {
+  inAt: number;
+  outAt: number;
+}
+
+export interface AdapterLayout {
+  slots: ModuleSlot[];
+  byName: Map<string, ModuleSlot>;
+  totalIn: number;
+  totalOut: number;
+}
+
+export function adapterLayout(modules: LinearModule[]): AdapterLayout {
+  let totalIn = 0;
+  let totalOut = 0;
+  const slots = modules.map((m) => {
+    const slot = { ...m, inAt: totalIn, outAt: totalOut };
+    totalIn += m.in;
+    totalOut += m.out;
+    return slot;
+  });
+  return { slots, byName: new Map(slots.map((s) => [s.name, s])), totalIn, totalOut };
+}
+
+/** Declares the packed per-row adapter inputs. */
+export function declareAdapterInputs(g: GraphBuilder, layout: AdapterLayout): void {
+  const n = ADAPTER_INPUTS;
+  g.input(n.select, 'float', ['lora_rows', 1, 'lora_rank']);
+  g.input(n.loraA, 'float', [layout.totalIn, 'lora_rank']);
+  g.input(n.loraB, 'float', ['lora_rank', layout.totalOut]);
+  g.input(n.ia3In, 'float', ['ia3_rows', 1, layout.totalIn]);
+  g.input(n.ia3Out, 'float', ['ia3_rows', 1, layout.totalOut]);
+  for (const axis of [0, 1, 2]) g.ints(`adapter_axis_${axis}`, [axis]);
 }
 
 /**
- * y = ((x ⊙ ia3_in) W + b + ((x A) ⊙ select) B) ⊙ ia3_out for x [B, S, in], per row. `weight` is an
- * [in, out] value (a builder with [out, in] checkpoints — Llama — transposes its initializer once at
- * build time); `bias` may be null. A row carries at most one adapter, so LoRA and IA3 never meet on a row.
+ * y = ((x ⊙ ia3_in) W + b + ((x A) ⊙ select) B) ⊙ ia3_out for x [B, S, in], per row, with this
+ * module's slices of the packed inputs. `weight` is an [in, out] value (a builder with [out, in]
+ * checkpoints — Llama — transposes its initializer once at build time); `bias` may be null. A row
+ * carries at most one adapter, so LoRA and IA3 never meet on a row.
  */
-export function adaptedLinear(g: GraphBuilder, x: string, module: string, weight: string, bias: string | null): string {
-  const n = adapterInputNames(module);
-  let y = g.one('MatMul', [g.one('Mul', [x, n.ia3In]), weight]);
+export function adaptedLinear(g: GraphBuilder, x: string, m: ModuleSlot, weight: string, bias: string | null): string {
+  const n = ADAPTER_INPUTS;
+  const inCols = [g.ints(`${m.name}.in_from`, [m.inAt]), g.ints(`${m.name}.in_to`, [m.inAt + m.in])];
+  const outCols = [g.ints(`${m.name}.out_from`, [m.outAt]), g.ints(`${m.name}.out_to`, [m.outAt + m.out])];
+  const slice = (value: string, cols: string[], axis: number) => g.one('Slice', [value, ...cols, `adapter_axis_${axis}`]);
+  let y = g.one('MatMul', [g.one('Mul', [x, slice(n.ia3In, inCols, 2)]), weight]);
   if (bias) y = g.one('Add', [y, bias]);
-  const update = g.one('MatMul', [g.one('Mul', [g.one('MatMul', [x, n.loraA]), LORA_SELECT]), n.loraB]);
-  return g.one('Mul', [g.one('Add', [y, update]), n.ia3Out]);
+  const update = g.one('MatMul', [g.one('Mul', [g.one('MatMul', [x, slice(n.loraA, inCols, 0)]), n.select]), slice(n.loraB, outCols, 1)]);
+  return g.one('Mul', [g.one('Add', [y, update]), slice(n.ia3Out, outCols, 2)]);
 }
 
 /** The bool input that picks the graph's branch: true when some row of the batch has LoRA or IA3. */
@@ -88,9 +118,10 @@ export const ADAPTED_FLAG = 'lora_ia3_rows';
 /**
  * One model whose body runs with or without the LoRA/IA3 ops: an `If` on ADAPTED_FLAG whose two
  * branches are the same body built twice, once through adaptedLinear and once with plain linears.
- * Measured (bench/lora.ts): the adapter ops of every module cost an all-base decode step 20–26 %, in
- * op dispatch rather than arithmetic; behind the `If`, a batch without LoRA/IA3 rows runs the plain
- * body and pays for one `If`. The weights stay outer-scope initializers, stored once and read by
+ * Measured (bench/lora.ts, CPU time on the demo model): with the adapter ops always on, an all-base
+ * batch pays 9 % at decode batch 1, 4–7 % at batch 8–64 and 21 % in prefill, in op dispatch rather
+ * than arithmetic; behind the `If` it pays about 6 % at batch 1 (the If and five more inputs) and
+ * nothing measurable beyond. The weights stay outer-scope initializers, stored once and read by
  * both branches; the adapter inputs are fed in both cases (empty or broadcast, a few bytes).
  * `adapted` and `plain` are serialised models with the same outputs, `plain`'s inputs and
  * initializers a subset of `adapted`'s.

@@ -1,4 +1,4 @@
-import { adaptedLinear, branchOnAdapters, declareAdapterInputs, linearModules } from './adapter-ops.js';
+import { adaptedLinear, adapterLayout, branchOnAdapters, declareAdapterInputs, linearModules } from './adapter-ops.js';
 import { biasNames, type Checkpoint } from './checkpoint.js';
 import { GraphBuilder } from './onnx-builder.js';
 
@@ -20,7 +20,8 @@ const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in ops
  * - one input per bias vector, named as in the checkpoint, [R, 1, n] with R = 1 (broadcast, the base
  *   model's values) or R = B (per-row values, for BitFit rows). Feeding absolute biases rather than
  *   deltas costs no extra Add in the graph.
- * - per linear module, per-row LoRA factors and IA3 scales (src/model/adapter-ops.ts).
+ * - five packed per-row LoRA/IA3 inputs and the bool `lora_ia3_rows` that picks the body with or
+ *   without their ops (src/model/adapter-ops.ts).
  * - `logit_index` [N]: rows of the flattened [B*S] hidden states that need logits. The LM head is a
  *   quarter of the FLOPs per token; prefill of a generate request needs it at one position only.
  * Outputs: `logits` [N, V], and only this step's keys/values, `new_key_l` [B, H, hd, S] and
@@ -80,10 +81,11 @@ function buildBody(ckpt: Checkpoint, loraIa3: boolean, doc: string): Uint8Array 
     const normed = g.one('LayerNormalization', [x, W(`${prefix}.weight`)], { axis: -1, epsilon: { float: c.layerNormEps } });
     return g.one('Add', [normed, bias.get(`${prefix}.bias`)!]);
   };
-  if (loraIa3) declareAdapterInputs(g, linearModules(c));
+  const layout = adapterLayout(linearModules(c));
+  if (loraIa3) declareAdapterInputs(g, layout);
   const linear = (x: string, prefix: string) =>
     loraIa3
-      ? adaptedLinear(g, x, prefix, W(`${prefix}.weight`), bias.get(`${prefix}.bias`)!)
+      ? adaptedLinear(g, x, layout.byName.get(prefix)!, W(`${prefix}.weight`), bias.get(`${prefix}.bias`)!)
       : g.one('Add', [g.one('MatMul', [x, W(`${prefix}.weight`)]), bias.get(`${prefix}.bias`)!]);
   const splitHeads = (x: string) => g.one('Transpose', [g.one('Reshape', [x, headsShape])], { perm: [0, 2, 1, 3] });
 
