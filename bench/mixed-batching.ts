@@ -47,14 +47,14 @@ for (const n of TASK_COUNTS) {
 }
 
 const f = (x: number, d = 1) => x.toFixed(d);
-console.log('\nKV copied B/token: cache bytes the workers copied per generated token (a prompt written into a free slot, compactions); decode steps append in place and copy nothing else. A token\'s own keys and values take 8 KiB.');
-console.log(`\nmixed-task batching: ${REQUESTS} requests × ${TOKENS} new tokens, ${CLIENTS} concurrent clients, streamed over HTTP; ${machineInfo().cpu}, ${machineInfo().cores} cores\n`);
-printTable(
-  ['policy', 'tasks', 'req/s', 'gen tok/s', 'p50 ms', 'p99 ms', 'TTFT p50 ms', 'TTFT p99 ms', 'healthz p50 ms', 'healthz p99 ms', 'KV copied B/token'],
-  rows.map((r) => [r.policy, r.tasks, f(r.reqPerS, 2), f(r.tokPerS, 0), f(r.p50, 0), f(r.p99, 0), f(r.ttftP50, 0), f(r.ttftP99, 0), f(r.healthP50), f(r.healthP99), f(r.kvBytesPerToken, 0)]),
-);
-const tput = (p: string, n: number) => rows.find((r) => r.policy.startsWith(p) && r.tasks === n)?.tokPerS ?? NaN;
 if (TASK_COUNTS.length > 0) {
+  console.log('\nKV copied B/token: cache bytes the workers copied per generated token (a prompt written into a free slot, compactions); decode steps append in place and copy nothing else. A token\'s own keys and values take 8 KiB.');
+  console.log(`\nmixed-task batching: ${REQUESTS} requests × ${TOKENS} new tokens, ${CLIENTS} concurrent clients, streamed over HTTP; ${machineInfo().cpu}, ${machineInfo().cores} cores\n`);
+  printTable(
+    ['policy', 'tasks', 'req/s', 'gen tok/s', 'p50 ms', 'p99 ms', 'TTFT p50 ms', 'TTFT p99 ms', 'healthz p50 ms', 'healthz p99 ms', 'KV copied B/token'],
+    rows.map((r) => [r.policy, r.tasks, f(r.reqPerS, 2), f(r.tokPerS, 0), f(r.p50, 0), f(r.p99, 0), f(r.ttftP50, 0), f(r.ttftP99, 0), f(r.healthP50), f(r.healthP99), f(r.kvBytesPerToken, 0)]),
+  );
+  const tput = (p: string, n: number) => rows.find((r) => r.policy.startsWith(p) && r.tasks === n)?.tokPerS ?? NaN;
   console.log('\nratios');
   printTable(
     ['tasks', '(c) / (a)', '(c) / (b)', '(c) at N tasks / (c) at 1 task'],

@@ -84,32 +84,43 @@ export function adapterLayout(modules: LinearModule[]): AdapterLayout {
   return { slots, byName: new Map(slots.map((s) => [s.name, s])), totalIn, totalOut };
 }
 
-/** Declares the packed per-row adapter inputs. */
-export function declareAdapterInputs(g: GraphBuilder, layout: AdapterLayout): void {
+/** One module's parts of the packed adapter inputs. */
+export interface ModuleInputs {
+  loraA: string;
+  loraB: string;
+  ia3In: string;
+  ia3Out: string;
+}
+
+/**
+ * Declares the packed per-row adapter inputs and splits each into its modules' parts, by name. One
+ * Split per input rather than a Slice per module: one kernel, four in all.
+ */
+export function declareAdapterInputs(g: GraphBuilder, layout: AdapterLayout): Map<string, ModuleInputs> {
   const n = ADAPTER_INPUTS;
   g.input(n.select, 'float', ['lora_rows', 1, 'lora_rank']);
   g.input(n.loraA, 'float', [layout.totalIn, 'lora_rank']);
   g.input(n.loraB, 'float', ['lora_rank', layout.totalOut]);
   g.input(n.ia3In, 'float', ['ia3_rows', 1, layout.totalIn]);
   g.input(n.ia3Out, 'float', ['ia3_rows', 1, layout.totalOut]);
-  for (const axis of [0, 1, 2]) g.ints(`adapter_axis_${axis}`, [axis]);
+  const ins = g.ints('adapter_split_in', layout.slots.map((m) => m.in));
+  const outs = g.ints('adapter_split_out', layout.slots.map((m) => m.out));
+  const split = (value: string, sizes: string, axis: number) => g.op('Split', [value, sizes], { axis }, layout.slots.length);
+  const [loraA, loraB, ia3In, ia3Out] = [split(n.loraA, ins, 0), split(n.loraB, outs, 1), split(n.ia3In, ins, 2), split(n.ia3Out, outs, 2)];
+  return new Map(layout.slots.map((m, i) => [m.name, { loraA: loraA[i], loraB: loraB[i], ia3In: ia3In[i], ia3Out: ia3Out[i] }]));
 }
 
 /**
- * y = ((x ⊙ ia3_in) W + b + ((x A) ⊙ select) B) ⊙ ia3_out for x [B, S, in], per row, with this
- * module's slices of the packed inputs. `weight` is an [in, out] value (a builder with [out, in]
+ * y = ((x ⊙ ia3_in) W + b + ((x A) ⊙ select) B) ⊙ ia3_out for x [B, S, in], per row, with one
+ * module's parts of the packed inputs. `weight` is an [in, out] value (a builder with [out, in]
  * checkpoints — Llama — transposes its initializer once at build time); `bias` may be null. A row
  * carries at most one adapter, so LoRA and IA3 never meet on a row.
  */
-export function adaptedLinear(g: GraphBuilder, x: string, m: ModuleSlot, weight: string, bias: string | null): string {
-  const n = ADAPTER_INPUTS;
-  const inCols = [g.ints(`${m.name}.in_from`, [m.inAt]), g.ints(`${m.name}.in_to`, [m.inAt + m.in])];
-  const outCols = [g.ints(`${m.name}.out_from`, [m.outAt]), g.ints(`${m.name}.out_to`, [m.outAt + m.out])];
-  const slice = (value: string, cols: string[], axis: number) => g.one('Slice', [value, ...cols, `adapter_axis_${axis}`]);
-  let y = g.one('MatMul', [g.one('Mul', [x, slice(n.ia3In, inCols, 2)]), weight]);
+export function adaptedLinear(g: GraphBuilder, x: string, m: ModuleInputs, weight: string, bias: string | null): string {
+  let y = g.one('MatMul', [g.one('Mul', [x, m.ia3In]), weight]);
   if (bias) y = g.one('Add', [y, bias]);
-  const update = g.one('MatMul', [g.one('Mul', [g.one('MatMul', [x, slice(n.loraA, inCols, 0)]), n.select]), slice(n.loraB, outCols, 1)]);
-  return g.one('Mul', [g.one('Add', [y, update]), slice(n.ia3Out, outCols, 2)]);
+  const update = g.one('MatMul', [g.one('Mul', [g.one('MatMul', [x, m.loraA]), ADAPTER_INPUTS.select]), m.loraB]);
+  return g.one('Mul', [g.one('Add', [y, update]), m.ia3Out]);
 }
 
 /** The bool input that picks the graph's branch: true when some row of the batch has LoRA or IA3. */

@@ -82,10 +82,10 @@ function buildBody(ckpt: Checkpoint, loraIa3: boolean, doc: string): Uint8Array 
     return g.one('Add', [normed, bias.get(`${prefix}.bias`)!]);
   };
   const layout = adapterLayout(linearModules(c));
-  if (loraIa3) declareAdapterInputs(g, layout);
+  const adapterInputs = loraIa3 ? declareAdapterInputs(g, layout) : null;
   const linear = (x: string, prefix: string) =>
-    loraIa3
-      ? adaptedLinear(g, x, layout.byName.get(prefix)!, W(`${prefix}.weight`), bias.get(`${prefix}.bias`)!)
+    adapterInputs
+      ? adaptedLinear(g, x, adapterInputs.get(prefix)!, W(`${prefix}.weight`), bias.get(`${prefix}.bias`)!)
       : g.one('Add', [g.one('MatMul', [x, W(`${prefix}.weight`)]), bias.get(`${prefix}.bias`)!]);
   const splitHeads = (x: string) => g.one('Transpose', [g.one('Reshape', [x, headsShape])], { perm: [0, 2, 1, 3] });
 
