@@ -29,6 +29,7 @@ const REFUSED: Record<string, string> = {
   target_parameters: 'target_parameters is not supported',
   alora_invocation_tokens: 'alora_invocation_tokens (activated LoRA) is not supported',
   use_bdlora: 'use_bdlora is not supported',
+  arrow_config: 'arrow_config (routing between LoRA experts) is not supported',
 };
 
 const isSet = (v: unknown) => !(v === undefined || v === null || v === false || (Array.isArray(v) && v.length === 0) || (typeof v === 'object' && v !== null && Object.keys(v).length === 0));

@@ -32,7 +32,8 @@ export class FeedContext {
 
   /** Per-row LoRA and IA3 feeds (src/model/adapter-ops.ts) for a run whose rows use `adapters`. */
   adapterFeeds(adapters: (AdapterTensors | null)[]): Record<string, ort.Tensor> {
-    const lora = [...new Set(adapters.filter((a) => a?.kind === 'lora'))] as AdapterTensors[];
+    // In key order, so the same adapters in other slots find their stack in the cache.
+    const lora = ([...new Set(adapters.filter((a) => a?.kind === 'lora'))] as AdapterTensors[]).sort((a, b) => (a.key < b.key ? -1 : 1));
     const hasIa3 = adapters.some((a) => a?.kind === 'ia3');
     if (lora.length === 0 && !hasIa3) return this.plainFeeds;
     const key = lora.map((a) => a.key).join('\n');

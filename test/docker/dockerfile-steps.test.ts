@@ -64,7 +64,7 @@ t.test('the runtime stage starts from the Dockerfile CMD and answers /readyz', a
   const url = server.url;
   const ready = await fetch(`${url}/readyz`);
   t.equal(ready.status, 200);
-  t.equal(((await ready.json()) as { adapters: number }).adapters, 7);
+  t.equal(((await ready.json()) as { adapters: number }).adapters, 9);
   const gen = await fetch(`${url}/v1/tasks/define-prefix/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'ocean', max_tokens: 5, temperature: 0 }) });
   t.equal(gen.status, 200);
 });
