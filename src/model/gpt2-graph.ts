@@ -1,8 +1,9 @@
+import { adaptedLinear, adapterLayout, branchOnAdapters, declareAdapterInputs, linearModules } from './adapter-ops.js';
 import { biasNames, type Checkpoint } from './checkpoint.js';
 import { GraphBuilder } from './onnx-builder.js';
 
 /** Bump when the graph changes: it keys the on-disk cache. */
-export const GRAPH_VERSION = 'gpt2-v2';
+export const GRAPH_VERSION = 'gpt2-v3';
 const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in opset 20.
 
 /**
@@ -19,6 +20,8 @@ const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in ops
  * - one input per bias vector, named as in the checkpoint, [R, 1, n] with R = 1 (broadcast, the base
  *   model's values) or R = B (per-row values, for BitFit rows). Feeding absolute biases rather than
  *   deltas costs no extra Add in the graph.
+ * - five packed per-row LoRA/IA3 inputs and the bool `lora_ia3_rows` that picks the body with or
+ *   without their ops (src/model/adapter-ops.ts).
  * - `logit_index` [N]: rows of the flattened [B*S] hidden states that need logits. The LM head is a
  *   quarter of the FLOPs per token; prefill of a generate request needs it at one position only.
  * Outputs: `logits` [N, V], and only this step's keys/values, `new_key_l` [B, H, hd, S] and
@@ -33,7 +36,19 @@ const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in ops
  * one frozen graph for every adapter kind. The forward benchmark puts decode at 2–18 % of the
  * MatMul ceiling: at 256 wide, batching across tasks matters far more than op fusion.
  */
-export function buildGpt2Graph(ckpt: Checkpoint): Uint8Array {
+export function buildGpt2Graph(ckpt: Checkpoint, variant: GraphVariant = 'branched'): Uint8Array {
+  const doc = `GPT-2 built by softprompt-server ${GRAPH_VERSION} from checkpoint ${ckpt.hash}`;
+  if (variant !== 'branched') return buildBody(ckpt, variant === 'adapted', doc);
+  return branchOnAdapters(buildBody(ckpt, true, doc), buildBody(ckpt, false, doc), OPSET, doc);
+}
+
+/**
+ * 'branched' (served): an If on `lora_ia3_rows` between the two bodies (see branchOnAdapters).
+ * 'adapted' and 'plain': one body with or without the LoRA/IA3 ops, for bench/lora.ts.
+ */
+export type GraphVariant = 'branched' | 'adapted' | 'plain';
+
+function buildBody(ckpt: Checkpoint, loraIa3: boolean, doc: string): Uint8Array {
   const c = ckpt.config;
   const g = new GraphBuilder();
   const W = (name: string) => {
@@ -66,7 +81,12 @@ export function buildGpt2Graph(ckpt: Checkpoint): Uint8Array {
     const normed = g.one('LayerNormalization', [x, W(`${prefix}.weight`)], { axis: -1, epsilon: { float: c.layerNormEps } });
     return g.one('Add', [normed, bias.get(`${prefix}.bias`)!]);
   };
-  const linear = (x: string, prefix: string) => g.one('Add', [g.one('MatMul', [x, W(`${prefix}.weight`)]), bias.get(`${prefix}.bias`)!]);
+  const layout = adapterLayout(linearModules(c));
+  const adapterInputs = loraIa3 ? declareAdapterInputs(g, layout) : null;
+  const linear = (x: string, prefix: string) =>
+    adapterInputs
+      ? adaptedLinear(g, x, adapterInputs.get(prefix)!, W(`${prefix}.weight`), bias.get(`${prefix}.bias`)!)
+      : g.one('Add', [g.one('MatMul', [x, W(`${prefix}.weight`)]), bias.get(`${prefix}.bias`)!]);
   const splitHeads = (x: string) => g.one('Transpose', [g.one('Reshape', [x, headsShape])], { perm: [0, 2, 1, 3] });
 
   let x = g.one('Add', [embeds, g.one('Gather', [W('transformer.wpe.weight'), positions], { axis: 0 })]);
@@ -95,7 +115,7 @@ export function buildGpt2Graph(ckpt: Checkpoint): Uint8Array {
   const wte = ckpt.weights.get('transformer.wte.weight')!;
   const lmHead = g.weight('lm_head_t', [c.hidden, c.vocabSize], transpose(wte.data, c.vocabSize, c.hidden)); // tied to wte
   g.output(g.one('MatMul', [picked, lmHead]), 'logits', ['n_logits', c.vocabSize]);
-  return g.serialize(OPSET, `GPT-2 built by softprompt-server ${GRAPH_VERSION} from checkpoint ${ckpt.hash}`);
+  return g.serialize(OPSET, doc);
 }
 
 function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
