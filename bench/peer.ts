@@ -16,7 +16,7 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { getLlama, LlamaLogLevel, type LlamaModel, type Token } from 'node-llama-cpp';
 import { gpt2ToGguf } from '../src/tools/gguf.js';
-import { Tokenizer } from '../src/tokenizer/bpe.js';
+import { Tokenizer } from '../src/tokenizer/tokenizer.js';
 import { type ServerProcess } from '../src/tools/server-process.js';
 import { benchPrompts, machineInfo, startServerProcess, streamGenerate } from './harness.js';
 import { printTable } from './table.js';
@@ -42,8 +42,8 @@ const ggufPath = join('.cache', 'demo-gpt2-f32.gguf');
 mkdirSync(dirname(ggufPath), { recursive: true });
 writeFileSync(ggufPath, gpt2ToGguf(args.model!));
 const prompts = benchPrompts(args.fixtures!, Math.max(...SIZES));
-const tokenizer = Tokenizer.fromFile(join(args.model!, 'tokenizer.json'));
-const promptIds = prompts.map((p) => tokenizer.encode(p) as Token[]);
+const tokenizer = Tokenizer.load(args.model!);
+const promptIds = prompts.map((p) => tokenizer.encodeSync(p) as Token[]);
 
 /**
  * One measurement: N sequences at once, each TOKENS new tokens. `wall`: generated tokens per second;
