@@ -17,7 +17,7 @@ export interface EngineOptions extends LaneOptions {
  * there: its KV cache lives in that lane's worker. With one worker this is a plain batching loop.
  */
 export class Engine {
-  private readonly lanes: Lane[];
+  readonly lanes: Lane[];
   private nextJobId = 1;
   private draining = false;
   private stopped = false;

@@ -251,6 +251,12 @@ export class Scheduler {
     for (const choice of result.tokens) {
       const r = this.running.get(choice.seq);
       if (!r) continue;
+      if (r.job.cancelled) {
+        this.retire(choice.seq);
+        this.cancelled++;
+        events.push({ type: 'cancelled', job: r.job });
+        continue;
+      }
       r.last = choice.token;
       r.generated++;
       events.push({ type: 'token', seq: choice.seq, job: r.job, choice });

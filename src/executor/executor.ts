@@ -85,6 +85,11 @@ export class Executor extends EventEmitter {
     const delay = this.failedStarts === 0 ? 0 : Math.min(BACKOFF_MS.max, BACKOFF_MS.first * 2 ** (this.failedStarts - 1));
     this.canRun = this.failedStarts === 0;
     this.respawns++;
+    if (delay === 0) return this.spawn();
+    this.emit('backoff', delay);
+    // Backing off: steps fail at once rather than wait on a worker that may never come.
+    this.readyPromise = Promise.reject(new Error(`the worker could not start ${this.failedStarts} time(s) in a row; retrying in ${delay} ms`));
+    this.readyPromise.catch(() => {});
     this.respawnTimer = setTimeout(() => this.spawn(), delay);
   }
 

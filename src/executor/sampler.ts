@@ -23,20 +23,48 @@ export function logSumExp(logits: Float32Array): number {
   return max + Math.log(sum);
 }
 
-function topIndices(logits: Float32Array, k: number): number[] {
-  const idx: number[] = [];
-  for (let i = 0; i < logits.length; i++) {
-    if (idx.length < k) {
-      idx.push(i);
-      if (idx.length === k) idx.sort((a, b) => logits[b] - logits[a]);
-    } else if (logits[i] > logits[idx[k - 1]]) {
-      let at = k - 1;
-      while (at > 0 && logits[idx[at - 1]] < logits[i]) at--;
-      idx.splice(at, 0, i);
-      idx.pop();
+/** `k`-th largest value of `v` (1-based), rearranging `v`: quickselect, O(n) on average. */
+function kthLargest(v: Float32Array, k: number): number {
+  let lo = 0;
+  let hi = v.length - 1;
+  const want = k - 1; // index in descending order
+  while (lo < hi) {
+    // Median of three as the pivot: logits are not adversarial, and this avoids sorted-input worst cases.
+    const mid = (lo + hi) >>> 1;
+    const a = v[lo], b = v[mid], c = v[hi];
+    const pivot = a > b ? (b > c ? b : a > c ? c : a) : a > c ? a : b > c ? c : b;
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (v[i] > pivot) i++;
+      while (v[j] < pivot) j--;
+      if (i <= j) {
+        const t = v[i];
+        v[i] = v[j];
+        v[j] = t;
+        i++;
+        j--;
+      }
     }
+    if (want <= j) hi = j;
+    else if (want >= i) lo = i;
+    else return v[want];
   }
-  return idx.sort((a, b) => logits[b] - logits[a] || a - b);
+  return v[want];
+}
+
+/**
+ * Indices of the `k` largest logits, largest first, ties by lower index: a quickselect finds the
+ * k-th value, one pass collects what is above it, and only those k are sorted. O(V + k log k).
+ */
+export function topIndices(logits: Float32Array, k: number): number[] {
+  const n = Math.min(k, logits.length);
+  if (n <= 0) return [];
+  const threshold = kthLargest(Float32Array.from(logits), n);
+  const out: number[] = [];
+  for (let i = 0; i < logits.length; i++) if (logits[i] > threshold) out.push(i);
+  for (let i = 0; i < logits.length && out.length < n; i++) if (logits[i] === threshold) out.push(i);
+  return out.sort((a, b) => logits[b] - logits[a] || a - b);
 }
 
 /** Chooses the next token from one row of logits; the log-probabilities reported are before temperature. */
@@ -60,12 +88,8 @@ export function sample(seq: number, logits: Float32Array, s: Sampling, step: num
 
 function sampleTemperature(logits: Float32Array, s: Sampling, u: number): number {
   if (s.topK === 0 && s.topP >= 1) return sampleFull(logits, s.temperature, u);
-  // Candidates sorted by probability; top-k then top-p cut the tail before renormalising.
-  const k = s.topK > 0 ? Math.min(s.topK, logits.length) : logits.length;
-  const order = k < logits.length ? topIndices(logits, k) : Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b);
-  const max = logits[order[0]];
-  const probs = order.map((t) => Math.exp((logits[t] - max) / s.temperature));
-  const total = probs.reduce((a, b) => a + b, 0);
+  // Candidates by probability; top-k then top-p cut the tail before renormalising.
+  const { order, probs, total } = s.topK > 0 && s.topK < logits.length ? topK(logits, s.topK, s.temperature) : topP(logits, s.topP, s.temperature);
   let keep = probs.length;
   if (s.topP < 1) {
     let mass = 0;
@@ -84,6 +108,30 @@ function sampleTemperature(logits: Float32Array, s: Sampling, u: number): number
     if (target < 0) return order[i];
   }
   return order[keep - 1];
+}
+
+/** The k most likely tokens in order, their unnormalised probabilities and their sum. */
+function topK(logits: Float32Array, k: number, temperature: number) {
+  const order = topIndices(logits, k);
+  const max = logits[order[0]];
+  const probs = order.map((t) => Math.exp((logits[t] - max) / temperature));
+  return { order, probs, total: probs.reduce((a, b) => a + b, 0) };
+}
+
+/**
+ * Top-p over the whole vocabulary without sorting it: the total comes from one pass, then the
+ * most likely 64, 256, 1024... tokens are selected (O(V) each) until they hold `p` of the mass.
+ */
+function topP(logits: Float32Array, p: number, temperature: number) {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let total = 0;
+  for (let i = 0; i < logits.length; i++) total += Math.exp((logits[i] - max) / temperature);
+  for (let m = 64; ; m *= 4) {
+    const order = topIndices(logits, m);
+    const probs = order.map((t) => Math.exp((logits[t] - max) / temperature));
+    if (order.length === logits.length || probs.reduce((a, b) => a + b, 0) / total >= p) return { order, probs, total };
+  }
 }
 
 /** Plain temperature sampling: no order is needed, so no sort. */

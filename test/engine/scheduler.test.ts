@@ -3,7 +3,8 @@ import t from 'tap';
 import type { GenerateJob, ScoreJob } from '../../src/engine/jobs.js';
 import { applyEvent } from '../../src/engine/output-processor.js';
 import { Scheduler } from '../../src/engine/scheduler.js';
-import type { StepPlan, StepResult } from '../../src/protocol.js';
+import type { StepPlan } from '../../src/protocol.js';
+import { fakeResult } from './fake-executor.js';
 
 let ids = 1;
 function gen(task: string, maxTokens: number, finished: string[] = []): GenerateJob {
@@ -15,16 +16,6 @@ function gen(task: string, maxTokens: number, finished: string[] = []): Generate
     finish: () => finished.push(task), cancelled: false, enqueuedAt: 0,
   };
   return job;
-}
-
-/** What a worker would answer: one token for every decoded and prefilled row, scores of the right length. */
-function fakeResult(plan: StepPlan): StepResult {
-  return {
-    tokens: [...plan.decode.map((d) => ({ seq: d.seq, token: 7, logprob: -1 })), ...plan.prefill.map((p) => ({ seq: p.seq, token: 7, logprob: -1 }))],
-    scores: plan.score.map((s) => ({ id: s.id, logprobs: s.targets.map(() => -0.5) })),
-    ms: { run: 0, total: 0 },
-    kvCopiedBytes: 0,
-  };
 }
 
 const log = pino({ level: 'silent' });
