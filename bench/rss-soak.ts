@@ -8,7 +8,7 @@ import { percentile, rssBytes, startServerProcess, SUPPORTED } from './harness.j
  */
 const minutes = Number(process.env.SOAK_MINUTES ?? 8);
 const clients = Number(process.env.SOAK_CLIENTS ?? 16);
-const server = await startServerProcess({ LOG_LEVEL: 'warn', ...(process.env.SOAK_ENV ? JSON.parse(process.env.SOAK_ENV) : {}) });
+const server = await startServerProcess({ ...(process.env.SOAK_ENV ? JSON.parse(process.env.SOAK_ENV) : {}) });
 const until = performance.now() + minutes * 60_000;
 const MB = 1024 * 1024;
 const samples: { s: number; rss: number; requests: number }[] = [];

@@ -23,48 +23,42 @@ export function logSumExp(logits: Float32Array): number {
   return max + Math.log(sum);
 }
 
-/** `k`-th largest value of `v` (1-based), rearranging `v`: quickselect, O(n) on average. */
-function kthLargest(v: Float32Array, k: number): number {
-  let lo = 0;
-  let hi = v.length - 1;
-  const want = k - 1; // index in descending order
-  while (lo < hi) {
-    // Median of three as the pivot: logits are not adversarial, and this avoids sorted-input worst cases.
-    const mid = (lo + hi) >>> 1;
-    const a = v[lo], b = v[mid], c = v[hi];
-    const pivot = a > b ? (b > c ? b : a > c ? c : a) : a > c ? a : b > c ? c : b;
-    let i = lo;
-    let j = hi;
-    while (i <= j) {
-      while (v[i] > pivot) i++;
-      while (v[j] < pivot) j--;
-      if (i <= j) {
-        const t = v[i];
-        v[i] = v[j];
-        v[j] = t;
-        i++;
-        j--;
-      }
-    }
-    if (want <= j) hi = j;
-    else if (want >= i) lo = i;
-    else return v[want];
-  }
-  return v[want];
-}
-
 /**
- * Indices of the `k` largest logits, largest first, ties by lower index: a quickselect finds the
- * k-th value, one pass collects what is above it, and only those k are sorted. O(V + k log k).
+ * Indices of the `k` largest logits, largest first, ties by lower index. One pass keeps the best k
+ * seen in a min-heap whose root is the threshold to beat; past the first few thousand entries
+ * almost none beats it, so the pass is O(V) in practice and O(V log k) at worst (k ≤ 1000).
  */
 export function topIndices(logits: Float32Array, k: number): number[] {
   const n = Math.min(k, logits.length);
   if (n <= 0) return [];
-  const threshold = kthLargest(Float32Array.from(logits), n);
-  const out: number[] = [];
-  for (let i = 0; i < logits.length; i++) if (logits[i] > threshold) out.push(i);
-  for (let i = 0; i < logits.length && out.length < n; i++) if (logits[i] === threshold) out.push(i);
-  return out.sort((a, b) => logits[b] - logits[a] || a - b);
+  // a ranks below b: lower logit, or the same logit at a higher index.
+  const below = (a: number, b: number) => logits[a] < logits[b] || (logits[a] === logits[b] && a > b);
+  const heap = new Int32Array(n);
+  let size = 0;
+  for (let i = 0; i < logits.length; i++) {
+    if (size < n) {
+      let at = size++;
+      while (at > 0) {
+        const up = (at - 1) >> 1;
+        if (!below(i, heap[up])) break;
+        heap[at] = heap[up];
+        at = up;
+      }
+      heap[at] = i;
+    } else if (below(heap[0], i)) {
+      let at = 0;
+      for (;;) {
+        const l = 2 * at + 1;
+        if (l >= n) break;
+        const c = l + 1 < n && below(heap[l + 1], heap[l]) ? l + 1 : l;
+        if (!below(heap[c], i)) break;
+        heap[at] = heap[c];
+        at = c;
+      }
+      heap[at] = i;
+    }
+  }
+  return Array.from(heap).sort((a, b) => logits[b] - logits[a] || a - b);
 }
 
 /** Chooses the next token from one row of logits; the log-probabilities reported are before temperature. */
@@ -128,7 +122,8 @@ function topP(logits: Float32Array, p: number, temperature: number) {
   let total = 0;
   for (let i = 0; i < logits.length; i++) total += Math.exp((logits[i] - max) / temperature);
   for (let m = 64; ; m *= 4) {
-    const order = topIndices(logits, m);
+    // A flat row whose nucleus is most of the vocabulary: one sort beats a heap that large.
+    const order = m * 4 >= logits.length ? Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b) : topIndices(logits, m);
     const probs = order.map((t) => Math.exp((logits[t] - max) / temperature));
     if (order.length === logits.length || probs.reduce((a, b) => a + b, 0) / total >= p) return { order, probs, total };
   }
