@@ -39,6 +39,7 @@ export class Lane {
     private readonly onStep: (s: StepStats) => void,
   ) {
     this.scheduler = new Scheduler(opts);
+    executor.on('backoff', (ms: number) => log.warn({ retryInMs: ms }, 'inference worker could not start; retrying with backoff'));
   }
 
   start(): void {

@@ -63,3 +63,21 @@ t.test('graceful shutdown: admitted requests finish, new ones get 503 shutting_d
   t.equal(done.json().token_ids.length, 200);
   await closing;
 });
+
+t.test('readyz: 503 while no inference worker can run; requests then get 503 worker_crashed, nothing queued', async (t) => {
+  const server = await startServer();
+  t.teardown(() => server.close());
+  t.equal((await server.app.inject('/readyz')).statusCode, 200);
+  // What an executor reports while it backs off after failed starts (executor.test.ts drives the real thing).
+  for (const e of server.executors) e.canRun = false;
+  const ready = await server.app.inject('/readyz');
+  t.equal(ready.statusCode, 503);
+  t.equal(ready.json().error.code, 'not_ready');
+  t.match(ready.json().error.message, /no inference worker/);
+  const gen = await server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt: 'love', max_tokens: 2 } });
+  t.equal(gen.statusCode, 503);
+  t.equal(gen.json().error.code, 'worker_crashed');
+  t.equal(server.engine.queueDepth, 0);
+  for (const e of server.executors) e.canRun = true;
+  t.equal((await server.app.inject('/readyz')).statusCode, 200);
+});
