@@ -8,10 +8,11 @@ import { percentile, rssBytes, startServerProcess, SUPPORTED } from './harness.j
  */
 const minutes = Number(process.env.SOAK_MINUTES ?? 8);
 const clients = Number(process.env.SOAK_CLIENTS ?? 16);
-const server = await startServerProcess({ ...(process.env.SOAK_ENV ? JSON.parse(process.env.SOAK_ENV) : {}) });
+// SOAK_ENV: extra server settings (JSON); SOAK_MAIN: another build's dist/src/main.js, to compare.
+const server = await startServerProcess({ ...(process.env.SOAK_ENV ? JSON.parse(process.env.SOAK_ENV) : {}) }, { main: process.env.SOAK_MAIN });
 const until = performance.now() + minutes * 60_000;
 const MB = 1024 * 1024;
-const samples: { s: number; rss: number; requests: number }[] = [];
+const samples: { s: number; rss: number; heap: number; requests: number }[] = [];
 let requests = 0;
 let failures = 0;
 const latencies: number[] = [];
@@ -39,15 +40,24 @@ async function client(i: number): Promise<void> {
 }
 
 const t0 = performance.now();
-const sampler = setInterval(() => samples.push({ s: Math.round((performance.now() - t0) / 1000), rss: rssBytes(server.pid), requests }), 15_000);
+/** The main thread's V8 heap in use, from /metrics: if RSS grows and this does not, the growth is native. */
+async function heapUsed(): Promise<number> {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  return Number(/^nodejs_heap_size_used_bytes (\S+)/m.exec(text)?.[1] ?? NaN);
+}
+const sampler = setInterval(async () => {
+  const s = Math.round((performance.now() - t0) / 1000);
+  const rss = rssBytes(server.pid);
+  samples.push({ s, rss, heap: await heapUsed(), requests });
+}, 15_000);
 await Promise.all(Array.from({ length: clients }, (_, i) => client(i)));
 clearInterval(sampler);
 await server.stop();
 
 const warm = samples.filter((x) => x.s >= 120);
 const base = warm[0]?.rss ?? NaN;
-console.log('| s | RSS MiB | requests |\n| ---: | ---: | ---: |');
-for (const x of samples) console.log(`| ${x.s} | ${(x.rss / MB).toFixed(0)} | ${x.requests} |`);
+console.log('| s | RSS MiB | main heap MiB | requests |\n| ---: | ---: | ---: | ---: |');
+for (const x of samples) console.log(`| ${x.s} | ${(x.rss / MB).toFixed(0)} | ${(x.heap / MB).toFixed(0)} | ${x.requests} |`);
 const peak = Math.max(...samples.map((x) => x.rss));
 const end = samples.at(-1)?.rss ?? NaN;
 console.log(`\n${requests} requests, ${failures} not 200, p50 ${percentile(latencies, 50).toFixed(0)} ms; RSS start ${(samples[0].rss / MB).toFixed(0)} MiB, after warm-up ${(base / MB).toFixed(0)} MiB, peak ${(peak / MB).toFixed(0)} MiB, end ${(end / MB).toFixed(0)} MiB (${(((end - base) / base) * 100).toFixed(1)} % after warm-up)`);
