@@ -114,14 +114,16 @@ function topK(logits: Float32Array, k: number, temperature: number) {
 
 /**
  * Top-p over the whole vocabulary without sorting it: the total comes from one pass, then the
- * most likely 64, 256, 1024... tokens are selected (O(V) each) until they hold `p` of the mass.
+ * most likely m, 4m, 16m... tokens are selected (one pass each) until they hold `p` of the mass.
  */
 function topP(logits: Float32Array, p: number, temperature: number) {
   let max = -Infinity;
   for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
   let total = 0;
   for (let i = 0; i < logits.length; i++) total += Math.exp((logits[i] - max) / temperature);
-  for (let m = 64; ; m *= 4) {
+  // Each token holds at most 1 of `total` (the top one, relative to itself): fewer than p · total
+  // tokens cannot hold p of the mass, so the search starts there (a flat row goes straight to a sort).
+  for (let m = Math.max(64, Math.ceil(p * total)); ; m *= 4) {
     // A flat row whose nucleus is most of the vocabulary: one sort beats a heap that large.
     const order = m * 4 >= logits.length ? Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b) : topIndices(logits, m);
     const probs = order.map((t) => Math.exp((logits[t] - max) / temperature));
