@@ -28,6 +28,8 @@ export interface Config {
   rateLimitPerMinute: number;
   metricsMaxTasks: number;
   shutdownDeadlineMs: number;
+  stepTimeoutMs: number;
+  maxScoreTokens: number;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): number {
@@ -78,5 +80,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     rateLimitPerMinute: int(env, 'RATE_LIMIT_PER_MINUTE', 0),
     metricsMaxTasks: int(env, 'METRICS_MAX_TASKS', 100, 1),
     shutdownDeadlineMs: int(env, 'SHUTDOWN_DEADLINE_MS', 30_000),
+    // A step this long means a hung worker: it is terminated and restarted (its rows get 503).
+    stepTimeoutMs: int(env, 'STEP_TIMEOUT_MS', 60_000, 100),
+    // Tokens one score/classify request may score (inputs × labels × tokens each); 413 beyond.
+    maxScoreTokens: int(env, 'MAX_SCORE_TOKENS', 131_072, 1),
   });
 }

@@ -4,6 +4,7 @@ import client from 'prom-client';
 /**
  * Prometheus metrics. Task labels are bounded: the first `maxTasks` tasks seen keep their name,
  * later ones are counted as 'other', so thousands of adapters cannot blow up the series count.
+ * Callers pass 'unknown' for ids that name no task, so made-up ids cannot take those labels.
  */
 export class Metrics {
   readonly registry = new client.Registry();
@@ -49,8 +50,9 @@ export class Metrics {
     new client.Gauge({ name: 'sps_event_loop_delay_p99_ms', help: 'Event-loop delay, p99 since the last scrape', registers: [r], collect() { this.set(loop.percentile(99) / 1e6); loop.reset(); } });
   }
 
+  /** 'unknown' (requests naming no existing task) is a label of its own, outside the bound. */
   private label(task: string): string {
-    if (this.tasks.has(task)) return task;
+    if (task === 'unknown' || this.tasks.has(task)) return task;
     if (this.tasks.size < this.maxTasks) {
       this.tasks.add(task);
       return task;

@@ -74,4 +74,15 @@ export interface StepResult {
   ms: { run: number; total: number };
   /** KV cache bytes copied in this step (rows written into slots, buffers resized). */
   kvCopiedBytes: number;
+  /**
+   * New rows (prefill seq or score id) the worker refused before running the step: each fails its
+   * own request; the rest of the batch ran. `invalid_adapter`: the row's adapter tensors cannot run.
+   */
+  rejected?: RejectedRow[];
+}
+
+export interface RejectedRow {
+  row: number;
+  code: 'invalid_adapter' | 'invalid_row';
+  reason: string;
 }

@@ -1,15 +1,15 @@
 import type { Logger } from 'pino';
 import { ServerError } from '../errors.js';
 import type { Executor } from '../executor/executor.js';
-import type { Job } from './jobs.js';
-import { Lane, type StepStats } from './lane.js';
-import type { SchedulerLimits } from './scheduler.js';
+import { rowTokens, type Job } from './jobs.js';
+import { Lane, type LaneOptions, type StepStats } from './lane.js';
 
 export type { StepStats } from './lane.js';
 
-export interface EngineOptions extends SchedulerLimits {
+export interface EngineOptions extends LaneOptions {
   maxQueue: number;
-  batchWaitMs: number;
+  /** Tokens one score/classify request may ask to score (inputs × labels × tokens); 413 beyond. */
+  maxScoreTokens?: number;
 }
 
 /**
@@ -17,14 +17,14 @@ export interface EngineOptions extends SchedulerLimits {
  * there: its KV cache lives in that lane's worker. With one worker this is a plain batching loop.
  */
 export class Engine {
-  private readonly lanes: Lane[];
+  readonly lanes: Lane[];
   private nextJobId = 1;
   private draining = false;
   private stopped = false;
   onStep: ((s: StepStats) => void) | null = null;
 
   constructor(executors: Executor[], private readonly opts: EngineOptions, log: Logger) {
-    this.lanes = executors.map((e, i) => new Lane(e, opts, opts.batchWaitMs, log.child({ worker: i }), (s) => this.onStep?.(s)));
+    this.lanes = executors.map((e, i) => new Lane(e, opts, log.child({ worker: i }), (s) => this.onStep?.(s)));
   }
 
   start(): void {
@@ -39,17 +39,44 @@ export class Engine {
     return this.lanes.reduce((n, l) => n + l.scheduler.runningCount, 0);
   }
 
+  /** Jobs dropped because their request was cancelled (client gone, timeout, a sibling failed). */
+  get cancelled(): number {
+    return this.lanes.reduce((n, l) => n + l.scheduler.cancelled, 0);
+  }
+
+  /** False while no lane's worker can run (every one is backing off after failed starts). */
+  get canRun(): boolean {
+    return this.lanes.some((l) => l.canRun);
+  }
+
   newJobId(): number {
     return this.nextJobId++;
   }
 
-  /** Queues a job; past MAX_QUEUE it is refused with 429 and a hint of when to retry. */
+  /** Queues a job; see submitAll. */
   submit(job: Job): void {
+    this.submitAll([job]);
+  }
+
+  /**
+   * Queues the jobs of one request, all or none: a refusal (503, 429, 413) leaves nothing queued.
+   * Past MAX_QUEUE the request is refused with 429 and a hint of when to retry; an empty queue
+   * always takes a request, however many prompts it has.
+   */
+  submitAll(jobs: Job[]): void {
     if (this.stopped || this.draining) throw new ServerError('shutting_down', 'the server is shutting down');
-    if (this.queueDepth >= this.opts.maxQueue) {
+    const lanes = this.lanes.filter((l) => l.canRun);
+    if (lanes.length === 0) throw new ServerError('worker_crashed', 'no inference worker can run at the moment; retry shortly', { 'retry-after': '1' });
+    const depth = this.queueDepth;
+    if (depth > 0 && depth + jobs.length > this.opts.maxQueue) {
       throw new ServerError('overloaded', `the queue is full (${this.opts.maxQueue} requests); retry shortly`, { 'retry-after': '1' });
     }
-    this.lanes.reduce((best, l) => (l.load < best.load ? l : best)).enqueue(job);
+    const limit = this.opts.maxScoreTokens ?? Infinity;
+    const scored = jobs.reduce((n, j) => n + (j.type === 'score' ? j.rows.reduce((m, r) => m + rowTokens(j.adapter, r.context.length + r.targets.length), 0) : 0), 0);
+    if (scored > limit) {
+      throw new ServerError('payload_too_large', `this request scores ${scored} tokens (every input with every label); the limit is ${limit} (MAX_SCORE_TOKENS): send fewer or shorter inputs or labels`);
+    }
+    for (const job of jobs) lanes.reduce((best, l) => (l.load < best.load ? l : best)).enqueue(job);
   }
 
   private hasWork(): boolean {

@@ -7,7 +7,13 @@ import { FormatError } from '../errors.js';
 import type { AdapterTensors, TokenChoice } from '../protocol.js';
 import type { Metrics } from '../metrics.js';
 import type { Engine } from './engine.js';
-import type { GenerateJob } from './jobs.js';
+import type { GenerateJob, Job, ScoreJob } from './jobs.js';
+
+/** A job and the promise its completion settles. */
+interface Tracked<T> {
+  job: Job;
+  result: Promise<T>;
+}
 
 export interface GenerateParams {
   prompt: string;
@@ -38,6 +44,12 @@ export interface RequestControl {
   onToken?: (tokenId: number, text: string) => void;
 }
 
+/** Control of a request with several prompts: `index` says which prompt a token belongs to. */
+export interface BatchControl {
+  signal?: AbortSignal;
+  onToken?: (index: number, tokenId: number, text: string) => void;
+}
+
 /**
  * Turns validated HTTP bodies into engine jobs and job outcomes into response bodies: templates,
  * tokenisation, context checks, stop strings, timeouts and cancellation live here.
@@ -56,6 +68,7 @@ export class Inference {
     return this.model.tokenizer.tokenText(id);
   }
 
+  /** Tokens of a prompt; async: long texts are tokenised off the event loop. */
   private async encodePrompt(text: string, adapter: AdapterTensors | null): Promise<number[]> {
     const tokens = await this.model.tokenizer.encode(text, { addBos: true });
     // Nothing to condition on: start from end-of-text, GPT-2's document separator.
@@ -71,26 +84,54 @@ export class Inference {
     }
   }
 
-  /** Starts a job and bounds it by the request timeout and the client's connection. */
-  private track<T>(ctl: RequestControl, start: () => { cancel: () => void; result: Promise<T> }): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      const { cancel, result } = start();
-      const abort = (err: ServerError) => {
-        cancel();
-        reject(err);
-      };
-      const timer = setTimeout(() => abort(new ServerError('request_timeout', `the request did not finish within ${this.timeoutMs} ms`)), this.timeoutMs);
-      const onAbort = () => abort(new ServerError('cancelled', 'the client went away'));
-      ctl.signal?.addEventListener('abort', onAbort, { once: true });
-      result.then(resolve, reject).finally(() => {
+  /**
+   * Runs the jobs of one request: queued together (all or none: a refusal leaves nothing queued),
+   * bounded together by the request timeout and the client's connection, and cancelled together
+   * when any of them fails, so that no job of a request already answered goes on running.
+   */
+  private run<T>(ctl: { signal?: AbortSignal }, jobs: Tracked<T>[]): Promise<T[]> {
+    if (ctl.signal?.aborted) throw new ServerError('cancelled', 'the client went away');
+    this.engine.submitAll(jobs.map((j) => j.job));
+    return new Promise<T[]>((resolve, reject) => {
+      let settled = false;
+      const end = (err: Error | null, value?: T[]) => {
+        if (settled) return;
+        settled = true;
         clearTimeout(timer);
         ctl.signal?.removeEventListener('abort', onAbort);
-      });
+        if (!err) return resolve(value!);
+        for (const { job } of jobs) job.cancelled = true;
+        reject(err);
+      };
+      const timer = setTimeout(() => end(new ServerError('request_timeout', `the request did not finish within ${this.timeoutMs} ms`)), this.timeoutMs);
+      const onAbort = () => end(new ServerError('cancelled', 'the client went away'));
+      ctl.signal?.addEventListener('abort', onAbort, { once: true });
+      Promise.all(jobs.map((j) => j.result)).then(
+        (v) => end(null, v),
+        (e: Error) => end(e),
+      );
     });
   }
 
   async generate(task: string, p: GenerateParams, ctl: RequestControl = {}): Promise<GenerateResult> {
+    const onToken = ctl.onToken;
+    const [r] = await this.generateAll(task, [p], { signal: ctl.signal, onToken: onToken && ((_i, id, text) => onToken(id, text)) });
+    return r;
+  }
+
+  /**
+   * Several prompts of one request (OpenAI's prompt arrays): every prompt is tokenised and checked,
+   * then all are admitted at once; one refusal refuses the whole request before anything runs.
+   */
+  async generateAll(task: string, prompts: GenerateParams[], ctl: BatchControl = {}): Promise<GenerateResult[]> {
     const t: ResolvedTask = await this.registry.resolve(task);
+    const jobs: Tracked<GenerateResult>[] = [];
+    for (const [i, p] of prompts.entries()) jobs.push(await this.prepareGenerate(t, p, ctl.onToken && ((id, text) => ctl.onToken!(i, id, text))));
+    return this.run(ctl, jobs);
+  }
+
+  private async prepareGenerate(t: ResolvedTask, p: GenerateParams, onText?: (tokenId: number, text: string) => void): Promise<Tracked<GenerateResult>> {
+    const task = t.task;
     const adapter = t.adapter?.tensors ?? null;
     const text = p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt);
     const tokens = await this.encodePrompt(text, adapter);
@@ -108,9 +149,9 @@ export class Inference {
     let job!: GenerateJob;
     let lastTokenAt = 0;
     const emit = (tokenId: number, final: boolean) => {
-      if (!ctl.onToken) return;
+      if (!onText) return;
       const upTo = final ? out.length : Math.max(emitted, out.length - holdBack);
-      ctl.onToken(tokenId, out.slice(emitted, upTo));
+      onText(tokenId, out.slice(emitted, upTo));
       emitted = upTo;
     };
     const onToken = (c: TokenChoice): 'continue' | 'stop' | 'length' => {
@@ -144,59 +185,54 @@ export class Inference {
       emit(c.token, false);
       return 'continue';
     };
-    return this.track(ctl, () => {
-      const result = new Promise<GenerateResult>((resolve, reject) => {
-        job = {
-          type: 'generate',
-          id: this.engine.newJobId(),
-          task,
-          adapter,
-          tokens,
-          maxTokens,
-          sampling: { temperature: p.temperature ?? 1, topP: p.top_p ?? 1, topK: p.top_k ?? 0, seed: p.seed ?? randomInt(2 ** 47), logprobs: p.logprobs ?? 0 },
-          onToken,
-          cancelled: false,
-          enqueuedAt: performance.now(),
-          finish: (err) => {
-            this.metrics?.generated(task, ids.length);
-            if (err) return reject(err);
-            const body: GenerateResult = {
-              task,
-              adapter_version: t.version,
-              text: out,
-              token_ids: ids,
-              finish_reason: finishReason,
-              usage: { prompt_tokens: tokens.length, completion_tokens: ids.length },
-            };
-            if (p.logprobs) body.logprobs = logprobs;
-            resolve(body);
-          },
-        };
-      });
-      this.engine.submit(job);
-      return { cancel: () => (job.cancelled = true), result };
+    const result = new Promise<GenerateResult>((resolve, reject) => {
+      job = {
+        type: 'generate',
+        id: this.engine.newJobId(),
+        task,
+        adapter,
+        tokens,
+        maxTokens,
+        sampling: { temperature: p.temperature ?? 1, topP: p.top_p ?? 1, topK: p.top_k ?? 0, seed: p.seed ?? randomInt(2 ** 47), logprobs: p.logprobs ?? 0 },
+        onToken,
+        cancelled: false,
+        enqueuedAt: performance.now(),
+        finish: (err) => {
+          this.metrics?.generated(task, ids.length);
+          if (err) return reject(err);
+          const body: GenerateResult = {
+            task,
+            adapter_version: t.version,
+            text: out,
+            token_ids: ids,
+            finish_reason: finishReason,
+            usage: { prompt_tokens: tokens.length, completion_tokens: ids.length },
+          };
+          if (p.logprobs) body.logprobs = logprobs;
+          resolve(body);
+        },
+      };
     });
+    return { job, result };
   }
 
   /** Log-probabilities of each row's targets after its context, all rows in batched passes. */
-  private scoreRows(t: ResolvedTask, rows: { context: number[]; targets: number[] }[], ctl: RequestControl): Promise<number[][]> {
-    return this.track(ctl, () => {
-      let job!: Parameters<Engine['submit']>[0] & { type: 'score' };
-      const result = new Promise<number[][]>((resolve, reject) => {
-        job = {
-          type: 'score',
-          id: this.engine.newJobId(),
-          task: t.task,
-          adapter: t.adapter?.tensors ?? null,
-          rows,
-          cancelled: false,
-          enqueuedAt: performance.now(),
-          done: (lp, err) => (err ? reject(err) : lp ? resolve(lp) : reject(new ServerError('cancelled', 'cancelled'))),
-        };
-      });
-      this.engine.submit(job);
-      return { cancel: () => (job.cancelled = true), result };
+  private async scoreRows(t: ResolvedTask, rows: { context: number[]; targets: number[] }[], ctl: RequestControl): Promise<number[][]> {
+    let job!: ScoreJob;
+    const result = new Promise<number[][]>((resolve, reject) => {
+      job = {
+        type: 'score',
+        id: this.engine.newJobId(),
+        task: t.task,
+        adapter: t.adapter?.tensors ?? null,
+        rows,
+        cancelled: false,
+        enqueuedAt: performance.now(),
+        done: (lp, err) => (err ? reject(err) : lp ? resolve(lp) : reject(new ServerError('cancelled', 'cancelled'))),
+      };
     });
+    const [lp] = await this.run(ctl, [{ job, result }]);
+    return lp;
   }
 
   async score(task: string, p: { prompt: string; completion: string; raw?: boolean; eos?: boolean; max_length?: number }, ctl: RequestControl = {}) {

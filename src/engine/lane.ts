@@ -3,40 +3,62 @@ import { ServerError } from '../errors.js';
 import { WorkerCrashedError, type Executor } from '../executor/executor.js';
 import type { StepPlan, StepResult } from '../protocol.js';
 import type { Job } from './jobs.js';
-import { Scheduler, type SchedulerLimits } from './scheduler.js';
+import { applyEvent } from './output-processor.js';
+import { Scheduler, type SchedulerEvent, type SchedulerLimits } from './scheduler.js';
 
 export interface StepStats {
   plan: StepPlan;
   result: StepResult;
 }
 
+export interface LaneOptions extends SchedulerLimits {
+  /** How long a lone request waits for company before its prefill. */
+  batchWaitMs: number;
+  /** A step that takes longer means a hung worker: it is terminated and restarted. */
+  stepTimeoutMs?: number;
+}
+
 /**
- * One executor and its scheduler: the batching loop plan() → executor.step(plan) → update(result),
- * one step at a time. It sleeps while there is no work and wakes on submit.
+ * One executor and its scheduler: the batching loop plan() → executor.step(plan) → update(result)
+ * → output processor, one step at a time. It sleeps while there is no work and wakes on submit.
+ * The loop never dies: per-request callbacks run in the output processor, each in its own
+ * try/catch, and a failure of the loop itself fails what it held and starts it again.
  */
 export class Lane {
   readonly scheduler: Scheduler;
   private wake: (() => void) | null = null;
   private stopped = false;
   private done: Promise<void> = Promise.resolve();
+  /** Times the loop itself failed and was restarted (a bug, not a request's fault). */
+  restarts = 0;
 
   constructor(
-    private readonly executor: Executor,
-    limits: SchedulerLimits,
-    private readonly batchWaitMs: number,
+    readonly executor: Executor,
+    private readonly opts: LaneOptions,
     private readonly log: Logger,
     private readonly onStep: (s: StepStats) => void,
   ) {
-    this.scheduler = new Scheduler(limits);
+    this.scheduler = new Scheduler(opts);
+    executor.on('backoff', (ms: number) => log.warn({ retryInMs: ms }, 'inference worker could not start; retrying with backoff'));
   }
 
   start(): void {
-    this.done = this.loop();
+    this.done = this.loop().catch((e: Error) => {
+      this.restarts++;
+      this.log.error({ err: e.message, stack: e.stack }, 'batching loop failed; failing its requests and restarting it');
+      failAll(this.scheduler.reset(), new ServerError('internal_error', 'inference failed'), this.log);
+      if (!this.stopped) setTimeout(() => !this.stopped && this.start(), 10);
+    });
   }
 
-  /** Load for placing new jobs: what waits plus what runs. */
+  /** Load for placing new jobs: rows that wait, run or remain to be scored. */
   get load(): number {
-    return this.scheduler.waiting + this.scheduler.runningCount;
+    return this.scheduler.load;
+  }
+
+  /** False while its worker cannot be started (backing off): no job should be placed here. */
+  get canRun(): boolean {
+    return this.executor.canRun;
   }
 
   enqueue(job: Job): void {
@@ -50,34 +72,41 @@ export class Lane {
         await new Promise<void>((resolve) => (this.wake = resolve));
         this.wake = null;
         // A lone request waits a moment so that the requests right behind it share its prefill.
-        if (this.batchWaitMs > 0 && this.scheduler.runningCount === 0) await new Promise((r) => setTimeout(r, this.batchWaitMs));
+        if (this.opts.batchWaitMs > 0 && this.scheduler.runningCount === 0) await new Promise((r) => setTimeout(r, this.opts.batchWaitMs));
         continue;
       }
       const plan = this.scheduler.plan();
+      this.process(this.scheduler.takeEvents());
       if (plan.decode.length === 0 && plan.prefill.length === 0 && plan.score.length === 0 && plan.drop.length === 0) {
         await new Promise((r) => setImmediate(r));
         continue;
       }
       let result: StepResult;
       try {
-        result = await this.executor.step(plan);
+        result = await this.executor.step(plan, this.opts.stepTimeoutMs);
       } catch (e) {
         this.failInFlight(e as Error);
         continue;
       }
-      this.onStep({ plan, result });
-      for (const ev of this.scheduler.update(result)) {
-        if (ev.type === 'finished') ev.job.finish(null);
-        else ev.job.done(ev.logprobs, null);
+      try {
+        this.onStep({ plan, result });
+      } catch (e) {
+        this.log.warn({ err: (e as Error).message }, 'step observer failed');
       }
+      this.process(this.scheduler.update(result));
     }
+  }
+
+  /** The output processor's side: one request at a time, so a throw ends that request only. */
+  private process(events: SchedulerEvent[]): void {
+    for (const ev of events) applyEvent(ev, this.scheduler, this.log);
   }
 
   private failInFlight(e: Error): void {
     const crashed = e instanceof WorkerCrashedError;
     this.log.error({ err: e.message }, crashed ? 'inference worker crashed; failing its requests and restarting it' : 'step failed');
     const err = crashed ? new ServerError('worker_crashed', 'the inference worker crashed while running this request; retry it') : new ServerError('internal_error', 'inference failed');
-    fail(this.scheduler.reset(), err);
+    failAll(this.scheduler.reset(), err, this.log);
   }
 
   /** Stops the loop after its current step; every job still held fails with `err`. */
@@ -85,13 +114,10 @@ export class Lane {
     this.stopped = true;
     this.wake?.();
     await this.done;
-    fail(this.scheduler.abandon(), err);
+    failAll(this.scheduler.abandon(), err, this.log);
   }
 }
 
-function fail(jobs: Job[], err: Error): void {
-  for (const job of jobs) {
-    if (job.type === 'generate') job.finish(err);
-    else job.done(null, err);
-  }
+function failAll(jobs: Job[], err: Error, log: Logger): void {
+  for (const job of jobs) applyEvent({ type: 'failed', job, error: err }, null, log);
 }

@@ -1,4 +1,5 @@
-import type { AdapterTensors, StepPlan, StepResult } from '../protocol.js';
+import { ServerError } from '../errors.js';
+import type { AdapterTensors, RejectedRow, StepPlan, StepResult, TokenChoice } from '../protocol.js';
 import { rowTokens, type GenerateJob, type Job, type ScoreJob } from './jobs.js';
 
 export interface SchedulerLimits {
@@ -26,9 +27,19 @@ interface ScoreProgress {
   outstanding: number;
 }
 
+/**
+ * What a step did to each request, as plain data: the lane's output processor applies these one
+ * request at a time (callbacks, stop strings, streaming), so a throw there ends one request only.
+ * - token: a running row produced a token; the processor decides whether the row goes on (retire()).
+ * - scored: every row of a score job is back.
+ * - failed: the worker refused one of the job's rows; the job has left the scheduler.
+ * - cancelled: a cancelled job left the scheduler (its client is gone or its time is up).
+ */
 export type SchedulerEvent =
-  | { type: 'finished'; job: GenerateJob }
-  | { type: 'scored'; job: ScoreJob; logprobs: number[][] };
+  | { type: 'token'; seq: number; job: GenerateJob; choice: TokenChoice }
+  | { type: 'scored'; job: ScoreJob; logprobs: number[][] }
+  | { type: 'failed'; job: Job; error: Error }
+  | { type: 'cancelled'; job: Job };
 
 /**
  * Pure scheduling state: which jobs wait, which sequences run, what the next step does. It never
@@ -48,7 +59,13 @@ export class Scheduler {
   private needsReset = false;
   private nextRowId = 1;
   private steps = 0;
+  /** Events produced while planning (cancelled jobs), handed out with the next takeEvents(). */
+  private outbox: SchedulerEvent[] = [];
+  /** Queued jobs, and the rows they will take (a score job counts every row). */
   waiting = 0;
+  private waitingRows = 0;
+  /** Jobs dropped because they were cancelled, since the start. */
+  cancelled = 0;
 
   constructor(private readonly limits: SchedulerLimits) {}
 
@@ -61,14 +78,39 @@ export class Scheduler {
     }
     q.push(job);
     this.waiting++;
+    this.waitingRows += jobRows(job);
   }
 
   get runningCount(): number {
     return this.running.size;
   }
 
+  /** Rows queued, running and still to score: what placing a new job on this scheduler competes with. */
+  get load(): number {
+    let scoring = 0;
+    for (const p of this.scoring.values()) scoring += p.outstanding;
+    return this.waitingRows + this.running.size + scoring;
+  }
+
+  /** Events produced outside update() (cancelled jobs found while planning). */
+  takeEvents(): SchedulerEvent[] {
+    const out = this.outbox;
+    this.outbox = [];
+    return out;
+  }
+
+  private dequeued(job: Job): void {
+    this.waiting--;
+    this.waitingRows -= jobRows(job);
+  }
+
+  private dropCancelled(job: Job): void {
+    this.cancelled++;
+    this.outbox.push({ type: 'cancelled', job });
+  }
+
   hasWork(): boolean {
-    return this.waiting > 0 || this.running.size > 0 || this.pendingDrop.length > 0 || [...this.scoring.values()].some((p) => p.next < p.job.rows.length);
+    return this.waiting > 0 || this.running.size > 0 || this.pendingDrop.length > 0 || this.outbox.length > 0 || [...this.scoring.values()].some((p) => p.next < p.job.rows.length);
   }
 
   /** Builds the next step. Cancelled jobs are dropped here, at a step boundary. */
@@ -88,7 +130,7 @@ export class Scheduler {
       if (r.job.cancelled) {
         this.running.delete(seq);
         plan.drop.push(seq);
-        r.job.finish(null);
+        this.dropCancelled(r.job);
         continue;
       }
       plan.decode.push({ seq, token: r.last, step: r.generated });
@@ -104,12 +146,16 @@ export class Scheduler {
       widest = Math.max(widest, t);
       tokens += t;
     };
-    // Score jobs in progress continue first: they were admitted earlier.
+    // Score jobs in progress continue first, but each takes at most a chunk of the budget before
+    // admission: a large classify cannot hold a lane while other requests wait. They fill what is
+    // left after admission.
+    const chunk = Math.max(1, Math.floor(this.limits.maxBatchTokens / 4));
     for (const p of [...this.scoring.values()]) {
       if (p.job.cancelled) {
         this.scoring.delete(p.job.id);
-        p.job.done(null, null);
-      } else this.planScoreRows(p, plan, fits, take, useAdapter);
+        this.forgetScoreRows(p);
+        this.dropCancelled(p.job);
+      } else this.planScoreRows(p, plan, fits, take, useAdapter, chunk);
     }
     let slots = this.limits.maxBatchSize - this.running.size;
     // same-task: while rows of one task run, only that task may join them.
@@ -122,9 +168,8 @@ export class Scheduler {
         const q = this.queues.get(task)!;
         while (q.length > 0 && q[0].cancelled) {
           const j = q.shift()!;
-          this.waiting--;
-          if (j.type === 'generate') j.finish(null);
-          else j.done(null, null);
+          this.dequeued(j);
+          this.dropCancelled(j);
         }
         const job = onlyTask === null || task === onlyTask ? q[0] : undefined;
         let admitted = false;
@@ -142,16 +187,15 @@ export class Scheduler {
           }
         } else if (job && job.type === 'score') {
           const p: ScoreProgress = { job, next: 0, results: new Array(job.rows.length), outstanding: job.rows.length };
-          if (this.planScoreRows(p, plan, fits, take, useAdapter) > 0 || job.rows.length === 0) {
+          if (this.planScoreRows(p, plan, fits, take, useAdapter, chunk) > 0 || job.rows.length === 0) {
             this.scoring.set(job.id, p);
             admitted = true;
-            if (job.rows.length === 0) this.finishScore(p);
+            if (job.rows.length === 0) this.outbox.push(this.finishScore(p));
           }
         }
         if (admitted) {
           if (this.limits.batchPolicy === 'same-task') onlyTask = task;
-          q.shift();
-          this.waiting--;
+          this.dequeued(q.shift()!);
           progressed = true;
         }
         // Rotate: the task that just had its turn goes to the back.
@@ -163,17 +207,21 @@ export class Scheduler {
         }
       }
     }
+    for (const p of this.scoring.values()) this.planScoreRows(p, plan, fits, take, useAdapter, Infinity);
     this.forgetUnused(plan, used);
     return plan;
   }
 
-  private planScoreRows(p: ScoreProgress, plan: StepPlan, fits: (t: number) => boolean, take: (t: number) => void, useAdapter: (a: AdapterTensors | null) => void): number {
+  /** Plans rows of a score job while they fit the step's budget and `most` tokens (at least one row). */
+  private planScoreRows(p: ScoreProgress, plan: StepPlan, fits: (t: number) => boolean, take: (t: number) => void, useAdapter: (a: AdapterTensors | null) => void, most: number): number {
     let planned = 0;
+    let used = 0;
     while (p.next < p.job.rows.length && !p.job.cancelled) {
       const row = p.job.rows[p.next];
       const t = rowTokens(p.job.adapter, row.context.length + row.targets.length);
-      if (!fits(t)) break;
+      if (!fits(t) || (planned > 0 && used + t > most)) break;
       take(t);
+      used += t;
       const id = this.nextRowId++;
       this.scoreRowOwner.set(id, { progress: p, row: p.next });
       plan.score.push({ id, adapter: p.job.adapter?.key ?? null, context: row.context, targets: row.targets });
@@ -193,20 +241,25 @@ export class Scheduler {
     }
   }
 
-  /** Applies a step's result: feeds each token to its job and retires what finished. */
+  /**
+   * Applies a step's result as plain per-request events; it calls no job callback. A row keeps
+   * running until the output processor retires it.
+   */
   update(result: StepResult): SchedulerEvent[] {
-    const events: SchedulerEvent[] = [];
+    const events: SchedulerEvent[] = this.takeEvents();
+    for (const r of result.rejected ?? []) this.reject(r, events);
     for (const choice of result.tokens) {
       const r = this.running.get(choice.seq);
       if (!r) continue;
+      if (r.job.cancelled) {
+        this.retire(choice.seq);
+        this.cancelled++;
+        events.push({ type: 'cancelled', job: r.job });
+        continue;
+      }
       r.last = choice.token;
       r.generated++;
-      const verdict = r.job.cancelled ? 'stop' : r.job.onToken(choice);
-      if (verdict !== 'continue') {
-        this.running.delete(choice.seq);
-        this.pendingDrop.push(choice.seq);
-        events.push({ type: 'finished', job: r.job });
-      }
+      events.push({ type: 'token', seq: choice.seq, job: r.job, choice });
     }
     for (const s of result.scores) {
       const owner = this.scoreRowOwner.get(s.id);
@@ -216,6 +269,32 @@ export class Scheduler {
       if (--owner.progress.outstanding === 0) events.push(this.finishScore(owner.progress));
     }
     return events;
+  }
+
+  /** A running row is done (finished, failed or cancelled): it leaves the batch at the next step. */
+  retire(seq: number): void {
+    if (!this.running.delete(seq)) return;
+    this.pendingDrop.push(seq);
+  }
+
+  /** A row the worker refused never joined its batch: its job fails, and a score job's other rows are forgotten. */
+  private reject(r: RejectedRow, events: SchedulerEvent[]): void {
+    const error = new ServerError(r.code === 'invalid_adapter' ? 'invalid_adapter' : 'invalid_request', `this request could not run: ${r.reason}`);
+    const running = this.running.get(r.row);
+    if (running) {
+      this.running.delete(r.row);
+      events.push({ type: 'failed', job: running.job, error });
+      return;
+    }
+    const owner = this.scoreRowOwner.get(r.row);
+    if (!owner) return;
+    this.scoring.delete(owner.progress.job.id);
+    this.forgetScoreRows(owner.progress);
+    events.push({ type: 'failed', job: owner.progress.job, error });
+  }
+
+  private forgetScoreRows(p: ScoreProgress): void {
+    for (const [id, o] of this.scoreRowOwner) if (o.progress === p) this.scoreRowOwner.delete(id);
   }
 
   private finishScore(p: ScoreProgress): SchedulerEvent {
@@ -229,6 +308,7 @@ export class Scheduler {
     this.queues.clear();
     this.turn.length = 0;
     this.waiting = 0;
+    this.waitingRows = 0;
     return [...this.reset(), ...queued];
   }
 
@@ -243,4 +323,8 @@ export class Scheduler {
     this.needsReset = true;
     return lost;
   }
+}
+
+function jobRows(job: Job): number {
+  return job.type === 'generate' ? 1 : job.rows.length;
 }

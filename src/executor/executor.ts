@@ -5,17 +5,30 @@ import type { WorkerInit, WorkerReply } from './worker.js';
 
 export class WorkerCrashedError extends Error {}
 
+/** Respawn delays after failed starts: 100 ms doubling, at most 30 s. */
+const BACKOFF_MS = { first: 100, max: 30_000 };
+
 /**
  * Main-thread side of the executor: posts plans to the worker and resolves their results. When the
  * worker dies, the step in flight fails with WorkerCrashedError and a fresh worker is started; its
  * KV cache is empty, so the engine fails the sequences it had running and goes on.
+ * - A step past its deadline means a hung worker: it is terminated, which counts as a crash.
+ * - A worker that cannot create its session is respawned with backoff; meanwhile `canRun` is
+ *   false. At startup (never ready yet) a failure is final: ready() rejects with the reason.
  */
 export class Executor extends EventEmitter {
   private worker!: Worker;
   private readonly pending = new Map<number, { resolve: (r: StepResult) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private closing = false;
+  private everReady = false;
+  private failedStarts = 0;
+  private killReason: string | null = null;
+  private respawnTimer: NodeJS.Timeout | null = null;
   private readyPromise!: Promise<void>;
+  /** Workers started after a crash or a failed start. */
+  respawns = 0;
+  canRun = true;
 
   constructor(private readonly init: WorkerInit) {
     super();
@@ -27,12 +40,19 @@ export class Executor extends EventEmitter {
   }
 
   private spawn(): void {
+    this.respawnTimer = null;
     const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: this.init });
     this.worker = worker;
+    let started = false;
     this.readyPromise = new Promise((resolve, reject) => {
       worker.on('message', (msg: WorkerReply) => {
-        if ('ready' in msg) resolve();
-        else if ('fatal' in msg) reject(new Error(msg.fatal));
+        if ('ready' in msg) {
+          started = true;
+          this.everReady = true;
+          this.failedStarts = 0;
+          this.canRun = true;
+          resolve();
+        } else if ('fatal' in msg) reject(new Error(msg.fatal));
         else {
           const p = this.pending.get(msg.id);
           this.pending.delete(msg.id);
@@ -44,23 +64,63 @@ export class Executor extends EventEmitter {
       worker.on('exit', (code) => {
         reject(new Error(`worker exited with code ${code} before it was ready`));
         if (this.closing || worker !== this.worker) return;
+        const why = this.killReason ?? `inference worker exited with code ${code}`;
+        this.killReason = null;
         const failed = [...this.pending.values()];
         this.pending.clear();
-        for (const p of failed) p.reject(new WorkerCrashedError(`inference worker exited with code ${code}`));
+        for (const p of failed) p.reject(new WorkerCrashedError(why));
         this.emit('crash', code);
-        this.spawn();
-        this.readyPromise.catch((e) => this.emit('error', e));
+        if (!this.everReady) return; // startup: the caller of ready() reports why and stops
+        this.respawn(started);
       });
+    });
+    // Read by step() and ready(); a failure is reported there (or through 'error' on a respawn).
+    this.readyPromise.catch((e: Error) => {
+      if (this.everReady && this.listenerCount('error') > 0) this.emit('error', e);
     });
   }
 
-  async step(plan: StepPlan): Promise<StepResult> {
-    await this.readyPromise;
+  private respawn(wasRunning: boolean): void {
+    if (!wasRunning) this.failedStarts++;
+    const delay = this.failedStarts === 0 ? 0 : Math.min(BACKOFF_MS.max, BACKOFF_MS.first * 2 ** (this.failedStarts - 1));
+    this.canRun = this.failedStarts === 0;
+    this.respawns++;
+    if (delay === 0) return this.spawn();
+    this.emit('backoff', delay);
+    // Backing off: steps fail at once rather than wait on a worker that may never come.
+    this.readyPromise = Promise.reject(new Error(`the worker could not start ${this.failedStarts} time(s) in a row; retrying in ${delay} ms`));
+    this.readyPromise.catch(() => {});
+    this.respawnTimer = setTimeout(() => this.spawn(), delay);
+  }
+
+  /** Runs one step; past `deadlineMs` the worker is presumed hung and is terminated and restarted. */
+  async step(plan: StepPlan, deadlineMs = Infinity): Promise<StepResult> {
+    try {
+      await this.readyPromise;
+    } catch (e) {
+      throw new WorkerCrashedError(`the inference worker is not running: ${(e as Error).message}`);
+    }
     const id = this.nextId++;
+    const worker = this.worker;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ id, plan });
+      const timer = Number.isFinite(deadlineMs) ? setTimeout(() => this.kill(worker, `step ${id} took longer than ${deadlineMs} ms (STEP_TIMEOUT_MS)`), deadlineMs) : null;
+      const done = () => timer && clearTimeout(timer);
+      this.pending.set(id, { resolve: (r) => (done(), resolve(r)), reject: (e) => (done(), reject(e)) });
+      try {
+        worker.postMessage({ id, plan });
+      } catch (e) {
+        // A plan that cannot be posted (a value that does not clone) fails this step only.
+        this.pending.get(id)!.reject(e as Error);
+        this.pending.delete(id);
+      }
     });
+  }
+
+  private kill(worker: Worker, reason: string): void {
+    if (worker !== this.worker || this.closing) return;
+    this.killReason = reason;
+    this.emit('hung', reason);
+    void worker.terminate();
   }
 
   /** Kills the worker as a crash would (tests use it to exercise recovery). */
@@ -68,8 +128,14 @@ export class Executor extends EventEmitter {
     this.worker.postMessage({ id: 0, crash: true });
   }
 
+  /** Makes the worker spin forever, as a hung native call would (tests use it to exercise the watchdog). */
+  simulateHang(): void {
+    this.worker.postMessage({ id: 0, hang: true });
+  }
+
   async close(): Promise<void> {
     this.closing = true;
+    if (this.respawnTimer) clearTimeout(this.respawnTimer);
     await this.worker.terminate();
   }
 }

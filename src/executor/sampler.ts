@@ -23,20 +23,42 @@ export function logSumExp(logits: Float32Array): number {
   return max + Math.log(sum);
 }
 
-function topIndices(logits: Float32Array, k: number): number[] {
-  const idx: number[] = [];
+/**
+ * Indices of the `k` largest logits, largest first, ties by lower index. One pass keeps the best k
+ * seen in a min-heap whose root is the threshold to beat; past the first few thousand entries
+ * almost none beats it, so the pass is O(V) in practice and O(V log k) at worst (k ≤ 1000).
+ */
+export function topIndices(logits: Float32Array, k: number): number[] {
+  const n = Math.min(k, logits.length);
+  if (n <= 0) return [];
+  // a ranks below b: lower logit, or the same logit at a higher index.
+  const below = (a: number, b: number) => logits[a] < logits[b] || (logits[a] === logits[b] && a > b);
+  const heap = new Int32Array(n);
+  let size = 0;
   for (let i = 0; i < logits.length; i++) {
-    if (idx.length < k) {
-      idx.push(i);
-      if (idx.length === k) idx.sort((a, b) => logits[b] - logits[a]);
-    } else if (logits[i] > logits[idx[k - 1]]) {
-      let at = k - 1;
-      while (at > 0 && logits[idx[at - 1]] < logits[i]) at--;
-      idx.splice(at, 0, i);
-      idx.pop();
+    if (size < n) {
+      let at = size++;
+      while (at > 0) {
+        const up = (at - 1) >> 1;
+        if (!below(i, heap[up])) break;
+        heap[at] = heap[up];
+        at = up;
+      }
+      heap[at] = i;
+    } else if (below(heap[0], i)) {
+      let at = 0;
+      for (;;) {
+        const l = 2 * at + 1;
+        if (l >= n) break;
+        const c = l + 1 < n && below(heap[l + 1], heap[l]) ? l + 1 : l;
+        if (!below(heap[c], i)) break;
+        heap[at] = heap[c];
+        at = c;
+      }
+      heap[at] = i;
     }
   }
-  return idx.sort((a, b) => logits[b] - logits[a] || a - b);
+  return Array.from(heap).sort((a, b) => logits[b] - logits[a] || a - b);
 }
 
 /** Chooses the next token from one row of logits; the log-probabilities reported are before temperature. */
@@ -60,12 +82,8 @@ export function sample(seq: number, logits: Float32Array, s: Sampling, step: num
 
 function sampleTemperature(logits: Float32Array, s: Sampling, u: number): number {
   if (s.topK === 0 && s.topP >= 1) return sampleFull(logits, s.temperature, u);
-  // Candidates sorted by probability; top-k then top-p cut the tail before renormalising.
-  const k = s.topK > 0 ? Math.min(s.topK, logits.length) : logits.length;
-  const order = k < logits.length ? topIndices(logits, k) : Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b);
-  const max = logits[order[0]];
-  const probs = order.map((t) => Math.exp((logits[t] - max) / s.temperature));
-  const total = probs.reduce((a, b) => a + b, 0);
+  // Candidates by probability; top-k then top-p cut the tail before renormalising.
+  const { order, probs, total } = s.topK > 0 && s.topK < logits.length ? topK(logits, s.topK, s.temperature) : topP(logits, s.topP, s.temperature);
   let keep = probs.length;
   if (s.topP < 1) {
     let mass = 0;
@@ -84,6 +102,33 @@ function sampleTemperature(logits: Float32Array, s: Sampling, u: number): number
     if (target < 0) return order[i];
   }
   return order[keep - 1];
+}
+
+/** The k most likely tokens in order, their unnormalised probabilities and their sum. */
+function topK(logits: Float32Array, k: number, temperature: number) {
+  const order = topIndices(logits, k);
+  const max = logits[order[0]];
+  const probs = order.map((t) => Math.exp((logits[t] - max) / temperature));
+  return { order, probs, total: probs.reduce((a, b) => a + b, 0) };
+}
+
+/**
+ * Top-p over the whole vocabulary without sorting it: the total comes from one pass, then the
+ * most likely m, 4m, 16m... tokens are selected (one pass each) until they hold `p` of the mass.
+ */
+function topP(logits: Float32Array, p: number, temperature: number) {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let total = 0;
+  for (let i = 0; i < logits.length; i++) total += Math.exp((logits[i] - max) / temperature);
+  // Each token holds at most 1 of `total` (the top one, relative to itself): fewer than p · total
+  // tokens cannot hold p of the mass, so the search starts there (a flat row goes straight to a sort).
+  for (let m = Math.max(64, Math.ceil(p * total)); ; m *= 4) {
+    // A flat row whose nucleus is most of the vocabulary: one sort beats a heap that large.
+    const order = m * 4 >= logits.length ? Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b) : topIndices(logits, m);
+    const probs = order.map((t) => Math.exp((logits[t] - max) / temperature));
+    if (order.length === logits.length || probs.reduce((a, b) => a + b, 0) / total >= p) return { order, probs, total };
+  }
 }
 
 /** Plain temperature sampling: no order is needed, so no sort. */

@@ -4,6 +4,7 @@ import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { StepPlan } from '../protocol.js';
 import { FeedContext, type BaseTensors } from './model-constants.js';
+import { RowCheck } from './row-check.js';
 import { StepRunner } from './step-runner.js';
 
 /** Runs in a worker thread: session.run is synchronous native work and must not hold the event loop. */
@@ -15,7 +16,7 @@ export interface WorkerInit {
   spin: boolean;
 }
 
-export type WorkerRequest = { id: number; plan: StepPlan } | { id: number; crash: true };
+export type WorkerRequest = { id: number; plan: StepPlan } | { id: number; crash: true } | { id: number; hang: true };
 export type WorkerReply = { id: number; result?: unknown; error?: string } | { ready: true; providers: string[] } | { fatal: string };
 
 /**
@@ -53,14 +54,19 @@ async function main(): Promise<void> {
     return;
   }
   const runner = new StepRunner(session, new FeedContext(init.base));
+  const rows = new RowCheck(init.base.config);
   parentPort!.postMessage({ ready: true, providers: [init.provider] });
   // Steps are processed one at a time, in order: the runner's KV state is sequential by nature.
   let chain = Promise.resolve();
   parentPort!.on('message', (msg: WorkerRequest) => {
     if ('crash' in msg) process.exit(3); // test hook: lets the crash-recovery path be exercised for real
+    if ('hang' in msg) for (;;); // test hook: a hung step, for the main thread's watchdog
     chain = chain.then(async () => {
       try {
-        parentPort!.postMessage({ id: msg.id, result: await runner.step(msg.plan) });
+        // Rows that cannot run fail alone: they leave the plan before session.run sees them.
+        const { plan, rejected } = rows.filter(msg.plan);
+        const result = await runner.step(plan);
+        parentPort!.postMessage({ id: msg.id, result: rejected.length > 0 ? { ...result, rejected } : result });
       } catch (e) {
         parentPort!.postMessage({ id: msg.id, error: (e as Error).message });
       }

@@ -2,13 +2,15 @@ import multipart from '@fastify/multipart';
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from '../adapters/registry.js';
 import type { Engine } from '../engine/engine.js';
 import { Ensembles } from '../engine/ensemble.js';
 import type { Inference } from '../engine/inference.js';
-import { ServerError } from '../errors.js';
+import { errorBody, ServerError } from '../errors.js';
 import type { Metrics } from '../metrics.js';
 import type { BaseModel } from '../model/base-model.js';
 import { bearerGuard } from './auth.js';
@@ -46,12 +48,47 @@ function bearer(req: FastifyRequest): string | undefined {
   return /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1];
 }
 
+/**
+ * Requests Node's HTTP parser refuses (headers over its limit, malformed request lines) are
+ * answered on the socket, in the contract's error shape, and the connection is closed.
+ */
+function clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const [status, code, message] =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? [431, 'headers_too_large', 'the request line and headers exceed the server limit (16 KiB)']
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'request_timeout', 'the request was not received in time']
+        : [400, 'invalid_request', `malformed HTTP request (${err.code ?? 'parse error'})`];
+  const body = JSON.stringify(errorBody(code, message));
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+}
+
+function taskExists(registry: Registry, task: string): boolean {
+  if (task === 'base') return true;
+  try {
+    registry.describe(task);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: deps.logger as unknown as FastifyBaseLogger,
     bodyLimit: deps.bodyLimitBytes,
     genReqId: (req) => (typeof req.headers['x-request-id'] === 'string' && req.headers['x-request-id'].length <= 128 ? req.headers['x-request-id'] : crypto.randomUUID()),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true } },
+    // Errors raised before a route runs keep the contract's shape too.
+    frameworkErrors: (err: FastifyError, _req, reply) => {
+      const tooLong = err.code === 'FST_ERR_MAX_PARAM_LENGTH';
+      return (reply as FastifyReply).code(tooLong ? 414 : 400).send(errorBody(tooLong ? 'uri_too_long' : 'invalid_request', tooLong ? 'a path parameter is too long (task ids have at most 100 characters)' : err.message));
+    },
+    clientErrorHandler,
   });
   await app.register(swagger, {
     openapi: {
@@ -79,7 +116,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       });
     }
     scope.addHook('onResponse', async (req, reply) => {
-      const task = (req.params as { task?: string }).task ?? (req.body as { model?: string } | undefined)?.model ?? 'unknown';
+      const named = (req.params as { task?: unknown }).task ?? (req.body as { model?: unknown } | undefined)?.model;
+      // Only tasks that exist get a label of their own: made-up ids must not take the bounded label set.
+      const task = typeof named === 'string' && taskExists(deps.registry, named) ? named : 'unknown';
       deps.metrics.request(task, req.routeOptions.url ?? 'unknown', reply.statusCode, reply.statusCode >= 400 ? (req.errorCode ?? String(reply.statusCode)) : undefined);
     });
     inferenceRoutes(scope, deps.inference);

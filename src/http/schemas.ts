@@ -12,7 +12,7 @@ export const GenerateBody = Type.Object(
     max_tokens: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096, default: 64 })),
     temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 100, default: 1 })),
     top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
-    top_k: Type.Optional(Type.Integer({ minimum: 0, default: 0 })),
+    top_k: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000, default: 0, description: 'Sample among the k most likely tokens (0: off; at most 1000).' })),
     seed: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
     stop: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 4 })),
     logprobs: Type.Optional(Type.Integer({ minimum: 0, maximum: 20, default: 0 })),

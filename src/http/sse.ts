@@ -15,24 +15,26 @@ export function clientGone(reply: FastifyReply): AbortSignal {
  */
 export function openEventStream(reply: FastifyReply) {
   let open = false;
-  const start = () => {
-    if (open) return;
-    open = true;
-    reply.hijack();
-    reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-request-id': String(reply.request.id) });
+  /** Opens the stream on first use; false once nothing may be written (ended, gone, or answered otherwise). */
+  const writable = (): boolean => {
+    if (!open) {
+      if (reply.sent || reply.raw.headersSent || reply.raw.destroyed) return false;
+      open = true;
+      reply.hijack();
+      reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-request-id': String(reply.request.id) });
+    }
+    return !reply.raw.writableEnded && !reply.raw.destroyed;
   };
   return {
     send(data: unknown): void {
-      start();
-      reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
+      if (writable()) reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
     },
     done(): void {
-      start();
-      reply.raw.end('data: [DONE]\n\n');
+      if (writable()) reply.raw.end('data: [DONE]\n\n');
     },
     fail(e: Error & { code?: string }): void {
-      if (!open) throw e;
-      reply.raw.end(`data: ${JSON.stringify({ error: { code: e.code ?? 'internal_error', message: e.message } })}\n\n`);
+      if (!open && !reply.sent && !reply.raw.headersSent) throw e;
+      if (open && writable()) reply.raw.end(`data: ${JSON.stringify({ error: { code: e.code ?? 'internal_error', message: e.message } })}\n\n`);
     },
   };
 }

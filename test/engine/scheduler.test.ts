@@ -1,7 +1,10 @@
+import { pino } from 'pino';
 import t from 'tap';
 import type { GenerateJob, ScoreJob } from '../../src/engine/jobs.js';
+import { applyEvent } from '../../src/engine/output-processor.js';
 import { Scheduler } from '../../src/engine/scheduler.js';
-import type { StepPlan, StepResult } from '../../src/protocol.js';
+import type { StepPlan } from '../../src/protocol.js';
+import { fakeResult } from './fake-executor.js';
 
 let ids = 1;
 function gen(task: string, maxTokens: number, finished: string[] = []): GenerateJob {
@@ -15,22 +18,19 @@ function gen(task: string, maxTokens: number, finished: string[] = []): Generate
   return job;
 }
 
-/** What a worker would answer: one token for every decoded and prefilled row, scores of the right length. */
-function fakeResult(plan: StepPlan): StepResult {
-  return {
-    tokens: [...plan.decode.map((d) => ({ seq: d.seq, token: 7, logprob: -1 })), ...plan.prefill.map((p) => ({ seq: p.seq, token: 7, logprob: -1 }))],
-    scores: plan.score.map((s) => ({ id: s.id, logprobs: s.targets.map(() => -0.5) })),
-    ms: { run: 0, total: 0 },
-    kvCopiedBytes: 0,
-  };
+const log = pino({ level: 'silent' });
+
+/** Applies a result and dispatches the events as the lane does. */
+function apply(s: Scheduler, plan: StepPlan, result = fakeResult(plan)): void {
+  for (const ev of [...s.takeEvents(), ...s.update(result)]) applyEvent(ev, s, log);
 }
 
-/** Applies a result and dispatches the events as the engine does. */
-function apply(s: Scheduler, plan: StepPlan): void {
-  for (const ev of s.update(fakeResult(plan))) {
-    if (ev.type === 'finished') ev.job.finish(null);
-    else ev.job.done(ev.logprobs, null);
-  }
+function scoreJob(task: string, rows: number, tokens: number, done: ScoreJob['done'] = () => {}): ScoreJob {
+  return {
+    type: 'score', id: ids++, task, adapter: null,
+    rows: Array.from({ length: rows }, () => ({ context: Array(tokens - 1).fill(1), targets: [3] })),
+    done, cancelled: false, enqueuedAt: 0,
+  };
 }
 
 t.test('round-robin admission: one waiting task is not starved by a flood', async (t) => {
@@ -97,4 +97,97 @@ t.test('a cancelled running job is dropped at the next step', async (t) => {
   t.equal(p.drop.length, 1);
   t.equal(p.decode.length, 0);
   t.equal(s.runningCount, 0);
+});
+
+t.test('update() reports tokens as events and calls no request callback', async (t) => {
+  const s = new Scheduler({ maxBatchSize: 4, maxBatchTokens: 100, maxWorkerAdapters: 8 });
+  const job = gen('a', 100);
+  job.onToken = () => {
+    throw new Error('update must not call me');
+  };
+  s.enqueue(job);
+  const events = s.update(fakeResult(s.plan()));
+  t.same(events.map((e) => e.type), ['token']);
+  t.equal(s.runningCount, 1, 'the row runs until the output processor retires it');
+});
+
+t.test('a large score job leaves room for a generate request that arrives while it runs (finding 11)', async (t) => {
+  const s = new Scheduler({ maxBatchSize: 64, maxBatchTokens: 100, maxWorkerAdapters: 8 });
+  s.enqueue(scoreJob('classify', 200, 10));
+  apply(s, s.plan());
+  const finished: string[] = [];
+  s.enqueue(gen('chat', 2, finished));
+  const p = s.plan();
+  t.equal(p.prefill.length, 1, 'the generate request joins the next step');
+  t.ok(p.score.length > 0, 'the score job goes on in the same step');
+  apply(s, p);
+  apply(s, s.plan());
+  t.same(finished, ['chat'], 'and finishes while the score job still has rows to go');
+  t.ok(s.hasWork());
+});
+
+t.test('two large score jobs share steps: neither waits for the other to finish', async (t) => {
+  const s = new Scheduler({ maxBatchSize: 64, maxBatchTokens: 100, maxWorkerAdapters: 8 });
+  s.enqueue(scoreJob('a', 100, 10));
+  apply(s, s.plan());
+  s.enqueue(scoreJob('b', 100, 11));
+  const widths = new Set(s.plan().score.map((r) => r.context.length + r.targets.length));
+  t.same([...widths].sort(), [10, 11], 'rows of both jobs in one step');
+});
+
+t.test('load counts score rows, not jobs', async (t) => {
+  const s = new Scheduler({ maxBatchSize: 64, maxBatchTokens: 100, maxWorkerAdapters: 8 });
+  s.enqueue(scoreJob('classify', 50, 10));
+  t.equal(s.load, 50, 'queued rows');
+  apply(s, s.plan());
+  t.ok(s.load > 0 && s.load < 50, `rows still to score: ${s.load}`);
+  s.enqueue(gen('g', 3));
+  t.equal(s.waiting, 1);
+});
+
+t.test('a row the worker rejects fails its own request only; a rejected score row fails its whole job', async (t) => {
+  const s = new Scheduler({ maxBatchSize: 8, maxBatchTokens: 1000, maxWorkerAdapters: 8 });
+  const errors: (Error | null)[] = [];
+  const bad = gen('bad', 5);
+  bad.finish = (e) => errors.push(e);
+  const good = gen('good', 2);
+  let scoreErr: Error | null = null;
+  const score = scoreJob('score', 3, 4, (_lp, e) => (scoreErr = e));
+  s.enqueue(bad);
+  s.enqueue(good);
+  s.enqueue(score);
+  const p = s.plan();
+  const badSeq = p.prefill[0].seq;
+  const result = fakeResult(p);
+  result.tokens = result.tokens.filter((c) => c.seq !== badSeq);
+  result.scores = result.scores.slice(1);
+  result.rejected = [
+    { row: badSeq, code: 'invalid_adapter', reason: 'broken' },
+    { row: p.score[0].id, code: 'invalid_row', reason: 'token id 99999 is outside the vocabulary' },
+  ];
+  apply(s, p, result);
+  t.equal(errors.length, 1);
+  t.match(errors[0], { code: 'invalid_adapter', status: 400 });
+  t.match(scoreErr, { code: 'invalid_request', message: /outside the vocabulary/ });
+  t.equal(s.runningCount, 1, 'the good row runs on');
+  const next = s.plan();
+  t.same(next.decode.map((d) => d.seq), [p.prefill[1].seq]);
+  t.same(next.drop, [], 'a rejected row never joined the batch: nothing to drop');
+  t.equal(next.score.length, 0, 'the failed score job plans no more rows');
+});
+
+t.test('cancelled jobs are counted and completed through events, queued or running', async (t) => {
+  const s = new Scheduler({ maxBatchSize: 1, maxBatchTokens: 100, maxWorkerAdapters: 8 });
+  const running = gen('a', 100);
+  const queued = gen('b', 100);
+  s.enqueue(running);
+  s.enqueue(queued);
+  apply(s, s.plan());
+  running.cancelled = true;
+  queued.cancelled = true;
+  s.plan();
+  t.same(s.takeEvents().map((e) => e.type), ['cancelled', 'cancelled']);
+  t.equal(s.cancelled, 2);
+  t.equal(s.waiting, 0);
+  t.equal(s.load, 0);
 });

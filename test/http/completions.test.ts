@@ -74,12 +74,57 @@ t.test('streamed generate: tokens equal the non-streamed ones, text only in whol
 });
 
 t.test('a client that disconnects mid-stream cancels its row', async (t) => {
+  const cancelled = server.engine.cancelled;
   const ctl = new AbortController();
   const res = await fetch(`http://127.0.0.1:${port}/v1/tasks/base/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'In the beginning', max_tokens: 450, temperature: 1, stream: true, ignore_eos: true }), signal: ctl.signal });
   const reader = res.body!.getReader();
   await reader.read();
   t.equal(server.engine.running, 1);
   ctl.abort();
-  for (let i = 0; i < 200 && server.engine.running > 0; i++) await new Promise((r) => setTimeout(r, 5));
+  for (let i = 0; i < 400 && server.engine.cancelled === cancelled; i++) await new Promise((r) => setTimeout(r, 5));
+  t.equal(server.engine.cancelled, cancelled + 1, 'the scheduler dropped it as cancelled');
   t.equal(server.engine.running, 0, 'the row was freed');
+});
+
+/** Counts the prompts that join a batch from now on (a step that only drops a row admits none). */
+function admissionCounter(): { admitted: number } {
+  const c = { admitted: 0 };
+  const prev = server.engine.onStep;
+  server.engine.onStep = (s) => {
+    c.admitted += s.plan.prefill.length;
+    prev?.(s);
+  };
+  return c;
+}
+
+t.test('finding 1: a prompt array with one refused prompt is refused whole, streamed or not, and nothing runs', async (t) => {
+  const counter = admissionCounter();
+  for (const stream of [true, false]) {
+    const res = await fetch(`http://127.0.0.1:${port}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'base', prompt: ['hello', 'a '.repeat(600)], max_tokens: 8, stream }),
+    });
+    t.equal(res.status, 413, `stream: ${stream}`);
+    t.equal(res.headers.get('content-type')?.startsWith('application/json'), true, 'an HTTP error, not an event stream');
+    t.equal(((await res.json()) as { error: { code: string } }).error.code, 'prompt_too_long');
+  }
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(counter.admitted, 0, 'no prompt of a refused request ran');
+  t.equal(server.engine.queueDepth, 0);
+  const after = await client.completions.create({ model: 'base', prompt: ['hello', 'world'], max_tokens: 2, temperature: 0, stream: false });
+  t.equal(after.choices.length, 2, 'the server keeps serving');
+});
+
+t.test('finding 13: a 64-prompt array streams without a MaxListenersExceededWarning', async (t) => {
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.name);
+  process.on('warning', onWarning);
+  t.teardown(() => process.off('warning', onWarning));
+  const events = await sse('/v1/completions', { model: 'base', prompt: Array.from({ length: 64 }, (_, i) => `p${i}`), max_tokens: 2, temperature: 0, stream: true });
+  t.equal(events.at(-1), '[DONE]');
+  const finishes = events.filter((e) => typeof e === 'object' && (e as { choices: { finish_reason: string | null }[] }).choices?.[0]?.finish_reason);
+  t.equal(finishes.length, 64);
+  await new Promise((r) => setImmediate(r));
+  t.notOk(warnings.includes('MaxListenersExceededWarning'));
 });

@@ -1,3 +1,4 @@
+import { request } from 'node:http';
 import t from 'tap';
 import { startServer } from '../helpers.js';
 
@@ -51,4 +52,57 @@ t.test('healthz and readyz', async (t) => {
   const ready = await server.app.inject('/readyz');
   t.equal(ready.statusCode, 200);
   t.equal(ready.json().adapters, 9);
+});
+
+t.test('top_k is bounded (at most 1000): 400 beyond', async (t) => {
+  const over = await post('/v1/tasks/base/generate', { prompt: 'x', top_k: 1001, max_tokens: 1 });
+  t.equal(over.statusCode, 400);
+  t.equal(over.json().error.code, 'invalid_request');
+  t.equal((await post('/v1/tasks/base/generate', { prompt: 'x', top_k: 1000, max_tokens: 1 })).statusCode, 200);
+});
+
+t.test('finding 1 under overload: a prompt array that does not fit the queue is refused whole; none of it is queued', async (t) => {
+  // MAX_BATCH_SIZE 1, MAX_QUEUE 4, two workers: two requests run, three wait, so one more prompt fits but two do not.
+  const until = async (ok: () => boolean) => {
+    for (let i = 0; i < 400 && !ok(); i++) await new Promise((r) => setTimeout(r, 5));
+  };
+  const long = (i: number) => post('/v1/tasks/base/generate', { prompt: `fill ${i}`, max_tokens: 400, temperature: 0, ignore_eos: true });
+  const fill = [long(0), long(1)];
+  await until(() => server.engine.running === 2);
+  fill.push(long(2), long(3), long(4));
+  await until(() => server.engine.queueDepth === 3);
+  t.equal(server.engine.queueDepth, 3);
+  for (const stream of [true, false]) {
+    const res = await post('/v1/completions', { model: 'base', prompt: ['one', 'two'], max_tokens: 4, stream });
+    t.equal(res.statusCode, 429, `stream: ${stream}`);
+    t.equal(res.json().error.code, 'overloaded');
+    t.equal(server.engine.queueDepth, 3, 'no prompt of the refused request was queued');
+  }
+  for (const r of await Promise.all(fill)) t.equal(r.statusCode, 200);
+  t.equal((await post('/v1/completions', { model: 'base', prompt: ['one', 'two'], max_tokens: 2 })).statusCode, 200, 'the server keeps serving');
+});
+
+t.test('414 and 431 keep the error shape', async (t) => {
+  await server.app.listen({ port: 0, host: '127.0.0.1' });
+  const port = (server.app.server.address() as { port: number }).port;
+  const raw = (path: string, headers: Record<string, string> = {}) =>
+    new Promise<{ status: number; body: { error: { code: string; message: string } } }>((resolve, reject) => {
+      const req = request({ port, path, method: 'POST', headers: { 'content-type': 'application/json', ...headers } }, (res) => {
+        let data = '';
+        res.on('data', (c) => (data += c));
+        res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(data || `{"error":{"code":"empty body ${res.statusCode}"}}`) }));
+      });
+      req.on('error', reject);
+      req.end('{"prompt":"x"}');
+    });
+  const longId = await raw(`/v1/tasks/${'a'.repeat(200)}/generate`);
+  t.equal(longId.status, 414);
+  t.equal(longId.body.error.code, 'uri_too_long');
+  const longUrl = await raw(`/v1/tasks/base/generate?${'q'.repeat(20_000)}`);
+  t.equal(longUrl.status, 431);
+  t.equal(longUrl.body.error.code, 'headers_too_large');
+  const bigHeader = await raw('/v1/tasks/base/generate', { 'x-big': 'h'.repeat(20_000) });
+  t.equal(bigHeader.status, 431);
+  t.equal(bigHeader.body.error.code, 'headers_too_large');
+  t.type(bigHeader.body.error.message, 'string');
 });

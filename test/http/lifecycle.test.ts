@@ -3,7 +3,7 @@ import t from 'tap';
 import { startServer } from '../helpers.js';
 
 // One worker, so that the crash below takes every running request with it.
-const server = await startServer({ REQUEST_TIMEOUT_MS: '4000', WORKERS: '1' });
+const server = await startServer({ REQUEST_TIMEOUT_MS: '4000', WORKERS: '1', STEP_TIMEOUT_MS: '2000' });
 t.teardown(() => server.close());
 await server.app.listen({ port: 0, host: '127.0.0.1' });
 const port = (server.app.server.address() as { port: number }).port;
@@ -42,18 +42,20 @@ t.test('a request past its timeout gets 504 and its row is freed', async (t) => 
 });
 
 t.test('a client that disconnects cancels its request', async (t) => {
+  const cancelled = server.engine.cancelled;
   const req = request({ port, method: 'POST', path: '/v1/tasks/base/generate', headers: { 'content-type': 'application/json' } });
   req.on('error', () => {});
-  req.end(JSON.stringify({ prompt: 'In the beginning', max_tokens: 450, temperature: 1 }));
-  for (let i = 0; i < 100 && server.engine.running === 0; i++) await sleep(5);
+  req.end(JSON.stringify({ prompt: 'In the beginning', max_tokens: 450, temperature: 1, ignore_eos: true }));
+  for (let i = 0; i < 400 && server.engine.running === 0; i++) await sleep(5);
   t.equal(server.engine.running, 1, 'the request is running');
   req.destroy();
-  for (let i = 0; i < 100 && server.engine.running > 0; i++) await sleep(5);
+  for (let i = 0; i < 400 && server.engine.cancelled === cancelled; i++) await sleep(5);
+  t.equal(server.engine.cancelled, cancelled + 1, 'the scheduler dropped it as cancelled (it did not run to its end)');
   t.equal(server.engine.running, 0, 'its row was freed');
 });
 
 t.test('a worker crash fails the requests it held with 503; later requests succeed', async (t) => {
-  const inflight = Array.from({ length: 4 }, (_, i) => generate('kjv-prompt', { prompt: `And the LORD ${i}`, max_tokens: 200, temperature: 1 }));
+  const inflight = Array.from({ length: 4 }, (_, i) => generate('kjv-prompt', { prompt: `And the LORD ${i}`, max_tokens: 200, temperature: 1, ignore_eos: true }));
   for (let i = 0; i < 200 && server.engine.running < 4; i++) await sleep(5);
   server.executors[0].simulateCrash();
   const results = await Promise.all(inflight);
@@ -61,7 +63,25 @@ t.test('a worker crash fails the requests it held with 503; later requests succe
     t.equal(r.statusCode, 503);
     t.equal(r.json().error.code, 'worker_crashed');
   }
+  await server.executors[0].ready(); // the fresh worker has created its session
   const after = await generate('pos-prefix', { prompt: 'happily', max_tokens: 3, temperature: 0 });
   t.equal(after.statusCode, 200);
   t.equal(after.json().token_ids.length > 0 || after.json().finish_reason === 'stop', true);
+});
+
+t.test('a hung worker: past STEP_TIMEOUT_MS it is terminated, its rows get 503, the next requests succeed', async (t) => {
+  const respawns = server.executors[0].respawns;
+  const inflight = Array.from({ length: 3 }, (_, i) => generate('base', { prompt: `hung ${i}`, max_tokens: 300, temperature: 1, ignore_eos: true }));
+  for (let i = 0; i < 400 && server.engine.running < 3; i++) await sleep(5);
+  server.executors[0].simulateHang();
+  for (const r of await Promise.all(inflight)) {
+    t.equal(r.statusCode, 503);
+    t.equal(r.json().error.code, 'worker_crashed');
+  }
+  t.equal(server.executors[0].respawns, respawns + 1, 'a fresh worker was started');
+  t.equal(server.engine.running, 0);
+  await server.executors[0].ready();
+  const after = await generate('define-prefix', { prompt: 'ocean', max_tokens: 4, temperature: 0, ignore_eos: true });
+  t.equal(after.statusCode, 200);
+  t.equal(after.json().token_ids.length, 4);
 });

@@ -28,6 +28,11 @@ t.test('rate limit per API token: 429 with the error shape', async (t) => {
 t.test('metrics: queue, batches, latencies, per-task counters folded past the limit', async (t) => {
   const server = await startServer({ METRICS_MAX_TASKS: '2' });
   t.teardown(() => server.close());
+  // Made-up ids first (404, and 400 before the task is even looked up): they must not take labels.
+  for (const task of ['squat-1', 'squat-2', 'squat-3']) {
+    t.equal((await server.app.inject({ method: 'POST', url: `/v1/tasks/${task}/generate`, payload: { prompt: 'love' } })).statusCode, 404);
+    t.equal((await server.app.inject({ method: 'POST', url: `/v1/tasks/${task}/generate`, payload: { prompt: 1 } })).statusCode, 400);
+  }
   for (const task of ['base', 'kjv-prompt', 'pos-bitfit', 'define-prefix']) {
     await server.app.inject({ method: 'POST', url: `/v1/tasks/${task}/generate`, payload: { prompt: 'love', max_tokens: 3, temperature: 0, ignore_eos: true } });
   }
@@ -40,7 +45,8 @@ t.test('metrics: queue, batches, latencies, per-task counters folded past the li
   }
   t.match(text, /sps_generated_tokens_total\{task="base"\} 3/);
   t.match(text, /sps_generated_tokens_total\{task="other"\} 6/, 'tasks past METRICS_MAX_TASKS are folded into other');
-  t.match(text, /sps_errors_total\{task="other",code="task_not_found"\} 1/);
+  t.match(text, /sps_errors_total\{task="unknown",code="task_not_found"\} 4/);
+  t.notMatch(text, /squat/, 'made-up task ids have no series');
 });
 
 t.test('graceful shutdown: admitted requests finish, new ones get 503 shutting_down', async (t) => {
@@ -56,4 +62,22 @@ t.test('graceful shutdown: admitted requests finish, new ones get 503 shutting_d
   t.equal(done.statusCode, 200, 'the admitted request finished');
   t.equal(done.json().token_ids.length, 200);
   await closing;
+});
+
+t.test('readyz: 503 while no inference worker can run; requests then get 503 worker_crashed, nothing queued', async (t) => {
+  const server = await startServer();
+  t.teardown(() => server.close());
+  t.equal((await server.app.inject('/readyz')).statusCode, 200);
+  // What an executor reports while it backs off after failed starts (executor.test.ts drives the real thing).
+  for (const e of server.executors) e.canRun = false;
+  const ready = await server.app.inject('/readyz');
+  t.equal(ready.statusCode, 503);
+  t.equal(ready.json().error.code, 'not_ready');
+  t.match(ready.json().error.message, /no inference worker/);
+  const gen = await server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt: 'love', max_tokens: 2 } });
+  t.equal(gen.statusCode, 503);
+  t.equal(gen.json().error.code, 'worker_crashed');
+  t.equal(server.engine.queueDepth, 0);
+  for (const e of server.executors) e.canRun = true;
+  t.equal((await server.app.inject('/readyz')).statusCode, 200);
 });

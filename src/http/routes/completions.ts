@@ -88,8 +88,11 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
         const completion_tokens = rs.reduce((n, r) => n + r.usage.completion_tokens, 0);
         return { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens };
       };
+      // The prompts are one request: validated, tokenised and admitted together (one refusal
+      // refuses all before anything is sent or queued), and cancelled together.
+      const all = prompts.map((prompt) => ({ ...params, prompt }));
       if (!b.stream) {
-        const results = await Promise.all(prompts.map((prompt) => inference.generate(b.model, { ...params, prompt }, { signal })));
+        const results = await inference.generateAll(b.model, all, { signal });
         return {
           ...head,
           choices: results.map((r, index) => ({ index, text: r.text, finish_reason: r.finish_reason, logprobs: openaiLogprobs(r, (t) => inference.tokenText(t)) })),
@@ -98,14 +101,10 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
       }
       const stream = openEventStream(reply);
       try {
-        const results = await Promise.all(
-          prompts.map((prompt, index) =>
-            inference.generate(b.model, { ...params, prompt }, {
-              signal,
-              onToken: (_tokenId, text) => stream.send({ ...head, choices: [{ index, text, finish_reason: null, logprobs: null }] }),
-            }),
-          ),
-        );
+        const results = await inference.generateAll(b.model, all, {
+          signal,
+          onToken: (index, _tokenId, text) => stream.send({ ...head, choices: [{ index, text, finish_reason: null, logprobs: null }] }),
+        });
         results.forEach((r, index) => stream.send({ ...head, choices: [{ index, text: '', finish_reason: r.finish_reason, logprobs: null }] }));
         stream.send({ ...head, choices: [], usage: usage(results) });
         stream.done();

@@ -20,10 +20,14 @@ export function operationsRoutes(app: FastifyInstance, deps: AppDeps): void {
   app.get('/healthz', { schema: { tags: ['operations'], summary: 'Liveness', response: { 200: Health } }, logLevel: 'warn' }, async () => ({ status: 'ok' as const }));
   app.get(
     '/readyz',
-    { schema: { tags: ['operations'], summary: 'Readiness: model loaded and registry in sync', response: { 200: Ready, 503: Type.Intersect([ErrorBody, Type.Partial(Ready)]) } }, logLevel: 'warn' },
+    { schema: { tags: ['operations'], summary: 'Readiness: model loaded, registry in sync, an inference worker able to run', response: { 200: Ready, 503: Type.Intersect([ErrorBody, Type.Partial(Ready)]) } }, logLevel: 'warn' },
     async (_req, reply) => {
       const { ready, details } = deps.readiness();
-      return reply.code(ready ? 200 : 503).send(ready ? { status: 'ready', ...details } : { error: { code: 'not_ready', message: 'the server is not ready' }, ...details });
+      // No lane can run while every inference worker fails to start (it is retried with backoff).
+      const workers = deps.engine.canRun;
+      if (ready && workers) return reply.code(200).send({ status: 'ready', ...details });
+      const message = workers ? 'the server is not ready' : 'no inference worker can run; restarting with backoff';
+      return reply.code(503).send({ error: { code: 'not_ready', message }, ...details });
     },
   );
 }

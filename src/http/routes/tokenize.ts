@@ -38,7 +38,7 @@ export function tokenizeRoutes(app: FastifyInstance, registry: Registry, model: 
     async (req) => {
       const t = await registry.resolve(req.body.model);
       const text = req.body.raw ? req.body.prompt : applyTemplate(t.spec.promptTemplate, req.body.prompt);
-      const tokens = await model.tokenizer.encode(text);
+      const tokens = await model.tokenizer.encode(text, { addBos: true });
       const a = t.adapter?.tensors;
       const virtual = a && (a.kind === 'prompt' || a.kind === 'prefix') ? a.virtualTokens : 0;
       return { model: t.task, adapter_version: t.version, tokens, count: tokens.length, virtual_tokens: virtual, max_model_len: model.config.nPositions };

@@ -1,0 +1,86 @@
+import { copyFileSync, mkdtempSync, renameSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { Executor, WorkerCrashedError } from '../../src/executor/executor.js';
+import { loadBaseModel } from '../../src/model/base-model.js';
+import type { AdapterTensors, StepPlan } from '../../src/protocol.js';
+import { ROOT } from '../helpers.js';
+
+const model = loadBaseModel(join(ROOT, 'models', 'demo-gpt2'), join(ROOT, '.cache'));
+const { vocabSize: V, hidden: D } = model.config;
+const sampling = { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 0 };
+const empty: StepPlan = { drop: [], decode: [], prefill: [], score: [], adapters: [], forget: [] };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function executor(graphPath = model.graphPath): Executor {
+  const e = new Executor({ graphPath, base: model.tensors, provider: 'cpu', threads: 1, spin: false });
+  t.teardown(() => e.close());
+  return e;
+}
+
+t.test('a step with broken rows runs the good ones and reports the others (finding 5)', async (t) => {
+  const e = executor();
+  await e.ready();
+  const good: AdapterTensors = { key: 'good', kind: 'prompt', virtualTokens: 2, embeddings: new Float32Array(2 * D).fill(0.01) };
+  const broken: AdapterTensors = { key: 'broken', kind: 'prompt', virtualTokens: 2, embeddings: new Float32Array(D) };
+  const prompt = model.tokenizer.encodeSync('In the beginning');
+  const r1 = await e.step({
+    ...empty,
+    adapters: [good, broken],
+    prefill: [
+      { seq: 1, adapter: null, tokens: prompt, sampling },
+      { seq: 2, adapter: null, tokens: [1, V + 5], sampling },
+      { seq: 3, adapter: 'broken', tokens: prompt, sampling },
+      { seq: 4, adapter: 'never-sent', tokens: prompt, sampling },
+      { seq: 5, adapter: 'good', tokens: prompt, sampling },
+    ],
+    score: [
+      { id: 6, adapter: null, context: prompt, targets: [11] },
+      { id: 7, adapter: null, context: prompt, targets: [-1] },
+    ],
+  });
+  t.same(r1.tokens.map((c) => c.seq).sort(), [1, 5], 'the good rows produced tokens');
+  t.same(r1.scores.map((s) => s.id), [6]);
+  const rejected = Object.fromEntries((r1.rejected ?? []).map((r) => [r.row, r.code]));
+  t.same(rejected, { 2: 'invalid_row', 3: 'invalid_adapter', 4: 'invalid_adapter', 7: 'invalid_row' });
+  // The good rows joined the batch: they decode on, alone.
+  const next = (seq: number) => r1.tokens.find((c) => c.seq === seq)!.token;
+  const r2 = await e.step({ ...empty, decode: [{ seq: 1, token: next(1), step: 1 }, { seq: 5, token: next(5), step: 1 }] });
+  t.same(r2.tokens.map((c) => c.seq).sort(), [1, 5]);
+  t.equal(r2.rejected, undefined);
+});
+
+t.test('a hung step: past its deadline the worker is terminated and restarted; the next step runs', async (t) => {
+  const e = executor();
+  await e.ready();
+  e.simulateHang();
+  const err = await e.step({ ...empty, prefill: [{ seq: 1, adapter: null, tokens: [464], sampling }] }, 300).catch((x: Error) => x);
+  t.type(err, WorkerCrashedError);
+  t.match((err as Error).message, /STEP_TIMEOUT_MS/);
+  t.equal(e.respawns, 1);
+  const ok = await e.step({ ...empty, reset: true, prefill: [{ seq: 2, adapter: null, tokens: [464], sampling }] }, 5000);
+  t.equal(ok.tokens.length, 1);
+});
+
+t.test('a worker that cannot create its session is retried with backoff; canRun is false meanwhile', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sps-graph-'));
+  const graph = join(dir, 'model.onnx');
+  copyFileSync(model.graphPath, graph);
+  const e = executor(graph);
+  await e.ready();
+  const delays: number[] = [];
+  e.on('backoff', (ms: number) => delays.push(ms));
+  renameSync(graph, `${graph}.away`);
+  e.simulateCrash();
+  for (let i = 0; i < 1000 && delays.length < 3; i++) await sleep(10);
+  t.equal(e.canRun, false, 'backing off');
+  t.same(delays.slice(0, 3), [100, 200, 400], 'each failed start doubles the delay');
+  const err = await e.step({ ...empty, prefill: [{ seq: 1, adapter: null, tokens: [464], sampling }] }).catch((x: Error) => x);
+  t.type(err, WorkerCrashedError, 'a step fails at once rather than wait');
+  renameSync(`${graph}.away`, graph);
+  for (let i = 0; i < 500 && !e.canRun; i++) await sleep(10);
+  t.equal(e.canRun, true, 'recovered once the session can be created');
+  const ok = await e.step({ ...empty, reset: true, prefill: [{ seq: 2, adapter: null, tokens: [464], sampling }] });
+  t.equal(ok.tokens.length, 1);
+});
