@@ -26,6 +26,10 @@ export interface Sampling {
   topK: number; // 0: off
   seed: number; // every request has one: the engine draws it when the client gives none
   logprobs: number; // 0..20 top alternatives to report
+  /** Report the chosen token's log-probability even with no alternatives (OpenAI's logprobs: 0). */
+  chosenLogprob?: boolean;
+  /** Additive biases of a few token ids (OpenAI's logit_bias), applied before sampling and logprobs. */
+  logitBias?: [number, number][];
 }
 
 /** A row that joins the running batch: prefill its prompt, then decode one token per step. */

@@ -25,6 +25,10 @@ export interface GenerateParams {
   seed?: number;
   stop?: string[];
   logprobs?: number;
+  /** Report each chosen token's log-probability even when `logprobs` asks for no alternatives. */
+  chosen_logprob?: boolean;
+  /** token id → additive bias (-100..100), applied before sampling. */
+  logit_bias?: Record<string, number>;
   ignore_eos?: boolean;
 }
 
@@ -74,6 +78,16 @@ export class Inference {
     // Nothing to condition on: start from end-of-text, GPT-2's document separator.
     if (tokens.length === 0 && adapter?.kind !== 'prompt') tokens.push(this.model.tokenizer.eosTokenId);
     return tokens;
+  }
+
+  /** OpenAI's logit_bias as [id, bias] pairs, every id checked against the vocabulary. */
+  private logitBias(bias: Record<string, number> | undefined): [number, number][] | undefined {
+    if (!bias) return undefined;
+    const V = this.model.config.vocabSize;
+    const pairs = Object.entries(bias).map(([k, v]): [number, number] => [Number(k), v]);
+    const bad = pairs.find(([id]) => !(Number.isInteger(id) && id >= 0 && id < V));
+    if (bad) throw new ServerError('invalid_request', `logit_bias names token ${JSON.stringify(String(bad[0]))}, outside the vocabulary (0..${V - 1})`);
+    return pairs.length > 0 ? pairs : undefined;
   }
 
   private checkContext(adapter: AdapterTensors | null, tokens: number, extra: number): void {
@@ -137,6 +151,7 @@ export class Inference {
     const tokens = await this.encodePrompt(text, adapter);
     const maxTokens = p.max_tokens ?? 64;
     this.checkContext(adapter, tokens.length, maxTokens);
+    const logitBias = this.logitBias(p.logit_bias);
     const eos = this.model.tokenizer.eosTokenIds;
     const stops = p.stop ?? [];
     const holdBack = stops.length ? Math.max(...stops.map((s) => s.length)) - 1 : 0;
@@ -168,7 +183,7 @@ export class Inference {
         return 'stop';
       }
       ids.push(c.token);
-      if (p.logprobs) logprobs.push({ token_id: c.token, logprob: c.logprob!, top: (c.top ?? []).map((x) => ({ token_id: x.token, logprob: x.logprob })) });
+      if (p.logprobs || p.chosen_logprob) logprobs.push({ token_id: c.token, logprob: c.logprob!, top: (c.top ?? []).map((x) => ({ token_id: x.token, logprob: x.logprob })) });
       out += stream.push(c.token);
       const hit = stops.map((s) => out.indexOf(s, Math.max(0, emitted - holdBack))).filter((i) => i >= 0);
       if (hit.length > 0) {
@@ -193,7 +208,15 @@ export class Inference {
         adapter,
         tokens,
         maxTokens,
-        sampling: { temperature: p.temperature ?? 1, topP: p.top_p ?? 1, topK: p.top_k ?? 0, seed: p.seed ?? randomInt(2 ** 47), logprobs: p.logprobs ?? 0 },
+        sampling: {
+          temperature: p.temperature ?? 1,
+          topP: p.top_p ?? 1,
+          topK: p.top_k ?? 0,
+          seed: p.seed ?? randomInt(2 ** 47),
+          logprobs: p.logprobs ?? 0,
+          ...(p.chosen_logprob && { chosenLogprob: true }),
+          ...(logitBias && { logitBias }),
+        },
         onToken,
         cancelled: false,
         enqueuedAt: performance.now(),
@@ -208,7 +231,7 @@ export class Inference {
             finish_reason: finishReason,
             usage: { prompt_tokens: tokens.length, completion_tokens: ids.length },
           };
-          if (p.logprobs) body.logprobs = logprobs;
+          if (p.logprobs || p.chosen_logprob) body.logprobs = logprobs;
           resolve(body);
         },
       };

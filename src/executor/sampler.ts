@@ -63,6 +63,8 @@ export function topIndices(logits: Float32Array, k: number): number[] {
 
 /** Chooses the next token from one row of logits; the log-probabilities reported are before temperature. */
 export function sample(seq: number, logits: Float32Array, s: Sampling, step: number): TokenChoice {
+  // The row's logits are this step's output buffer: biasing them in place costs one add per entry.
+  if (s.logitBias) for (const [id, bias] of s.logitBias) logits[id] += bias;
   let token: number;
   if (s.temperature === 0) {
     token = 0;
@@ -72,7 +74,7 @@ export function sample(seq: number, logits: Float32Array, s: Sampling, step: num
   }
   const choice: TokenChoice = { seq, token };
   // log-softmax costs an exp per vocabulary entry: paid only by requests that ask for logprobs.
-  if (s.logprobs > 0) {
+  if (s.logprobs > 0 || s.chosenLogprob) {
     const lse = logSumExp(logits);
     choice.logprob = logits[token] - lse;
     choice.top = topIndices(logits, s.logprobs).map((t) => ({ token: t, logprob: logits[t] - lse }));

@@ -1,6 +1,6 @@
 import OpenAI from 'openai';
 import t from 'tap';
-import { reference, startServer } from '../helpers.js';
+import { logSoftmax, reference, refLogits, startServer } from '../helpers.js';
 
 const server = await startServer();
 t.teardown(() => server.close());
@@ -127,4 +127,67 @@ t.test('finding 13: a 64-prompt array streams without a MaxListenersExceededWarn
   t.equal(finishes.length, 64);
   await new Promise((r) => setImmediate(r));
   t.notOk(warnings.includes('MaxListenersExceededWarning'));
+});
+
+t.test('n: one choice per completion, each with its own seed (seed + j), in the same request', async (t) => {
+  const res = await client.completions.create({ model: 'kjv-prompt', prompt: ['And the LORD said', 'In the beginning'], max_tokens: 8, temperature: 1, seed: 7, n: 3 });
+  t.same(res.choices.map((c) => c.index), [0, 1, 2, 3, 4, 5]);
+  for (const [i, prompt] of ['And the LORD said', 'In the beginning'].entries()) {
+    for (let j = 0; j < 3; j++) {
+      const alone = await client.completions.create({ model: 'kjv-prompt', prompt, max_tokens: 8, temperature: 1, seed: 7 + j });
+      t.equal(res.choices[i * 3 + j].text, alone.choices[0].text, `prompt ${i} completion ${j} equals seed ${7 + j} alone`);
+    }
+  }
+  const single = await client.completions.create({ model: 'kjv-prompt', prompt: 'And the LORD said', max_tokens: 8, temperature: 1, seed: 7 });
+  t.equal(res.usage?.prompt_tokens, single.usage!.prompt_tokens + (await client.completions.create({ model: 'kjv-prompt', prompt: 'In the beginning', max_tokens: 1 })).usage!.prompt_tokens, 'a prompt counts once');
+  const tooMany = await client.completions.create({ model: 'base', prompt: Array(5).fill('x'), n: 16, max_tokens: 1 }).catch((e: { status?: number }) => e);
+  t.equal((tooMany as { status?: number }).status, 400);
+});
+
+t.test('logit_bias steers greedy decoding; ids outside the vocabulary are 400', async (t) => {
+  // A case whose runner-up is a real token (end-of-text would end the completion with no text).
+  const c = reference.cases.find((x) => x.adapter === null && x.greedy.length === 20 && x.top5[1] !== 0)!;
+  const plain = await client.completions.create({ model: 'base', prompt: c.text, max_tokens: 1, temperature: 0, logprobs: 0 });
+  t.equal(plain.choices[0].text, tok.decode([c.greedy[0]]));
+  const banned = await client.completions.create({ model: 'base', prompt: c.text, max_tokens: 1, temperature: 0, logit_bias: { [String(c.greedy[0])]: -100 } });
+  t.equal(banned.choices[0].text, tok.decode([c.top5[1]]), 'the runner-up wins when the greedy token is banned');
+  const forced = await client.completions.create({ model: 'base', prompt: c.text, max_tokens: 1, temperature: 0, logit_bias: { '42': 100 } });
+  t.equal(forced.choices[0].text, tok.decode([42]));
+  const bad = await client.completions.create({ model: 'base', prompt: c.text, max_tokens: 1, logit_bias: { '999999': 5 } }).catch((e: { status?: number; message?: string }) => e);
+  t.equal((bad as { status?: number }).status, 400);
+  t.match((bad as { message?: string }).message, /999999/);
+});
+
+t.test('logprobs: 0 reports the chosen tokens’ log-probabilities and no alternatives', async (t) => {
+  const c = reference.cases.find((x) => x.adapter === null && x.greedy.length === 20)!;
+  const res = await client.completions.create({ model: 'base', prompt: c.text, max_tokens: 1, temperature: 0, logprobs: 0 });
+  const lp = res.choices[0].logprobs!;
+  t.equal(lp.token_logprobs!.length, 1);
+  const want = logSoftmax(refLogits(c))[c.greedy[0]];
+  t.ok(Math.abs(lp.token_logprobs![0] - want) <= 1e-4, `${lp.token_logprobs![0]} vs ${want}`);
+  t.same(lp.top_logprobs, [{}]);
+  const none = await client.completions.create({ model: 'base', prompt: c.text, max_tokens: 1, temperature: 0 });
+  t.equal(none.choices[0].logprobs, null);
+});
+
+t.test('echo puts the prompt before the completion, streamed or not', async (t) => {
+  const res = await client.completions.create({ model: 'base', prompt: 'In the beginning', max_tokens: 4, temperature: 0, echo: true });
+  const plain = await client.completions.create({ model: 'base', prompt: 'In the beginning', max_tokens: 4, temperature: 0 });
+  t.equal(res.choices[0].text, 'In the beginning' + plain.choices[0].text);
+  const stream = await client.completions.create({ model: 'base', prompt: 'In the beginning', max_tokens: 4, temperature: 0, echo: true, stream: true });
+  let text = '';
+  for await (const chunk of stream) for (const ch of chunk.choices) text += ch.text;
+  t.equal(text, res.choices[0].text);
+  const both = await client.completions.create({ model: 'base', prompt: 'x', max_tokens: 1, echo: true, logprobs: 1 }).catch((e: { status?: number }) => e);
+  t.equal((both as { status?: number }).status, 400);
+});
+
+t.test('parameters that would change the output and are not supported are 400, naming them', async (t) => {
+  for (const [name, value] of [['presence_penalty', 0.5], ['frequency_penalty', 1], ['best_of', 2], ['suffix', 'end']] as const) {
+    const err = await client.completions.create({ model: 'base', prompt: 'x', max_tokens: 1, [name]: value }).catch((e: { status?: number; message?: string }) => e);
+    t.equal((err as { status?: number }).status, 400, name);
+    t.match((err as { message?: string }).message, name);
+  }
+  const neutral = await client.completions.create({ model: 'base', prompt: 'x', max_tokens: 1, presence_penalty: 0, frequency_penalty: 0, best_of: 1 });
+  t.equal(neutral.choices.length, 1, 'neutral values are accepted');
 });

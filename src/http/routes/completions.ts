@@ -17,10 +17,17 @@ const CompletionBody = Type.Object(
     seed: Type.Optional(Type.Integer({ minimum: 0 })),
     logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 20 }), Type.Null()])),
     stream: Type.Optional(Type.Boolean({ default: false })),
-    n: Type.Optional(Type.Integer({ minimum: 1, maximum: 1, description: 'Only 1 is supported' })),
-    echo: Type.Optional(Type.Boolean({ description: 'Only false is supported' })),
+    n: Type.Optional(Type.Integer({ minimum: 1, maximum: 16, default: 1, description: 'Completions per prompt: rows of the same batch, each with its own seed (seed + i when a seed is given)' })),
+    echo: Type.Optional(Type.Boolean({ default: false, description: 'Put the prompt before each completion (not with logprobs)' })),
+    logit_bias: Type.Optional(
+      Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ minimum: -100, maximum: 100 }), {
+        maxProperties: 300,
+        description: 'token id → bias added to its logit before sampling (and before logprobs), at most 300 entries',
+      }),
+    ),
   },
-  // OpenAI clients send fields this subset does not use (user, stream_options...): they are ignored.
+  // OpenAI clients send fields that do not change the output (user, stream_options...): they are
+  // ignored. Those that would change it and are not supported are refused (UNSUPPORTED).
   { additionalProperties: true, examples: [{ model: 'kjv-prompt', prompt: 'And the LORD said', max_tokens: 16, temperature: 0 }] },
 );
 type CompletionBody = Static<typeof CompletionBody>;
@@ -42,6 +49,17 @@ const CompletionResponse = Type.Object({
   choices: Type.Array(Type.Object({ index: Type.Integer(), text: Type.String(), finish_reason: Type.Union([Type.String(), Type.Null()]), logprobs: Logprobs })),
   usage: Type.Object({ prompt_tokens: Type.Integer(), completion_tokens: Type.Integer(), total_tokens: Type.Integer() }),
 });
+
+/** Parameters that change OpenAI's output which this server does not implement, with their neutral values. */
+const UNSUPPORTED: Record<string, unknown[]> = { presence_penalty: [0], frequency_penalty: [0], best_of: [1], suffix: [null, ''] };
+
+function refuseUnsupported(body: Record<string, unknown>): void {
+  for (const [name, neutral] of Object.entries(UNSUPPORTED)) {
+    if (Object.hasOwn(body, name) && body[name] !== undefined && !neutral.includes(body[name])) {
+      throw new ServerError('invalid_request', `${name} is not supported by this server; leave it out`);
+    }
+  }
+}
 
 /** OpenAI's completions logprobs layout, from ours. */
 function openaiLogprobs(r: GenerateResult, tokenText: (id: number) => string) {
@@ -68,44 +86,55 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
     { schema: { tags: ['openai'], summary: 'OpenAI-compatible completions; model is a task id', body: CompletionBody, response: { 200: CompletionResponse, ...errorResponses } } },
     async (req, reply) => {
       const b = req.body;
-      if (b.echo) throw new ServerError('invalid_request', 'echo is not supported');
+      refuseUnsupported(b);
+      const echo = b.echo ?? false;
+      if (echo && typeof b.logprobs === 'number') throw new ServerError('invalid_request', 'echo with logprobs is not supported (the prompt tokens would need log-probabilities)');
       const prompts = Array.isArray(b.prompt) ? b.prompt : [b.prompt];
+      const n = b.n ?? 1;
+      if (prompts.length * n > 64) throw new ServerError('invalid_request', `${prompts.length} prompts × n ${n} asks for more than 64 completions in one request`);
       const params = {
         raw: true,
         max_tokens: b.max_tokens ?? 16,
         temperature: b.temperature ?? 1,
         top_p: b.top_p ?? 1,
         stop: b.stop === undefined ? undefined : Array.isArray(b.stop) ? b.stop : [b.stop],
-        seed: b.seed,
         logprobs: b.logprobs ?? 0,
+        chosen_logprob: typeof b.logprobs === 'number',
+        logit_bias: b.logit_bias,
       };
       const id = `cmpl-${randomUUID()}`;
       const created = Math.floor(Date.now() / 1000);
       const signal = clientGone(reply);
       const head = { id, object: 'text_completion' as const, created, model: b.model };
       const usage = (rs: GenerateResult[]) => {
-        const prompt_tokens = rs.reduce((n, r) => n + r.usage.prompt_tokens, 0);
-        const completion_tokens = rs.reduce((n, r) => n + r.usage.completion_tokens, 0);
+        // A prompt counts once, however many completions it has.
+        const prompt_tokens = rs.reduce((sum, r, i) => sum + (i % n === 0 ? r.usage.prompt_tokens : 0), 0);
+        const completion_tokens = rs.reduce((sum, r) => sum + r.usage.completion_tokens, 0);
         return { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens };
       };
       // The prompts are one request: validated, tokenised and admitted together (one refusal
       // refuses all before anything is sent or queued), and cancelled together.
-      const all = prompts.map((prompt) => ({ ...params, prompt }));
+      // Choice i*n + j is the j-th completion of prompt i, as OpenAI orders them.
+      const all = prompts.flatMap((prompt) => Array.from({ length: n }, (_, j) => ({ ...params, prompt, seed: b.seed === undefined ? undefined : b.seed + j })));
+      const text = (index: number, completion: string) => (echo ? all[index].prompt : '') + completion;
       if (!b.stream) {
         const results = await inference.generateAll(b.model, all, { signal });
         return {
           ...head,
-          choices: results.map((r, index) => ({ index, text: r.text, finish_reason: r.finish_reason, logprobs: openaiLogprobs(r, (t) => inference.tokenText(t)) })),
+          choices: results.map((r, index) => ({ index, text: text(index, r.text), finish_reason: r.finish_reason, logprobs: openaiLogprobs(r, (t) => inference.tokenText(t)) })),
           usage: usage(results),
         };
       }
+      const echoed = new Set<number>();
+      const echoOnce = (index: number, chunk: string) => (echoed.has(index) ? chunk : (echoed.add(index), text(index, chunk)));
       const stream = openEventStream(reply);
       try {
         const results = await inference.generateAll(b.model, all, {
           signal,
-          onToken: (index, _tokenId, text) => stream.send({ ...head, choices: [{ index, text, finish_reason: null, logprobs: null }] }),
+          // Echo: a choice's prompt goes out with its first chunk, once the request was admitted.
+          onToken: (index, _tokenId, chunk) => stream.send({ ...head, choices: [{ index, text: echoOnce(index, chunk), finish_reason: null, logprobs: null }] }),
         });
-        results.forEach((r, index) => stream.send({ ...head, choices: [{ index, text: '', finish_reason: r.finish_reason, logprobs: null }] }));
+        results.forEach((r, index) => stream.send({ ...head, choices: [{ index, text: echoOnce(index, ''), finish_reason: r.finish_reason, logprobs: null }] }));
         stream.send({ ...head, choices: [], usage: usage(results) });
         stream.done();
       } catch (e) {
