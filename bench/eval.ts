@@ -84,6 +84,21 @@ for (const task of ['base', ...Object.keys(METHOD).map((m) => `pos-${m}`)]) {
   console.log(`pos: ${task} ${(correct / pos.length).toFixed(3)} over ${pos.length} rows in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }
 
+// pos: a prompt ensemble of every pos adapter the server serves (equal weights), on the same rows.
+// Reported as measured, next to its members: an ensemble need not beat its best member.
+const members = Object.keys(METHOD).map((m) => `pos-${m}`).filter((task) => results[`pos/${task.slice(4)}`] !== undefined);
+if (members.length >= 2) {
+  const t0 = performance.now();
+  const answers = await pool(chunks, (chunk) => post(`${base}/v1/ensembles/classify`, { tasks: members, input: chunk.map((r) => r.word) }));
+  if (answers.every((a) => a.status === 200)) {
+    const predicted = answers.flatMap((a) => a.json.results.map((r: { label: string }) => r.label));
+    const correct = predicted.filter((p, i) => p === pos[i].label).length;
+    const params = members.reduce((n, task) => n + (TRAINABLE[`pos/${task.slice(4)}`] ?? 0), 0);
+    results['pos/ensemble'] = { score: correct / pos.length, trainable_params: params, rows: pos.length };
+    console.log(`pos: ensemble of ${members.join(', ')} ${(correct / pos.length).toFixed(3)} over ${pos.length} rows in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  } else console.log(`pos: ensemble failed (${answers.find((a) => a.status !== 200)!.json.error?.code})`);
+}
+
 // Mean loss per token of completion + end-of-text, with and without each task's adapter.
 const loss = [
   { name: 'define', file: 'defs.jsonl', adapter: 'define-prefix', method: 'prefix', row: (r: any) => ({ prompt: `${r.word}:`, completion: ` ${r.gloss}` }) },
