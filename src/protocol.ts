@@ -38,6 +38,14 @@ export interface NewSequence {
   adapter: string | null;
   tokens: number[];
   sampling: Sampling;
+  /** A member of a prompt ensemble: its rows share one token per step, chosen for the leader. */
+  group?: EnsembleGroup;
+}
+
+/** Every member row of an ensemble names the leader row (whose seq the chosen token is reported under) and its weight. */
+export interface EnsembleGroup {
+  leader: number;
+  weight: number;
 }
 
 /** A one-shot row (score, classify): log-probabilities of `targets` after `context`, no KV kept. */

@@ -71,6 +71,8 @@ export class Engine {
     if (depth > 0 && depth + jobs.length > this.opts.maxQueue) {
       throw new ServerError('overloaded', `the queue is full (${this.opts.maxQueue} requests); retry shortly`, { 'retry-after': '1' });
     }
+    const group = jobs.find((j) => j.type === 'generate' && j.members && j.members.length > this.opts.maxBatchSize);
+    if (group) throw new ServerError('invalid_request', `an ensemble of ${(group as { members: unknown[] }).members.length} members needs that many batch rows; MAX_BATCH_SIZE is ${this.opts.maxBatchSize}`);
     const limit = this.opts.maxScoreTokens ?? Infinity;
     const scored = jobs.reduce((n, j) => n + (j.type === 'score' ? j.rows.reduce((m, r) => m + rowTokens(j.adapter, r.context.length + r.targets.length), 0) : 0), 0);
     if (scored > limit) {

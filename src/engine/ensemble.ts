@@ -1,6 +1,6 @@
 import type { Registry } from '../adapters/registry.js';
 import { ServerError } from '../errors.js';
-import type { Inference, RequestControl } from './inference.js';
+import type { GenerateParams, Inference, RequestControl } from './inference.js';
 
 export interface EnsembleClassifyParams {
   tasks: string[];
@@ -52,6 +52,12 @@ export class Ensembles {
       }
     }
     return first.labels;
+  }
+
+  /** Generation from the weighted mean of the members' next-token distributions (see Inference.generateEnsemble). */
+  generate(p: GenerateParams & { tasks: string[]; weights?: number[] }, ctl: RequestControl = {}) {
+    const { tasks, weights, ...params } = p;
+    return this.inference.generateEnsemble(tasks, normaliseWeights(tasks.length, weights), params, ctl);
   }
 
   async classify(p: EnsembleClassifyParams, ctl: RequestControl = {}) {

@@ -7,7 +7,7 @@ import { FormatError } from '../errors.js';
 import type { AdapterTensors, TokenChoice } from '../protocol.js';
 import type { Metrics } from '../metrics.js';
 import type { Engine } from './engine.js';
-import type { GenerateJob, Job, ScoreJob } from './jobs.js';
+import type { EnsembleMember, GenerateJob, Job, ScoreJob } from './jobs.js';
 
 /** A job and the promise its completion settles. */
 interface Tracked<T> {
@@ -144,13 +144,32 @@ export class Inference {
     return this.run(ctl, jobs);
   }
 
-  private async prepareGenerate(t: ResolvedTask, p: GenerateParams, onText?: (tokenId: number, text: string) => void): Promise<Tracked<GenerateResult>> {
+  /**
+   * A prompt ensemble's generation: every member task is a row with its own adapter and its own
+   * templated prompt; each step one token is chosen from the weighted mean of their next-token
+   * distributions and fed to every member. Each member is pinned to the version resolved here.
+   */
+  async generateEnsemble(tasks: string[], weights: number[], p: GenerateParams, ctl: RequestControl = {}): Promise<GenerateResult & { tasks: string[]; adapter_versions: string[] }> {
+    const resolved = await Promise.all(tasks.map((task) => this.registry.resolve(task)));
+    const members: EnsembleMember[] = [];
+    for (const [k, t] of resolved.entries()) {
+      const adapter = t.adapter?.tensors ?? null;
+      const tokens = await this.encodePrompt(p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), adapter);
+      this.checkContext(adapter, tokens.length, p.max_tokens ?? 64);
+      members.push({ adapter, tokens, weight: weights[k] });
+    }
+    const onToken = ctl.onToken;
+    const [r] = await this.run(ctl, [await this.prepareGenerate(resolved[0], p, onToken, members)]);
+    return { ...r, tasks, adapter_versions: resolved.map((t) => t.version) };
+  }
+
+  private async prepareGenerate(t: ResolvedTask, p: GenerateParams, onText?: (tokenId: number, text: string) => void, members?: EnsembleMember[]): Promise<Tracked<GenerateResult>> {
     const task = t.task;
     const adapter = t.adapter?.tensors ?? null;
-    const text = p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt);
-    const tokens = await this.encodePrompt(text, adapter);
     const maxTokens = p.max_tokens ?? 64;
-    this.checkContext(adapter, tokens.length, maxTokens);
+    // An ensemble's members were tokenised and checked by the caller; the first stands for the request.
+    const tokens = members ? members[0].tokens : await this.encodePrompt(p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), adapter);
+    if (!members) this.checkContext(adapter, tokens.length, maxTokens);
     const logitBias = this.logitBias(p.logit_bias);
     const eos = this.model.tokenizer.eosTokenIds;
     const stops = p.stop ?? [];
@@ -218,6 +237,7 @@ export class Inference {
           ...(logitBias && { logitBias }),
         },
         onToken,
+        ...(members && { members }),
         cancelled: false,
         enqueuedAt: performance.now(),
         finish: (err) => {

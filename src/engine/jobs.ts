@@ -14,8 +14,20 @@ export interface GenerateJob {
   finish: (error: Error | null) => void;
   cancelled: boolean;
   enqueuedAt: number;
+  /**
+   * A prompt ensemble: one row per member (its own adapter and prompt tokens), all admitted together;
+   * each step picks one token for the whole group from the weighted mean of their distributions.
+   */
+  members?: EnsembleMember[];
   /** Set by the scheduler when the job joins a step. */
   admittedAt?: number;
+}
+
+export interface EnsembleMember {
+  adapter: AdapterTensors | null;
+  tokens: number[];
+  /** Normalised: the members' weights sum to 1. */
+  weight: number;
 }
 
 /** A validated one-shot request: several rows scored in batched forward passes, no decode loop. */

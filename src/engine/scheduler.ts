@@ -18,6 +18,8 @@ interface Running {
   job: GenerateJob;
   last: number; // token to feed at the next decode
   generated: number;
+  /** An ensemble's rows, leader first (the same array on every member); absent for a plain row. */
+  group?: number[];
 }
 
 interface ScoreProgress {
@@ -130,7 +132,7 @@ export class Scheduler {
       if (r.job.cancelled) {
         this.running.delete(seq);
         plan.drop.push(seq);
-        this.dropCancelled(r.job);
+        if (!r.group || r.group[0] === seq) this.dropCancelled(r.job); // one event per job
         continue;
       }
       plan.decode.push({ seq, token: r.last, step: r.generated });
@@ -140,7 +142,7 @@ export class Scheduler {
     let rows = 0;
     let widest = 0;
     // Padded cost: the worker pads every prefill row to the longest one.
-    const fits = (t: number) => rows === 0 || (rows + 1) * Math.max(widest, t) <= this.limits.maxBatchTokens;
+    const fits = (t: number, count = 1) => rows === 0 || (rows + count) * Math.max(widest, t) <= this.limits.maxBatchTokens;
     const take = (t: number) => {
       rows++;
       widest = Math.max(widest, t);
@@ -173,7 +175,10 @@ export class Scheduler {
         }
         const job = onlyTask === null || task === onlyTask ? q[0] : undefined;
         let admitted = false;
-        if (job && job.type === 'generate') {
+        if (job && job.type === 'generate' && job.members) {
+          admitted = this.admitEnsemble(job, plan, slots, fits, take, useAdapter);
+          if (admitted) slots -= job.members.length;
+        } else if (job && job.type === 'generate') {
           const t = rowTokens(job.adapter, job.tokens.length);
           if (slots > 0 && fits(t)) {
             take(t);
@@ -210,6 +215,24 @@ export class Scheduler {
     for (const p of this.scoring.values()) this.planScoreRows(p, plan, fits, take, useAdapter, Infinity);
     this.forgetUnused(plan, used);
     return plan;
+  }
+
+  /** An ensemble joins whole or not at all: every member row needs a slot and the token budget. */
+  private admitEnsemble(job: GenerateJob, plan: StepPlan, slots: number, fits: (t: number, count?: number) => boolean, take: (t: number) => void, useAdapter: (a: AdapterTensors | null) => void): boolean {
+    const members = job.members!;
+    if (slots < members.length) return false;
+    const costs = members.map((m) => rowTokens(m.adapter, m.tokens.length));
+    // The whole group against the budget, before any of it is taken.
+    if (!fits(Math.max(...costs), members.length)) return false;
+    const group = members.map(() => this.nextRowId++);
+    job.admittedAt = performance.now();
+    members.forEach((m, k) => {
+      take(costs[k]);
+      this.running.set(group[k], { job, last: -1, generated: 0, group });
+      plan.prefill.push({ seq: group[k], adapter: m.adapter?.key ?? null, tokens: m.tokens, sampling: job.sampling, group: { leader: group[0], weight: m.weight } });
+      useAdapter(m.adapter);
+    });
+    return true;
   }
 
   /** Plans rows of a score job while they fit the step's budget and `most` tokens (at least one row). */
@@ -250,15 +273,19 @@ export class Scheduler {
     for (const r of result.rejected ?? []) this.reject(r, events);
     for (const choice of result.tokens) {
       const r = this.running.get(choice.seq);
-      if (!r) continue;
+      if (!r || (r.group && r.group[0] !== choice.seq)) continue; // an ensemble's token comes under its leader
       if (r.job.cancelled) {
         this.retire(choice.seq);
         this.cancelled++;
         events.push({ type: 'cancelled', job: r.job });
         continue;
       }
-      r.last = choice.token;
-      r.generated++;
+      for (const seq of r.group ?? [choice.seq]) {
+        const member = this.running.get(seq);
+        if (!member) continue;
+        member.last = choice.token;
+        member.generated++;
+      }
       events.push({ type: 'token', seq: choice.seq, job: r.job, choice });
     }
     for (const s of result.scores) {
@@ -273,8 +300,9 @@ export class Scheduler {
 
   /** A running row is done (finished, failed or cancelled): it leaves the batch at the next step. */
   retire(seq: number): void {
-    if (!this.running.delete(seq)) return;
-    this.pendingDrop.push(seq);
+    for (const s of this.running.get(seq)?.group ?? [seq]) {
+      if (this.running.delete(s)) this.pendingDrop.push(s);
+    }
   }
 
   /** A row the worker refused never joined its batch: its job fails, and a score job's other rows are forgotten. */
@@ -282,7 +310,8 @@ export class Scheduler {
     const error = new ServerError(r.code === 'invalid_adapter' ? 'invalid_adapter' : 'invalid_request', `this request could not run: ${r.reason}`);
     const running = this.running.get(r.row);
     if (running) {
-      this.running.delete(r.row);
+      // An ensemble fails whole: its other rows, already in the batch, leave it at the next step.
+      for (const s of running.group ?? [r.row]) if (this.running.delete(s) && s !== r.row) this.pendingDrop.push(s);
       events.push({ type: 'failed', job: running.job, error });
       return;
     }
@@ -314,7 +343,7 @@ export class Scheduler {
 
   /** After a worker crash: everything it held is gone. Returns the jobs that were in flight. */
   reset(): Job[] {
-    const lost: Job[] = [...[...this.running.values()].map((r) => r.job), ...[...this.scoring.values()].map((p) => p.job)];
+    const lost: Job[] = [...new Set([...this.running.values()].map((r) => r.job)), ...[...this.scoring.values()].map((p) => p.job)];
     this.running.clear();
     this.scoring.clear();
     this.scoreRowOwner.clear();
@@ -326,5 +355,5 @@ export class Scheduler {
 }
 
 function jobRows(job: Job): number {
-  return job.type === 'generate' ? 1 : job.rows.length;
+  return job.type === 'generate' ? (job.members?.length ?? 1) : job.rows.length;
 }

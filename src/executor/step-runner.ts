@@ -1,9 +1,10 @@
 import ort from 'onnxruntime-node';
-import type { AdapterTensors, NewSequence, Sampling, StepPlan, StepResult, TokenChoice } from '../protocol.js';
+import type { AdapterTensors, EnsembleGroup, NewSequence, Sampling, StepPlan, StepResult, TokenChoice } from '../protocol.js';
+import { chooseTokens, type RowLogits } from './ensemble-sampling.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
 import { prefillFeeds, virtualTokens, type PrefillItem, type PrefillLayout } from './prefill.js';
-import { logSumExp, sample } from './sampler.js';
+import { logSumExp } from './sampler.js';
 
 /**
  * Executes StepPlans against one ONNX Runtime session. It owns every tensor: adapter tensors by
@@ -12,6 +13,8 @@ import { logSumExp, sample } from './sampler.js';
 export class StepRunner {
   private readonly adapters = new Map<string, AdapterTensors>();
   private readonly sampling = new Map<number, Sampling>();
+  /** Ensemble members by seq: their rows share one token per step. */
+  private readonly groups = new Map<number, EnsembleGroup>();
   private readonly batch: KvBatch;
   /** Per-slot bias, LoRA and IA3 feeds, rebuilt only when a slot changes owner. */
   private rowFeeds: Record<string, ort.Tensor> = {};
@@ -29,6 +32,7 @@ export class StepRunner {
     if (plan.reset) {
       this.batch.clear();
       this.sampling.clear();
+      this.groups.clear();
     }
     for (const a of plan.adapters) this.adapters.set(a.key, a);
     for (const key of plan.forget) this.adapters.delete(key);
@@ -42,7 +46,10 @@ export class StepRunner {
     };
 
     const dropped = new Set(plan.drop);
-    for (const seq of dropped) this.sampling.delete(seq);
+    for (const seq of dropped) {
+      this.sampling.delete(seq);
+      this.groups.delete(seq);
+    }
     const tokens: TokenChoice[] = [];
     kvBytes += this.batch.remove(dropped);
     if (plan.decode.length > 0) {
@@ -63,11 +70,14 @@ export class StepRunner {
       const logits = out.logits.data as Float32Array;
       const V = this.ctx.base.config.vocabSize;
       let at = 0;
-      plan.prefill.forEach((s) => {
+      const sampled: RowLogits[] = plan.prefill.map((s) => {
         this.sampling.set(s.seq, s.sampling);
-        tokens.push(sample(s.seq, logits.subarray(at * V, (at + 1) * V), s.sampling, 0));
+        if (s.group) this.groups.set(s.seq, s.group);
+        const row = { seq: s.seq, logits: logits.subarray(at * V, (at + 1) * V), sampling: s.sampling, step: 0, group: s.group };
         at++;
+        return row;
       });
+      tokens.push(...chooseTokens(sampled));
       plan.score.forEach((s, k) => {
         const item = items[plan.prefill.length + k];
         const targets = s.targets.slice(s.targets.length - item.logitAt.length);
@@ -128,10 +138,11 @@ export class StepRunner {
       ...this.rowFeeds,
     });
     const logits = out.logits.data as Float32Array;
-    const chosen: TokenChoice[] = [];
+    const rows: RowLogits[] = [];
     slots.forEach((row, r) => {
-      if (row) chosen.push(sample(row.seq, logits.subarray(r * V, (r + 1) * V), this.sampling.get(row.seq)!, wanted.get(row.seq)!.step));
+      if (row) rows.push({ seq: row.seq, logits: logits.subarray(r * V, (r + 1) * V), sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq) });
     });
+    const chosen = chooseTokens(rows);
     const kvCopied = this.batch.append(newKv(out, L));
     return { chosen, kvCopied };
   }

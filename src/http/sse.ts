@@ -38,3 +38,20 @@ export function openEventStream(reply: FastifyReply) {
     },
   };
 }
+
+type TokenSink = (tokenId: number, text: string) => void;
+
+/**
+ * A generation as server-sent events: one `{token_id, text}` event per token (`{text}` for text
+ * held back by stop strings), then `{finish_reason, usage}` and `[DONE]`.
+ */
+export async function streamGeneration(reply: FastifyReply, generate: (onToken: TokenSink) => Promise<{ finish_reason: string; usage: unknown }>): Promise<void> {
+  const stream = openEventStream(reply);
+  try {
+    const result = await generate((tokenId, text) => stream.send(tokenId >= 0 ? { token_id: tokenId, text } : { text }));
+    stream.send({ finish_reason: result.finish_reason, usage: result.usage });
+    stream.done();
+  } catch (e) {
+    stream.fail(e as Error);
+  }
+}

@@ -191,3 +191,41 @@ t.test('cancelled jobs are counted and completed through events, queued or runni
   t.equal(s.waiting, 0);
   t.equal(s.load, 0);
 });
+
+t.test('an ensemble joins whole, takes one token per step for all its rows, and leaves whole', async (t) => {
+  const s = new Scheduler({ maxBatchSize: 4, maxBatchTokens: 1000, maxWorkerAdapters: 8 });
+  const tokens: number[] = [];
+  const ensemble = (n: number): GenerateJob => {
+    const job = gen('ens', 3);
+    const inner = job.onToken;
+    job.onToken = (c) => (tokens.push(c.seq), inner(c));
+    job.members = Array.from({ length: n }, (_, k) => ({ adapter: null, tokens: [1, 2, 3 + k], weight: 1 / n }));
+    return job;
+  };
+  const first = ensemble(3);
+  const second = ensemble(3);
+  s.enqueue(first);
+  s.enqueue(second);
+  let plan = s.plan();
+  t.equal(plan.prefill.length, 3, 'the first ensemble takes three of four slots; the second waits whole');
+  const leader = plan.prefill[0].seq;
+  t.same(plan.prefill.map((p) => p.group?.leader), [leader, leader, leader]);
+  t.same(plan.prefill.map((p) => p.tokens[2]), [3, 4, 5], 'each member keeps its own prompt');
+  apply(s, plan);
+  t.same(tokens, [leader], 'one token event per step, under the leader');
+  plan = s.plan();
+  t.same(plan.decode.map((d) => d.token), [7, 7, 7], 'every member is fed the chosen token');
+  t.equal(plan.prefill.length, 0);
+  apply(s, plan);
+  plan = s.plan();
+  apply(s, plan); // third token: the job is done and its rows leave together
+  plan = s.plan();
+  t.same(plan.drop.sort(), [leader, leader + 1, leader + 2]);
+  t.equal(plan.prefill.length, 3, 'the second ensemble joins once the first left');
+  second.cancelled = true;
+  apply(s, plan);
+  plan = s.plan();
+  t.equal(plan.drop.length, 3, 'a cancelled ensemble drops all its rows');
+  t.equal(s.cancelled, 1, 'and counts once');
+  t.equal(s.runningCount, 0);
+});

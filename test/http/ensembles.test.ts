@@ -1,5 +1,5 @@
 import t from 'tap';
-import { adapterFiles, adaptersCopy, multipart, startServer } from '../helpers.js';
+import { adapterFiles, adaptersCopy, multipart, reference, refLogits, startServer } from '../helpers.js';
 
 const server = await startServer({ ADAPTERS_DIR: adaptersCopy(['pos-prefix', 'pos-bitfit', 'pos-prompt', 'pos-ptuning', 'kjv-prompt']), ADMIN_TOKEN: 'secret-admin' });
 t.teardown(() => server.close());
@@ -69,4 +69,63 @@ t.test('a member replaced while the request runs: the request stays on one versi
   body.results.forEach((r: { members: { probabilities: Record<string, number> }[] }, i: number) => {
     for (const l of LABELS) t.ok(Math.abs(r.members[1].probabilities[l] - expected[i % WORDS.length][l]) <= 1e-6, `row ${i} ${l}`);
   });
+});
+
+/** The weighted mean of softmax distributions, in float64. */
+function mixture(logits: Float32Array[], weights: number[]): Float64Array {
+  const out = new Float64Array(logits[0].length);
+  logits.forEach((l, k) => {
+    let max = -Infinity;
+    for (const v of l) max = Math.max(max, v);
+    let sum = 0;
+    for (const v of l) sum += Math.exp(v - max);
+    for (let i = 0; i < l.length; i++) out[i] += weights[k] * (Math.exp(l[i] - max) / sum);
+  });
+  return out;
+}
+
+t.test('ensemble generate: the first token is the argmax of the weighted mean of the members’ reference distributions', async (t) => {
+  // (pos-bitfit was replaced by an earlier test: its reference no longer applies.)
+  const tasks = ['kjv-prompt', 'pos-prefix', 'pos-prompt', 'base'];
+  const weights = [1, 2, 3, 4];
+  const texts = [...new Set(reference.cases.map((c) => c.text))];
+  for (const text of texts) {
+    const logits = tasks.map((task) => refLogits(reference.cases.find((c) => c.text === text && c.adapter === (task === 'base' ? null : task))!));
+    const p = mixture(logits, weights.map((w) => w / 10));
+    const order = [...p.keys()].sort((a, b) => p[b] - p[a]);
+    if (p[order[0]] - p[order[1]] < 1e-5) continue; // a near tie could go either way in float32
+    const res = await post('/v1/ensembles/generate', { tasks, weights, prompt: text, raw: true, max_tokens: 1, temperature: 0, logprobs: 1, ignore_eos: true });
+    t.equal(res.statusCode, 200);
+    const body = res.json();
+    t.equal(body.token_ids[0], order[0], JSON.stringify(text));
+    t.ok(Math.abs(body.logprobs[0].logprob - Math.log(p[order[0]])) <= 1e-4, `logprob ${body.logprobs[0].logprob} vs ${Math.log(p[order[0]])}`);
+    t.same(body.tasks, tasks);
+    t.equal(body.adapter_versions.length, 4);
+  }
+});
+
+t.test('ensemble generate gives the same tokens alone and amid other traffic, greedy and seeded', async (t) => {
+  const tasks = ['kjv-prompt', 'pos-ptuning', 'base'];
+  for (const sampling of [{ temperature: 0 }, { temperature: 1, top_p: 0.9, seed: 11 }]) {
+    const body = { tasks, prompt: 'And the LORD said', raw: true, max_tokens: 12, ignore_eos: true, ...sampling };
+    const alone = (await post('/v1/ensembles/generate', body)).json();
+    t.equal(alone.token_ids.length, 12);
+    const noise = Array.from({ length: 12 }, (_, i) => post(`/v1/tasks/${['pos-prefix', 'kjv-prompt', 'base'][i % 3]}/generate`, { prompt: `noise ${i}`, max_tokens: 8, temperature: 1 }));
+    const [mixed] = await Promise.all([post('/v1/ensembles/generate', body), ...noise]);
+    t.same(mixed.json().token_ids, alone.token_ids, JSON.stringify(sampling));
+  }
+  const missing = await post('/v1/ensembles/generate', { tasks: ['kjv-prompt', 'nope'], prompt: 'x' });
+  t.equal(missing.statusCode, 404);
+  t.match(missing.json().error.message, /nope/);
+});
+
+t.test('ensemble generate streams the same tokens', async (t) => {
+  await server.app.listen({ port: 0, host: '127.0.0.1' });
+  const port = (server.app.server.address() as { port: number }).port;
+  const body = { tasks: ['kjv-prompt', 'pos-bitfit'], prompt: 'In the beginning', raw: true, max_tokens: 10, temperature: 0, ignore_eos: true };
+  const plain = (await post('/v1/ensembles/generate', body)).json();
+  const res = await fetch(`http://127.0.0.1:${port}/v1/ensembles/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) });
+  const events = (await res.text()).split('\n\n').filter((e) => e && e !== 'data: [DONE]').map((e) => JSON.parse(e.slice(6)));
+  t.same(events.filter((e) => e.token_id !== undefined).map((e) => e.token_id), plain.token_ids);
+  t.equal(events.map((e) => e.text ?? '').join(''), plain.text);
 });

@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import type { Inference } from '../../engine/inference.js';
-import { clientGone, openEventStream } from '../sse.js';
+import { clientGone, streamGeneration } from '../sse.js';
 import { ClassifyBody, ClassifyResponse, errorResponses, GenerateBody, GenerateResponse, ScoreBody, ScoreResponse, TaskParams } from '../schemas.js';
 
 export function inferenceRoutes(app: FastifyInstance, inference: Inference): void {
@@ -9,18 +9,9 @@ export function inferenceRoutes(app: FastifyInstance, inference: Inference): voi
     { schema: { tags: ['inference'], summary: 'Generate a continuation with a task adapter', params: TaskParams, body: GenerateBody, response: { 200: GenerateResponse, ...errorResponses } } },
     async (req, reply) => {
       const { stream: streamed, ...params } = req.body;
-      if (!streamed) return inference.generate(req.params.task, params, { signal: clientGone(reply) });
-      const stream = openEventStream(reply);
-      try {
-        const result = await inference.generate(req.params.task, params, {
-          signal: clientGone(reply),
-          onToken: (tokenId, text) => stream.send(tokenId >= 0 ? { token_id: tokenId, text } : { text }),
-        });
-        stream.send({ finish_reason: result.finish_reason, usage: result.usage });
-        stream.done();
-      } catch (e) {
-        stream.fail(e as Error);
-      }
+      const signal = clientGone(reply);
+      if (!streamed) return inference.generate(req.params.task, params, { signal });
+      await streamGeneration(reply, (onToken) => inference.generate(req.params.task, params, { signal, onToken }));
     },
   );
 
