@@ -1,16 +1,15 @@
 import multipart from '@fastify/multipart';
-import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Registry } from '../adapters/registry.js';
 import type { Engine } from '../engine/engine.js';
 import type { Inference } from '../engine/inference.js';
-import { ServerError } from '../errors.js';
 import type { Metrics } from '../metrics.js';
 import { bearerGuard } from './auth.js';
 import { installErrorHandler } from './errors.js';
+import { registerRateLimit } from './rate-limit.js';
 import { adminRoutes } from './routes/admin.js';
 import { completionsRoutes } from './routes/completions.js';
 import { inferenceRoutes } from './routes/inference.js';
@@ -26,6 +25,8 @@ export interface AppDeps {
   adminToken: string;
   apiTokens: string[];
   rateLimitPerMinute: number;
+  /** Fastify's trustProxy: whose X-Forwarded-For to believe for the client address (TRUST_PROXY). */
+  trustProxy?: boolean | string[];
   maxAdapterBytes: number;
   readiness: () => { ready: boolean; details: Record<string, unknown> };
 }
@@ -36,14 +37,11 @@ declare module 'fastify' {
   }
 }
 
-function bearer(req: FastifyRequest): string | undefined {
-  return /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1];
-}
-
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: deps.logger as unknown as FastifyBaseLogger,
     bodyLimit: deps.bodyLimitBytes,
+    trustProxy: deps.trustProxy ?? false,
     genReqId: (req) => (typeof req.headers['x-request-id'] === 'string' && req.headers['x-request-id'].length <= 128 ? req.headers['x-request-id'] : crypto.randomUUID()),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true } },
   });
@@ -54,24 +52,17 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
-  await app.register(multipart, { limits: { fileSize: deps.maxAdapterBytes, files: 3, fields: 0, parts: 3, fieldNameSize: 100, headerPairs: 100 } });
+  // Fields are admitted (a few, small) only so that admin.ts can say "send it as a file" instead of a limit error.
+  await app.register(multipart, { limits: { fileSize: deps.maxAdapterBytes, files: 3, fields: 3, fieldSize: 64 * 1024, parts: 6, fieldNameSize: 100, headerPairs: 100 } });
   installErrorHandler(app);
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
   });
 
-  // Inference: optional API tokens, and a per-token (else per-address) rate limit.
+  // Inference: optional API tokens, and a per-identity rate limit (src/http/rate-limit.ts).
   await app.register(async (scope) => {
     if (deps.apiTokens.length > 0) scope.addHook('onRequest', bearerGuard(deps.apiTokens, 'inference'));
-    if (deps.rateLimitPerMinute > 0) {
-      await scope.register(rateLimit, {
-        max: deps.rateLimitPerMinute,
-        timeWindow: 60_000,
-        keyGenerator: (req) => bearer(req) ?? req.ip,
-        errorResponseBuilder: (_req, ctx) =>
-          new ServerError('rate_limited', `rate limit of ${ctx.max} requests per minute exceeded; retry in ${Math.ceil(ctx.ttl / 1000)} s`, { 'retry-after': String(Math.ceil(ctx.ttl / 1000)) }),
-      });
-    }
+    await registerRateLimit(scope, deps.rateLimitPerMinute, deps.apiTokens);
     scope.addHook('onResponse', async (req, reply) => {
       const task = (req.params as { task?: string }).task ?? (req.body as { model?: string } | undefined)?.model ?? 'unknown';
       deps.metrics.request(task, req.routeOptions.url ?? 'unknown', reply.statusCode, reply.statusCode >= 400 ? (req.errorCode ?? String(reply.statusCode)) : undefined);
