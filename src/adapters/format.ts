@@ -91,7 +91,7 @@ export function parseAdapter(task: string, files: AdapterFiles, base: ParseBase,
   }
   if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) return fail('invalid_json', 'adapter_config.json must be an object');
   const problem = firstSchemaError(AdapterConfig, cfg);
-  if (problem) return fail('invalid_config', `adapter_config.json ${problem}`);
+  if (problem) return fail('invalid_config', `adapter_config.json ${problem.message}`);
   const peftType = cfg.peft_type as string;
   if (kindOf(peftType) === undefined) {
     return fail('unsupported_peft_type', KNOWN_UNSUPPORTED.has(peftType)

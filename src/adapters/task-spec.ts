@@ -53,7 +53,11 @@ export function parseTaskSpec(raw: Buffer | undefined): TaskSpec {
   }
   if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new FormatError('invalid_json', 'task.json must be an object');
   const problem = firstSchemaError(TaskJson, json);
-  if (problem) throw new FormatError('invalid_task', `task.json ${problem}`);
+  if (problem) {
+    const field = problem.path.split('/')[1];
+    const code = field === 'labels' ? 'invalid_labels' : field === 'prompt_template' ? 'invalid_template' : 'invalid_task';
+    throw new FormatError(code, `task.json ${problem.message}`);
+  }
   const spec = json as { kind?: TaskSpec['kind']; prompt_template?: string; labels?: string[] };
   const kind = spec.kind ?? 'generation';
   const promptTemplate = spec.prompt_template ?? '{text}';
