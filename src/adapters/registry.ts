@@ -58,6 +58,8 @@ export class Registry {
   /** Tasks held when the shared index was found empty: served from memory until deleted or replaced. */
   private readonly orphans = new Set<string>();
   private reconcileTimer: NodeJS.Timeout | null = null;
+  /** The shared store's lifetime id when last read; a different one means it lost its data. */
+  private storeEpoch: string | undefined;
   readonly baseVersion: string;
   private inSync = false;
   /** Times the shared index was found empty while this replica held adapters (a Redis that lost its data). */
@@ -121,8 +123,9 @@ export class Registry {
     const skipped: { task: string; reason: string }[] = [];
     const fresh = new Map<string, StoredMeta>();
     const decoded = new Map<string, Adapter>();
+    const epoch = await this.store.epoch?.();
     const index = await this.store.index();
-    if (index.length === 0 && this.meta.size > 0 && this.store.watch) return this.storeLost();
+    const reset = this.detectReset(epoch, index.length);
     for (const m of index) {
       try {
         if (!TASK_ID.test(m.task) || m.task === BASE_TASK) throw new FormatError('invalid_task_id', `'${m.task}' is not a valid task id`);
@@ -156,25 +159,34 @@ export class Registry {
     }
     this.inSync = true;
     this.log.info({ store: this.store.name, loaded: loaded.length, skipped: skipped.length }, 'adapter registry synchronised');
+    if (reset) await this.reseed();
     return { loaded, skipped };
   }
 
   /**
-   * The shared index is empty but this replica holds adapters: the store lost its data (a Redis
-   * restarted without persistence), it was not a deletion of everything. Keep serving what is held,
-   * and re-seed the index.
+   * A shared store lost its data (a Redis restarted without persistence) when its epoch changed, or,
+   * for a store without one, when its index is empty while this replica holds adapters: that is never
+   * a deletion of everything (deletions come one by one, announced). Then every held adapter becomes an orphan: kept and
+   * served from memory until it is deleted or replaced, or evicted (nobody can reload it).
    */
-  private async storeLost(): Promise<{ loaded: string[]; skipped: { task: string; reason: string }[] }> {
+  private detectReset(epoch: string | undefined, indexSize: number): boolean {
+    const previous = this.storeEpoch;
+    this.storeEpoch = epoch;
+    // A store with an epoch says so itself; one without is judged by an empty index.
+    const lost = epoch !== undefined ? previous !== undefined && epoch !== previous : indexSize === 0 && this.meta.size > 0 && this.store.watch !== undefined;
+    if (!lost) return false;
     this.storeResets++;
     for (const task of this.meta.keys()) this.orphans.add(task);
-    this.log.error({ store: this.store.name, held: this.meta.size }, 'the shared adapter index is empty: keeping the adapters held in memory and re-seeding the index from ADAPTERS_DIR');
-    this.inSync = true;
+    this.log.error({ store: this.store.name, held: this.meta.size }, 'the shared adapter store lost its data: keeping the adapters held in memory and re-seeding it from ADAPTERS_DIR');
+    return true;
+  }
+
+  private async reseed(): Promise<void> {
     try {
       await this.onStoreReset?.();
     } catch (e) {
-      this.log.warn({ err: (e as Error).message }, 'could not re-seed the adapter index');
+      this.log.warn({ err: (e as Error).message }, 'could not re-seed the adapter store');
     }
-    return { loaded: [], skipped: [] };
   }
 
   /**

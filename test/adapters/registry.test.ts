@@ -22,6 +22,11 @@ class FakeSharedStore implements AdapterStore {
   listener: ((c: StoreChange | null) => void) | null = null;
   held: (() => void)[] = [];
   holdLoads = false;
+  /** Like Redis's epoch key; undefined plays a shared store without one. */
+  epochValue: string | undefined = 'first';
+  async epoch() {
+    return this.epochValue as string; // undefined: as if the method were absent
+  }
   async index() {
     return [...this.data.values()].map((s) => s.meta);
   }
@@ -118,7 +123,7 @@ t.test('reconcile drops what the index no longer has, and picks up what it misse
   t.equal((await registry.resolve('missed')).version, metaOf('missed', f).version);
 });
 
-t.test('an empty shared index keeps what is held, counts a reset and asks for a re-seed', async (t) => {
+t.test('an empty shared index (a store without epochs) keeps what is held, counts a reset and asks for a re-seed', async (t) => {
   const { store, registry } = await fresh();
   await registry.upload('held', files('pos-prompt'));
   let reseeds = 0;
@@ -127,7 +132,8 @@ t.test('an empty shared index keeps what is held, counts a reset and asks for a 
     const f = files('kjv-prompt');
     await registry.upload('seeded', f);
   };
-  store.data.clear(); // Redis restarted without its data
+  store.epochValue = undefined; // a store without an epoch: judged by its empty index
+  store.data.clear(); // restarted without its data
   store.listener!(null); // reconnect: resynchronise
   await tick();
   await tick();
@@ -141,6 +147,24 @@ t.test('an empty shared index keeps what is held, counts a reset and asks for a 
   store.listener!({ task: 'held', version: null });
   await tick();
   t.same(registry.list().map((a) => a.task), ['seeded']);
+});
+
+t.test('a store that lost its data and was partly re-seeded by another replica: held adapters stay', async (t) => {
+  const { store, registry } = await fresh();
+  await registry.upload('held', files('pos-prompt'));
+  await registry.upload('also-held', files('pos-bitfit'));
+  store.data.clear();
+  store.epochValue = 'second'; // the first replica to reconnect created a new epoch…
+  const f = files('kjv-prompt');
+  store.data.set('seeded', { meta: metaOf('seeded', f), files: f }); // …and re-seeded a task
+  store.listener!(null);
+  await tick();
+  await tick();
+  t.equal(registry.storeResets, 1);
+  t.same(registry.list().map((a) => a.task), ['also-held', 'held', 'seeded']);
+  await registry.sync(false);
+  t.equal(registry.storeResets, 1, 'the same epoch again is no reset');
+  t.same(registry.list().map((a) => a.task), ['also-held', 'held', 'seeded']);
 });
 
 t.test('startup refuses stored adapters that fail validation, and keeps the rest', async (t) => {
