@@ -149,7 +149,17 @@ export async function fuzzUploads(url: string, root: string, adminToken: string,
       return { status: 0, type: null, text: `no answer: ${(e as Error).message}` };
     }
   };
-  const listing = async () => (await (await fetch(`${url}/v1/adapters`, { headers: auth })).text());
+  // A refusal answered before its body was read may close the connection: a reset on the next
+  // request over that socket is the client's to retry, not the server failing (it must answer the retry).
+  const listing = async (): Promise<string> => {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await (await fetch(`${url}/v1/adapters`, { headers: auth })).text();
+      } catch (e) {
+        if (attempt >= 2) throw e;
+      }
+    }
+  };
   const report: UploadReport = { sent: 0, accepted: 0, statuses: {}, problems: [] };
   let source = '';
   for (const [index, m] of fc.sample(mutations(root), { numRuns: count, seed }).entries()) {
@@ -172,7 +182,8 @@ export async function fuzzUploads(url: string, root: string, adminToken: string,
     }
     // Accepted: it must serve, then the original goes back.
     report.accepted++;
-    const gen = await fetch(`${url}/v1/tasks/${target}/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'happily', max_tokens: 2, temperature: 0 }) });
+    const generate = () => fetch(`${url}/v1/tasks/${target}/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'happily', max_tokens: 2, temperature: 0 }) });
+    const gen = await generate().catch(generate); // one retry on a connection reset (see listing)
     if (gen.status !== 200) bad(`accepted, but generate answers ${gen.status}: ${(await gen.text()).slice(0, 200)}`);
     else await gen.arrayBuffer();
     source = '';
