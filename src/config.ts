@@ -26,18 +26,57 @@ export interface Config {
   workers: number;
   spinThreads: boolean;
   rateLimitPerMinute: number;
+  /** Whose X-Forwarded-For to believe: false (none), true (any), or addresses/CIDRs/`loopback`… */
+  trustProxy: boolean | string[];
+  /** How often a replica compares its registry with the shared index (0: only on reconnect). */
+  reconcileIntervalMs: number;
   metricsMaxTasks: number;
   shutdownDeadlineMs: number;
   stepTimeoutMs: number;
   maxScoreTokens: number;
 }
 
-function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): number {
+/** An environment variable that cannot be used; main.ts prints its message as one line and exits 1. */
+export class ConfigError extends Error {
+  readonly code = 'invalid_config';
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
-  const v = Number(raw);
-  if (!Number.isInteger(v) || v < min) throw new Error(`${name} must be an integer ≥ ${min}, got '${raw}'`);
+  const v = Number(raw.trim());
+  if (raw.trim() === '' || !Number.isInteger(v) || v < min || v > max) {
+    throw new ConfigError(`${name} must be an integer from ${min} to ${max === Number.MAX_SAFE_INTEGER ? '∞' : max}, got '${raw}'`);
+  }
   return v;
+}
+
+/** One of a fixed set of words; a typo fails at start instead of silently meaning the default. */
+function oneOf<T extends string>(env: NodeJS.ProcessEnv, name: string, allowed: readonly T[], fallback: T): T {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const v = raw.trim().toLowerCase();
+  if (!(allowed as readonly string[]).includes(v)) throw new ConfigError(`${name} must be one of ${allowed.join(', ')}, got '${raw}'`);
+  return v as T;
+}
+
+const PROXY_WORD = /^(loopback|linklocal|uniquelocal|[0-9a-f.:]+(\/\d{1,3})?)$/i;
+
+/** TRUST_PROXY: `true`, `false`, or a comma-separated list of proxy addresses, CIDRs or proxy-addr names. */
+function trustProxy(env: NodeJS.ProcessEnv): boolean | string[] {
+  const raw = (env.TRUST_PROXY ?? '').trim();
+  if (raw === '' || raw.toLowerCase() === 'false') return false;
+  if (raw.toLowerCase() === 'true') return true;
+  const list = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  const bad = list.find((s) => !PROXY_WORD.test(s));
+  if (bad !== undefined || list.length === 0) {
+    throw new ConfigError(`TRUST_PROXY must be true, false or a comma-separated list of addresses, CIDRs, loopback, linklocal or uniquelocal; got '${raw}'`);
+  }
+  return list;
 }
 
 /**
@@ -50,10 +89,9 @@ function defaultWorkers(env: NodeJS.ProcessEnv): number {
 
 /** Reads and validates the environment once; the result is frozen and handed out in slices. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
-  const provider = (env.EXECUTION_PROVIDER ?? 'cpu').toLowerCase();
-  if (provider !== 'cpu' && provider !== 'webgpu') throw new Error(`EXECUTION_PROVIDER must be cpu or webgpu, got '${provider}'`);
+  const provider = oneOf(env, 'EXECUTION_PROVIDER', ['cpu', 'webgpu'], 'cpu');
   return Object.freeze({
-    port: int(env, 'PORT', 8080),
+    port: int(env, 'PORT', 8080, 0, 65535),
     host: env.HOST ?? '127.0.0.1',
     modelDir: env.MODEL_DIR ?? 'models/demo-gpt2',
     adaptersDir: env.ADAPTERS_DIR ?? 'adapters',
@@ -62,12 +100,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     adminToken: env.ADMIN_TOKEN || undefined,
     apiTokens: (env.API_TOKENS ?? '').split(',').map((t) => t.trim()).filter(Boolean),
     executionProvider: provider,
-    logLevel: env.LOG_LEVEL ?? 'info',
+    logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
     maxBatchSize: int(env, 'MAX_BATCH_SIZE', 64, 1),
     maxBatchTokens: int(env, 'MAX_BATCH_TOKENS', 4096, 16),
     maxQueue: int(env, 'MAX_QUEUE', 1024, 1),
     batchWaitMs: int(env, 'BATCH_WAIT_MS', 2),
-    batchPolicy: env.BATCH_POLICY === 'same-task' ? 'same-task' : 'mixed',
+    batchPolicy: oneOf(env, 'BATCH_POLICY', ['mixed', 'same-task'], 'mixed'),
     requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 60_000, 1),
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 1024 * 1024, 1024),
     maxPromptChars: int(env, 'MAX_PROMPT_CHARS', 100_000, 1),
@@ -78,6 +116,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     intraOpThreads: int(env, 'INTRA_OP_THREADS', Math.max(1, Math.floor(cpus().length / defaultWorkers(env))), 1),
     spinThreads: env.ORT_SPIN === '1',
     rateLimitPerMinute: int(env, 'RATE_LIMIT_PER_MINUTE', 0),
+    trustProxy: trustProxy(env),
+    reconcileIntervalMs: int(env, 'RECONCILE_INTERVAL_MS', 30_000),
     metricsMaxTasks: int(env, 'METRICS_MAX_TASKS', 100, 1),
     shutdownDeadlineMs: int(env, 'SHUTDOWN_DEADLINE_MS', 30_000),
     // A step this long means a hung worker: it is terminated and restarted (its rows get 503).

@@ -1,8 +1,16 @@
-import { loadConfig } from './config.js';
+import { ConfigError, loadConfig, type Config } from './config.js';
 import { createServer } from './server.js';
 import { pino } from 'pino';
 
-const config = loadConfig();
+// A bad environment variable is a user's typo, not a crash: one line naming it, exit 1, no stack trace.
+let config: Readonly<Config>;
+try {
+  config = loadConfig();
+} catch (e) {
+  if (!(e instanceof ConfigError)) throw e;
+  process.stderr.write(`softprompt-server: invalid configuration: ${e.message}\n`);
+  process.exit(1);
+}
 const log = pino({ level: config.logLevel });
 try {
   const server = await createServer(config, log);

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
+import { Counter } from 'prom-client';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { FsStore } from './adapters/fs-store.js';
@@ -33,10 +34,15 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   log.info({ model: config.modelDir, layers: model.config.layers, hidden: model.config.hidden, graph: model.graphPath, graphBuilt: model.graphBuilt }, 'base model loaded');
   const store = await openStore(config, log);
   const registry = new Registry(model, store, log, config.adapterCacheBytes);
-  // A folder may hold files copied in by hand: validate them all. Redis holds only validated uploads.
-  await registry.sync(store.name === 'filesystem');
-  if (store.name === 'redis') await seedFromFolder(registry, config.adaptersDir, log);
-  registry.follow();
+  // Validate every stored adapter at start: a folder may hold files copied in by hand, and Redis
+  // what an older, laxer version accepted. A bad one is logged and skipped.
+  await registry.sync(true);
+  if (store.name === 'redis') {
+    await seedFromFolder(registry, store, config.adaptersDir, log);
+    // A Redis that comes back empty: replicas keep what they hold and put ADAPTERS_DIR back.
+    registry.onStoreReset = () => seedFromFolder(registry, store, config.adaptersDir, log);
+  }
+  registry.follow(config.reconcileIntervalMs);
   const adminToken = config.adminToken ?? randomBytes(24).toString('base64url');
   if (!config.adminToken) log.warn({ adminToken }, 'ADMIN_TOKEN is not set: generated one for this process (shown once)');
   const executors = Array.from({ length: config.workers }, () => new Executor({ graphPath: model.graphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads, spin: config.spinThreads }));
@@ -50,6 +56,15 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     running: () => engine.running,
     adapters: () => registry.size,
     cache: () => registry.cacheStats,
+  });
+  new Counter({
+    name: 'sps_adapter_store_resets_total',
+    help: 'Times the shared adapter index was found empty while this replica held adapters (kept, and re-seeded from ADAPTERS_DIR)',
+    registers: [metrics.registry],
+    collect() {
+      this.reset();
+      this.inc(registry.storeResets);
+    },
   });
   engine.onStep = ({ plan, result }) =>
     metrics.step(
@@ -69,6 +84,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     adminToken,
     apiTokens: config.apiTokens,
     rateLimitPerMinute: config.rateLimitPerMinute,
+    trustProxy: config.trustProxy,
     metrics,
     maxAdapterBytes: config.maxAdapterBytes,
     readiness: () => ({
@@ -88,6 +104,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     ready = false;
     const drained = await engine.drain(deadlineMs);
     if (!drained) log.warn({ deadlineMs }, 'shutdown deadline reached with requests still running');
+    registry.stop();
     await engine.stop();
     await app.close();
     await Promise.all(executors.map((e) => e.close()));
@@ -106,9 +123,9 @@ async function openStore(config: Config, log: Logger): Promise<AdapterStore> {
 }
 
 /** A shared store starts empty: give it the adapters of ADAPTERS_DIR that it does not have yet. */
-async function seedFromFolder(registry: Registry, dir: string, log: Logger): Promise<void> {
+async function seedFromFolder(registry: Registry, store: AdapterStore, dir: string, log: Logger): Promise<void> {
   if (!existsSync(dir)) return;
-  const have = new Set(registry.list().map((a) => a.task));
+  const have = new Set((await store.index()).map((m) => m.task));
   const folder = new FsStore(dir);
   for (const { task } of await folder.index()) {
     if (have.has(task)) continue;

@@ -1,10 +1,12 @@
 import { createHash } from 'node:crypto';
+import { Type } from '@sinclair/typebox';
 import { FormatError } from '../errors.js';
 import { biasNames, type ModelConfig } from '../model/checkpoint.js';
 import { parseSafetensors, type Tensor } from '../model/safetensors.js';
 import type { AdapterTensors } from '../protocol.js';
 import { parseIa3, parseLora, tensorBytes } from './lora.js';
-import { parseTaskSpec, type TaskSpec } from './task-spec.js';
+import { firstSchemaError } from './schema-check.js';
+import { checkServable, parseTaskSpec, type TaskSpec } from './task-spec.js';
 
 export type PeftType = 'PROMPT_TUNING' | 'P_TUNING' | 'PREFIX_TUNING' | 'BITFIT' | 'LORA' | 'IA3';
 const KIND: Record<PeftType, AdapterTensors['kind']> = {
@@ -15,6 +17,8 @@ const KIND: Record<PeftType, AdapterTensors['kind']> = {
   LORA: 'lora',
   IA3: 'ia3',
 };
+/** Own-property lookup: `toString`, `__proto__` or `constructor` are not PEFT types. */
+const kindOf = (peftType: string): AdapterTensors['kind'] | undefined => (Object.hasOwn(KIND, peftType) ? KIND[peftType as PeftType] : undefined);
 const KNOWN_UNSUPPORTED = new Set(['ADALORA', 'LOHA', 'LOKR', 'OFT', 'BOFT', 'VERA', 'MULTITASK_PROMPT_TUNING', 'ADAPTION_PROMPT']);
 
 /** The three files of an adapter folder, as bytes. */
@@ -38,13 +42,28 @@ export interface Adapter {
   createdAt: string;
 }
 
+/** PEFT writes null for unset sizes; absent and null mean the same. */
+const OptionalSize = Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]));
+/** The adapter_config.json fields this server reads, by type; the many others PEFT writes pass through. */
+const AdapterConfig = Type.Object({
+  peft_type: Type.String({ minLength: 1, maxLength: 64 }),
+  task_type: Type.Optional(Type.Union([Type.String({ maxLength: 64 }), Type.Null()])),
+  num_virtual_tokens: OptionalSize,
+  num_transformer_submodules: OptionalSize,
+  token_dim: OptionalSize,
+  num_layers: OptionalSize,
+  num_attention_heads: OptionalSize,
+  bias_values: Type.Optional(Type.String({ maxLength: 64 })),
+});
+
 const fail = (code: string, message: string): never => {
   throw new FormatError(code, message);
 };
 
 /** A parser bound to one base model, for tools and tests that need no registry. */
-export function adapterParser(model: { config: ModelConfig; tensors: { biases: Record<string, Float32Array> } }) {
-  return (task: string, files: AdapterFiles) => parseAdapter(task, files, { config: model.config, biases: model.tensors.biases });
+export function adapterParser(model: { config: ModelConfig; tensors: { biases: Record<string, Float32Array> }; tokenizer?: { encodeSync(text: string): ArrayLike<number> } }) {
+  const encode = model.tokenizer && ((text: string) => model.tokenizer!.encodeSync(text));
+  return (task: string, files: AdapterFiles) => parseAdapter(task, files, { config: model.config, biases: model.tensors.biases, encode });
 }
 
 export function adapterVersion(files: AdapterFiles): string {
@@ -59,7 +78,14 @@ export function adapterVersion(files: AdapterFiles): string {
  * Parses and validates an adapter against the loaded base model. Nothing of it is used before every
  * check has passed; a failure is a FormatError whose code names the check.
  */
-export function parseAdapter(task: string, files: AdapterFiles, base: { config: ModelConfig; biases: Record<string, Float32Array> }, createdAt = new Date().toISOString()): Adapter {
+export interface ParseBase {
+  config: ModelConfig;
+  biases: Record<string, Float32Array>;
+  /** The base model's tokenizer: with it, a task.json that leaves no room for an input is refused. */
+  encode?: (text: string) => ArrayLike<number>;
+}
+
+export function parseAdapter(task: string, files: AdapterFiles, base: ParseBase, createdAt = new Date().toISOString()): Adapter {
   let cfg: Record<string, unknown>;
   try {
     cfg = JSON.parse(files.config.toString('utf8'));
@@ -67,8 +93,10 @@ export function parseAdapter(task: string, files: AdapterFiles, base: { config: 
     return fail('invalid_json', `adapter_config.json is not valid JSON: ${(e as Error).message}`);
   }
   if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) return fail('invalid_json', 'adapter_config.json must be an object');
-  const peftType = String(cfg.peft_type);
-  if (!(peftType in KIND)) {
+  const problem = firstSchemaError(AdapterConfig, cfg);
+  if (problem) return fail('invalid_config', `adapter_config.json ${problem.message}`);
+  const peftType = cfg.peft_type as string;
+  if (kindOf(peftType) === undefined) {
     return fail('unsupported_peft_type', KNOWN_UNSUPPORTED.has(peftType)
       ? `peft_type ${peftType} is not supported yet (supported: ${Object.keys(KIND).join(', ')})`
       : `unknown peft_type ${JSON.stringify(cfg.peft_type)}`);
@@ -84,6 +112,7 @@ export function parseAdapter(task: string, files: AdapterFiles, base: { config: 
   const type = peftType as PeftType;
   const tensors =
     type === 'BITFIT' ? bitfit(cfg, raw, base) : type === 'LORA' ? parseLora(cfg, raw, base.config) : type === 'IA3' ? parseIa3(cfg, raw, base.config) : virtual(type, cfg, raw, base.config);
+  if (base.encode) checkServable(spec, tensors.virtualTokens, base.config.nPositions, base.encode);
   const residentBytes = tensorBytes(tensors);
   const version = adapterVersion(files);
   tensors.key = `${task}@${version}`;
@@ -102,21 +131,21 @@ function virtual(type: PeftType, cfg: Record<string, unknown>, raw: Map<string, 
     fail('unexpected_tensors', `${type} needs exactly one tensor 'prompt_embeddings', found [${names.join(', ')}]`);
   }
   const t = raw.get('prompt_embeddings')!;
-  const n = Number(cfg.num_virtual_tokens);
-  if (!Number.isInteger(n) || n < 1) fail('invalid_config', 'num_virtual_tokens must be a positive integer');
+  const n = cfg.num_virtual_tokens as number | null | undefined;
+  if (typeof n !== 'number' || n < 1) return fail('invalid_config', 'num_virtual_tokens must be a positive integer');
   if ((cfg.num_transformer_submodules ?? 1) !== 1) fail('invalid_config', 'num_transformer_submodules must be 1 for a decoder-only model');
-  if (cfg.token_dim !== undefined && cfg.token_dim !== c.hidden) fail('wrong_base_model', `token_dim ${cfg.token_dim} differs from the base model's hidden size ${c.hidden}`);
-  if (cfg.num_layers !== undefined && cfg.num_layers !== c.layers) fail('wrong_base_model', `num_layers ${cfg.num_layers} differs from the base model's ${c.layers}`);
-  if (cfg.num_attention_heads !== undefined && cfg.num_attention_heads !== c.heads) fail('wrong_base_model', `num_attention_heads ${cfg.num_attention_heads} differs from the base model's ${c.heads}`);
+  if (cfg.token_dim != null && cfg.token_dim !== c.hidden) fail('wrong_base_model', `token_dim ${cfg.token_dim} differs from the base model's hidden size ${c.hidden}`);
+  if (cfg.num_layers != null && cfg.num_layers !== c.layers) fail('wrong_base_model', `num_layers ${cfg.num_layers} differs from the base model's ${c.layers}`);
+  if (cfg.num_attention_heads != null && cfg.num_attention_heads !== c.heads) fail('wrong_base_model', `num_attention_heads ${cfg.num_attention_heads} differs from the base model's ${c.heads}`);
   const width = type === 'PREFIX_TUNING' ? c.layers * 2 * c.hidden : c.hidden;
   if (t.shape.length !== 2 || t.shape[0] !== n || t.shape[1] !== width) {
     fail('wrong_shape', `prompt_embeddings has shape [${t.shape}], expected [${n}, ${width}] (num_virtual_tokens × ${type === 'PREFIX_TUNING' ? 'layers·2·hidden' : 'hidden'})`);
   }
   if (n >= c.nPositions) fail('wrong_shape', `num_virtual_tokens ${n} leaves no room in the ${c.nPositions}-token context`);
-  return { key: '', kind: KIND[type], virtualTokens: n, embeddings: shared(t.data) };
+  return { key: '', kind: kindOf(type)!, virtualTokens: n, embeddings: shared(t.data) };
 }
 
-function bitfit(cfg: Record<string, unknown>, raw: Map<string, Tensor>, base: { config: ModelConfig; biases: Record<string, Float32Array> }): AdapterTensors {
+function bitfit(cfg: Record<string, unknown>, raw: Map<string, Tensor>, base: ParseBase): AdapterTensors {
   if ((cfg.bias_values ?? 'absolute') !== 'absolute') fail('invalid_config', `bias_values ${JSON.stringify(cfg.bias_values)} is not supported (absolute)`);
   const sizes = new Map(biasNames(base.config).map((b) => [b.name, b.size]));
   if (raw.size === 0) fail('unexpected_tensors', 'a BitFit adapter needs at least one bias tensor');

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { ServerError } from '../errors.js';
@@ -15,6 +16,7 @@ export class RedisStore implements AdapterStore {
   private subscriber: Redis | null = null;
   private readonly indexKey: string;
   private readonly channel: string;
+  private readonly epochKey: string;
 
   constructor(
     url: string,
@@ -26,6 +28,7 @@ export class RedisStore implements AdapterStore {
     this.client.on('error', (e) => this.log.debug({ err: e.message }, 'redis error'));
     this.indexKey = `${prefix}index`;
     this.channel = `${prefix}changes`;
+    this.epochKey = `${prefix}epoch`;
   }
 
   private filesKey(task: string): string {
@@ -82,6 +85,13 @@ export class RedisStore implements AdapterStore {
     const change: StoreChange = { task, version: null };
     const results = await this.guard(this.client.multi().hdel(this.indexKey, task).del(this.filesKey(task)).publish(this.channel, JSON.stringify(change)).exec());
     return results?.[0]?.[1] === 1;
+  }
+
+  async epoch(): Promise<string> {
+    await this.guard(this.client.set(this.epochKey, randomBytes(8).toString('hex'), 'NX'));
+    const epoch = await this.guard(this.client.get(this.epochKey));
+    if (!epoch) throw new ServerError('store_unavailable', 'the adapter store (redis) lost its epoch key while it was read');
+    return epoch;
   }
 
   watch(onChange: (change: StoreChange | null) => void): void {

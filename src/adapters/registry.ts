@@ -46,8 +46,26 @@ export class Registry {
   private readonly meta = new Map<string, StoredMeta>();
   private readonly cache: LruCache<string, Adapter>;
   private readonly loading = new Map<string, Promise<Adapter>>();
+  /**
+   * Why changes apply in order: every change to a task (announced, uploaded or deleted here) takes
+   * the next number of one counter; the outcome of a store read is applied only if no later change
+   * to that task started meanwhile, so a slow load can never resurrect a task deleted after it began.
+   */
+  private changeCounter = 0;
+  private readonly lastChange = new Map<string, number>();
+  /** This replica's own writes in flight (task → version, null: delete), whose announcements it ignores. */
+  private readonly writing = new Map<string, string | null>();
+  /** Tasks held when the shared index was found empty: served from memory until deleted or replaced. */
+  private readonly orphans = new Set<string>();
+  private reconcileTimer: NodeJS.Timeout | null = null;
+  /** The shared store's lifetime id when last read; a different one means it lost its data. */
+  private storeEpoch: string | undefined;
   readonly baseVersion: string;
   private inSync = false;
+  /** Times the shared index was found empty while this replica held adapters (a Redis that lost its data). */
+  storeResets = 0;
+  /** Called after a store reset was detected, to re-seed the empty index (from ADAPTERS_DIR). */
+  onStoreReset: (() => Promise<void>) | null = null;
 
   constructor(
     readonly model: BaseModel,
@@ -72,15 +90,43 @@ export class Registry {
     return this.inSync && this.store.healthy();
   }
 
+  private begin(task: string): number {
+    const n = ++this.changeCounter;
+    this.lastChange.set(task, n);
+    return n;
+  }
+
+  private isLatest(task: string, n: number): boolean {
+    return this.lastChange.get(task) === n;
+  }
+
+  private drop(task: string): void {
+    this.meta.delete(task);
+    this.cache.delete(task);
+    this.orphans.delete(task);
+  }
+
+  private hold(adapter: Adapter): void {
+    this.meta.set(adapter.task, metaOf(adapter));
+    this.cache.set(adapter.task, adapter, adapter.residentBytes);
+    this.orphans.delete(adapter.task);
+  }
+
   /**
-   * Reads the store's index. `validate`: parse every adapter now (startup of a folder of adapters,
-   * where files may have been copied in by hand); a bad one is logged with its reason and skipped.
+   * Reads the store's index. `validate`: parse every adapter now (at startup, where files may have
+   * been copied in by hand or stored by an older version); a bad one is logged with its reason and
+   * skipped. Tasks changed while the index was read keep what those changes applied.
    */
   async sync(validate: boolean): Promise<{ loaded: string[]; skipped: { task: string; reason: string }[] }> {
+    const started = this.changeCounter;
     const loaded: string[] = [];
     const skipped: { task: string; reason: string }[] = [];
     const fresh = new Map<string, StoredMeta>();
-    for (const m of await this.store.index()) {
+    const decoded = new Map<string, Adapter>();
+    const epoch = await this.store.epoch?.();
+    const index = await this.store.index();
+    const reset = this.detectReset(epoch, index.length);
+    for (const m of index) {
       try {
         if (!TASK_ID.test(m.task) || m.task === BASE_TASK) throw new FormatError('invalid_task_id', `'${m.task}' is not a valid task id`);
         if (validate || !m.version) {
@@ -88,7 +134,7 @@ export class Registry {
           if (!stored) continue;
           const adapter = this.parse(m.task, stored.files, m.createdAt);
           fresh.set(m.task, metaOf(adapter));
-          this.cache.set(m.task, adapter, adapter.residentBytes);
+          decoded.set(m.task, adapter);
         } else fresh.set(m.task, m);
         loaded.push(m.task);
       } catch (e) {
@@ -97,45 +143,115 @@ export class Registry {
         this.log.warn({ task: m.task, reason }, 'adapter skipped');
       }
     }
-    for (const [task, m] of this.meta) if (fresh.get(task)?.version !== m.version) this.cache.delete(task);
-    this.meta.clear();
-    for (const [task, m] of fresh) this.meta.set(task, m);
+    const changedMeanwhile = (task: string) => (this.lastChange.get(task) ?? 0) > started;
+    for (const task of [...this.meta.keys()]) {
+      if (changedMeanwhile(task) || fresh.has(task)) continue;
+      if (this.orphans.has(task)) continue;
+      this.drop(task);
+    }
+    for (const [task, m] of fresh) {
+      if (changedMeanwhile(task)) continue;
+      if (this.meta.get(task)?.version !== m.version) this.cache.delete(task);
+      this.meta.set(task, m);
+      this.orphans.delete(task);
+      const adapter = decoded.get(task);
+      if (adapter) this.cache.set(task, adapter, adapter.residentBytes);
+    }
     this.inSync = true;
     this.log.info({ store: this.store.name, loaded: loaded.length, skipped: skipped.length }, 'adapter registry synchronised');
+    if (reset) await this.reseed();
     return { loaded, skipped };
   }
 
-  /** Follows changes other replicas make through a shared store. */
-  follow(): void {
-    this.store.watch?.((change) => void this.onChange(change));
+  /**
+   * A shared store lost its data (a Redis restarted without persistence) when its epoch changed, or,
+   * for a store without one, when its index is empty while this replica holds adapters: that is never
+   * a deletion of everything (deletions come one by one, announced). Then every held adapter becomes an orphan: kept and
+   * served from memory until it is deleted or replaced, or evicted (nobody can reload it).
+   */
+  private detectReset(epoch: string | undefined, indexSize: number): boolean {
+    const previous = this.storeEpoch;
+    this.storeEpoch = epoch;
+    // A store with an epoch says so itself; one without is judged by an empty index.
+    const lost = epoch !== undefined ? previous !== undefined && epoch !== previous : indexSize === 0 && this.meta.size > 0 && this.store.watch !== undefined;
+    if (!lost) return false;
+    this.storeResets++;
+    for (const task of this.meta.keys()) this.orphans.add(task);
+    this.log.error({ store: this.store.name, held: this.meta.size }, 'the shared adapter store lost its data: keeping the adapters held in memory and re-seeding it from ADAPTERS_DIR');
+    return true;
+  }
+
+  private async reseed(): Promise<void> {
+    try {
+      await this.onStoreReset?.();
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'could not re-seed the adapter store');
+    }
+  }
+
+  /**
+   * Follows changes other replicas make through a shared store, and reconciles with its index every
+   * `reconcileMs` (0: only on reconnect), in case an announcement was lost.
+   */
+  follow(reconcileMs = 0): void {
+    if (!this.store.watch) return;
+    this.store.watch((change) => void this.onChange(change));
+    if (reconcileMs > 0) {
+      this.reconcileTimer = setInterval(() => void this.resync(), reconcileMs);
+      this.reconcileTimer.unref();
+    }
+  }
+
+  stop(): void {
+    if (this.reconcileTimer) clearInterval(this.reconcileTimer);
+    this.reconcileTimer = null;
+  }
+
+  private async resync(): Promise<void> {
+    try {
+      await this.sync(false);
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'could not reconcile with the adapter index');
+    }
   }
 
   private async onChange(change: StoreChange | null): Promise<void> {
+    if (change === null) return this.resync();
+    if (this.writing.has(change.task) && this.writing.get(change.task) === change.version) return;
     try {
-      if (change === null) {
-        await this.sync(false);
-        return;
-      }
       if (change.version === null) {
-        this.meta.delete(change.task);
-        this.cache.delete(change.task);
-      } else if (this.meta.get(change.task)?.version !== change.version) {
-        // Load eagerly: the first request after the announcement should not pay for the decode.
-        this.cache.delete(change.task);
-        const stored = await this.store.load(change.task);
-        if (!stored) return;
-        const adapter = this.parse(change.task, stored.files, stored.meta.createdAt);
-        this.meta.set(change.task, metaOf(adapter));
-        this.cache.set(change.task, adapter, adapter.residentBytes);
-      }
+        this.begin(change.task);
+        this.drop(change.task);
+      } else if (this.meta.get(change.task)?.version === change.version) {
+        // Already held (this replica's own upload): still a change, so older loads in flight lose.
+        this.begin(change.task);
+        this.orphans.delete(change.task);
+      } else await this.refresh(change.task);
       this.log.info({ task: change.task, version: change.version }, 'adapter changed on another replica');
     } catch (e) {
-      this.log.warn({ err: (e as Error).message, task: change?.task }, 'could not apply an adapter change');
+      this.log.warn({ err: (e as Error).message, task: change.task }, 'could not apply an adapter change');
+    }
+  }
+
+  /**
+   * Applies what the store holds for `task` now, unless a later change started while it was read.
+   * Loads eagerly: the first request after an announcement should not pay for the decode.
+   */
+  private async refresh(task: string): Promise<void> {
+    const n = this.begin(task);
+    const stored = await this.store.load(task);
+    if (!this.isLatest(task, n)) return;
+    if (!stored) return this.drop(task);
+    try {
+      this.hold(this.parse(task, stored.files, stored.meta.createdAt));
+    } catch (e) {
+      this.drop(task);
+      throw e;
     }
   }
 
   parse(task: string, files: AdapterFiles, createdAt?: string): Adapter {
-    return parseAdapter(task, files, { config: this.model.config, biases: this.model.tensors.biases }, createdAt);
+    return parseAdapter(task, files, { config: this.model.config, biases: this.model.tensors.biases, encode: (text) => this.model.tokenizer.encodeSync(text) }, createdAt);
   }
 
   /** Validates fully, then stores, then swaps: an invalid upload changes nothing. */
@@ -150,9 +266,12 @@ export class Registry {
       throw e;
     }
     const meta = metaOf(adapter);
-    const { replaced } = await this.store.save({ meta, files });
-    this.meta.set(task, meta);
-    this.cache.set(task, adapter, adapter.residentBytes);
+    const n = this.begin(task);
+    this.writing.set(task, adapter.version);
+    const { replaced } = await this.store.save({ meta, files }).finally(() => this.writing.delete(task));
+    // Another change to the task arrived during the save: the store's order decides, so read it back.
+    if (this.isLatest(task, n)) this.hold(adapter);
+    else await this.refresh(task);
     this.log.info({ task, version: adapter.version, peftType: adapter.peftType, replaced }, 'adapter stored');
     return { info: info(meta), created: !replaced };
   }
@@ -160,9 +279,11 @@ export class Registry {
   async remove(task: string): Promise<void> {
     if (task === BASE_TASK) throw new ServerError('reserved_task', "'base' is the frozen model and cannot be deleted");
     if (!this.meta.has(task)) throw new ServerError('task_not_found', `no adapter named '${task.slice(0, 80)}'`);
-    await this.store.remove(task);
-    this.meta.delete(task);
-    this.cache.delete(task);
+    const n = this.begin(task);
+    this.writing.set(task, null);
+    await this.store.remove(task).finally(() => this.writing.delete(task));
+    if (this.isLatest(task, n)) this.drop(task);
+    else await this.refresh(task);
     this.log.info({ task }, 'adapter deleted');
   }
 
@@ -194,8 +315,21 @@ export class Registry {
     if (!p) {
       p = (async () => {
         const stored = await this.store.load(task);
-        if (!stored) throw new ServerError('task_not_found', `no task named '${task}'`);
-        const adapter = this.parse(task, stored.files, m.createdAt);
+        if (!stored) {
+          // An orphan evicted from memory after the store lost it: nobody can serve it any more.
+          if (this.orphans.has(task) && this.meta.get(task) === m) this.drop(task);
+          throw new ServerError('task_not_found', `no task named '${task}'`);
+        }
+        let adapter: Adapter;
+        try {
+          adapter = this.parse(task, stored.files, m.createdAt);
+        } catch (e) {
+          if (!(e instanceof FormatError)) throw e;
+          // Stored by an older, laxer version: refuse it here too rather than fail the request late.
+          this.log.warn({ task, reason: `${e.code}: ${e.message}` }, 'stored adapter is invalid: dropped');
+          if (this.meta.get(task) === m) this.drop(task);
+          throw new ServerError('task_not_found', `no task named '${task}'`);
+        }
         if (this.meta.get(task)?.version === adapter.version) this.cache.set(task, adapter, adapter.residentBytes);
         return adapter;
       })().finally(() => this.loading.delete(task));

@@ -36,6 +36,11 @@ export interface AdapterStore {
   remove(task: string): Promise<boolean>;
   /** Shared stores: calls back on changes by any replica, and on reconnect (null: resynchronise all). */
   watch?(onChange: (change: StoreChange | null) => void): void;
+  /**
+   * Shared stores: an id of the store's current lifetime, created by the first replica that asks.
+   * It changes only when the store lost its data (a Redis restarted without persistence).
+   */
+  epoch?(): Promise<string>;
   healthy(): boolean;
   close(): Promise<void>;
 }

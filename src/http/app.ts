@@ -1,8 +1,7 @@
 import multipart from '@fastify/multipart';
-import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -10,11 +9,12 @@ import type { Registry } from '../adapters/registry.js';
 import type { Engine } from '../engine/engine.js';
 import { Ensembles } from '../engine/ensemble.js';
 import type { Inference } from '../engine/inference.js';
-import { errorBody, ServerError } from '../errors.js';
+import { errorBody } from '../errors.js';
 import type { Metrics } from '../metrics.js';
 import type { BaseModel } from '../model/base-model.js';
 import { bearerGuard } from './auth.js';
 import { installErrorHandler } from './errors.js';
+import { registerRateLimit } from './rate-limit.js';
 import { adminRoutes } from './routes/admin.js';
 import { completionsRoutes } from './routes/completions.js';
 import { ensembleRoutes } from './routes/ensembles.js';
@@ -34,6 +34,8 @@ export interface AppDeps {
   adminToken: string;
   apiTokens: string[];
   rateLimitPerMinute: number;
+  /** Fastify's trustProxy: whose X-Forwarded-For to believe for the client address (TRUST_PROXY). */
+  trustProxy?: boolean | string[];
   maxAdapterBytes: number;
   readiness: () => { ready: boolean; details: Record<string, unknown> };
 }
@@ -42,10 +44,6 @@ declare module 'fastify' {
   interface FastifyRequest {
     errorCode?: string;
   }
-}
-
-function bearer(req: FastifyRequest): string | undefined {
-  return /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1];
 }
 
 /**
@@ -81,6 +79,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: deps.logger as unknown as FastifyBaseLogger,
     bodyLimit: deps.bodyLimitBytes,
+    trustProxy: deps.trustProxy ?? false,
     genReqId: (req) => (typeof req.headers['x-request-id'] === 'string' && req.headers['x-request-id'].length <= 128 ? req.headers['x-request-id'] : crypto.randomUUID()),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true } },
     // Errors raised before a route runs keep the contract's shape too.
@@ -97,24 +96,17 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
-  await app.register(multipart, { limits: { fileSize: deps.maxAdapterBytes, files: 3, fields: 0, parts: 3, fieldNameSize: 100, headerPairs: 100 } });
+  // Fields are admitted (a few, small) only so that admin.ts can say "send it as a file" instead of a limit error.
+  await app.register(multipart, { limits: { fileSize: deps.maxAdapterBytes, files: 3, fields: 3, fieldSize: 64 * 1024, parts: 6, fieldNameSize: 100, headerPairs: 100 } });
   installErrorHandler(app);
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
   });
 
-  // Inference: optional API tokens, and a per-token (else per-address) rate limit.
+  // Inference: optional API tokens, and a per-identity rate limit (src/http/rate-limit.ts).
   await app.register(async (scope) => {
     if (deps.apiTokens.length > 0) scope.addHook('onRequest', bearerGuard(deps.apiTokens, 'inference'));
-    if (deps.rateLimitPerMinute > 0) {
-      await scope.register(rateLimit, {
-        max: deps.rateLimitPerMinute,
-        timeWindow: 60_000,
-        keyGenerator: (req) => bearer(req) ?? req.ip,
-        errorResponseBuilder: (_req, ctx) =>
-          new ServerError('rate_limited', `rate limit of ${ctx.max} requests per minute exceeded; retry in ${Math.ceil(ctx.ttl / 1000)} s`, { 'retry-after': String(Math.ceil(ctx.ttl / 1000)) }),
-      });
-    }
+    await registerRateLimit(scope, deps.rateLimitPerMinute, deps.apiTokens);
     scope.addHook('onResponse', async (req, reply) => {
       const named = (req.params as { task?: unknown }).task ?? (req.body as { model?: unknown } | undefined)?.model;
       // Only tasks that exist get a label of their own: made-up ids must not take the bounded label set.

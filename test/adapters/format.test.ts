@@ -78,6 +78,54 @@ t.test('each validation failure names its check', async (t) => {
   t.equal(failure(promptFiles({}, good, '{bad json')), 'invalid_json', 'task.json JSON');
 });
 
+t.test('config fields are checked by type and as own properties', async (t) => {
+  const good = { prompt_embeddings: emb(4, 256) };
+  for (const p of ['toString', 'valueOf', 'constructor', '__proto__', 'hasOwnProperty', '__defineGetter__']) {
+    t.equal(failure(promptFiles({ peft_type: p }, good)), 'unsupported_peft_type', `peft_type ${p}`);
+  }
+  t.equal(failure(promptFiles({ peft_type: ['PROMPT_TUNING'] }, good)), 'invalid_config', 'peft_type as an array');
+  t.equal(failure(promptFiles({ peft_type: { toString: 'PROMPT_TUNING' } }, good)), 'invalid_config', 'peft_type as an object');
+  t.equal(failure(promptFiles({ peft_type: null }, good)), 'invalid_config', 'peft_type null');
+  t.equal(failure(promptFiles({ num_virtual_tokens: '4' }, good)), 'invalid_config', 'num_virtual_tokens as a string');
+  t.equal(failure(promptFiles({ num_virtual_tokens: 4.5 }, good)), 'invalid_config', 'num_virtual_tokens fractional');
+  t.equal(failure(promptFiles({ num_virtual_tokens: null }, good)), 'invalid_config', 'num_virtual_tokens null');
+  t.equal(failure(promptFiles({ token_dim: '256' }, good)), 'invalid_config', 'token_dim as a string');
+  t.equal(failure(promptFiles({ task_type: ['CAUSAL_LM'] }, good)), 'invalid_config', 'task_type as an array');
+  t.equal(failure(promptFiles({ token_dim: null, num_layers: null }, good)), 'ok', 'null sizes mean absent, as PEFT writes them');
+  const proto = { ...promptFiles({}, good), config: Buffer.from('{"__proto__": {"peft_type": "PROMPT_TUNING"}, "num_virtual_tokens": 4}') };
+  t.equal(failure(proto), 'invalid_config', 'peft_type only on a __proto__ key');
+});
+
+t.test('task.json meets the limits of a request, and leaves room for an input', async (t) => {
+  const { ClassifyBody } = await import('../../src/http/schemas.js');
+  const { MAX_LABEL_CHARS, MAX_LABELS, MAX_TEMPLATE_CHARS, MIN_LABELS } = await import('../../src/adapters/task-spec.js');
+  const body = ClassifyBody.properties;
+  t.equal(body.prompt_template.maxLength, MAX_TEMPLATE_CHARS, 'the request schema uses the same template limit');
+  t.equal(body.labels.items.maxLength, MAX_LABEL_CHARS);
+  t.equal(body.labels.maxItems, MAX_LABELS);
+  t.equal(body.labels.minItems, MIN_LABELS);
+  const good = { prompt_embeddings: emb(4, 256) };
+  const parse = adapterParser(model);
+  const refused = (task: unknown) => {
+    try {
+      parse('x', promptFiles({}, good, task));
+      return 'ok';
+    } catch (e) {
+      return (e as FormatError).code;
+    }
+  };
+  t.equal(refused({ prompt_template: 'x'.repeat(MAX_TEMPLATE_CHARS + 1) + '{text}' }), 'invalid_template', 'template over the limit');
+  t.equal(refused({ prompt_template: 42 }), 'invalid_template', 'template not a string');
+  t.equal(refused({ kind: 'classification', labels: ['a', 'b'.repeat(MAX_LABEL_CHARS + 1)] }), 'invalid_labels', 'label over the limit');
+  t.equal(refused({ kind: 'classification', labels: ['a', 7] }), 'invalid_labels', 'label not a string');
+  t.equal(refused({ kind: 'toString' }), 'invalid_task', 'kind toString');
+  t.equal(refused([]), 'invalid_json', 'an array');
+  t.equal(refused({ task: 'pos', kind: 'classification', labels: ['a', 'b'] }), 'ok', 'other fields pass through');
+  // 'the ' is one token: 600 of them leave no room in the 512-token context.
+  t.equal(refused({ prompt_template: 'the '.repeat(600) + '{text}' }), 'unservable_task', 'a template that fills the context');
+  t.equal(refused({ prompt_template: 'the '.repeat(400) + '{text}' }), 'ok', 'a long template that still leaves room');
+});
+
 t.test('BitFit validation: names must be biases of the base model, with their length', async (t) => {
   const cfg = Buffer.from(JSON.stringify({ peft_type: 'BITFIT', task_type: 'CAUSAL_LM', bias_values: 'absolute' }));
   const bit = (tensors: Record<string, { shape: number[]; data: Float32Array }>) => failure({ config: cfg, weights: Buffer.from(encodeSafetensors(tensors)) });

@@ -1,3 +1,5 @@
+import { readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import t from 'tap';
 import { adapterFiles, multipart, reference } from '../helpers.js';
 import { startServerProcess, TestRedis } from '../redis-process.js';
@@ -5,7 +7,8 @@ import { startServerProcess, TestRedis } from '../redis-process.js';
 const redis = new TestRedis(16379 + Math.floor(Math.random() * 1000));
 await redis.start();
 const prefix = `sps-test-${process.pid}:`;
-const env = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, ADMIN_TOKEN: 'redis-admin' };
+// No periodic reconcile: the ordering test below must pass on ordering alone.
+const env = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, ADMIN_TOKEN: 'redis-admin', RECONCILE_INTERVAL_MS: '0' };
 const a = await startServerProcess(env);
 const b = await startServerProcess(env);
 t.teardown(async () => {
@@ -92,4 +95,69 @@ t.test('redis stopped and restarted during traffic: no failed inference, writes 
   t.same(failures, [], `no failed inference (${served} served)`);
   const readyAfter = (await (await fetch(`${a.url}/readyz`)).json()) as { degraded: boolean };
   t.equal(readyAfter.degraded, false);
+});
+
+async function listOf(url: string): Promise<string[]> {
+  const res = await fetch(`${url}/v1/adapters`, { headers: auth });
+  return ((await res.json()) as { adapters: { task: string }[] }).adapters.map((a) => a.task);
+}
+
+t.test('upload then delete in a tight loop on one replica: the other never keeps a deleted task', async (t) => {
+  const tasks = Array.from({ length: 50 }, (_, i) => `race-${i}`);
+  for (const task of tasks) {
+    t.equal((await upload(a.url, task, 'pos-prompt')).status, 201);
+    const del = await fetch(`${a.url}/v1/adapters/${task}`, { method: 'DELETE', headers: auth });
+    t.equal(del.status, 204);
+  }
+  // Announcements are in flight for a few ms; no resync will happen (RECONCILE_INTERVAL_MS=0).
+  const t0 = performance.now();
+  let left = (await listOf(b.url)).filter((x) => x.startsWith('race-'));
+  while (left.length > 0 && performance.now() - t0 < 2000) {
+    await new Promise((r) => setTimeout(r, 50));
+    left = (await listOf(b.url)).filter((x) => x.startsWith('race-'));
+  }
+  t.same(left, [], 'replica B lists none of the deleted tasks');
+  for (const task of tasks.slice(0, 5)) t.equal((await generate(b.url, task, 'love')).status, 404, `${task} is not served by B`);
+});
+
+t.test('redis restarted empty under traffic: replicas keep serving and re-seed the index', async (t) => {
+  let traffic = true;
+  const failures: string[] = [];
+  let served = 0;
+  // pos-bitfit comes from ADAPTERS_DIR, shared-task was uploaded (it exists in no folder).
+  const load = (async () => {
+    while (traffic) {
+      for (const [url, task] of [[a.url, 'pos-bitfit'], [b.url, 'shared-task'], [b.url, 'pos-prefix'], [a.url, 'shared-task']]) {
+        const r = await generate(url, task, 'love');
+        if (r.status === 200) served++;
+        else failures.push(`${task}: ${r.status}`);
+      }
+    }
+  })();
+  await new Promise((r) => setTimeout(r, 200));
+  await redis.stop();
+  for (const f of readdirSync(redis.dir)) rmSync(join(redis.dir, f), { recursive: true, force: true });
+  await redis.start();
+  const resets = async (url: string) => Number(/^sps_adapter_store_resets_total (\d+)/m.exec(await (await fetch(`${url}/metrics`)).text())?.[1] ?? 0);
+  const t0 = performance.now();
+  while ((await resets(a.url)) < 1 || (await resets(b.url)) < 1) {
+    if (performance.now() - t0 > 8000) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.equal(await resets(a.url), 1, 'replica A counted the reset');
+  t.equal(await resets(b.url), 1, 'replica B counted the reset');
+  // The index is re-seeded from ADAPTERS_DIR: a third replica started now sees the demo adapters.
+  const c = await startServerProcess(env);
+  t.teardown(() => c.stop());
+  t.equal((await generate(c.url, 'pos-prefix', 'happily ->')).status, 200, 'a new replica serves a re-seeded adapter');
+  t.equal((await generate(c.url, 'shared-task', 'love')).status, 404, 'an upload that no folder holds is gone from the store');
+  traffic = false;
+  await load;
+  t.same(failures, [], `no failed inference (${served} served)`);
+  t.ok((await listOf(a.url)).includes('shared-task'), 'replica A still holds the uploaded task');
+  // Writes work again, and reach the other replicas.
+  t.equal((await upload(b.url, 'after-reset', 'kjv-prompt')).status, 201);
+  let r = await generate(a.url, 'after-reset', 'love');
+  for (let i = 0; r.status !== 200 && i < 30; i++) r = await generate(a.url, 'after-reset', 'love');
+  t.equal(r.status, 200);
 });

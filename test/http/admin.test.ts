@@ -61,17 +61,22 @@ t.test('replace under concurrent load: no failures, each output matches the vers
       await new Promise((r) => setTimeout(r, 5));
     }
   })();
-  const results = await Promise.all(Array.from({ length: 48 }, () => generate('swap', 'You will')));
+  // Waves of requests while the swapper runs, until both versions have served (bounded).
+  const results = [];
+  const seen = new Set<string>();
+  for (let wave = 0; wave < 40 && (wave < 6 || seen.size < 2); wave++) {
+    const batch = await Promise.all(Array.from({ length: 8 }, () => generate('swap', 'You will')));
+    for (const r of batch) if (r.statusCode === 200) seen.add(r.json().adapter_version);
+    results.push(...batch);
+  }
   swapping = false;
   await swapper;
-  const seen = new Set<string>();
   for (const r of results) {
     t.equal(r.statusCode, 200);
     const v = r.json().adapter_version;
-    seen.add(v);
     t.same(r.json().token_ids, expected[v], `output matches version ${v}`);
   }
-  t.ok(seen.size >= 1);
+  t.ok(seen.size >= 2, `both versions served during the swaps (${seen.size} seen)`);
 });
 
 t.test('delete, then 404; base is reserved', async (t) => {
@@ -88,6 +93,7 @@ t.test('every bad upload gets 400 or 413 and leaves the served adapter unchanged
   const good = adapterFiles('pos-prefix');
   const before = (await upload('target', good)).json().version;
   const weights = good['adapter_model.safetensors'];
+  const config = JSON.parse(good['adapter_config.json'].toString());
   const { tensors } = parseSafetensors(weights);
   const emb = tensors.get('prompt_embeddings')!;
   const nan = new Float32Array(emb.data);
@@ -102,7 +108,17 @@ t.test('every bad upload gets 400 or 413 and leaves the served adapter unchanged
     ['header length larger than the file', { ...good, 'adapter_model.safetensors': headerTooLong }, 400],
     ['missing file', { 'adapter_config.json': good['adapter_config.json'] }, 400],
     ['an unexpected part', { 'adapter_config.json': good['adapter_config.json'], 'notes.txt': Buffer.alloc(10), 'adapter_model.safetensors': weights }, 400],
-    ['extra huge parts', { ...good, 'extra-1': Buffer.alloc(600 * 1024), 'extra-2': Buffer.alloc(600 * 1024) }, 413],
+    ['extra huge parts', { ...good, 'extra-1': Buffer.alloc(600 * 1024), 'extra-2': Buffer.alloc(600 * 1024) }, 400],
+    ...['toString', 'valueOf', 'constructor', '__proto__', 'hasOwnProperty'].map((p): [string, Record<string, Buffer>, number] => [`peft_type ${p}`, { ...good, 'adapter_config.json': Buffer.from(JSON.stringify({ ...config, peft_type: p })) }, 400]),
+    ['peft_type as an array', { ...good, 'adapter_config.json': Buffer.from(JSON.stringify({ ...config, peft_type: ['PREFIX_TUNING'] })) }, 400],
+    ['num_virtual_tokens as a string', { ...good, 'adapter_config.json': Buffer.from(JSON.stringify({ ...config, num_virtual_tokens: '16' })) }, 400],
+    ['a config with __proto__ keys', { ...good, 'adapter_config.json': Buffer.from(`{"__proto__": {"peft_type": "PREFIX_TUNING"}, "peft_type": "__proto__"}`) }, 400],
+    ['a 2 MB prompt_template', { ...good, 'task.json': Buffer.from(JSON.stringify({ kind: 'generation', prompt_template: 'x'.repeat(2_000_000) + '{text}' })) }, 413],
+    ['a 20,000-character prompt_template', { ...good, 'task.json': Buffer.from(JSON.stringify({ kind: 'generation', prompt_template: 'x'.repeat(20_000) + '{text}' })) }, 400],
+    ['a template that fills the context', { ...good, 'task.json': Buffer.from(JSON.stringify({ kind: 'generation', prompt_template: 'the '.repeat(600) + '{text}' })) }, 400],
+    ['a 100,000-character label', { ...good, 'task.json': Buffer.from(JSON.stringify({ kind: 'classification', labels: ['a', 'b'.repeat(100_000)] })) }, 400],
+    ['65 labels', { ...good, 'task.json': Buffer.from(JSON.stringify({ kind: 'classification', labels: Array.from({ length: 65 }, (_, i) => `l${i}`) })) }, 400],
+    ['task.json as an array', { ...good, 'task.json': Buffer.from('[]') }, 400],
     ['a part over MAX_ADAPTER_BYTES', { ...good, 'adapter_model.safetensors': Buffer.alloc(500 * 1024) }, 413],
     ['DoRA', { ...adapterFiles('pos-lora'), 'adapter_config.json': Buffer.from(JSON.stringify({ ...JSON.parse(adapterFiles('pos-lora')['adapter_config.json'].toString('utf8')), use_dora: true })) }, 400],
   ];
@@ -117,6 +133,39 @@ t.test('every bad upload gets 400 or 413 and leaves the served adapter unchanged
   t.equal(notMultipart.statusCode, 400);
   const gen = await generate('target', 'happily ->');
   t.same(gen.json().token_ids, greedyOf('pos-prefix', 'happily ->'), 'the old version still serves');
+});
+
+/** A raw multipart body: parts given as [name, data, isFile], in order. */
+function rawMultipart(parts: [string, string | Buffer, boolean][], boundary = 'sps-raw-boundary'): Buffer {
+  const chunks: Buffer[] = [];
+  for (const [name, data, isFile] of parts) {
+    const disposition = isFile ? `form-data; name="${name}"; filename="${name}"` : `form-data; name="${name}"`;
+    chunks.push(Buffer.from(`--${boundary}\r\nContent-Disposition: ${disposition}\r\n\r\n`), Buffer.from(data), Buffer.from('\r\n'));
+  }
+  chunks.push(Buffer.from(`--${boundary}--\r\n`));
+  return Buffer.concat(chunks);
+}
+
+t.test('multipart mistakes are 400 with a message that says what to send', async (t) => {
+  const good = adapterFiles('pos-prefix');
+  const before = (await upload('target', good)).json().version;
+  const put = (payload: Buffer, contentType: string) => server.app.inject({ method: 'PUT', url: '/v1/adapters/target', payload, headers: { ...auth, 'content-type': contentType } });
+  const files = Object.entries(good).map(([n, d]): [string, Buffer, boolean] => [n, d, true]);
+  const cases: [string, Buffer, string, RegExp][] = [
+    // What `curl -F 'adapter_config.json=<file'` sends: the contents as a form field.
+    ['a form field where a file is expected', rawMultipart([['adapter_config.json', good['adapter_config.json'].toString(), false], ...files.slice(1)]), 'multipart/form-data; boundary=sps-raw-boundary', /form field, not a file.*@/],
+    ['multipart/form-data without a boundary', rawMultipart(files), 'multipart/form-data', /boundary/],
+    ['a form field after the files', rawMultipart([...files, ['note', 'hello', false]]), 'multipart/form-data; boundary=sps-raw-boundary', /unexpected part 'note'/],
+    ['a file twice', rawMultipart([...files, files[0]]), 'multipart/form-data; boundary=sps-raw-boundary', /./],
+    ['a truncated body', rawMultipart(files).subarray(0, 300), 'multipart/form-data; boundary=sps-raw-boundary', /./],
+  ];
+  for (const [name, payload, type, message] of cases) {
+    const res = await put(payload, type);
+    t.equal(res.statusCode, 400, name);
+    t.match(res.json().error.message, message, `${name}: ${res.json().error.message}`);
+    t.match(res.json().error.code, /^(invalid_adapter|invalid_request)$/, name);
+    t.equal((await server.app.inject({ method: 'GET', url: '/v1/adapters/target', headers: auth })).json().version, before, `${name}: registry unchanged`);
+  }
 });
 
 t.test('the filesystem registry survives a restart', async (t) => {

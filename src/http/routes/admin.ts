@@ -21,23 +21,56 @@ const AdapterInfo = Type.Object({
   created_at: Type.String(),
 });
 
-/** Reads the multipart upload: known parts only, each bounded, the whole bounded too. */
+const EXPECTED = 'expected file parts adapter_config.json, adapter_model.safetensors and optionally task.json';
+
+/**
+ * The multipart plugin's and busboy's failures, as errors a user can act on: sizes are 413, every
+ * other malformation (no boundary, truncated body, too many parts) is 400 with what to send instead.
+ */
+function uploadError(e: unknown, maxBytes: number): ServerError {
+  if (e instanceof ServerError) return e;
+  const err = e as { code?: string; message?: string };
+  const message = String(err.message ?? e).slice(0, 200);
+  switch (err.code) {
+    case 'FST_REQ_FILE_TOO_LARGE':
+      return new ServerError('payload_too_large', `a file of the upload is larger than MAX_ADAPTER_BYTES (${maxBytes})`);
+    case 'FST_FILES_LIMIT':
+    case 'FST_PARTS_LIMIT':
+    case 'FST_FIELDS_LIMIT':
+      return new ServerError('invalid_adapter', `too many parts in the upload (${EXPECTED})`);
+    case 'FST_INVALID_MULTIPART_CONTENT_TYPE':
+      return new ServerError('invalid_request', 'the upload must be multipart/form-data with the adapter files');
+  }
+  if (/boundary/i.test(message)) {
+    return new ServerError('invalid_request', 'the multipart/form-data content type has no boundary parameter; let the client build the body (curl -F name=@file)');
+  }
+  return new ServerError('invalid_request', `the multipart body could not be read: ${message}`);
+}
+
+/** Reads the multipart upload: known file parts only, each bounded, the whole bounded too. */
 async function readUpload(req: FastifyRequest, maxBytes: number): Promise<AdapterFiles> {
   if (!req.isMultipart()) throw new ServerError('invalid_request', 'the upload must be multipart/form-data with the adapter files');
   const files: Partial<AdapterFiles> = {};
   let total = 0;
-  for await (const part of req.parts()) {
-    const key = FILES[part.fieldname];
-    if (!key || part.type !== 'file') {
-      throw new ServerError('invalid_adapter', `unexpected part '${part.fieldname.slice(0, 64)}' (expected files adapter_config.json, adapter_model.safetensors, task.json)`);
+  try {
+    for await (const part of req.parts()) {
+      const name = part.fieldname.slice(0, 64);
+      const key = Object.hasOwn(FILES, part.fieldname) ? FILES[part.fieldname] : undefined;
+      if (!key) throw new ServerError('invalid_adapter', `unexpected part '${name}' (${EXPECTED})`);
+      if (part.type !== 'file') {
+        throw new ServerError('invalid_adapter', `'${name}' was sent as a form field, not a file: send its contents as a file part (curl -F '${name}=@path/${name}', with @, not <)`);
+      }
+      if (files[key]) throw new ServerError('invalid_adapter', `'${name}' appears twice in the upload`);
+      const buf = await part.toBuffer(); // bounded by the plugin's fileSize limit: throws past it
+      total += buf.length;
+      if (total > maxBytes) throw new ServerError('payload_too_large', `the adapter is larger than MAX_ADAPTER_BYTES (${maxBytes})`);
+      files[key] = buf;
     }
-    const buf = await part.toBuffer(); // bounded by the plugin's fileSize limit: throws past it
-    total += buf.length;
-    if (total > maxBytes) throw new ServerError('payload_too_large', `the adapter is larger than MAX_ADAPTER_BYTES (${maxBytes})`);
-    files[key] = buf;
+  } catch (e) {
+    throw uploadError(e, maxBytes);
   }
   for (const name of ['adapter_config.json', 'adapter_model.safetensors']) {
-    if (!files[FILES[name]]) throw new ServerError('invalid_adapter', `missing_file: ${name} is missing from the upload`);
+    if (!files[FILES[name]]) throw new ServerError('invalid_adapter', `missing_file: ${name} is missing from the upload (${EXPECTED})`);
   }
   return files as AdapterFiles;
 }

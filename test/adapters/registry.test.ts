@@ -1,0 +1,183 @@
+import { join } from 'node:path';
+import { pino } from 'pino';
+import t from 'tap';
+import { readAdapterFolder } from '../../src/adapters/fs-store.js';
+import { parseAdapter, type AdapterFiles } from '../../src/adapters/format.js';
+import { Registry } from '../../src/adapters/registry.js';
+import type { AdapterStore, StoreChange, StoredAdapter, StoredMeta } from '../../src/adapters/store.js';
+import { loadBaseModel } from '../../src/model/base-model.js';
+import { ROOT } from '../helpers.js';
+
+const model = loadBaseModel(join(ROOT, 'models', 'demo-gpt2'), join(ROOT, '.cache'));
+const files = (name: string) => readAdapterFolder(join(ROOT, 'adapters', name));
+const metaOf = (task: string, f: AdapterFiles): StoredMeta => {
+  const a = parseAdapter(task, f, { config: model.config, biases: model.tensors.biases });
+  return { task, version: a.version, peftType: a.peftType, kind: a.spec.kind, bytes: a.bytes, createdAt: a.createdAt };
+};
+
+/** A shared store in memory whose loads can be held back, to replay the races of a real Redis. */
+class FakeSharedStore implements AdapterStore {
+  readonly name = 'fake-shared';
+  readonly data = new Map<string, StoredAdapter>();
+  listener: ((c: StoreChange | null) => void) | null = null;
+  held: (() => void)[] = [];
+  holdLoads = false;
+  /** Like Redis's epoch key; undefined plays a shared store without one. */
+  epochValue: string | undefined = 'first';
+  async epoch() {
+    return this.epochValue as string; // undefined: as if the method were absent
+  }
+  async index() {
+    return [...this.data.values()].map((s) => s.meta);
+  }
+  async load(task: string) {
+    // The read happens now (as Redis answers it); its delivery can be delayed.
+    const snapshot = this.data.get(task) ?? null;
+    if (this.holdLoads) await new Promise<void>((resolve) => this.held.push(resolve));
+    return snapshot;
+  }
+  async save(s: StoredAdapter) {
+    const replaced = this.data.has(s.meta.task);
+    this.data.set(s.meta.task, s);
+    return { replaced };
+  }
+  async remove(task: string) {
+    return this.data.delete(task);
+  }
+  watch(on: (c: StoreChange | null) => void) {
+    this.listener = on;
+  }
+  healthy() {
+    return true;
+  }
+  async close() {}
+  /** Another replica writes: the store changes, then the announcement arrives. */
+  external(task: string, f: AdapterFiles | null) {
+    if (f) this.data.set(task, { meta: metaOf(task, f), files: f });
+    else this.data.delete(task);
+    this.listener!({ task, version: f ? metaOf(task, f).version : null });
+  }
+  release() {
+    for (const r of this.held.splice(0)) r();
+  }
+}
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+async function fresh() {
+  const store = new FakeSharedStore();
+  const registry = new Registry(model, store, pino({ level: 'silent' }));
+  await registry.sync(true);
+  registry.follow();
+  return { store, registry };
+}
+
+t.test('a delete announced while the upload before it is still loading wins', async (t) => {
+  const { store, registry } = await fresh();
+  store.holdLoads = true;
+  store.external('racy', files('kjv-prompt')); // replica B starts loading it
+  await tick();
+  store.external('racy', null); // deleted before that load returned
+  store.release();
+  await tick();
+  await tick();
+  t.same(registry.list().map((a) => a.task), [], 'the slow load did not bring the task back');
+  await t.rejects(registry.resolve('racy'), { code: 'task_not_found' });
+});
+
+t.test('two replacements: the older load returning last does not win', async (t) => {
+  const { store, registry } = await fresh();
+  store.holdLoads = true;
+  store.external('swap', files('kjv-prompt'));
+  await tick();
+  const first = store.held.splice(0);
+  store.external('swap', files('fortune-ptuning'));
+  await tick();
+  store.release(); // the newer load lands first
+  await tick();
+  for (const r of first) r(); // then the old one
+  await tick();
+  await tick();
+  t.equal(registry.describe('swap').version, metaOf('swap', files('fortune-ptuning')).version);
+});
+
+t.test('a local upload racing a delete from another replica ends as the store ends', async (t) => {
+  const { store, registry } = await fresh();
+  const upload = registry.upload('local', files('pos-prompt'));
+  store.external('local', null); // announced while the save is in flight
+  await upload;
+  await tick();
+  t.equal(store.data.has('local'), false);
+  t.same(registry.list().map((a) => a.task), [], 'the replica agrees with the store');
+});
+
+t.test('reconcile drops what the index no longer has, and picks up what it missed', async (t) => {
+  const { store, registry } = await fresh();
+  await registry.upload('kept', files('pos-prompt'));
+  await registry.upload('gone', files('pos-bitfit'));
+  store.data.delete('gone'); // a lost announcement
+  const f = files('kjv-prompt');
+  store.data.set('missed', { meta: metaOf('missed', f), files: f });
+  await registry.sync(false);
+  t.same(registry.list().map((a) => a.task), ['kept', 'missed']);
+  t.equal((await registry.resolve('missed')).version, metaOf('missed', f).version);
+});
+
+t.test('an empty shared index (a store without epochs) keeps what is held, counts a reset and asks for a re-seed', async (t) => {
+  const { store, registry } = await fresh();
+  await registry.upload('held', files('pos-prompt'));
+  let reseeds = 0;
+  registry.onStoreReset = async () => {
+    reseeds++;
+    const f = files('kjv-prompt');
+    await registry.upload('seeded', f);
+  };
+  store.epochValue = undefined; // a store without an epoch: judged by its empty index
+  store.data.clear(); // restarted without its data
+  store.listener!(null); // reconnect: resynchronise
+  await tick();
+  await tick();
+  t.equal(registry.storeResets, 1);
+  t.equal(reseeds, 1);
+  t.same(registry.list().map((a) => a.task), ['held', 'seeded']);
+  t.equal((await registry.resolve('held')).task, 'held', 'still served from memory');
+  // The next reconcile sees a non-empty index: the held task stays (an orphan) until deleted.
+  await registry.sync(false);
+  t.same(registry.list().map((a) => a.task), ['held', 'seeded']);
+  store.listener!({ task: 'held', version: null });
+  await tick();
+  t.same(registry.list().map((a) => a.task), ['seeded']);
+});
+
+t.test('a store that lost its data and was partly re-seeded by another replica: held adapters stay', async (t) => {
+  const { store, registry } = await fresh();
+  await registry.upload('held', files('pos-prompt'));
+  await registry.upload('also-held', files('pos-bitfit'));
+  store.data.clear();
+  store.epochValue = 'second'; // the first replica to reconnect created a new epoch…
+  const f = files('kjv-prompt');
+  store.data.set('seeded', { meta: metaOf('seeded', f), files: f }); // …and re-seeded a task
+  store.listener!(null);
+  await tick();
+  await tick();
+  t.equal(registry.storeResets, 1);
+  t.same(registry.list().map((a) => a.task), ['also-held', 'held', 'seeded']);
+  await registry.sync(false);
+  t.equal(registry.storeResets, 1, 'the same epoch again is no reset');
+  t.same(registry.list().map((a) => a.task), ['also-held', 'held', 'seeded']);
+});
+
+t.test('startup refuses stored adapters that fail validation, and keeps the rest', async (t) => {
+  const store = new FakeSharedStore();
+  const good = files('pos-prompt');
+  store.data.set('good', { meta: metaOf('good', good), files: good });
+  for (const p of ['toString', '__proto__', 'constructor']) {
+    const bad = { ...good, config: Buffer.from(JSON.stringify({ ...JSON.parse(good.config.toString()), peft_type: p })) };
+    store.data.set(`bad-${p.replace(/_/g, '')}`.toLowerCase(), { meta: { ...metaOf('good', good), task: `bad-${p.replace(/_/g, '')}`.toLowerCase() }, files: bad });
+  }
+  const registry = new Registry(model, store, pino({ level: 'silent' }));
+  const { loaded, skipped } = await registry.sync(true);
+  t.same(loaded, ['good']);
+  t.equal(skipped.length, 3);
+  for (const s of skipped) t.match(s.reason, /invalid_config|unsupported_peft_type/);
+});

@@ -1,0 +1,60 @@
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import t from 'tap';
+import { ConfigError, loadConfig } from '../src/config.js';
+import { ROOT } from './helpers.js';
+
+const refused = (env: Record<string, string>) => {
+  try {
+    loadConfig(env);
+  } catch (e) {
+    return e instanceof ConfigError ? e.message : `not a ConfigError: ${(e as Error).message}`;
+  }
+  return null;
+};
+
+t.test('defaults', async (t) => {
+  const c = loadConfig({});
+  t.equal(c.batchPolicy, 'mixed');
+  t.equal(c.trustProxy, false);
+  t.equal(c.reconcileIntervalMs, 30_000);
+  t.equal(c.port, 8080);
+});
+
+t.test('every invalid variable is a ConfigError that names it', async (t) => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ BATCH_POLICY: 'same_task' }, /BATCH_POLICY must be one of mixed, same-task, got 'same_task'/],
+    [{ BATCH_POLICY: 'mixd' }, /BATCH_POLICY/],
+    [{ PORT: 'eighty' }, /PORT/],
+    [{ PORT: '70000' }, /PORT/],
+    [{ MAX_BATCH_SIZE: '0' }, /MAX_BATCH_SIZE/],
+    [{ MAX_QUEUE: '1.5' }, /MAX_QUEUE/],
+    [{ WORKERS: ' ' }, /WORKERS/],
+    [{ EXECUTION_PROVIDER: 'cuda' }, /EXECUTION_PROVIDER/],
+    [{ LOG_LEVEL: 'verbose' }, /LOG_LEVEL/],
+    [{ TRUST_PROXY: 'yes please' }, /TRUST_PROXY/],
+    [{ RECONCILE_INTERVAL_MS: '-1' }, /RECONCILE_INTERVAL_MS/],
+  ];
+  for (const [env, message] of cases) t.match(refused(env), message, JSON.stringify(env));
+});
+
+t.test('accepted spellings', async (t) => {
+  t.equal(loadConfig({ BATCH_POLICY: 'Same-Task' }).batchPolicy, 'same-task');
+  t.equal(loadConfig({ TRUST_PROXY: 'true' }).trustProxy, true);
+  t.same(loadConfig({ TRUST_PROXY: 'loopback, 10.0.0.0/8' }).trustProxy, ['loopback', '10.0.0.0/8']);
+  t.equal(loadConfig({ TRUST_PROXY: 'false' }).trustProxy, false);
+  t.same(loadConfig({ API_TOKENS: ' a , b\u00a0,,' }).apiTokens, ['a', 'b']);
+});
+
+t.test('the server binary prints one line and exits 1 on an invalid variable', async (t) => {
+  const main = join(ROOT, 'dist', 'src', 'main.js');
+  for (const env of [{ BATCH_POLICY: 'mixd' }]) {
+    const r = spawnSync(process.execPath, [main], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 20_000 });
+    t.equal(r.status, 1, JSON.stringify(env));
+    const lines = r.stderr.trim().split('\n');
+    t.equal(lines.length, 1, `one line: ${r.stderr}`);
+    t.match(lines[0], /^softprompt-server: invalid configuration: /);
+    t.notMatch(r.stderr, /\bat .*\.js:\d+/, 'no stack trace');
+    t.equal(r.stdout, '');
+  }
+});
