@@ -5,7 +5,7 @@ import type { AdapterTensors } from '../protocol.js';
 /** What the worker needs of the base model beside the graph: the embedding table and base biases. */
 export interface BaseTensors {
   config: ModelConfig;
-  wte: Float32Array; // [V, D], shared with the main thread
+  wte: Float32Array; // token embedding table [V, D] (the architecture's), shared with the main thread
   biases: Record<string, Float32Array>;
 }
 

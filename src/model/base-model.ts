@@ -30,7 +30,8 @@ export function loadBaseModel(dir: string, cacheDir: string): BaseModel {
   }
   const { path, built } = cachedGraphPath(ckpt, cacheDir);
   const biases: Record<string, Float32Array> = {};
-  for (const { name } of biasNames(ckpt.config)) biases[name] = shared(ckpt.weights.get(name)!.data);
+  // Only what the host needs stays on the main thread: the embedding table and the bias vectors.
+  for (const { name } of biasNames(ckpt.config)) biases[name] = shared(ckpt.weights.read(name));
   return {
     dir,
     config: ckpt.config,
@@ -38,6 +39,6 @@ export function loadBaseModel(dir: string, cacheDir: string): BaseModel {
     hash: ckpt.hash,
     graphPath: path,
     graphBuilt: built,
-    tensors: { config: ckpt.config, wte: shared(ckpt.weights.get('transformer.wte.weight')!.data), biases },
+    tensors: { config: ckpt.config, wte: shared(ckpt.weights.read(ckpt.arch.embedding)), biases },
   };
 }
