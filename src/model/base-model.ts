@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tokenizer } from '../tokenizer/bpe.js';
 import type { BaseTensors } from '../executor/model-constants.js';
@@ -15,6 +16,9 @@ export interface BaseModel {
   /** In SharedArrayBuffers: the worker reads them without a copy. */
   tensors: BaseTensors;
 }
+
+/** Above this, workers share the mapped weights instead of each prepacking its own copy. */
+const SHARE_WEIGHTS_FROM_BYTES = 1 << 30;
 
 function shared(data: Float32Array): Float32Array {
   const out = new Float32Array(new SharedArrayBuffer(data.byteLength));
@@ -39,6 +43,6 @@ export function loadBaseModel(dir: string, cacheDir: string): BaseModel {
     hash: ckpt.hash,
     graphPath: path,
     graphBuilt: built,
-    tensors: { config: ckpt.config, wte: shared(ckpt.weights.read(ckpt.arch.embedding)), biases },
+    tensors: { config: ckpt.config, wte: shared(ckpt.weights.read(ckpt.arch.embedding)), biases, shareWeights: (statSync(`${path}.data`, { throwIfNoEntry: false })?.size ?? 0) >= SHARE_WEIGHTS_FROM_BYTES },
   };
 }
