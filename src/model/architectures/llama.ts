@@ -55,8 +55,9 @@ function parseConfig(raw: Record<string, unknown>): LlamaConfig {
   if (headDim % 2 !== 0) invalid(`head_dim ${headDim} must be even for rotary embeddings`);
   // Sliding-window attention equals full attention while the context fits the window: serving
   // contexts up to the window (and refusing longer ones, 413) is exact.
+  // (HF's configs default sliding_window to 4096 when the key is absent; null turns it off.)
   const windowed = modelType === 'mistral' || (modelType === 'qwen2' && raw.use_sliding_window === true);
-  const window = windowed && raw.sliding_window !== null && raw.sliding_window !== undefined ? positiveInt(raw, 'sliding_window') : Infinity;
+  const window = windowed && raw.sliding_window !== null ? positiveInt(raw, 'sliding_window', 4096) : Infinity;
   const attentionBias = modelType === 'qwen2' ? true : modelType === 'llama' && raw.attention_bias === true;
   const eos = Array.isArray(raw.eos_token_id) ? raw.eos_token_id[0] : raw.eos_token_id;
   return {

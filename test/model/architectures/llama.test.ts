@@ -66,6 +66,7 @@ t.test('sliding windows: served up to the window, where it equals full attention
   t.equal(parseConfig({ ...tinyLlama, model_type: 'mistral', sliding_window: 256 }).nPositions, 256);
   t.equal(parseConfig({ ...tinyLlama, model_type: 'mistral', sliding_window: 4096 }).nPositions, 512);
   t.equal(parseConfig({ ...tinyLlama, model_type: 'mistral', sliding_window: null }).nPositions, 512);
+  t.equal(parseConfig({ ...tinyLlama, model_type: 'mistral', max_position_embeddings: 32768 }).nPositions, 4096, "HF's default window");
   t.equal(parseConfig({ ...tinyQwen2, sliding_window: 128 }).nPositions, 512, 'qwen2 ignores it without use_sliding_window');
   t.equal(parseConfig({ ...tinyQwen2, sliding_window: 128, use_sliding_window: true }).nPositions, 128);
 });
