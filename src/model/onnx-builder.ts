@@ -149,3 +149,10 @@ function attribute(name: string, v: Attr) {
   if (Number.isInteger(v)) return onnx.AttributeProto.create({ name, type: T.INT, i: v });
   return onnx.AttributeProto.create({ name, type: T.FLOAT, f: v });
 }
+
+/** Row-major [rows, cols] → [cols, rows]: graphs store weights in the layout their MatMuls read. */
+export function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  for (let r = 0; r < rows; r++) for (let col = 0; col < cols; col++) out[col * rows + r] = data[r * cols + col];
+  return out;
+}

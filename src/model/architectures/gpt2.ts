@@ -1,5 +1,5 @@
 import { FormatError } from '../../errors.js';
-import type { GraphBuilder } from '../onnx-builder.js';
+import { transpose, type GraphBuilder } from '../onnx-builder.js';
 import type { Architecture, Gpt2Config, WeightSource } from './architecture.js';
 
 const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in opset 20.
@@ -161,11 +161,4 @@ function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder): number
   const lmHead = g.weight('lm_head_t', [c.hidden, c.vocabSize], transpose(w.read('transformer.wte.weight'), c.vocabSize, c.hidden)); // tied to wte
   g.output(g.one('MatMul', [picked, lmHead]), 'logits', ['n_logits', c.vocabSize]);
   return OPSET;
-}
-
-/** Row-major [rows, cols] → [cols, rows]. */
-export function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(data.length);
-  for (let r = 0; r < rows; r++) for (let col = 0; col < cols; col++) out[col * rows + r] = data[r * cols + col];
-  return out;
 }

@@ -1,7 +1,6 @@
 import { FormatError } from '../../errors.js';
-import type { GraphBuilder } from '../onnx-builder.js';
+import { transpose, type GraphBuilder } from '../onnx-builder.js';
 import type { Architecture, LlamaConfig, RopeScaling, WeightSource } from './architecture.js';
-import { transpose } from './gpt2.js';
 
 const OPSET = 20;
 
