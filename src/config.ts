@@ -18,6 +18,7 @@ export interface Config {
   batchPolicy: 'mixed' | 'same-task';
   requestTimeoutMs: number;
   bodyLimitBytes: number;
+  maxPromptChars: number;
   maxAdapterBytes: number;
   adapterCacheBytes: number;
   redisPrefix: string;
@@ -67,6 +68,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     batchPolicy: env.BATCH_POLICY === 'same-task' ? 'same-task' : 'mixed',
     requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 60_000, 1),
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 1024 * 1024, 1024),
+    maxPromptChars: int(env, 'MAX_PROMPT_CHARS', 100_000, 1),
     maxAdapterBytes: int(env, 'MAX_ADAPTER_BYTES', 64 * 1024 * 1024, 1024),
     adapterCacheBytes: int(env, 'ADAPTER_CACHE_BYTES', 256 * 1024 * 1024, 1),
     redisPrefix: env.REDIS_PREFIX ?? 'sps:',

@@ -29,7 +29,7 @@ export interface Server {
 /** Composition root: config → model → registry → executor → engine → HTTP. */
 export async function createServer(config: Config, log: Logger = pino({ level: config.logLevel })): Promise<Server> {
   const t0 = performance.now();
-  const model = loadBaseModel(config.modelDir, config.cacheDir);
+  const model = loadBaseModel(config.modelDir, config.cacheDir, { maxChars: config.maxPromptChars });
   log.info({ model: config.modelDir, layers: model.config.layers, hidden: model.config.hidden, graph: model.graphPath, graphBuilt: model.graphBuilt }, 'base model loaded');
   const store = await openStore(config, log);
   const registry = new Registry(model, store, log, config.adapterCacheBytes);
@@ -64,6 +64,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     inference,
     engine,
     registry,
+    model,
     bodyLimitBytes: config.bodyLimitBytes,
     adminToken,
     apiTokens: config.apiTokens,
@@ -91,6 +92,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     await app.close();
     await Promise.all(executors.map((e) => e.close()));
     await store.close();
+    await model.tokenizer.close();
   };
   return { app, model, registry, engine, executors, inference, log, close, adminToken };
 }

@@ -5,7 +5,6 @@ import type { Registry, ResolvedTask } from '../adapters/registry.js';
 import { applyTemplate, checkLabels, checkTemplate } from '../adapters/task-spec.js';
 import { FormatError } from '../errors.js';
 import type { AdapterTensors, TokenChoice } from '../protocol.js';
-import { TextStream } from '../tokenizer/text-stream.js';
 import type { Metrics } from '../metrics.js';
 import type { Engine } from './engine.js';
 import type { GenerateJob } from './jobs.js';
@@ -54,13 +53,13 @@ export class Inference {
 
   /** A token's text on its own (a partial UTF-8 character shows as U+FFFD), for OpenAI-style logprobs. */
   tokenText(id: number): string {
-    return this.model.tokenizer.decode([id]);
+    return this.model.tokenizer.tokenText(id);
   }
 
-  private encodePrompt(text: string, adapter: AdapterTensors | null): number[] {
-    const tokens = this.model.tokenizer.encode(text);
+  private async encodePrompt(text: string, adapter: AdapterTensors | null): Promise<number[]> {
+    const tokens = await this.model.tokenizer.encode(text, { addBos: true });
     // Nothing to condition on: start from end-of-text, GPT-2's document separator.
-    if (tokens.length === 0 && adapter?.kind !== 'prompt') tokens.push(this.model.config.eosTokenId);
+    if (tokens.length === 0 && adapter?.kind !== 'prompt') tokens.push(this.model.tokenizer.eosTokenId);
     return tokens;
   }
 
@@ -94,15 +93,15 @@ export class Inference {
     const t: ResolvedTask = await this.registry.resolve(task);
     const adapter = t.adapter?.tensors ?? null;
     const text = p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt);
-    const tokens = this.encodePrompt(text, adapter);
+    const tokens = await this.encodePrompt(text, adapter);
     const maxTokens = p.max_tokens ?? 64;
     this.checkContext(adapter, tokens.length, maxTokens);
-    const eos = this.model.config.eosTokenId;
+    const eos = this.model.tokenizer.eosTokenIds;
     const stops = p.stop ?? [];
     const holdBack = stops.length ? Math.max(...stops.map((s) => s.length)) - 1 : 0;
     const ids: number[] = [];
     const logprobs: NonNullable<GenerateResult['logprobs']> = [];
-    const stream = new TextStream((x) => this.model.tokenizer.bytes(x));
+    const stream = this.model.tokenizer.stream(tokens);
     let out = '';
     let emitted = 0;
     let finishReason: GenerateResult['finish_reason'] = 'length';
@@ -121,7 +120,7 @@ export class Inference {
         if (job.admittedAt !== undefined) this.metrics?.waited(job.admittedAt - job.enqueuedAt);
       } else this.metrics?.nextToken(now - lastTokenAt);
       lastTokenAt = now;
-      if (c.token === eos && !p.ignore_eos) {
+      if (eos.includes(c.token) && !p.ignore_eos) {
         out += stream.flush();
         finishReason = 'stop';
         if (out.length > emitted) emit(-1, true); // text held back for stop strings, with no token of its own
@@ -203,9 +202,9 @@ export class Inference {
   async score(task: string, p: { prompt: string; completion: string; raw?: boolean; eos?: boolean; max_length?: number }, ctl: RequestControl = {}) {
     const t = await this.registry.resolve(task);
     const adapter = t.adapter?.tensors ?? null;
-    const context = this.model.tokenizer.encode(p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt));
-    const targets = this.model.tokenizer.encode(p.completion);
-    if (p.eos) targets.push(this.model.config.eosTokenId);
+    const context = await this.model.tokenizer.encode(p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), { addBos: true });
+    const targets = await this.model.tokenizer.encode(p.completion);
+    if (p.eos) targets.push(this.model.tokenizer.eosTokenId);
     if (p.max_length !== undefined) targets.splice(Math.max(0, p.max_length - context.length));
     if (targets.length === 0) throw new ServerError('invalid_request', 'completion has no tokens to score');
     this.checkContext(adapter, context.length + targets.length, 0);
@@ -228,10 +227,10 @@ export class Inference {
       throw new ServerError('invalid_request', (e as FormatError).message);
     }
     const inputs = Array.isArray(p.input) ? p.input : [p.input];
-    const labelTokens = labels.map((w) => this.model.tokenizer.encode(' ' + w));
+    const labelTokens = await Promise.all(labels.map((w) => this.model.tokenizer.encode(' ' + w)));
     const rows: { context: number[]; targets: number[] }[] = [];
     for (const input of inputs) {
-      const context = this.encodePrompt(applyTemplate(template, input), adapter);
+      const context = await this.encodePrompt(applyTemplate(template, input), adapter);
       for (const targets of labelTokens) {
         this.checkContext(adapter, context.length + targets.length, 0);
         rows.push({ context, targets });

@@ -6,21 +6,27 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequ
 import type { Logger } from 'pino';
 import type { Registry } from '../adapters/registry.js';
 import type { Engine } from '../engine/engine.js';
+import { Ensembles } from '../engine/ensemble.js';
 import type { Inference } from '../engine/inference.js';
 import { ServerError } from '../errors.js';
 import type { Metrics } from '../metrics.js';
+import type { BaseModel } from '../model/base-model.js';
 import { bearerGuard } from './auth.js';
 import { installErrorHandler } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
 import { completionsRoutes } from './routes/completions.js';
+import { ensembleRoutes } from './routes/ensembles.js';
 import { inferenceRoutes } from './routes/inference.js';
+import { modelsRoutes } from './routes/models.js';
 import { operationsRoutes } from './routes/operations.js';
+import { tokenizeRoutes } from './routes/tokenize.js';
 
 export interface AppDeps {
   logger: Logger;
   inference: Inference;
   engine: Engine;
   registry: Registry;
+  model: BaseModel;
   metrics: Metrics;
   bodyLimitBytes: number;
   adminToken: string;
@@ -78,6 +84,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     });
     inferenceRoutes(scope, deps.inference);
     completionsRoutes(scope, deps.inference);
+    ensembleRoutes(scope, new Ensembles(deps.inference, deps.registry));
+    tokenizeRoutes(scope, deps.registry, deps.model);
+    modelsRoutes(scope, deps.registry, Math.floor(Date.now() / 1000));
   });
   adminRoutes(app, deps.registry, deps.adminToken, deps.maxAdapterBytes);
   operationsRoutes(app, deps);

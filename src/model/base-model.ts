@@ -1,6 +1,5 @@
 import { statSync } from 'node:fs';
-import { join } from 'node:path';
-import { Tokenizer } from '../tokenizer/bpe.js';
+import { Tokenizer, type TokenizerOptions } from '../tokenizer/tokenizer.js';
 import type { BaseTensors } from '../executor/model-constants.js';
 import { biasNames, loadCheckpoint, type ModelConfig } from './checkpoint.js';
 import { cachedGraphPath } from './graph-cache.js';
@@ -26,9 +25,9 @@ function shared(data: Float32Array): Float32Array {
   return out;
 }
 
-export function loadBaseModel(dir: string, cacheDir: string): BaseModel {
+export function loadBaseModel(dir: string, cacheDir: string, tokenizerOptions: TokenizerOptions = {}): BaseModel {
   const ckpt = loadCheckpoint(dir);
-  const tokenizer = Tokenizer.fromFile(join(dir, 'tokenizer.json'));
+  const tokenizer = Tokenizer.load(dir, tokenizerOptions);
   if (tokenizer.vocabSize > ckpt.config.vocabSize) {
     throw new Error(`tokenizer has ${tokenizer.vocabSize} tokens but the model only ${ckpt.config.vocabSize}`);
   }

@@ -54,9 +54,9 @@ t.test('score: log-probability of end-of-text at the last position equals the re
 // reference's last-position logits, so every adapter kind is checked, not only the pos-* ones.
 t.test('classify with one-token labels equals the log-softmax of the reference logits', async (t) => {
   const tok = server.model.tokenizer;
-  const firstTokens = [...new Set(reference.labels.map((w) => tok.encode(' ' + w)[0]))];
+  const firstTokens = [...new Set(reference.labels.map((w) => tok.encodeSync(' ' + w)[0]))];
   const labels = firstTokens.map((id) => tok.decode([id]).slice(1));
-  t.same(labels.map((w) => tok.encode(' ' + w)), firstTokens.map((id) => [id]), 'each label is one token');
+  t.same(labels.map((w) => tok.encodeSync(' ' + w)), firstTokens.map((id) => [id]), 'each label is one token');
   for (const c of reference.cases.filter((x) => SUPPORTED.has(x.adapter))) {
     const res = await server.app.inject({ method: 'POST', url: `/v1/tasks/${c.adapter ?? 'base'}/classify`, payload: { input: c.text, prompt_template: '{text}', labels } });
     const expected = logSoftmax(refLogits(c));

@@ -1,0 +1,56 @@
+import { Type, type Static } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import type { Registry } from '../../adapters/registry.js';
+import { applyTemplate } from '../../adapters/task-spec.js';
+import { ServerError } from '../../errors.js';
+import type { BaseModel } from '../../model/base-model.js';
+import { errorResponses } from '../schemas.js';
+
+const TokenizeBody = Type.Object(
+  {
+    model: Type.String({ maxLength: 128, description: 'A task id, or base' }),
+    prompt: Type.String({ maxLength: 100_000 }),
+    raw: Type.Optional(Type.Boolean({ default: false, description: "false: the task's prompt_template is applied first, as generate does" })),
+  },
+  { additionalProperties: false, examples: [{ model: 'pos-bitfit', prompt: 'happily' }] },
+);
+type TokenizeBody = Static<typeof TokenizeBody>;
+const TokenizeResponse = Type.Object({
+  model: Type.String(),
+  adapter_version: Type.String(),
+  tokens: Type.Array(Type.Integer()),
+  count: Type.Integer(),
+  virtual_tokens: Type.Integer({ description: 'Soft-prompt or prefix positions the adapter adds before the tokens' }),
+  max_model_len: Type.Integer(),
+});
+const DetokenizeBody = Type.Object(
+  { tokens: Type.Array(Type.Integer({ minimum: 0 }), { maxItems: 100_000 }) },
+  { additionalProperties: false, examples: [{ tokens: [464, 3290] }] },
+);
+type DetokenizeBody = Static<typeof DetokenizeBody>;
+const DetokenizeResponse = Type.Object({ prompt: Type.String() });
+
+/** vLLM-style tokenizer routes: what a prompt costs in tokens for a task, and ids back to text. */
+export function tokenizeRoutes(app: FastifyInstance, registry: Registry, model: BaseModel): void {
+  app.post<{ Body: TokenizeBody }>(
+    '/v1/tokenize',
+    { schema: { tags: ['inference'], summary: "A prompt's token ids for a task (template applied unless raw)", body: TokenizeBody, response: { 200: TokenizeResponse, ...errorResponses } } },
+    async (req) => {
+      const t = await registry.resolve(req.body.model);
+      const text = req.body.raw ? req.body.prompt : applyTemplate(t.spec.promptTemplate, req.body.prompt);
+      const tokens = await model.tokenizer.encode(text);
+      const a = t.adapter?.tensors;
+      const virtual = a && (a.kind === 'prompt' || a.kind === 'prefix') ? a.virtualTokens : 0;
+      return { model: t.task, adapter_version: t.version, tokens, count: tokens.length, virtual_tokens: virtual, max_model_len: model.config.nPositions };
+    },
+  );
+  app.post<{ Body: DetokenizeBody }>(
+    '/v1/detokenize',
+    { schema: { tags: ['inference'], summary: 'Token ids back to text', body: DetokenizeBody, response: { 200: DetokenizeResponse, ...errorResponses } } },
+    async (req) => {
+      const bad = req.body.tokens.find((id) => id >= model.config.vocabSize);
+      if (bad !== undefined) throw new ServerError('invalid_request', `token id ${bad} is outside the vocabulary (0..${model.config.vocabSize - 1})`);
+      return { prompt: model.tokenizer.decode(req.body.tokens) };
+    },
+  );
+}
