@@ -7,16 +7,16 @@ import { encodeSafetensors, parseSafetensors } from '../src/model/safetensors.js
 
 export const SUPPORTED = ['define-prefix', 'fortune-ptuning', 'kjv-prompt', 'pos-bitfit', 'pos-prefix', 'pos-prompt', 'pos-ptuning'];
 
-/** Writes `n` distinct adapters into `dir`: the demo ones, each copy's weights perturbed by ±1%. */
-export function writeAdapters(dir: string, n: number, source = 'adapters'): string[] {
+/** Writes `n` distinct adapters into `dir`: the demo ones (`kinds`, in turn), each copy's weights perturbed by ±1%. */
+export function writeAdapters(dir: string, n: number, source = 'adapters', kinds = SUPPORTED): string[] {
   mkdirSync(dir, { recursive: true });
   const names: string[] = [];
   for (let i = 0; i < n; i++) {
-    const from = SUPPORTED[i % SUPPORTED.length];
-    const name = i < SUPPORTED.length ? from : `${from}-v${i}`;
+    const from = kinds[i % kinds.length];
+    const name = i < kinds.length ? from : `${from}-v${i}`;
     const out = join(dir, name);
     cpSync(join(source, from), out, { recursive: true });
-    if (i >= SUPPORTED.length) {
+    if (i >= kinds.length) {
       const { tensors } = parseSafetensors(readFileSync(join(out, 'adapter_model.safetensors')));
       const perturbed: Record<string, { shape: number[]; data: Float32Array }> = {};
       let seed = i * 7919;

@@ -2,14 +2,18 @@
  * Mixed-task batching against its alternatives, on one fixed workload: 512 generation requests,
  * 32 new tokens each, 32 concurrent clients, over real HTTP (streamed, for time to first token).
  *   (a) one request at a time   (b) batches of one task only   (c) mixed-task batching
- * each at 1, 8 and 64 distinct tasks. Also: resident bytes per adapter and RSS with 1,000 adapters.
- *   npm run bench:mixed [-- --requests 512 --clients 32]
+ * each at 1, 8 and 64 distinct tasks. Then, with (c): 64 tasks of all six adapter kinds (prompt, P-tuning,
+ * prefix, BitFit, LoRA, IA3) against 64 prompt-tuning tasks, interleaved in rounds (medians).
+ * Also: resident bytes per adapter and RSS with 1,000 adapters.
+ *   npm run bench:mixed [-- --requests 512 --clients 32 --kinds-rounds 3] (--tasks '' runs only the kinds workload)
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { benchPrompts, machineInfo, POLICIES, rssBytes, runWorkload, startServerProcess, writeAdapters, type WorkloadRow } from './harness.js';
+import { readFileSync } from 'node:fs';
+import { parseSafetensors } from '../src/model/safetensors.js';
+import { benchPrompts, machineInfo, POLICIES, rssBytes, runWorkload, startServerProcess, SUPPORTED, writeAdapters, type WorkloadRow } from './harness.js';
 import { printTable } from './table.js';
 
 const { values: args } = parseArgs({
@@ -19,6 +23,7 @@ const { values: args } = parseArgs({
     tokens: { type: 'string', default: '32' },
     tasks: { type: 'string', default: '1,8,64' },
     adapters: { type: 'string', default: '1000' },
+    'kinds-rounds': { type: 'string', default: '3' },
     fixtures: { type: 'string', default: 'test/fixtures' },
     out: { type: 'string', default: 'bench/results/mixed-batching.json' },
   },
@@ -26,7 +31,7 @@ const { values: args } = parseArgs({
 const REQUESTS = Number(args.requests);
 const CLIENTS = Number(args.clients);
 const TOKENS = Number(args.tokens);
-const TASK_COUNTS = args.tasks!.split(',').map(Number);
+const TASK_COUNTS = args.tasks!.split(',').filter(Boolean).map(Number);
 const work = mkdtempSync(join(tmpdir(), 'bench-mixed-'));
 
 const prompts = benchPrompts(args.fixtures!, REQUESTS);
@@ -42,18 +47,41 @@ for (const n of TASK_COUNTS) {
 }
 
 const f = (x: number, d = 1) => x.toFixed(d);
-console.log('\nKV copied B/token: cache bytes the workers copied per generated token (a prompt written into a free slot, compactions); decode steps append in place and copy nothing else. A token\'s own keys and values take 8 KiB.');
-console.log(`\nmixed-task batching: ${REQUESTS} requests × ${TOKENS} new tokens, ${CLIENTS} concurrent clients, streamed over HTTP; ${machineInfo().cpu}, ${machineInfo().cores} cores\n`);
-printTable(
-  ['policy', 'tasks', 'req/s', 'gen tok/s', 'p50 ms', 'p99 ms', 'TTFT p50 ms', 'TTFT p99 ms', 'healthz p50 ms', 'healthz p99 ms', 'KV copied B/token'],
-  rows.map((r) => [r.policy, r.tasks, f(r.reqPerS, 2), f(r.tokPerS, 0), f(r.p50, 0), f(r.p99, 0), f(r.ttftP50, 0), f(r.ttftP99, 0), f(r.healthP50), f(r.healthP99), f(r.kvBytesPerToken, 0)]),
-);
-const tput = (p: string, n: number) => rows.find((r) => r.policy.startsWith(p) && r.tasks === n)?.tokPerS ?? NaN;
-console.log('\nratios');
-printTable(
-  ['tasks', '(c) / (a)', '(c) / (b)', '(c) at N tasks / (c) at 1 task'],
-  TASK_COUNTS.map((n) => [n, f(tput('(c)', n) / tput('(a)', n), 2), f(tput('(c)', n) / tput('(b)', n), 2), f(tput('(c)', n) / tput('(c)', TASK_COUNTS[0]), 2)]),
-);
+if (TASK_COUNTS.length > 0) {
+  console.log('\nKV copied B/token: cache bytes the workers copied per generated token (a prompt written into a free slot, compactions); decode steps append in place and copy nothing else. A token\'s own keys and values take 8 KiB.');
+  console.log(`\nmixed-task batching: ${REQUESTS} requests × ${TOKENS} new tokens, ${CLIENTS} concurrent clients, streamed over HTTP; ${machineInfo().cpu}, ${machineInfo().cores} cores\n`);
+  printTable(
+    ['policy', 'tasks', 'req/s', 'gen tok/s', 'p50 ms', 'p99 ms', 'TTFT p50 ms', 'TTFT p99 ms', 'healthz p50 ms', 'healthz p99 ms', 'KV copied B/token'],
+    rows.map((r) => [r.policy, r.tasks, f(r.reqPerS, 2), f(r.tokPerS, 0), f(r.p50, 0), f(r.p99, 0), f(r.ttftP50, 0), f(r.ttftP99, 0), f(r.healthP50), f(r.healthP99), f(r.kvBytesPerToken, 0)]),
+  );
+  const tput = (p: string, n: number) => rows.find((r) => r.policy.startsWith(p) && r.tasks === n)?.tokPerS ?? NaN;
+  console.log('\nratios');
+  printTable(
+    ['tasks', '(c) / (a)', '(c) / (b)', '(c) at N tasks / (c) at 1 task'],
+    TASK_COUNTS.map((n) => [n, f(tput('(c)', n) / tput('(a)', n), 2), f(tput('(c)', n) / tput('(b)', n), 2), f(tput('(c)', n) / tput('(c)', TASK_COUNTS[0]), 2)]),
+  );
+}
+
+// Every adapter kind in one mixed batch, against prompt tuning alone: the variants alternate within
+// each round, so both see the same machine load; medians over the rounds.
+const KIND_TASKS = 64;
+const kindSets = { 'all six kinds': [...SUPPORTED, 'pos-lora', 'pos-ia3'], 'prompt tuning only': ['pos-prompt'] };
+const kindRuns: Record<string, WorkloadRow[]> = { 'all six kinds': [], 'prompt tuning only': [] };
+const kindTasks = Object.fromEntries(Object.entries(kindSets).map(([name, kinds]) => [name, writeAdapters(join(work, name), KIND_TASKS, 'adapters', kinds)]));
+const mixed = POLICIES.find((p) => p.name.startsWith('(c)'))!;
+for (let round = 0; round < Number(args['kinds-rounds']); round++) {
+  for (const name of Object.keys(kindSets)) {
+    kindRuns[name].push(await runWorkload({ policy: mixed, adapterDir: join(work, name), tasks: kindTasks[name], clients: CLIENTS, prompts, tokens: TOKENS }));
+    console.error(`kinds round ${round + 1}, ${name}: ${kindRuns[name].at(-1)!.tokPerS.toFixed(0)} tok/s`);
+  }
+}
+const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const kindRows = Object.entries(kindRuns).map(([name, runs]) => ({ name, tokPerS: med(runs.map((r) => r.tokPerS)), p50: med(runs.map((r) => r.p50)), p99: med(runs.map((r) => r.p99)), each: runs.map((r) => Math.round(r.tokPerS)) }));
+console.log(`\nadapter kinds: ${KIND_TASKS} tasks with mixed-task batching, medians of ${args['kinds-rounds']} interleaved rounds`);
+printTable(['tasks', 'gen tok/s', 'p50 ms', 'p99 ms', 'each round tok/s'], kindRows.map((r) => [r.name, f(r.tokPerS, 0), f(r.p50, 0), f(r.p99, 0), r.each.join(' / ')]));
+const kindRatio = kindRows[0].tokPerS / kindRows[1].tokPerS;
+console.log(`all six kinds / prompt tuning only: ${f(kindRatio, 2)}×`);
+const tensorBytes = (name: string) => [...parseSafetensors(readFileSync(join('adapters', name, 'adapter_model.safetensors'))).tensors.values()].reduce((n, t) => n + t.data.byteLength, 0);
 
 // Memory: what an adapter costs resident, and a server holding 1,000 of them.
 const memory: Record<string, number> = {};
@@ -75,9 +103,11 @@ if (Number(args.adapters) > 0) {
     ['P-tuning (20 × 256)', 20 * 256 * 4],
     ['prefix tuning (16 × 4·2·256)', 16 * 2048 * 4],
     ['BitFit (all 25 bias vectors)', 11520 * 4],
+    ['LoRA (pos-lora: r 8 on c_attn, attn.c_proj, mlp.c_proj)', tensorBytes('pos-lora')],
+    ['IA3 (pos-ia3: c_attn out, mlp.c_proj in)', tensorBytes('pos-ia3')],
   ]);
   console.log(`RSS with 7 adapters: ${(memory.rss7 / 2 ** 20).toFixed(1)} MiB; with ${args.adapters}: ${(memory.rssMany / 2 ** 20).toFixed(1)} MiB; ${(memory.perAdapter / 1024).toFixed(1)} KiB per added adapter`);
 }
 mkdirSync(join(args.out!, '..'), { recursive: true });
-writeFileSync(args.out!, JSON.stringify({ machine: machineInfo(), requests: REQUESTS, clients: CLIENTS, tokens: TOKENS, rows, memory }, null, 2) + '\n');
+writeFileSync(args.out!, JSON.stringify({ machine: machineInfo(), requests: REQUESTS, clients: CLIENTS, tokens: TOKENS, rows, kinds: { rows: kindRows, ratio: kindRatio }, memory }, null, 2) + '\n');
 rmSync(work, { recursive: true, force: true });

@@ -7,13 +7,17 @@
 export interface AdapterTensors {
   /** Unique per content version: the worker caches tensors under it. */
   key: string;
-  kind: 'prompt' | 'prefix' | 'bitfit';
-  /** Soft-prompt rows (prompt) or key/value prefix length (prefix); 0 for BitFit. */
+  kind: 'prompt' | 'prefix' | 'bitfit' | 'lora' | 'ia3';
+  /** Soft-prompt rows (prompt) or key/value prefix length (prefix); 0 for the other kinds. */
   virtualTokens: number;
   /** prompt: [n, D] embeddings put before the tokens. prefix: [n, L*2*D] as PEFT saves it. */
   embeddings?: Float32Array;
   /** bitfit: every bias vector of the model (base values where the adapter names none), by HF name. */
   biases?: Record<string, Float32Array>;
+  /** lora: per targeted module (HF module path), A [in, r] (PEFT's lora_A transposed) and B [r, out] with the scale folded in. */
+  lora?: { rank: number; modules: Record<string, { a: Float32Array; b: Float32Array }> };
+  /** ia3: per targeted module, the vector that scales its input (PEFT's feedforward modules) or its output. */
+  ia3?: Record<string, { side: 'in' | 'out'; scale: Float32Array }>;
 }
 
 export interface Sampling {

@@ -41,7 +41,7 @@ export interface Reference {
 /** Copies of ../shared kept in the repository (scripts/sync-fixtures.sh refreshes them). */
 export const FIXTURES = join(ROOT, 'test', 'fixtures');
 export const reference: Reference = JSON.parse(readFileSync(join(FIXTURES, 'reference', 'reference.json'), 'utf8'));
-export const SUPPORTED = new Set([null, 'define-prefix', 'fortune-ptuning', 'kjv-prompt', 'pos-bitfit', 'pos-prefix', 'pos-prompt', 'pos-ptuning']);
+export const SUPPORTED = new Set([null, 'define-prefix', 'fortune-ptuning', 'kjv-prompt', 'pos-bitfit', 'pos-ia3', 'pos-lora', 'pos-prefix', 'pos-prompt', 'pos-ptuning']);
 
 export function refLogits(c: RefCase): Float32Array {
   const b = Buffer.from(c.last_logits_f32_b64, 'base64');

@@ -3,16 +3,19 @@ import { FormatError } from '../errors.js';
 import { biasNames, type ModelConfig } from '../model/checkpoint.js';
 import { parseSafetensors, type Tensor } from '../model/safetensors.js';
 import type { AdapterTensors } from '../protocol.js';
+import { parseIa3, parseLora, tensorBytes } from './lora.js';
 import { parseTaskSpec, type TaskSpec } from './task-spec.js';
 
-export type PeftType = 'PROMPT_TUNING' | 'P_TUNING' | 'PREFIX_TUNING' | 'BITFIT';
+export type PeftType = 'PROMPT_TUNING' | 'P_TUNING' | 'PREFIX_TUNING' | 'BITFIT' | 'LORA' | 'IA3';
 const KIND: Record<PeftType, AdapterTensors['kind']> = {
   PROMPT_TUNING: 'prompt',
   P_TUNING: 'prompt',
   PREFIX_TUNING: 'prefix',
   BITFIT: 'bitfit',
+  LORA: 'lora',
+  IA3: 'ia3',
 };
-const KNOWN_UNSUPPORTED = new Set(['LORA', 'IA3', 'ADALORA', 'LOHA', 'LOKR', 'OFT', 'BOFT', 'VERA', 'MULTITASK_PROMPT_TUNING', 'ADAPTION_PROMPT']);
+const KNOWN_UNSUPPORTED = new Set(['ADALORA', 'LOHA', 'LOKR', 'OFT', 'BOFT', 'VERA', 'MULTITASK_PROMPT_TUNING', 'ADAPTION_PROMPT']);
 
 /** The three files of an adapter folder, as bytes. */
 export interface AdapterFiles {
@@ -67,7 +70,7 @@ export function parseAdapter(task: string, files: AdapterFiles, base: { config: 
   const peftType = String(cfg.peft_type);
   if (!(peftType in KIND)) {
     return fail('unsupported_peft_type', KNOWN_UNSUPPORTED.has(peftType)
-      ? `peft_type ${peftType} is not supported yet (supported: PROMPT_TUNING, P_TUNING, PREFIX_TUNING, BITFIT)`
+      ? `peft_type ${peftType} is not supported yet (supported: ${Object.keys(KIND).join(', ')})`
       : `unknown peft_type ${JSON.stringify(cfg.peft_type)}`);
   }
   if ((cfg.task_type ?? 'CAUSAL_LM') !== 'CAUSAL_LM') return fail('unsupported_task_type', `task_type ${JSON.stringify(cfg.task_type)} is not supported (CAUSAL_LM)`);
@@ -79,8 +82,9 @@ export function parseAdapter(task: string, files: AdapterFiles, base: { config: 
     }
   }
   const type = peftType as PeftType;
-  const tensors = type === 'BITFIT' ? bitfit(cfg, raw, base) : virtual(type, cfg, raw, base.config);
-  const residentBytes = tensors.embeddings ? tensors.embeddings.byteLength : Object.values(tensors.biases ?? {}).reduce((n, b) => n + b.byteLength, 0);
+  const tensors =
+    type === 'BITFIT' ? bitfit(cfg, raw, base) : type === 'LORA' ? parseLora(cfg, raw, base.config) : type === 'IA3' ? parseIa3(cfg, raw, base.config) : virtual(type, cfg, raw, base.config);
+  const residentBytes = tensorBytes(tensors);
   const version = adapterVersion(files);
   tensors.key = `${task}@${version}`;
   return { task, version, peftType: type, spec, tensors, bytes: files.config.length + files.weights.length + (files.task?.length ?? 0), residentBytes, createdAt };

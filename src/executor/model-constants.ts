@@ -1,4 +1,5 @@
 import ort from 'onnxruntime-node';
+import { ADAPTED_FLAG, ADAPTER_INPUTS, adapterLayout, linearModules, type AdapterLayout } from '../model/adapter-ops.js';
 import { biasNames, type ModelConfig } from '../model/checkpoint.js';
 import type { AdapterTensors } from '../protocol.js';
 
@@ -20,11 +21,89 @@ export class FeedContext {
   readonly biasList: { name: string; size: number }[];
   /** Broadcast [1, 1, n] tensors of the base biases, reused by every step without a BitFit row. */
   private readonly sharedBias: Record<string, ort.Tensor>;
+  readonly layout: AdapterLayout;
+  /** LoRA/IA3 feeds of a batch with no such row: the plain branch, empty stacks, broadcast ones. */
+  private readonly plainFeeds: Record<string, ort.Tensor>;
+  /** LoRA stacks by their set of adapters, the last few kept: decode and prefill steps reuse them. */
+  private readonly stacks = new Map<string, Record<string, ort.Tensor>>();
 
   constructor(readonly base: BaseTensors) {
     this.biasList = biasNames(base.config);
     // onnxruntime-node refuses tensors over a SharedArrayBuffer ("Invalid argument"): copy once here.
     this.sharedBias = Object.fromEntries(this.biasList.map(({ name, size }) => [name, new ort.Tensor('float32', new Float32Array(base.biases[name]), [1, 1, size])]));
+    this.layout = adapterLayout(linearModules(base.config));
+    this.plainFeeds = { [ADAPTED_FLAG]: new ort.Tensor('bool', new Uint8Array([0]), []), ...this.loraStacks([]), ...this.ia3Feeds([]) };
+  }
+
+  /** Per-row LoRA and IA3 feeds (src/model/adapter-ops.ts) for a run whose rows use `adapters`. */
+  adapterFeeds(adapters: (AdapterTensors | null)[]): Record<string, ort.Tensor> {
+    // In key order, so the same adapters in other slots find their stack in the cache.
+    const lora = ([...new Set(adapters.filter((a) => a?.kind === 'lora'))] as AdapterTensors[]).sort((a, b) => (a.key < b.key ? -1 : 1));
+    const hasIa3 = adapters.some((a) => a?.kind === 'ia3');
+    if (lora.length === 0 && !hasIa3) return this.plainFeeds;
+    const key = lora.map((a) => a.key).join('\n');
+    let stacks = this.stacks.get(key);
+    if (!stacks) {
+      stacks = this.loraStacks(lora);
+      if (this.stacks.size >= 4) this.stacks.delete(this.stacks.keys().next().value!);
+      this.stacks.set(key, stacks);
+    }
+    const offsets = new Map<AdapterTensors, number>();
+    let K = 0;
+    for (const a of lora) {
+      offsets.set(a, K);
+      K += a.lora!.rank;
+    }
+    const select = new Float32Array(K === 0 ? 0 : adapters.length * K);
+    adapters.forEach((a, r) => a?.kind === 'lora' && select.fill(1, r * K + offsets.get(a)!, r * K + offsets.get(a)! + a.lora!.rank));
+    return {
+      [ADAPTED_FLAG]: new ort.Tensor('bool', new Uint8Array([1]), []),
+      ...stacks,
+      [ADAPTER_INPUTS.select]: new ort.Tensor('float32', select, [K === 0 ? 1 : adapters.length, 1, K]),
+      ...this.ia3Feeds(hasIa3 ? adapters : []),
+    };
+  }
+
+  /** The packed A [Σin, K] and B [K, Σout]: the adapters' factors side by side along the rank axis. */
+  private loraStacks(lora: AdapterTensors[]): Record<string, ort.Tensor> {
+    const { slots, totalIn, totalOut } = this.layout;
+    const K = lora.reduce((n, a) => n + a.lora!.rank, 0);
+    const A = new Float32Array(totalIn * K);
+    const B = new Float32Array(K * totalOut);
+    let at = 0;
+    for (const a of lora) {
+      const r = a.lora!.rank;
+      for (const m of slots) {
+        const f = a.lora!.modules[m.name];
+        if (!f) continue;
+        for (let i = 0; i < m.in; i++) A.set(f.a.subarray(i * r, (i + 1) * r), (m.inAt + i) * K + at);
+        for (let k = 0; k < r; k++) B.set(f.b.subarray(k * m.out, (k + 1) * m.out), (at + k) * totalOut + m.outAt);
+      }
+      at += r;
+    }
+    return {
+      [ADAPTER_INPUTS.select]: new ort.Tensor('float32', new Float32Array(0), [1, 1, 0]),
+      [ADAPTER_INPUTS.loraA]: new ort.Tensor('float32', A, [totalIn, K]),
+      [ADAPTER_INPUTS.loraB]: new ort.Tensor('float32', B, [K, totalOut]),
+    };
+  }
+
+  /** The packed IA3 scales: [B, 1, Σn] with ones where a row has none, or a [1, 1, Σn] broadcast of ones. */
+  private ia3Feeds(adapters: (AdapterTensors | null)[]): Record<string, ort.Tensor> {
+    const { byName, totalIn, totalOut } = this.layout;
+    const R = Math.max(1, adapters.length);
+    const scales = { in: new Float32Array(R * totalIn).fill(1), out: new Float32Array(R * totalOut).fill(1) };
+    adapters.forEach((a, r) => {
+      if (a?.kind !== 'ia3') return;
+      for (const [name, v] of Object.entries(a.ia3!)) {
+        const m = byName.get(name)!;
+        scales[v.side].set(v.scale, v.side === 'in' ? r * totalIn + m.inAt : r * totalOut + m.outAt);
+      }
+    });
+    return {
+      [ADAPTER_INPUTS.ia3In]: new ort.Tensor('float32', scales.in, [R, 1, totalIn]),
+      [ADAPTER_INPUTS.ia3Out]: new ort.Tensor('float32', scales.out, [R, 1, totalOut]),
+    };
   }
 
   /** Bias feeds for a run whose rows use `adapters` (row order). */

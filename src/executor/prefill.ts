@@ -65,6 +65,7 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
     attn_bias: new ort.Tensor('float32', bias, [B, 1, S, T]),
     logit_index: new ort.Tensor('int64', BigInt64Array.from(logitIndex), [logitIndex.length]),
     ...ctx.biasFeeds(items.map((it) => it.adapter)),
+    ...ctx.adapterFeeds(items.map((it) => it.adapter)),
   };
   for (let l = 0; l < L; l++) {
     const keys = new Float32Array(B * H * hd * P); // [B, H, hd, P]

@@ -13,9 +13,9 @@ export class StepRunner {
   private readonly adapters = new Map<string, AdapterTensors>();
   private readonly sampling = new Map<number, Sampling>();
   private readonly batch: KvBatch;
-  /** Per-slot bias feeds, rebuilt only when a slot changes owner (BitFit rows make them per row). */
-  private biasFeeds: Record<string, ort.Tensor> = {};
-  private biasVersion = -1;
+  /** Per-slot bias, LoRA and IA3 feeds, rebuilt only when a slot changes owner. */
+  private rowFeeds: Record<string, ort.Tensor> = {};
+  private rowFeedsVersion = -1;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -114,9 +114,10 @@ export class StepRunner {
     const embeds = new Float32Array(slots.length * D);
     slots.forEach((row, r) => row && this.ctx.embed(embeds, r * D, wanted.get(row.seq)!.token));
     const { attnBias, positions, past } = this.batch.stepFeeds();
-    if (this.biasVersion !== this.batch.version) {
-      this.biasFeeds = this.ctx.biasFeeds(slots.map((r) => r?.adapter ?? null));
-      this.biasVersion = this.batch.version;
+    if (this.rowFeedsVersion !== this.batch.version) {
+      const owners = slots.map((r) => r?.adapter ?? null);
+      this.rowFeeds = { ...this.ctx.biasFeeds(owners), ...this.ctx.adapterFeeds(owners) };
+      this.rowFeedsVersion = this.batch.version;
     }
     const out = await run({
       inputs_embeds: new ort.Tensor('float32', embeds, [slots.length, 1, D]),
@@ -124,7 +125,7 @@ export class StepRunner {
       attn_bias: attnBias,
       logit_index: new ort.Tensor('int64', BigInt64Array.from(slots, (_, r) => BigInt(r)), [slots.length]),
       ...past,
-      ...this.biasFeeds,
+      ...this.rowFeeds,
     });
     const logits = out.logits.data as Float32Array;
     const chosen: TokenChoice[] = [];

@@ -1,7 +1,27 @@
 import { closeSync, existsSync, mkdirSync, openSync, renameSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { Checkpoint } from './checkpoint.js';
+import { branchOnAdapters } from './adapter-ops.js';
 import { ExternalData, GraphBuilder } from './onnx-builder.js';
+
+/**
+ * 'branched' (served): an If on `lora_ia3_rows` between two bodies, with and without the LoRA/IA3
+ * ops (see branchOnAdapters). 'adapted' and 'plain': one body, for bench/lora.ts.
+ */
+export type GraphVariant = 'branched' | 'adapted' | 'plain';
+
+/** The serialized graph; with `external`, its weights go there (each once, both bodies refer to it). */
+export function buildGraph(ckpt: Checkpoint, variant: GraphVariant, external?: ExternalData): Uint8Array {
+  const doc = `${ckpt.config.modelType} built by softprompt-server ${ckpt.arch.graphVersion} from checkpoint ${ckpt.hash}`;
+  const body = (loraIa3: boolean) => {
+    const g = new GraphBuilder(external);
+    const opset = ckpt.arch.build(ckpt.config, ckpt.weights, g, loraIa3);
+    return { opset, bytes: g.serialize(opset, doc) };
+  };
+  if (variant !== 'branched') return body(variant === 'adapted').bytes;
+  const adapted = body(true);
+  return branchOnAdapters(adapted.bytes, body(false).bytes, adapted.opset, doc);
+}
 
 /**
  * Returns the path of the ONNX graph for a checkpoint, building it once. The key covers the
@@ -18,9 +38,7 @@ export function cachedGraphPath(ckpt: Checkpoint, cacheDir: string): { path: str
   const fd = openSync(dataPath + tmp, 'w');
   let graph: Uint8Array;
   try {
-    const g = new GraphBuilder(new ExternalData(fd, basename(dataPath)));
-    const opset = ckpt.arch.build(ckpt.config, ckpt.weights, g);
-    graph = g.serialize(opset, `${ckpt.config.modelType} built by softprompt-server ${ckpt.arch.graphVersion} from checkpoint ${ckpt.hash}`);
+    graph = buildGraph(ckpt, 'branched', new ExternalData(fd, basename(dataPath)));
   } finally {
     closeSync(fd);
   }

@@ -18,6 +18,8 @@ const ALIGN = 4096;
  */
 export class ExternalData {
   private offset = 0;
+  /** Written tensors by name: a second graph body built on the same sink refers to the same bytes. */
+  private readonly written = new Map<string, { offset: number; length: number }>();
 
   /** `location` is the side file's name relative to the graph file, as ONNX Runtime resolves it. */
   constructor(
@@ -25,10 +27,13 @@ export class ExternalData {
     readonly location: string,
   ) {}
 
-  append(bytes: Uint8Array): { offset: number; length: number } {
+  append(name: string, bytes: Uint8Array): { offset: number; length: number } {
+    const seen = this.written.get(name);
+    if (seen) return seen;
     const offset = Math.ceil(this.offset / ALIGN) * ALIGN;
     for (let done = 0; done < bytes.byteLength; ) done += writeSync(this.fd, bytes, done, Math.min(bytes.byteLength - done, 1 << 30), offset + done);
     this.offset = offset + bytes.byteLength;
+    this.written.set(name, { offset, length: bytes.byteLength });
     return { offset, length: bytes.byteLength };
   }
 }
@@ -60,7 +65,7 @@ export class GraphBuilder {
       this.initializers.push(onnx.TensorProto.create({ name, dims, dataType: FLOAT, rawData: bytes }));
       return name;
     }
-    const { offset, length } = this.external.append(bytes);
+    const { offset, length } = this.external.append(name, bytes);
     this.initializers.push(
       onnx.TensorProto.create({
         name,

@@ -65,8 +65,7 @@ t.test('each validation failure names its check', async (t) => {
   const inf = emb(4, 256);
   inf.data[3] = Infinity;
   t.equal(failure(promptFiles({}, { prompt_embeddings: inf })), 'non_finite', 'Infinity');
-  t.equal(failure(promptFiles({ peft_type: 'LORA' }, good)), 'unsupported_peft_type', 'LoRA');
-  t.equal(failure(promptFiles({ peft_type: 'IA3' }, good)), 'unsupported_peft_type', 'IA3');
+  t.equal(failure(promptFiles({ peft_type: 'LOHA' }, good)), 'unsupported_peft_type', 'LoHa');
   t.equal(failure(promptFiles({ peft_type: 'NOPE' }, good)), 'unsupported_peft_type', 'unknown type');
   t.equal(failure(promptFiles({ task_type: 'SEQ_CLS' }, good)), 'unsupported_task_type', 'task_type');
   t.equal(failure({ ...promptFiles({}, good), config: Buffer.from('{"peft_type": ') }), 'invalid_json', 'config JSON');

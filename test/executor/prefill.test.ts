@@ -40,3 +40,21 @@ t.test('all cases in one padded, mixed-adapter batch: same logits', async (t) =>
     t.ok(err < 1e-4, `${cases[i].adapter ?? 'base'} ${JSON.stringify(cases[i].text)}: ${err.toExponential(2)}`);
   });
 });
+
+// Two LoRA adapters stack along the rank axis (K = 16 here): a row that also picked up the other
+// block would get its update twice. The copy has the same tensors under another key, so the
+// reference still applies.
+t.test('two LoRA adapters and an IA3 one in one batch: each row applies only its own', async (t) => {
+  const loraCases = cases.filter((c) => c.adapter === 'pos-lora' || c.adapter === 'pos-ia3');
+  const copy = parse('pos-lora-copy', readAdapterFolder(join(ROOT, 'adapters', 'pos-lora'))).tensors;
+  const batch = loraCases.map((c, i) => {
+    const it = items[cases.indexOf(c)];
+    return c.adapter === 'pos-lora' && i % 2 === 0 ? { ...it, adapter: copy } : it;
+  });
+  t.ok(batch.some((it) => it.adapter === copy) && batch.some((it) => it.adapter?.kind === 'lora' && it.adapter !== copy), 'both LoRA keys in the batch');
+  const all = await lastLogits([...batch, items[0]]);
+  [...loraCases, cases[0]].forEach((c, i) => {
+    const err = relErr(all[i], refLogits(c));
+    t.ok(err < 1e-4, `${c.adapter ?? 'base'} ${JSON.stringify(c.text)}: ${err.toExponential(2)}`);
+  });
+});

@@ -104,7 +104,7 @@ t.test('every bad upload gets 400 or 413 and leaves the served adapter unchanged
     ['an unexpected part', { 'adapter_config.json': good['adapter_config.json'], 'notes.txt': Buffer.alloc(10), 'adapter_model.safetensors': weights }, 400],
     ['extra huge parts', { ...good, 'extra-1': Buffer.alloc(600 * 1024), 'extra-2': Buffer.alloc(600 * 1024) }, 413],
     ['a part over MAX_ADAPTER_BYTES', { ...good, 'adapter_model.safetensors': Buffer.alloc(500 * 1024) }, 413],
-    ['LoRA', adapterFiles('pos-lora'), 400],
+    ['DoRA', { ...adapterFiles('pos-lora'), 'adapter_config.json': Buffer.from(JSON.stringify({ ...JSON.parse(adapterFiles('pos-lora')['adapter_config.json'].toString('utf8')), use_dora: true })) }, 400],
   ];
   for (const [name, files, status] of cases) {
     const res = await upload('target', files);

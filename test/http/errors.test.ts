@@ -50,5 +50,5 @@ t.test('healthz and readyz', async (t) => {
   t.equal((await server.app.inject('/healthz')).statusCode, 200);
   const ready = await server.app.inject('/readyz');
   t.equal(ready.statusCode, 200);
-  t.equal(ready.json().adapters, 7);
+  t.equal(ready.json().adapters, 9);
 });

@@ -71,6 +71,9 @@ export interface Architecture<C extends ModelConfig = ModelConfig> {
   biases(c: C): { name: string; size: number }[];
   /** The token embedding table [V, D], looked up on the host. */
   embedding: string;
-  /** Adds the whole forward pass to `g`, streaming weights from `w`; returns the opset it needs. */
-  build(c: C, w: WeightSource, g: GraphBuilder): number;
+  /**
+   * Adds the whole forward pass to `g`, streaming weights from `w`; returns the opset it needs.
+   * `loraIa3`: every linear layer through adaptedLinear (src/model/adapter-ops.ts), with its inputs.
+   */
+  build(c: C, w: WeightSource, g: GraphBuilder, loraIa3: boolean): number;
 }

@@ -1,4 +1,5 @@
 import { FormatError } from '../../errors.js';
+import { adaptedLinear, adapterLayout, declareAdapterInputs, linearModules } from '../adapter-ops.js';
 import { transpose, type GraphBuilder } from '../onnx-builder.js';
 import type { Architecture, Gpt2Config, WeightSource } from './architecture.js';
 
@@ -66,7 +67,7 @@ function weightShapes(c: Gpt2Config): Map<string, number[]> {
 }
 
 export const gpt2: Architecture<Gpt2Config> = {
-  graphVersion: 'gpt2-v2',
+  graphVersion: 'gpt2-v3',
   parseConfig,
   // Some exports prefix names with `transformer.`, others do not; normalise to the prefixed form.
   canonicalName: (name) => (name.startsWith('transformer.') || name.startsWith('lm_head') ? name : `transformer.${name}`),
@@ -90,6 +91,8 @@ export const gpt2: Architecture<Gpt2Config> = {
  * - one input per bias vector, named as in the checkpoint, [R, 1, n] with R = 1 (broadcast, the base
  *   model's values) or R = B (per-row values, for BitFit rows). Feeding absolute biases rather than
  *   deltas costs no extra Add in the graph.
+ * - five packed per-row LoRA/IA3 inputs and the bool `lora_ia3_rows` that picks the body with or
+ *   without their ops (src/model/adapter-ops.ts).
  * - `logit_index` [N]: rows of the flattened [B*S] hidden states that need logits. The LM head is a
  *   quarter of the FLOPs per token; prefill of a generate request needs it at one position only.
  * Outputs: `logits` [N, V], and only this step's keys/values, `new_key_l` [B, H, hd, S] and
@@ -104,7 +107,7 @@ export const gpt2: Architecture<Gpt2Config> = {
  * one frozen graph for every adapter kind. The forward benchmark puts decode at 2–18 % of the
  * MatMul ceiling: at 256 wide, batching across tasks matters far more than op fusion.
  */
-function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder): number {
+function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, loraIa3: boolean): number {
   const W = (name: string) => g.weight(name, w.shape(name)!, w.read(name));
   const bias = new Map(biases(c).map(({ name, size }) => [name, g.input(name, 'float', ['bias_rows', 1, size])]));
 
@@ -132,7 +135,12 @@ function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder): number
     const normed = g.one('LayerNormalization', [x, W(`${prefix}.weight`)], { axis: -1, epsilon: { float: c.layerNormEps } });
     return g.one('Add', [normed, bias.get(`${prefix}.bias`)!]);
   };
-  const linear = (x: string, prefix: string) => g.one('Add', [g.one('MatMul', [x, W(`${prefix}.weight`)]), bias.get(`${prefix}.bias`)!]);
+  const layout = adapterLayout(linearModules(c));
+  const adapterInputs = loraIa3 ? declareAdapterInputs(g, layout) : null;
+  const linear = (x: string, prefix: string) =>
+    adapterInputs
+      ? adaptedLinear(g, x, adapterInputs.get(prefix)!, W(`${prefix}.weight`), bias.get(`${prefix}.bias`)!)
+      : g.one('Add', [g.one('MatMul', [x, W(`${prefix}.weight`)]), bias.get(`${prefix}.bias`)!]);
   const splitHeads = (x: string) => g.one('Transpose', [g.one('Reshape', [x, headsShape])], { perm: [0, 2, 1, 3] });
 
   let x = g.one('Add', [embeds, g.one('Gather', [W('transformer.wpe.weight'), positions], { axis: 0 })]);

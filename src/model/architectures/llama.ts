@@ -1,4 +1,5 @@
 import { FormatError } from '../../errors.js';
+import { adaptedLinear, adapterLayout, declareAdapterInputs, linearModules } from '../adapter-ops.js';
 import { transpose, type GraphBuilder } from '../onnx-builder.js';
 import type { Architecture, LlamaConfig, RopeScaling, WeightSource } from './architecture.js';
 
@@ -175,7 +176,7 @@ function ropeTables(c: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
  *   SimplifiedLayerNormalization, computed in float32.
  * - Every linear layer goes through `linear`: per-row adapters on linear layers belong there.
  */
-function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder): number {
+function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, loraIa3: boolean): number {
   const { hidden: D, heads: H, kvHeads: KVH, headDim: hd, layers: L } = c;
   const bias = new Map(biases(c).map(({ name, size }) => [name, g.input(name, 'float', ['bias_rows', 1, size])]));
   const embeds = g.input('inputs_embeds', 'float', ['batch', 'seq', D]);
@@ -215,11 +216,14 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder): number {
     const normed = g.one('Div', [x, g.one('Sqrt', [g.one('Add', [variance, eps])])]);
     return g.one('Mul', [normed, g.weight(name, [D], w.read(name))]);
   };
+  const adapterInputs = loraIa3 ? declareAdapterInputs(g, adapterLayout(linearModules(c))) : null;
   /** x [.., in] · Wᵀ (+ b): the weight is stored [in, out], transposed once here from nn.Linear's [out, in]. */
   const linear = (x: string, prefix: string) => {
     const [out, inDim] = w.shape(`${prefix}.weight`)!;
-    const y = g.one('MatMul', [x, g.weight(`${prefix}.weight`, [inDim, out], transpose(w.read(`${prefix}.weight`), out, inDim))]);
-    const b = bias.get(`${prefix}.bias`);
+    const weight = g.weight(`${prefix}.weight`, [inDim, out], transpose(w.read(`${prefix}.weight`), out, inDim));
+    const b = bias.get(`${prefix}.bias`) ?? null;
+    if (adapterInputs) return adaptedLinear(g, x, adapterInputs.get(prefix)!, weight, b);
+    const y = g.one('MatMul', [x, weight]);
     return b ? g.one('Add', [y, b]) : y;
   };
   const rope = (x: string) => {
@@ -258,7 +262,7 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder): number {
 }
 
 export const llama: Architecture<LlamaConfig> = {
-  graphVersion: 'llama-v1',
+  graphVersion: 'llama-v2',
   parseConfig,
   canonicalName: (name) => name,
   weightShapes,

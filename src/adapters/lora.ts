@@ -1,0 +1,145 @@
+import { FormatError } from '../errors.js';
+import { linearModules, type LinearModule, type LinearShape } from '../model/adapter-ops.js';
+import type { Tensor } from '../model/safetensors.js';
+import type { AdapterTensors } from '../protocol.js';
+
+/**
+ * PEFT's LORA and IA3 formats, checked against the linear modules of the loaded base model
+ * (src/model/adapter-ops.ts). Tensor names are PEFT's: `base_model.model.<module>.lora_A.weight`
+ * [r, in], `…lora_B.weight` [out, r], `…ia3_l` ([out, 1], or [1, in] for a feedforward module).
+ * `fan_in_fan_out` only tells PEFT how to merge into GPT-2's Conv1D weights; the factors are saved in
+ * the same layout either way, and nothing is merged here.
+ */
+const fail = (code: string, message: string): never => {
+  throw new FormatError(code, message);
+};
+
+/** Options this server does not implement: a set value is refused with a message naming the field. */
+const REFUSED: Record<string, string> = {
+  use_dora: 'DoRA (use_dora) is not supported',
+  modules_to_save: 'modules_to_save (fully trained copies of base modules) is not supported',
+  layers_to_transform: 'layers_to_transform is not supported',
+  layers_pattern: 'layers_pattern is not supported',
+  rank_pattern: 'rank_pattern (per-module ranks) is not supported',
+  alpha_pattern: 'alpha_pattern (per-module alphas) is not supported',
+  lora_bias: 'lora_bias (a trained bias on lora_B) is not supported',
+  use_qalora: 'use_qalora is not supported',
+  layer_replication: 'layer_replication is not supported',
+  trainable_token_indices: 'trainable_token_indices is not supported',
+  target_parameters: 'target_parameters is not supported',
+  alora_invocation_tokens: 'alora_invocation_tokens (activated LoRA) is not supported',
+  use_bdlora: 'use_bdlora is not supported',
+  arrow_config: 'arrow_config (routing between LoRA experts) is not supported',
+};
+
+const isSet = (v: unknown) => !(v === undefined || v === null || v === false || (Array.isArray(v) && v.length === 0) || (typeof v === 'object' && v !== null && Object.keys(v).length === 0));
+
+/** PEFT's module matching: a string is a regular expression matched against the whole name; a list matches a name or a `.`-suffix. */
+export function moduleMatcher(field: string, spec: unknown, suffix = '.'): (name: string) => boolean {
+  if (typeof spec === 'string') {
+    let re: RegExp;
+    try {
+      re = new RegExp(`^(?:${spec})$`);
+    } catch (e) {
+      return fail('invalid_config', `${field} is not a valid regular expression: ${(e as Error).message}`);
+    }
+    return (name) => re.test(name);
+  }
+  if (!Array.isArray(spec) || !spec.every((s) => typeof s === 'string')) return fail('invalid_config', `${field} must be a list of module names or a regular expression string`);
+  return (name) => spec.some((s: string) => name === s || name.endsWith(`${suffix}${s}`));
+}
+
+/** The base model's modules that `target_modules` (minus `exclude_modules`) selects; at least one. */
+function targets(cfg: Record<string, unknown>, modules: LinearModule[]): LinearModule[] {
+  if (cfg.target_modules === undefined || cfg.target_modules === null) fail('invalid_config', 'target_modules is required');
+  const all = cfg.target_modules === 'all-linear';
+  const target = all ? () => true : moduleMatcher('target_modules', cfg.target_modules);
+  const exclude = isSet(cfg.exclude_modules) ? moduleMatcher('exclude_modules', cfg.exclude_modules) : () => false;
+  const chosen = modules.filter((m) => target(m.name) && !exclude(m.name));
+  if (chosen.length === 0) fail('invalid_config', `target_modules ${JSON.stringify(cfg.target_modules)} matches no linear module of the base model`);
+  return chosen;
+}
+
+/** Tensor names without PEFT's `base_model.model.` prefix, each checked to name `<module>.<suffix>` of a chosen module. */
+function byModule(type: string, raw: Map<string, Tensor>, chosen: LinearModule[], suffixes: string[]): Map<string, Tensor> {
+  const wanted = new Set(chosen.flatMap((m) => suffixes.map((s) => `${m.name}.${s}`)));
+  const out = new Map<string, Tensor>();
+  for (const [name, t] of raw) {
+    const bare = name.startsWith('base_model.model.') ? name.slice('base_model.model.'.length) : name;
+    if (!wanted.has(bare)) fail('unexpected_tensors', `'${name}' is not a ${suffixes.join(' or ')} tensor of a module that target_modules selects in the base model`);
+    out.set(bare, t);
+  }
+  for (const name of wanted) if (!out.has(name)) fail('unexpected_tensors', `${type} adapter has no tensor 'base_model.model.${name}'`);
+  return out;
+}
+
+function expectShape(name: string, t: Tensor, shape: number[]): void {
+  if (t.shape.join() !== shape.join()) fail('wrong_shape', `'${name}' has shape [${t.shape}], expected [${shape}]`);
+}
+
+/** A zeroed array of n floats that posting to the worker does not copy. */
+const sharedFloats = (n: number) => new Float32Array(new SharedArrayBuffer(n * 4));
+
+function checkRefused(cfg: Record<string, unknown>): void {
+  for (const [field, why] of Object.entries(REFUSED)) if (isSet(cfg[field])) fail('unsupported_option', `${why} (${field}: ${JSON.stringify(cfg[field])})`);
+}
+
+export function parseLora(cfg: Record<string, unknown>, raw: Map<string, Tensor>, base: LinearShape): AdapterTensors {
+  checkRefused(cfg);
+  if ((cfg.bias ?? 'none') !== 'none') fail('unsupported_option', `bias ${JSON.stringify(cfg.bias)} is not supported (none)`);
+  const r = cfg.r;
+  if (typeof r !== 'number' || !Number.isInteger(r) || r < 1) fail('invalid_config', `r must be a positive integer, got ${JSON.stringify(r)}`);
+  const alpha = cfg.lora_alpha ?? 8;
+  if (typeof alpha !== 'number' || !Number.isFinite(alpha)) fail('invalid_config', `lora_alpha must be a number, got ${JSON.stringify(alpha)}`);
+  if (typeof (cfg.use_rslora ?? false) !== 'boolean') fail('invalid_config', 'use_rslora must be a boolean');
+  if (typeof (cfg.fan_in_fan_out ?? false) !== 'boolean') fail('invalid_config', 'fan_in_fan_out must be a boolean');
+  const rank = r as number;
+  const scale = (alpha as number) / (cfg.use_rslora ? Math.sqrt(rank) : rank);
+  const chosen = targets(cfg, linearModules(base));
+  const tensors = byModule('LORA', raw, chosen, ['lora_A.weight', 'lora_B.weight']);
+  const modules: Record<string, { a: Float32Array; b: Float32Array }> = {};
+  for (const m of chosen) {
+    const A = tensors.get(`${m.name}.lora_A.weight`)!;
+    const B = tensors.get(`${m.name}.lora_B.weight`)!;
+    expectShape(`${m.name}.lora_A.weight`, A, [rank, m.in]);
+    expectShape(`${m.name}.lora_B.weight`, B, [m.out, rank]);
+    // Stored as the graph multiplies them: A [in, r], B [r, out] with the scale folded in.
+    const a = sharedFloats(A.data.length);
+    for (let k = 0; k < rank; k++) for (let i = 0; i < m.in; i++) a[i * rank + k] = A.data[k * m.in + i];
+    const b = sharedFloats(B.data.length);
+    for (let o = 0; o < m.out; o++) for (let k = 0; k < rank; k++) b[k * m.out + o] = B.data[o * rank + k] * scale;
+    modules[m.name] = { a, b };
+  }
+  return { key: '', kind: 'lora', virtualTokens: 0, lora: { rank, modules } };
+}
+
+export function parseIa3(cfg: Record<string, unknown>, raw: Map<string, Tensor>, base: LinearShape): AdapterTensors {
+  checkRefused(cfg);
+  const chosen = targets(cfg, linearModules(base));
+  const ff = cfg.feedforward_modules ?? [];
+  // PEFT (IA3Config, _check_target_module_feedforward): a list matches by plain suffix and must be a subset of target_modules.
+  const feedforward = moduleMatcher('feedforward_modules', ff, '');
+  if (Array.isArray(ff) && Array.isArray(cfg.target_modules)) {
+    const extra = ff.filter((f) => !(cfg.target_modules as unknown[]).includes(f));
+    if (extra.length > 0) fail('invalid_config', `feedforward_modules must be a subset of target_modules; not targeted: ${JSON.stringify(extra)}`);
+  }
+  const tensors = byModule('IA3', raw, chosen, ['ia3_l']);
+  const ia3: Record<string, { side: 'in' | 'out'; scale: Float32Array }> = {};
+  for (const m of chosen) {
+    const t = tensors.get(`${m.name}.ia3_l`)!;
+    const side = feedforward(m.name) ? 'in' : 'out';
+    expectShape(`${m.name}.ia3_l`, t, side === 'in' ? [1, m.in] : [m.out, 1]);
+    const scale = sharedFloats(t.data.length);
+    scale.set(t.data);
+    ia3[m.name] = { side, scale };
+  }
+  return { key: '', kind: 'ia3', virtualTokens: 0, ia3 };
+}
+
+/** Bytes an adapter's decoded tensors hold: what the LRU budget counts. */
+export function tensorBytes(a: AdapterTensors): number {
+  let n = (a.embeddings?.byteLength ?? 0) + Object.values(a.biases ?? {}).reduce((s, b) => s + b.byteLength, 0);
+  for (const f of Object.values(a.lora?.modules ?? {})) n += f.a.byteLength + f.b.byteLength;
+  for (const v of Object.values(a.ia3 ?? {})) n += v.scale.byteLength;
+  return n;
+}

@@ -1,0 +1,155 @@
+import { join } from 'node:path';
+import t from 'tap';
+import { adapterParser, type AdapterFiles } from '../../src/adapters/format.js';
+import { readAdapterFolder } from '../../src/adapters/fs-store.js';
+import { FormatError } from '../../src/errors.js';
+import { loadBaseModel } from '../../src/model/base-model.js';
+import { encodeSafetensors, parseSafetensors } from '../../src/model/safetensors.js';
+import { adapterFiles, adaptersCopy, multipart, reference, ROOT, startServer } from '../helpers.js';
+
+const model = loadBaseModel(join(ROOT, 'models', 'demo-gpt2'), join(ROOT, '.cache'));
+const parse = adapterParser(model);
+const folder = (name: string) => readAdapterFolder(join(ROOT, 'adapters', name));
+type Tensors = Record<string, { shape: number[]; data: Float32Array }>;
+const tensorsOf = (name: string): Tensors => Object.fromEntries(parseSafetensors(folder(name).weights).tensors);
+const configOf = (name: string) => JSON.parse(folder(name).config.toString('utf8')) as Record<string, unknown>;
+const files = (cfg: Record<string, unknown>, tensors: Tensors): AdapterFiles => ({ config: Buffer.from(JSON.stringify(cfg)), weights: Buffer.from(encodeSafetensors(tensors)) });
+const P = 'base_model.model.transformer.h';
+
+function failure(f: AdapterFiles): string {
+  try {
+    parse('x', f);
+  } catch (e) {
+    if (e instanceof FormatError) return `${e.code}: ${e.message}`;
+    throw e;
+  }
+  return 'ok';
+}
+
+/** Each mutation of pos-lora or pos-ia3, and the code and message fragment it must be refused with. */
+const lora = configOf('pos-lora');
+const ia3 = configOf('pos-ia3');
+const loraT = tensorsOf('pos-lora');
+const ia3T = tensorsOf('pos-ia3');
+const without = (t: Tensors, name: string) => Object.fromEntries(Object.entries(t).filter(([k]) => k !== name));
+const MUTATIONS: [string, AdapterFiles, RegExp][] = [
+  ['wrong shape', files(lora, { ...loraT, [`${P}.0.attn.c_attn.lora_B.weight`]: { shape: [767, 8], data: new Float32Array(767 * 8) } }), /^wrong_shape: .*h\.0\.attn\.c_attn\.lora_B\.weight.*\[768,8\]/],
+  ['unknown module', files(lora, { ...loraT, [`${P}.9.attn.c_attn.lora_A.weight`]: { shape: [8, 256], data: new Float32Array(8 * 256) } }), /^unexpected_tensors: .*h\.9\.attn\.c_attn/],
+  ['a module that target_modules does not select', files({ ...lora, target_modules: ['c_attn'] }, loraT), /^unexpected_tensors: .*c_proj/],
+  ['missing tensor', files(lora, without(loraT, `${P}.3.mlp.c_proj.lora_B.weight`)), /^unexpected_tensors: .*no tensor .*h\.3\.mlp\.c_proj\.lora_B/],
+  ['DoRA', files({ ...lora, use_dora: true }, loraT), /^unsupported_option: .*use_dora/],
+  ['rank_pattern', files({ ...lora, rank_pattern: { c_attn: 4 } }, loraT), /^unsupported_option: .*rank_pattern/],
+  ['alpha_pattern', files({ ...lora, alpha_pattern: { c_attn: 4 } }, loraT), /^unsupported_option: .*alpha_pattern/],
+  ['modules_to_save', files({ ...lora, modules_to_save: ['lm_head'] }, loraT), /^unsupported_option: .*modules_to_save/],
+  ['layers_to_transform', files({ ...lora, layers_to_transform: [0] }, loraT), /^unsupported_option: .*layers_to_transform/],
+  ['lora_bias', files({ ...lora, lora_bias: true }, loraT), /^unsupported_option: .*lora_bias/],
+  ['bias all', files({ ...lora, bias: 'all' }, loraT), /^unsupported_option: .*bias/],
+  ['r differs from the tensors', files({ ...lora, r: 4 }, loraT), /^wrong_shape: /],
+  ['r missing', files({ ...lora, r: undefined }, loraT), /^invalid_config: r must be/],
+  ['target_modules matching nothing', files({ ...lora, target_modules: ['q_proj'] }, loraT), /^invalid_config: target_modules .*matches no/],
+  ['target_modules a bad regex', files({ ...lora, target_modules: '(' }, loraT), /^invalid_config: target_modules is not a valid/],
+  ['IA3 vector of the wrong side', files({ ...ia3, feedforward_modules: [] }, ia3T), /^wrong_shape: .*mlp\.c_proj\.ia3_l.*\[256,1\]/],
+  ['IA3 feedforward module not targeted', files({ ...ia3, feedforward_modules: ['mlp.c_fc'] }, ia3T), /^invalid_config: feedforward_modules must be a subset/],
+  ['IA3 unknown tensor', files(ia3, { ...ia3T, [`${P}.0.attn.c_attn.lora_A.weight`]: { shape: [8, 256], data: new Float32Array(8 * 256) } }), /^unexpected_tensors: /],
+];
+
+t.test('pos-lora and pos-ia3 parse; resident bytes are the tensor bytes', async (t) => {
+  const l = parse('pos-lora', folder('pos-lora'));
+  t.equal(l.peftType, 'LORA');
+  t.equal(l.tensors.kind, 'lora');
+  t.equal(l.tensors.lora!.rank, 8);
+  // c_proj matches attn.c_proj and mlp.c_proj by suffix; c_fc is not targeted.
+  t.same(Object.keys(l.tensors.lora!.modules).filter((m) => m.startsWith('transformer.h.0.')), ['transformer.h.0.attn.c_attn', 'transformer.h.0.attn.c_proj', 'transformer.h.0.mlp.c_proj']);
+  const fileBytes = Object.values(loraT).reduce((n, x) => n + x.data.byteLength, 0);
+  t.equal(l.residentBytes, fileBytes, `${l.residentBytes} resident bytes for ${fileBytes} bytes of F32 tensors`);
+  // A is stored [in, r], B [r, out] with lora_alpha / r = 2 folded in.
+  const A = loraT[`${P}.1.mlp.c_proj.lora_A.weight`];
+  const B = loraT[`${P}.1.mlp.c_proj.lora_B.weight`];
+  const m = l.tensors.lora!.modules['transformer.h.1.mlp.c_proj'];
+  t.equal(m.a[5 * 8 + 3], A.data[3 * 1024 + 5]);
+  t.equal(m.b[3 * 256 + 7], B.data[7 * 8 + 3] * 2);
+
+  const i = parse('pos-ia3', folder('pos-ia3'));
+  t.equal(i.tensors.kind, 'ia3');
+  t.equal(i.tensors.ia3!['transformer.h.0.attn.c_attn'].side, 'out');
+  t.equal(i.tensors.ia3!['transformer.h.0.mlp.c_proj'].side, 'in');
+  t.equal(i.residentBytes, Object.values(ia3T).reduce((n, x) => n + x.data.byteLength, 0));
+});
+
+t.test('PEFT options: rsLoRA scale, regex and all-linear targets, exclude_modules', async (t) => {
+  const rs = parse('x', files({ ...lora, use_rslora: true }, loraT)).tensors.lora!.modules['transformer.h.0.attn.c_attn'];
+  const plain = parse('x', files(lora, loraT)).tensors.lora!.modules['transformer.h.0.attn.c_attn'];
+  t.ok(Math.abs(rs.b[10] - (plain.b[10] / 2) * (16 / Math.sqrt(8))) < 1e-6, 'lora_alpha / sqrt(r)');
+  const regex = parse('x', files({ ...lora, target_modules: '.*\\.(c_attn|c_proj)' }, loraT));
+  t.equal(Object.keys(regex.tensors.lora!.modules).length, 12, 'a string is a full-match regular expression');
+  t.match(failure(files({ ...lora, target_modules: 'c_attn' }, loraT)), /^invalid_config: .*matches no/, 'a regex matches the whole module name');
+  const onlyAttn = Object.fromEntries(Object.entries(loraT).filter(([k]) => k.includes('c_attn')));
+  t.equal(failure(files({ ...lora, target_modules: ['c_attn', 'c_proj'], exclude_modules: ['c_proj'] }, onlyAttn)), 'ok', 'exclude_modules');
+  t.match(failure(files({ ...lora, target_modules: 'all-linear' }, loraT)), /no tensor .*mlp\.c_fc\.lora_A/, 'all-linear includes c_fc');
+});
+
+t.test('F16 and BF16 tensors are accepted', async (t) => {
+  for (const dtype of ['F16', 'BF16'] as const) {
+    const header: Record<string, unknown> = {};
+    const parts: Buffer[] = [];
+    let offset = 0;
+    for (const [name, x] of Object.entries(loraT)) {
+      const data = Buffer.alloc(x.data.length * 2);
+      x.data.forEach((v, k) => data.writeUInt16LE(dtype === 'F16' ? toHalf(v) : new Uint32Array(Float32Array.of(v).buffer)[0] >>> 16, k * 2));
+      header[name] = { dtype, shape: x.shape, data_offsets: [offset, offset + data.length] };
+      offset += data.length;
+      parts.push(data);
+    }
+    const json = Buffer.from(JSON.stringify(header));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    const a = parse('x', { config: Buffer.from(JSON.stringify(lora)), weights: Buffer.concat([len, json, ...parts]) });
+    const want = loraT[`${P}.2.attn.c_proj.lora_A.weight`].data[256 + 9];
+    const got = a.tensors.lora!.modules['transformer.h.2.attn.c_proj'].a[9 * 8 + 1];
+    t.ok(Math.abs(got - want) <= Math.abs(want) * (dtype === 'F16' ? 1e-3 : 1e-2), `${dtype}: ${got} vs ${want}`);
+  }
+});
+
+/** float32 → IEEE half bits, round-to-nearest (normal range: enough for adapter weights). */
+function toHalf(v: number): number {
+  const f = new Uint32Array(Float32Array.of(v).buffer)[0];
+  const sign = (f >>> 16) & 0x8000;
+  const exp = ((f >>> 23) & 0xff) - 127 + 15;
+  if (exp <= 0) return sign;
+  return sign | ((exp << 10) + Math.round((f & 0x7fffff) / 8192));
+}
+
+t.test('every mutation is refused with a message that names what is wrong', async (t) => {
+  for (const [what, f, want] of MUTATIONS) t.match(failure(f), want, what);
+});
+
+t.test('through HTTP: LoRA and IA3 uploads serve the reference; mutated uploads get 400 and change nothing', async (t) => {
+  const server = await startServer({ ADAPTERS_DIR: adaptersCopy(['pos-lora']), ADMIN_TOKEN: 'admin' });
+  t.teardown(() => server.close());
+  const auth = { authorization: 'Bearer admin' };
+  const upload = (task: string, parts: Record<string, Buffer | Uint8Array>) => {
+    const body = multipart(parts);
+    return server.app.inject({ method: 'PUT', url: `/v1/adapters/${task}`, payload: body.payload, headers: { ...body.headers, ...auth } });
+  };
+  const list = async () => (await server.app.inject({ method: 'GET', url: '/v1/adapters', headers: auth })).json();
+  const greedy = async (task: string, adapter: string) => {
+    const c = reference.cases.find((x) => x.adapter === adapter && x.text === 'In the beginning')!;
+    const res = await server.app.inject({ method: 'POST', url: `/v1/tasks/${task}/generate`, payload: { prompt: c.text, raw: true, max_tokens: 20, temperature: 0 } });
+    t.same(res.json().token_ids, c.greedy.at(-1) === 0 ? c.greedy.slice(0, -1) : c.greedy, `${task} serves ${adapter}'s reference`);
+  };
+  for (const name of ['pos-lora', 'pos-ia3']) {
+    const res = await upload(`my-${name}`, adapterFiles(name));
+    t.equal(res.statusCode, 201, `upload ${name}`);
+    await greedy(`my-${name}`, name);
+  }
+  const before = await list();
+  for (const [what, f] of MUTATIONS) {
+    for (const task of ['pos-lora', 'brand-new']) {
+      const res = await upload(task, { 'adapter_config.json': f.config, 'adapter_model.safetensors': f.weights });
+      t.equal(res.statusCode, 400, `${what} → ${task}`);
+      t.equal(res.json().error.code, 'invalid_adapter', `${what}: ${res.json().error.message}`);
+    }
+  }
+  t.same(await list(), before, 'the registry is unchanged');
+  await greedy('pos-lora', 'pos-lora');
+});
