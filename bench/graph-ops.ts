@@ -1,6 +1,6 @@
 /**
  * Which ops the built graph has, and what ONNX Runtime's optimiser (level 'all') turns them into:
- * the evidence behind the plain-ops design note in src/model/gpt2-graph.ts.
+ * the evidence behind the plain-ops design note in src/model/architectures/gpt2.ts.
  *   npm run build && node dist/bench/graph-ops.js
  */
 import ort from 'onnxruntime-node';

@@ -16,7 +16,7 @@ import { parseArgs } from 'node:util';
 import { FeedContext } from '../src/executor/model-constants.js';
 import { loadBaseModel } from '../src/model/base-model.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
-import { buildGpt2Graph, type GraphVariant } from '../src/model/gpt2-graph.js';
+import { buildGraph, type GraphVariant } from '../src/model/graph-cache.js';
 import { GraphBuilder } from '../src/model/onnx-builder.js';
 import { machineInfo } from './harness.js';
 import { printTable } from './table.js';
@@ -64,7 +64,7 @@ const ckpt = loadCheckpoint(model.dir);
 const c = model.config;
 const ctx = new FeedContext(model.tensors);
 const sessions = {} as Record<GraphVariant, ort.InferenceSession>;
-for (const v of ['plain', 'branched', 'adapted'] as const) sessions[v] = await ort.InferenceSession.create(buildGpt2Graph(ckpt, v), options);
+for (const v of ['plain', 'branched', 'adapted'] as const) sessions[v] = await ort.InferenceSession.create(buildGraph(ckpt, v), options);
 
 function baseFeeds(B: number, S: number, P: number): Record<string, ort.Tensor> {
   const f: Record<string, ort.Tensor> = {

@@ -134,12 +134,16 @@ function virtual(type: PeftType, cfg: Record<string, unknown>, raw: Map<string, 
   const n = cfg.num_virtual_tokens as number | null | undefined;
   if (typeof n !== 'number' || n < 1) return fail('invalid_config', 'num_virtual_tokens must be a positive integer');
   if ((cfg.num_transformer_submodules ?? 1) !== 1) fail('invalid_config', 'num_transformer_submodules must be 1 for a decoder-only model');
-  if (cfg.token_dim != null && cfg.token_dim !== c.hidden) fail('wrong_base_model', `token_dim ${cfg.token_dim} differs from the base model's hidden size ${c.hidden}`);
+  // PEFT sizes a prefix by the key/value heads (grouped-query models): token_dim = kv_heads·head_dim.
+  const prefix = type === 'PREFIX_TUNING';
+  const tokenDim = prefix ? c.kvHeads * c.headDim : c.hidden;
+  const heads = prefix ? c.kvHeads : c.heads;
+  if (cfg.token_dim != null && cfg.token_dim !== tokenDim) fail('wrong_base_model', `token_dim ${cfg.token_dim} differs from the base model's ${prefix ? 'key/value width' : 'hidden size'} ${tokenDim}`);
   if (cfg.num_layers != null && cfg.num_layers !== c.layers) fail('wrong_base_model', `num_layers ${cfg.num_layers} differs from the base model's ${c.layers}`);
-  if (cfg.num_attention_heads != null && cfg.num_attention_heads !== c.heads) fail('wrong_base_model', `num_attention_heads ${cfg.num_attention_heads} differs from the base model's ${c.heads}`);
-  const width = type === 'PREFIX_TUNING' ? c.layers * 2 * c.hidden : c.hidden;
+  if (cfg.num_attention_heads != null && cfg.num_attention_heads !== heads) fail('wrong_base_model', `num_attention_heads ${cfg.num_attention_heads} differs from the base model's ${heads}${prefix ? ' key/value heads' : ''}`);
+  const width = prefix ? c.layers * 2 * tokenDim : c.hidden;
   if (t.shape.length !== 2 || t.shape[0] !== n || t.shape[1] !== width) {
-    fail('wrong_shape', `prompt_embeddings has shape [${t.shape}], expected [${n}, ${width}] (num_virtual_tokens × ${type === 'PREFIX_TUNING' ? 'layers·2·hidden' : 'hidden'})`);
+    fail('wrong_shape', `prompt_embeddings has shape [${t.shape}], expected [${n}, ${width}] (num_virtual_tokens × ${prefix ? 'layers·2·kv_heads·head_dim' : 'hidden'})`);
   }
   if (n >= c.nPositions) fail('wrong_shape', `num_virtual_tokens ${n} leaves no room in the ${c.nPositions}-token context`);
   return { key: '', kind: kindOf(type)!, virtualTokens: n, embeddings: shared(t.data) };
@@ -148,6 +152,7 @@ function virtual(type: PeftType, cfg: Record<string, unknown>, raw: Map<string, 
 function bitfit(cfg: Record<string, unknown>, raw: Map<string, Tensor>, base: ParseBase): AdapterTensors {
   if ((cfg.bias_values ?? 'absolute') !== 'absolute') fail('invalid_config', `bias_values ${JSON.stringify(cfg.bias_values)} is not supported (absolute)`);
   const sizes = new Map(biasNames(base.config).map((b) => [b.name, b.size]));
+  if (sizes.size === 0) fail('no_bias_parameters', `the base model (${base.config.modelType}) has no bias parameters, so a BitFit adapter has nothing to replace`);
   if (raw.size === 0) fail('unexpected_tensors', 'a BitFit adapter needs at least one bias tensor');
   const biases: Record<string, Float32Array> = {};
   for (const [name, t] of raw) {

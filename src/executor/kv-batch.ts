@@ -12,7 +12,7 @@ export interface RunningRow {
   count: number;
 }
 
-/** Keys [rows, H, hd, cols] and values [rows, H, cols, hd] of one layer, in host memory. */
+/** Keys [rows, H, hd, cols] and values [rows, H, cols, hd] of one layer, in host memory (H: key/value heads). */
 export interface LayerKv {
   keys: Float32Array;
   values: Float32Array;
@@ -103,7 +103,7 @@ export class KvBatch {
    * first slots (dropping idle ones), else every row keeps its slot index.
    */
   private resize(slots: number, capacity: number, pack: boolean): number {
-    const { heads: H, headDim: hd } = this.c;
+    const { kvHeads: H, headDim: hd } = this.c;
     const old = { layers: this.layers, cols: this.capacity };
     const moves = this.slots.flatMap((r, i) => (r ? [{ row: r, from: i }] : []));
     const next: (RunningRow | null)[] = pack ? moves.map((m) => m.row) : [...this.slots];
@@ -123,7 +123,7 @@ export class KvBatch {
 
   /** Copies segments, in order, into columns 0.. of `slot`. */
   private write(slot: number, segments: Segment[]): number {
-    const { heads: H, headDim: hd } = this.c;
+    const { kvHeads: H, headDim: hd } = this.c;
     const cap = this.capacity;
     let at = 0;
     for (const s of segments) {
@@ -148,7 +148,7 @@ export class KvBatch {
 
   /** Feeds of one decode step over every slot: the whole buffers, each row's unused columns masked. */
   stepFeeds(): { attnBias: ort.Tensor; positions: ort.Tensor; past: Record<string, ort.Tensor> } {
-    const { heads: H, headDim: hd } = this.c;
+    const { kvHeads: H, headDim: hd } = this.c;
     const B = this.slots.length;
     const T = this.capacity + 1;
     const bias = new Float32Array(B * T);
@@ -167,7 +167,7 @@ export class KvBatch {
 
   /** Appends a decode step's keys [B, H, hd, 1] and values [B, H, 1, hd], each row at its own next column. */
   append(newKv: LayerKv[]): number {
-    const { heads: H, headDim: hd } = this.c;
+    const { kvHeads: H, headDim: hd } = this.c;
     // Full: double the columns (one copy, amortised over as many steps as it adds).
     const full = this.live.some((r) => r.count === this.capacity);
     const bytes = full ? this.resize(this.slots.length, Math.min(2 * this.capacity, this.c.nPositions), false) : 0;

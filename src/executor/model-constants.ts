@@ -6,8 +6,13 @@ import type { AdapterTensors } from '../protocol.js';
 /** What the worker needs of the base model beside the graph: the embedding table and base biases. */
 export interface BaseTensors {
   config: ModelConfig;
-  wte: Float32Array; // [V, D], shared with the main thread
+  wte: Float32Array; // token embedding table [V, D] (the architecture's), shared with the main thread
   biases: Record<string, Float32Array>;
+  /**
+   * Sessions read the graph's memory-mapped weights in place (ORT prepacking off), so every worker
+   * shares one copy; otherwise each session keeps its own prepacked copy (faster GEMMs, its size again).
+   */
+  shareWeights: boolean;
 }
 
 export const NEG = -1e9; // additive mask value: exp(NEG - max) is exactly 0 in float32, and never NaN

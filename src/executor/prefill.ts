@@ -31,7 +31,8 @@ export function virtualTokens(a: AdapterTensors | null, kind: AdapterTensors['ki
  */
 export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLayout {
   const c = ctx.base.config;
-  const { hidden: D, heads: H, headDim: hd, layers: L } = c;
+  const { hidden: D, kvHeads: H, headDim: hd, layers: L } = c;
+  const KVD = H * hd; // PEFT sizes a prefix by the key/value heads (= hidden without grouped-query attention)
   const B = items.length;
   const prefix = items.map((it) => virtualTokens(it.adapter, 'prefix'));
   const length = items.map((it) => virtualTokens(it.adapter, 'prompt') + it.tokens.length);
@@ -71,14 +72,14 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
     const values = new Float32Array(B * H * P * hd); // [B, H, P, hd]
     items.forEach((it, r) => {
       if (prefix[r] === 0) return;
-      // PEFT layout: E[t, (2l)*D + h*hd + d] is the key, E[t, (2l+1)*D + h*hd + d] the value.
+      // PEFT layout: E[t, (2l)*KVD + h*hd + d] is the key, E[t, (2l+1)*KVD + h*hd + d] the value.
       const E = it.adapter!.embeddings!;
-      const stride = 2 * L * D;
+      const stride = 2 * L * KVD;
       for (let h = 0; h < H; h++) {
         for (let t = 0; t < prefix[r]; t++) {
           const src = t * stride + h * hd;
-          values.set(E.subarray(src + (2 * l + 1) * D, src + (2 * l + 1) * D + hd), ((r * H + h) * P + t) * hd);
-          for (let d = 0; d < hd; d++) keys[((r * H + h) * hd + d) * P + t] = E[src + 2 * l * D + d];
+          values.set(E.subarray(src + (2 * l + 1) * KVD, src + (2 * l + 1) * KVD + hd), ((r * H + h) * P + t) * hd);
+          for (let d = 0; d < hd; d++) keys[((r * H + h) * hd + d) * P + t] = E[src + 2 * l * KVD + d];
         }
       }
     });

@@ -45,7 +45,7 @@ async function main(): Promise<void> {
       interOpNumThreads: 1,
       executionMode: 'sequential',
       // Spinning intra-op threads would take the cores that the event loop and the HTTP clients need.
-      extra: { session: { intra_op: { allow_spinning: init.spin ? '1' : '0' } } },
+      extra: { session: { intra_op: { allow_spinning: init.spin ? '1' : '0' }, disable_prepacking: init.base.shareWeights ? '1' : '0' } },
     });
   } catch (e) {
     const why = (e as Error).message;

@@ -32,25 +32,45 @@ export interface LinearModule {
   out: number;
 }
 
-/** The architecture facts linearModules needs; GPT-2's ModelConfig has them. */
+/** The architecture facts linearModules needs; every ModelConfig has them. */
 export interface LinearShape {
   modelType: string;
   layers: number;
   hidden: number;
   inner: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
 }
 
 /** The linear modules that LoRA and IA3 may target, per architecture. */
 export function linearModules(c: LinearShape): LinearModule[] {
-  if (c.modelType !== 'gpt2') throw new Error(`no linear-module table for model_type ${c.modelType}`);
   const out: LinearModule[] = [];
+  if (c.modelType === 'gpt2') {
+    for (let l = 0; l < c.layers; l++) {
+      const p = `transformer.h.${l}`;
+      out.push(
+        { name: `${p}.attn.c_attn`, in: c.hidden, out: 3 * c.hidden },
+        { name: `${p}.attn.c_proj`, in: c.hidden, out: c.hidden },
+        { name: `${p}.mlp.c_fc`, in: c.hidden, out: c.inner },
+        { name: `${p}.mlp.c_proj`, in: c.inner, out: c.hidden },
+      );
+    }
+    return out;
+  }
+  if (!['llama', 'mistral', 'qwen2'].includes(c.modelType)) throw new Error(`no linear-module table for model_type ${c.modelType}`);
+  const q = c.heads * c.headDim;
+  const kv = c.kvHeads * c.headDim;
   for (let l = 0; l < c.layers; l++) {
-    const p = `transformer.h.${l}`;
+    const p = `model.layers.${l}`;
     out.push(
-      { name: `${p}.attn.c_attn`, in: c.hidden, out: 3 * c.hidden },
-      { name: `${p}.attn.c_proj`, in: c.hidden, out: c.hidden },
-      { name: `${p}.mlp.c_fc`, in: c.hidden, out: c.inner },
-      { name: `${p}.mlp.c_proj`, in: c.inner, out: c.hidden },
+      { name: `${p}.self_attn.q_proj`, in: c.hidden, out: q },
+      { name: `${p}.self_attn.k_proj`, in: c.hidden, out: kv },
+      { name: `${p}.self_attn.v_proj`, in: c.hidden, out: kv },
+      { name: `${p}.self_attn.o_proj`, in: q, out: c.hidden },
+      { name: `${p}.mlp.gate_proj`, in: c.hidden, out: c.inner },
+      { name: `${p}.mlp.up_proj`, in: c.hidden, out: c.inner },
+      { name: `${p}.mlp.down_proj`, in: c.inner, out: c.hidden },
     );
   }
   return out;

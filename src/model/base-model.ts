@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { Tokenizer, type TokenizerOptions } from '../tokenizer/tokenizer.js';
 import type { BaseTensors } from '../executor/model-constants.js';
 import { biasNames, loadCheckpoint, type ModelConfig } from './checkpoint.js';
@@ -15,6 +16,9 @@ export interface BaseModel {
   tensors: BaseTensors;
 }
 
+/** Above this, workers share the mapped weights instead of each prepacking its own copy. */
+const SHARE_WEIGHTS_FROM_BYTES = 1 << 30;
+
 function shared(data: Float32Array): Float32Array {
   const out = new Float32Array(new SharedArrayBuffer(data.byteLength));
   out.set(data);
@@ -29,7 +33,8 @@ export function loadBaseModel(dir: string, cacheDir: string, tokenizerOptions: T
   }
   const { path, built } = cachedGraphPath(ckpt, cacheDir);
   const biases: Record<string, Float32Array> = {};
-  for (const { name } of biasNames(ckpt.config)) biases[name] = shared(ckpt.weights.get(name)!.data);
+  // Only what the host needs stays on the main thread: the embedding table and the bias vectors.
+  for (const { name } of biasNames(ckpt.config)) biases[name] = shared(ckpt.weights.read(name));
   return {
     dir,
     config: ckpt.config,
@@ -37,6 +42,6 @@ export function loadBaseModel(dir: string, cacheDir: string, tokenizerOptions: T
     hash: ckpt.hash,
     graphPath: path,
     graphBuilt: built,
-    tensors: { config: ckpt.config, wte: shared(ckpt.weights.get('transformer.wte.weight')!.data), biases },
+    tensors: { config: ckpt.config, wte: shared(ckpt.weights.read(ckpt.arch.embedding)), biases, shareWeights: (statSync(`${path}.data`, { throwIfNoEntry: false })?.size ?? 0) >= SHARE_WEIGHTS_FROM_BYTES },
   };
 }

@@ -1,3 +1,4 @@
+import { writeSync } from 'node:fs';
 import onnxProto from 'onnx-proto';
 
 const { onnx } = onnxProto;
@@ -8,6 +9,35 @@ type Dim = number | string;
 /** `{ float }` marks a float attribute whose value happens to be whole. */
 type Attr = number | number[] | string | { float: number };
 
+/** Page alignment lets ONNX Runtime map each tensor straight from the file. */
+const ALIGN = 4096;
+
+/**
+ * ONNX external data: weights written to a side file as they come, so a model's weights are never
+ * all in memory at once and the protobuf (capped at 2 GiB) holds only their offsets.
+ */
+export class ExternalData {
+  private offset = 0;
+  /** Written tensors by name: a second graph body built on the same sink refers to the same bytes. */
+  private readonly written = new Map<string, { offset: number; length: number }>();
+
+  /** `location` is the side file's name relative to the graph file, as ONNX Runtime resolves it. */
+  constructor(
+    private readonly fd: number,
+    readonly location: string,
+  ) {}
+
+  append(name: string, bytes: Uint8Array): { offset: number; length: number } {
+    const seen = this.written.get(name);
+    if (seen) return seen;
+    const offset = Math.ceil(this.offset / ALIGN) * ALIGN;
+    for (let done = 0; done < bytes.byteLength; ) done += writeSync(this.fd, bytes, done, Math.min(bytes.byteLength - done, 1 << 30), offset + done);
+    this.offset = offset + bytes.byteLength;
+    this.written.set(name, { offset, length: bytes.byteLength });
+    return { offset, length: bytes.byteLength };
+  }
+}
+
 /** A small typed front-end over the ONNX protobuf: names values, adds nodes, serialises. */
 export class GraphBuilder {
   private readonly nodes: InstanceType<typeof onnx.NodeProto>[] = [];
@@ -15,6 +45,9 @@ export class GraphBuilder {
   private readonly inputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
   private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
   private counter = 0;
+
+  /** With `external`, weights go to its side file; without, inline into the protobuf. */
+  constructor(private readonly external?: ExternalData) {}
 
   input(name: string, type: 'float' | 'int64', dims: Dim[]): string {
     this.inputs.push(valueInfo(name, type === 'float' ? FLOAT : INT64, dims));
@@ -27,8 +60,24 @@ export class GraphBuilder {
   }
 
   weight(name: string, dims: number[], data: Float32Array): string {
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    if (!this.external) {
+      this.initializers.push(onnx.TensorProto.create({ name, dims, dataType: FLOAT, rawData: bytes }));
+      return name;
+    }
+    const { offset, length } = this.external.append(name, bytes);
     this.initializers.push(
-      onnx.TensorProto.create({ name, dims, dataType: FLOAT, rawData: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) }),
+      onnx.TensorProto.create({
+        name,
+        dims,
+        dataType: FLOAT,
+        dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+        externalData: [
+          { key: 'location', value: this.external.location },
+          { key: 'offset', value: String(offset) },
+          { key: 'length', value: String(length) },
+        ],
+      }),
     );
     return name;
   }
@@ -104,4 +153,11 @@ function attribute(name: string, v: Attr) {
   if (Array.isArray(v)) return onnx.AttributeProto.create({ name, type: T.INTS, ints: v });
   if (Number.isInteger(v)) return onnx.AttributeProto.create({ name, type: T.INT, i: v });
   return onnx.AttributeProto.create({ name, type: T.FLOAT, f: v });
+}
+
+/** Row-major [rows, cols] → [cols, rows]: graphs store weights in the layout their MatMuls read. */
+export function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  for (let r = 0; r < rows; r++) for (let col = 0; col < cols; col++) out[col * rows + r] = data[r * cols + col];
+  return out;
 }

@@ -1,3 +1,4 @@
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { FormatError } from '../errors.js';
 
 /** Header length above this is refused before any parse: a real header is a few KB. */
@@ -15,29 +16,49 @@ function fail(code: string, message: string): never {
   throw new FormatError(`safetensors_${code}`, message);
 }
 
+interface Entry {
+  name: string;
+  dtype: string;
+  shape: number[];
+  /** Byte range within the data section (after the header). */
+  begin: number;
+  end: number;
+}
+
 /**
  * Parses a safetensors buffer into float32 tensors. Every offset is checked against the buffer
  * before it is read, so a hostile file can only produce an error, never an out-of-bounds read.
  */
 export function parseSafetensors(buf: Uint8Array): { tensors: TensorMap; metadata: Record<string, string> } {
   if (buf.byteLength < 8) fail('truncated', `file is ${buf.byteLength} bytes, shorter than the 8-byte header length`);
-  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const headerLen = Number(view.getBigUint64(0, true));
-  if (headerLen > MAX_HEADER_BYTES) fail('header_too_large', `header length ${headerLen} exceeds the 100 MB limit`);
-  if (8 + headerLen > buf.byteLength) {
-    fail('header_out_of_bounds', `header length ${headerLen} runs past the end of the ${buf.byteLength}-byte file`);
+  const headerLen = headerLength(buf.subarray(0, 8), buf.byteLength);
+  const { entries, metadata } = parseHeader(buf.subarray(8, 8 + headerLen), buf.byteLength - 8 - headerLen);
+  const tensors: TensorMap = new Map();
+  for (const e of entries) {
+    tensors.set(e.name, { shape: e.shape, data: decodeTensor(buf.subarray(8 + headerLen + e.begin, 8 + headerLen + e.end), e.dtype) });
   }
+  return { tensors, metadata };
+}
+
+/** The header length from a file's first 8 bytes, checked against the file size. */
+function headerLength(first8: Uint8Array, fileBytes: number): number {
+  const headerLen = Number(new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true));
+  if (headerLen > MAX_HEADER_BYTES) fail('header_too_large', `header length ${headerLen} exceeds the 100 MB limit`);
+  if (8 + headerLen > fileBytes) fail('header_out_of_bounds', `header length ${headerLen} runs past the end of the ${fileBytes}-byte file`);
+  return headerLen;
+}
+
+/** Validates a JSON header against a data section of `dataLen` bytes: every entry in bounds, tiled exactly. */
+function parseHeader(bytes: Uint8Array, dataLen: number): { entries: Entry[]; metadata: Record<string, string> } {
   let header: unknown;
   try {
-    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(8, 8 + headerLen)));
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
   } catch (e) {
     fail('invalid_json', `header is not valid JSON: ${(e as Error).message}`);
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) fail('invalid_json', 'header is not a JSON object');
 
-  const dataStart = 8 + headerLen;
-  const dataLen = buf.byteLength - dataStart;
-  const entries: { name: string; dtype: string; shape: number[]; begin: number; end: number }[] = [];
+  const entries: Entry[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
     if (name === '__metadata__') {
@@ -68,17 +89,65 @@ export function parseSafetensors(buf: Uint8Array): { tensors: TensorMap; metadat
     cursor = e.end;
   }
   if (cursor !== dataLen) fail('trailing_bytes', `${dataLen - cursor} bytes after the last tensor are not described by the header`);
-
-  const tensors: TensorMap = new Map();
-  for (const e of entries) {
-    tensors.set(e.name, { shape: e.shape, data: decode(buf, dataStart + e.begin, dataStart + e.end, e.dtype) });
-  }
-  return { tensors, metadata };
+  return { entries, metadata };
 }
 
-function decode(buf: Uint8Array, begin: number, end: number, dtype: string): Float32Array {
-  const view = new DataView(buf.buffer, buf.byteOffset + begin, end - begin);
-  const n = (end - begin) / DTYPE_BYTES[dtype];
+/**
+ * A safetensors file on disk, opened by its header only: each tensor is read (and decoded to float32)
+ * when asked for, so a checkpoint larger than memory can be streamed one tensor at a time.
+ */
+export class SafetensorsFile {
+  readonly tensors = new Map<string, { dtype: string; shape: number[] }>();
+  private readonly entries = new Map<string, Entry>();
+  private readonly dataStart: number;
+
+  constructor(readonly path: string) {
+    const fd = openSync(path, 'r');
+    try {
+      const size = fstatSync(fd).size;
+      const first8 = new Uint8Array(8);
+      if (size < 8 || readSync(fd, first8, 0, 8, 0) !== 8) fail('truncated', `${path} is shorter than the 8-byte header length`);
+      const headerLen = headerLength(first8, size);
+      const header = new Uint8Array(headerLen);
+      readFully(fd, header, 8);
+      this.dataStart = 8 + headerLen;
+      for (const e of parseHeader(header, size - this.dataStart).entries) {
+        this.entries.set(e.name, e);
+        this.tensors.set(e.name, { dtype: e.dtype, shape: e.shape });
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  read(name: string): Float32Array {
+    const e = this.entries.get(name);
+    if (!e) throw new Error(`${this.path} has no tensor '${name}'`);
+    const bytes = new Uint8Array(e.end - e.begin);
+    const fd = openSync(this.path, 'r');
+    try {
+      readFully(fd, bytes, this.dataStart + e.begin);
+    } finally {
+      closeSync(fd);
+    }
+    return decodeTensor(bytes, e.dtype);
+  }
+}
+
+function readFully(fd: number, into: Uint8Array, position: number): void {
+  // readSync moves at most 2 GiB per call: loop.
+  for (let done = 0; done < into.byteLength; ) {
+    const n = readSync(fd, into, done, Math.min(into.byteLength - done, 1 << 30), position + done);
+    if (n === 0) fail('truncated', `file ended at byte ${position + done}`);
+    done += n;
+  }
+}
+
+/** F32, F16 or BF16 little-endian bytes as float32 (F32 aligned bytes are reused without a copy). */
+function decodeTensor(bytes: Uint8Array, dtype: string): Float32Array {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const n = bytes.byteLength / DTYPE_BYTES[dtype];
+  if (dtype === 'F32' && bytes.byteOffset % 4 === 0 && bytes.byteLength === bytes.buffer.byteLength) return new Float32Array(bytes.buffer, 0, n);
   const out = new Float32Array(n);
   if (dtype === 'F32') {
     for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);

@@ -173,7 +173,7 @@ function transpose(data: Float32Array, rows: number, cols: number): Float32Array
 /** The tensors under llama.cpp's names (gguf-py tensor_mapping.py, MODEL_ARCH.GPT2). */
 export function gpt2Tensors(ckpt: Checkpoint): GgufTensor[] {
   const { config: c, weights } = ckpt;
-  const get = (hf: string) => weights.get(hf)!; // loadCheckpoint has checked every name and shape
+  const get = (hf: string) => ({ shape: weights.shape(hf)!, data: weights.read(hf) }); // loadCheckpoint has checked every name and shape
   const plain = (name: string, hf: string): GgufTensor => ({ name, shape: get(hf).shape, data: get(hf).data });
   const conv1d = (name: string, hf: string): GgufTensor => {
     const [rows, cols] = get(hf).shape;
@@ -201,7 +201,7 @@ export function gpt2Tensors(ckpt: Checkpoint): GgufTensor[] {
   out.push(plain('output_norm.weight', 'transformer.ln_f.weight'), plain('output_norm.bias', 'transformer.ln_f.bias'));
   // A tied head (no `lm_head.weight` in the checkpoint) gets no `output` tensor, as in the current
   // converter: llama.cpp then uses token_embd for the head. An untied head is written as `output`.
-  if (weights.has('lm_head.weight')) out.push(plain('output.weight', 'lm_head.weight'));
+  if (weights.shape('lm_head.weight')) out.push(plain('output.weight', 'lm_head.weight'));
   return out;
 }
 
@@ -259,6 +259,7 @@ export function gpt2Vocab(files: TokenizerFiles, vocabSize: number, pre = 'gpt-2
 /** The whole GGUF file of a Hugging Face GPT-2 folder (config.json, model.safetensors, tokenizer.json). */
 export function gpt2ToGguf(modelDir: string): Uint8Array {
   const ckpt = loadCheckpoint(modelDir);
+  if (ckpt.config.modelType !== 'gpt2') throw new Error(`gpt2ToGguf converts GPT-2 checkpoints, not ${ckpt.config.modelType}`);
   const c = ckpt.config;
   // tokenizer_config.json is optional (special tokens then come from config.json); tokenizer.json is not.
   const readJson = (name: string) => (existsSync(join(modelDir, name)) ? JSON.parse(readFileSync(join(modelDir, name), 'utf8')) : {});

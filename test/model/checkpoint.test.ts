@@ -1,36 +1,91 @@
-import { mkdtempSync, readFileSync, statSync } from 'node:fs';
+import ort from 'onnxruntime-node';
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { FormatError } from '../../src/errors.js';
+import { FeedContext } from '../../src/executor/model-constants.js';
+import { prefillFeeds } from '../../src/executor/prefill.js';
+import { loadBaseModel } from '../../src/model/base-model.js';
 import { loadCheckpoint, parseConfig } from '../../src/model/checkpoint.js';
 import { cachedGraphPath } from '../../src/model/graph-cache.js';
+import { PRESETS, writeRandomCheckpoint, type RandomCheckpoint } from '../../src/tools/random-checkpoint.js';
 import { ROOT } from '../helpers.js';
 
 const demo = JSON.parse(readFileSync(join(ROOT, 'models', 'demo-gpt2', 'config.json'), 'utf8'));
+const tmp = (prefix: string) => mkdtempSync(join(tmpdir(), prefix));
 
-t.test('any other model_type is an unsupported architecture', async (t) => {
+t.test('a model_type with no builder is an unsupported architecture, named with the supported ones', async (t) => {
   try {
-    parseConfig({ ...demo, model_type: 'llama' });
-    t.fail('llama was accepted');
+    parseConfig({ ...demo, model_type: 'bert' });
+    t.fail('bert was accepted');
   } catch (e) {
     t.ok(e instanceof FormatError);
     t.equal((e as FormatError).code, 'unsupported_architecture');
-    t.match((e as Error).message, /unsupported architecture: model_type 'llama'/);
+    t.match((e as Error).message, /unsupported architecture: model_type 'bert' \(supported: gpt2, llama, mistral, qwen2\)/);
   }
   t.throws(() => parseConfig({ ...demo, activation_function: 'relu' }), { code: 'unsupported_architecture' });
   t.equal(parseConfig(demo).headDim, 64);
+  t.equal(parseConfig(demo).kvHeads, parseConfig(demo).heads);
 });
 
-t.test('the graph is built once and then read from the cache', async (t) => {
+t.test('the graph is built once, its weights in a side file, and then read from the cache', async (t) => {
   const ckpt = loadCheckpoint(join(ROOT, 'models', 'demo-gpt2'));
-  const dir = mkdtempSync(join(tmpdir(), 'graph-'));
+  const dir = tmp('graph-');
   const first = cachedGraphPath(ckpt, dir);
   t.ok(first.built);
+  t.ok(statSync(`${first.path}.data`).size > statSync(first.path).size * 10, 'weights are external data, the graph only references them');
   const mtime = statSync(first.path).mtimeMs;
   const second = cachedGraphPath(ckpt, dir);
   t.notOk(second.built);
   t.equal(second.path, first.path);
   t.equal(statSync(second.path).mtimeMs, mtime);
   t.match(first.path, new RegExp(ckpt.hash.slice(0, 16)), 'keyed by the checkpoint hash');
+});
+
+const bytes = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+
+/** Logits of a fixed prompt through the checkpoint's graph. */
+async function logits(dir: string): Promise<Float32Array> {
+  const model = loadBaseModel(dir, tmp('graph-'));
+  const session = await ort.InferenceSession.create(model.graphPath);
+  const out = await session.run(prefillFeeds(new FeedContext(model.tensors), [{ adapter: null, tokens: [5, 17, 300, 2], logitAt: [3] }]).feeds);
+  return out.logits.data as Float32Array;
+}
+
+for (const dtype of ['BF16', 'F16'] as const) {
+  t.test(`a sharded ${dtype} checkpoint loads as the float32 one of the same values`, async (t) => {
+    const write = (o: Partial<RandomCheckpoint>) => {
+      const dir = tmp('ckpt-');
+      writeRandomCheckpoint({ dir, config: PRESETS.tiny, seed: 7, ...o });
+      return dir;
+    };
+    const sharded = write({ dtype, shards: 3 });
+    const single = write({ dtype: 'F32', precision: dtype });
+    t.ok(existsSync(join(sharded, 'model-00003-of-00003.safetensors')) && existsSync(join(sharded, 'model.safetensors.index.json')));
+    t.ok(statSync(join(sharded, 'model-00001-of-00003.safetensors')).size < statSync(join(single, 'model.safetensors')).size / 4, '2-byte values in three shards');
+    const a = loadCheckpoint(sharded);
+    const b = loadCheckpoint(single);
+    let compared = 0;
+    for (const name of a.arch.weightShapes(a.config).keys()) {
+      t.ok(bytes(a.weights.read(name)).equals(bytes(b.weights.read(name))), name);
+      compared++;
+    }
+    t.equal(compared, 2 * 9 + 3, 'every tensor of two layers, the embeddings, the final norm and the head');
+    t.ok(bytes(await logits(sharded)).equals(bytes(await logits(single))), 'same logits');
+  });
+}
+
+t.test('a broken checkpoint is refused with the code of what is wrong', async (t) => {
+  const dir = tmp('ckpt-');
+  writeRandomCheckpoint({ dir, config: PRESETS.tiny, shards: 2 });
+  const index = join(dir, 'model.safetensors.index.json');
+  const good = readFileSync(index, 'utf8');
+  writeFileSync(index, JSON.stringify({ weight_map: { 'model.norm.weight': '../elsewhere.safetensors' } }));
+  t.throws(() => loadCheckpoint(dir), { code: 'invalid_index' });
+  writeFileSync(index, JSON.stringify({ weight_map: { 'model.norm.weight': 'model-00001-of-00002.safetensors' } }));
+  t.throws(() => loadCheckpoint(dir), { code: 'missing_weight' }, 'a shard the index leaves out is not read');
+  writeFileSync(index, good);
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...PRESETS.tiny, intermediate_size: 128 }));
+  t.throws(() => loadCheckpoint(dir), { code: 'weight_shape', message: /mlp\.gate_proj\.weight' has shape \[160,64\], expected \[128,64\]/ });
 });

@@ -1,10 +1,81 @@
-import { adaptedLinear, adapterLayout, branchOnAdapters, declareAdapterInputs, linearModules } from './adapter-ops.js';
-import { biasNames, type Checkpoint } from './checkpoint.js';
-import { GraphBuilder } from './onnx-builder.js';
+import { FormatError } from '../../errors.js';
+import { adaptedLinear, adapterLayout, declareAdapterInputs, linearModules } from '../adapter-ops.js';
+import { transpose, type GraphBuilder } from '../onnx-builder.js';
+import type { Architecture, Gpt2Config, WeightSource } from './architecture.js';
 
-/** Bump when the graph changes: it keys the on-disk cache. */
-export const GRAPH_VERSION = 'gpt2-v3';
 const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in opset 20.
+
+function parseConfig(raw: Record<string, unknown>): Gpt2Config {
+  const act = raw.activation_function ?? 'gelu_new';
+  if (act !== 'gelu_new') throw new FormatError('unsupported_architecture', `unsupported activation_function '${String(act)}' (supported: gelu_new)`);
+  if (raw.scale_attn_by_inverse_layer_idx || raw.reorder_and_upcast_attn) {
+    throw new FormatError('unsupported_architecture', 'scale_attn_by_inverse_layer_idx and reorder_and_upcast_attn are not supported');
+  }
+  const hidden = Number(raw.n_embd);
+  const heads = Number(raw.n_head);
+  if (!(hidden > 0 && heads > 0 && hidden % heads === 0)) throw new FormatError('invalid_config', 'n_embd must be a positive multiple of n_head');
+  return {
+    modelType: 'gpt2',
+    vocabSize: Number(raw.vocab_size),
+    nPositions: Number(raw.n_positions),
+    hidden,
+    layers: Number(raw.n_layer),
+    heads,
+    kvHeads: heads,
+    headDim: hidden / heads,
+    inner: raw.n_inner ? Number(raw.n_inner) : 4 * hidden,
+    layerNormEps: Number(raw.layer_norm_epsilon ?? 1e-5),
+    eosTokenId: Number(raw.eos_token_id ?? 0),
+  };
+}
+
+/** The bias vectors of the model, in HF names: BitFit replaces exactly these, per row. */
+function biases(c: Gpt2Config): { name: string; size: number }[] {
+  const out: { name: string; size: number }[] = [];
+  for (let l = 0; l < c.layers; l++) {
+    const p = `transformer.h.${l}`;
+    out.push(
+      { name: `${p}.ln_1.bias`, size: c.hidden },
+      { name: `${p}.attn.c_attn.bias`, size: 3 * c.hidden },
+      { name: `${p}.attn.c_proj.bias`, size: c.hidden },
+      { name: `${p}.ln_2.bias`, size: c.hidden },
+      { name: `${p}.mlp.c_fc.bias`, size: c.inner },
+      { name: `${p}.mlp.c_proj.bias`, size: c.hidden },
+    );
+  }
+  out.push({ name: 'transformer.ln_f.bias', size: c.hidden });
+  return out;
+}
+
+function weightShapes(c: Gpt2Config): Map<string, number[]> {
+  const w = new Map<string, number[]>([
+    ['transformer.wte.weight', [c.vocabSize, c.hidden]],
+    ['transformer.wpe.weight', [c.nPositions, c.hidden]],
+    ['transformer.ln_f.weight', [c.hidden]],
+  ]);
+  for (let l = 0; l < c.layers; l++) {
+    const p = `transformer.h.${l}`;
+    w.set(`${p}.ln_1.weight`, [c.hidden]);
+    w.set(`${p}.attn.c_attn.weight`, [c.hidden, 3 * c.hidden]);
+    w.set(`${p}.attn.c_proj.weight`, [c.hidden, c.hidden]);
+    w.set(`${p}.ln_2.weight`, [c.hidden]);
+    w.set(`${p}.mlp.c_fc.weight`, [c.hidden, c.inner]);
+    w.set(`${p}.mlp.c_proj.weight`, [c.inner, c.hidden]);
+  }
+  for (const { name, size } of biases(c)) w.set(name, [size]);
+  return w;
+}
+
+export const gpt2: Architecture<Gpt2Config> = {
+  graphVersion: 'gpt2-v3',
+  parseConfig,
+  // Some exports prefix names with `transformer.`, others do not; normalise to the prefixed form.
+  canonicalName: (name) => (name.startsWith('transformer.') || name.startsWith('lm_head') ? name : `transformer.${name}`),
+  weightShapes,
+  biases,
+  embedding: 'transformer.wte.weight',
+  build: buildGpt2Graph,
+};
 
 /**
  * The graph's contract with the executor. Everything that varies per batch row comes in as an input,
@@ -36,26 +107,9 @@ const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in ops
  * one frozen graph for every adapter kind. The forward benchmark puts decode at 2–18 % of the
  * MatMul ceiling: at 256 wide, batching across tasks matters far more than op fusion.
  */
-export function buildGpt2Graph(ckpt: Checkpoint, variant: GraphVariant = 'branched'): Uint8Array {
-  const doc = `GPT-2 built by softprompt-server ${GRAPH_VERSION} from checkpoint ${ckpt.hash}`;
-  if (variant !== 'branched') return buildBody(ckpt, variant === 'adapted', doc);
-  return branchOnAdapters(buildBody(ckpt, true, doc), buildBody(ckpt, false, doc), OPSET, doc);
-}
-
-/**
- * 'branched' (served): an If on `lora_ia3_rows` between the two bodies (see branchOnAdapters).
- * 'adapted' and 'plain': one body with or without the LoRA/IA3 ops, for bench/lora.ts.
- */
-export type GraphVariant = 'branched' | 'adapted' | 'plain';
-
-function buildBody(ckpt: Checkpoint, loraIa3: boolean, doc: string): Uint8Array {
-  const c = ckpt.config;
-  const g = new GraphBuilder();
-  const W = (name: string) => {
-    const t = ckpt.weights.get(name)!;
-    return g.weight(name, t.shape, t.data);
-  };
-  const bias = new Map(biasNames(c).map(({ name, size }) => [name, g.input(name, 'float', ['bias_rows', 1, size])]));
+function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, loraIa3: boolean): number {
+  const W = (name: string) => g.weight(name, w.shape(name)!, w.read(name));
+  const bias = new Map(biases(c).map(({ name, size }) => [name, g.input(name, 'float', ['bias_rows', 1, size])]));
 
   const embeds = g.input('inputs_embeds', 'float', ['batch', 'seq', c.hidden]);
   const positions = g.input('position_ids', 'int64', ['batch', 'seq']);
@@ -112,14 +166,7 @@ function buildBody(ckpt: Checkpoint, loraIa3: boolean, doc: string): Uint8Array 
   }
   const final = layerNorm(x, 'transformer.ln_f');
   const picked = g.one('Gather', [g.one('Reshape', [final, flatShape]), logitIndex], { axis: 0 }); // [N, D]
-  const wte = ckpt.weights.get('transformer.wte.weight')!;
-  const lmHead = g.weight('lm_head_t', [c.hidden, c.vocabSize], transpose(wte.data, c.vocabSize, c.hidden)); // tied to wte
+  const lmHead = g.weight('lm_head_t', [c.hidden, c.vocabSize], transpose(w.read('transformer.wte.weight'), c.vocabSize, c.hidden)); // tied to wte
   g.output(g.one('MatMul', [picked, lmHead]), 'logits', ['n_logits', c.vocabSize]);
-  return g.serialize(OPSET, doc);
-}
-
-function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(data.length);
-  for (let r = 0; r < rows; r++) for (let col = 0; col < cols; col++) out[col * rows + r] = data[r * cols + col];
-  return out;
+  return OPSET;
 }
