@@ -64,11 +64,12 @@ export class RowCheck {
   /** Shapes of the kinds this worker knows; other kinds are left to the runner. */
   private adapterProblem(a: AdapterTensors): string | null {
     if (typeof a.key !== 'string' || typeof a.kind !== 'string') return 'the adapter has no key or kind';
-    const { hidden: D, layers: L } = this.c;
+    const { hidden: D, layers: L, kvHeads, headDim } = this.c;
     const n = a.virtualTokens;
     if (a.kind === 'prompt' || a.kind === 'prefix') {
       if (!Number.isInteger(n) || n < 1 || n > this.c.nPositions) return `${n} virtual tokens`;
-      const width = a.kind === 'prompt' ? D : L * 2 * D;
+      // A prefix holds keys and values per layer, sized by the key/value heads (PEFT's grouped-query layout).
+      const width = a.kind === 'prompt' ? D : L * 2 * kvHeads * headDim;
       if (!(a.embeddings instanceof Float32Array) || a.embeddings.length !== n * width) return `${a.kind} embeddings are not [${n}, ${width}] float32`;
     } else if (a.kind === 'bitfit') {
       for (const { name, size } of this.biases) {

@@ -2,8 +2,9 @@ import t from 'tap';
 import { KvBatch, type Entry, type LayerKv } from '../../src/executor/kv-batch.js';
 import type { ModelConfig } from '../../src/model/checkpoint.js';
 
-const c = { layers: 2, heads: 2, headDim: 2, nPositions: 256 } as ModelConfig;
-const { layers: L, heads: H, headDim: hd } = c;
+// The cache holds key/value heads (fewer than query heads under grouped-query attention).
+const c = { layers: 2, heads: 4, kvHeads: 2, headDim: 2, nPositions: 256 } as ModelConfig;
+const { layers: L, kvHeads: H, headDim: hd } = c;
 
 /** The value a row's cache holds at (layer, head, dim, column): distinct per row, so mix-ups show. */
 const val = (id: number, l: number, h: number, d: number, j: number) => id * 10000 + l * 1000 + h * 100 + d * 10 + j;
