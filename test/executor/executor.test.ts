@@ -1,6 +1,6 @@
-import { copyFileSync, mkdtempSync, renameSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, renameSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import t from 'tap';
 import { Executor, WorkerCrashedError } from '../../src/executor/executor.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
@@ -65,8 +65,10 @@ t.test('a hung step: past its deadline the worker is terminated and restarted; t
 
 t.test('a worker that cannot create its session is retried with backoff; canRun is false meanwhile', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sps-graph-'));
-  const graph = join(dir, 'model.onnx');
+  // The graph keeps its name: it refers to its weights (ONNX external data) as '<name>.data' beside it.
+  const graph = join(dir, basename(model.graphPath));
   copyFileSync(model.graphPath, graph);
+  if (existsSync(`${model.graphPath}.data`)) copyFileSync(`${model.graphPath}.data`, `${graph}.data`);
   const e = executor(graph);
   await e.ready();
   const delays: number[] = [];
