@@ -1,5 +1,5 @@
 /**
- * Evaluation harness: scores the held-out splits of test/fixtures/data (copied from ../shared/data) through the HTTP API only
+ * Evaluation harness: scores the held-out splits of test/fixtures/data (copied from the shared ground truth by scripts/sync-fixtures.sh) through the HTTP API only
  * (classify, score), and writes bench/results/eval.json with the keys of reference/table.json.
  *   npm run eval [-- --url http://host:port] [--pos-rows 1000] [--loss-rows 400] [--smoke]
  */

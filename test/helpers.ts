@@ -38,7 +38,7 @@ export interface Reference {
   cases: RefCase[];
 }
 
-/** Copies of ../shared kept in the repository (scripts/sync-fixtures.sh refreshes them). */
+/** Copies of the project's shared ground truth kept in the repository (scripts/sync-fixtures.sh refreshes them). */
 export const FIXTURES = join(ROOT, 'test', 'fixtures');
 export const reference: Reference = JSON.parse(readFileSync(join(FIXTURES, 'reference', 'reference.json'), 'utf8'));
 export const SUPPORTED = new Set([null, 'define-prefix', 'fortune-ptuning', 'kjv-prompt', 'pos-bitfit', 'pos-ia3', 'pos-lora', 'pos-prefix', 'pos-prompt', 'pos-ptuning']);
