@@ -4,6 +4,7 @@
  * Any MODEL_DIR (every supported architecture). `--prepack on,off` compares ONNX Runtime's weight
  * prepacking (faster GEMMs, but a private copy of the weights per session) with sessions that read
  * the memory-mapped external data in place (one copy shared by every worker).
+ * `--provider cpu|webgpu` picks ONNX Runtime's execution provider (the ceiling runs on it too).
  */
 import ort from 'onnxruntime-node';
 import { cpus } from 'node:os';
@@ -18,11 +19,11 @@ import { GraphBuilder } from '../src/model/onnx-builder.js';
 import type { StepPlan } from '../src/protocol.js';
 import { printTable } from './table.js';
 
-const { values: args } = parseArgs({ options: { batches: { type: 'string', default: '1,8,32,64' }, prepack: { type: 'string', default: 'on' }, out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'forward.json') } } });
+const { values: args } = parseArgs({ options: { batches: { type: 'string', default: '1,8,32,64' }, prepack: { type: 'string', default: 'on' }, provider: { type: 'string', default: 'cpu' }, out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'forward.json') } } });
 const THREADS = Number(process.env.INTRA_OP_THREADS ?? cpus().length);
 const PROMPT = 64;
 const DECODE_STEPS = 32;
-const options: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all', intraOpNumThreads: THREADS, interOpNumThreads: 1 };
+const options: ort.InferenceSession.SessionOptions = { executionProviders: [args.provider!], graphOptimizationLevel: 'all', intraOpNumThreads: THREADS, interOpNumThreads: 1 };
 
 /** Best of several runs of a 1024³ MatMul: the most this provider gives one big, friendly GEMM. */
 async function matmulCeiling(): Promise<number> {
@@ -107,8 +108,8 @@ for (const prepack of args.prepack!.split(',')) {
   }
 }
 console.log('\nTimes are whole worker steps (feeds, session.run, sampling, KV append); "decode time on host" is the part outside session.run.');
-console.log(`forward pass of ${model.dir} (${c.modelType}, ${(layerWeights / 1e6).toFixed(1)}M layer weights), ${c.layers} layers × ${c.hidden} wide, prompt ${PROMPT} tokens, ${DECODE_STEPS} decode steps, ${THREADS} intra-op threads, cpu: ${cpus()[0]?.model}`);
+console.log(`forward pass of ${model.dir} (${c.modelType}, ${(layerWeights / 1e6).toFixed(1)}M layer weights), ${c.layers} layers × ${c.hidden} wide, prompt ${PROMPT} tokens, ${DECODE_STEPS} decode steps, provider ${args.provider}, ${THREADS} intra-op threads, cpu: ${cpus()[0]?.model}`);
 console.log(`ceiling: one 1024×1024×1024 MatMul through onnxruntime-node ${ort.env.versions.common} = ${ceiling.toFixed(1)} GFLOP/s\n`);
 printTable(['prepack', 'batch', 'prefill tok/s', 'decode tok/s', 'prefill GFLOP/s', 'decode GFLOP/s', 'prefill % of ceiling', 'decode % of ceiling', 'decode time on host'], rows);
 mkdirSync(join(args.out!, '..'), { recursive: true });
-writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));
+writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, provider: args.provider, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));

@@ -37,8 +37,10 @@ const { values: args } = parseArgs({
     models: { type: 'string', default: 'gpt2,tiny-llama,tiny-qwen2' },
     threads: { type: 'string', default: String(Math.min(4, cpus().length)) },
     out: { type: 'string' },
-    /** ONNX Runtime's log level for the first session: 0 verbose (node placement, Dawn adapter), 2 warnings. */
+    /** ONNX Runtime's log level for the first session: 0 verbose (node placement), 2 warnings. */
     'log-level': { type: 'string', default: '2' },
+    /** Only create a session of the first model at the verbose level, run its first case once, and stop: what the provider picked and placed. */
+    probe: { type: 'boolean', default: false },
   },
 });
 const provider = args.provider as 'cpu' | 'webgpu';
@@ -216,6 +218,19 @@ async function checkModel(name: string, logLevel: number): Promise<{ rows: Row[]
   } finally {
     await ex.close();
   }
+}
+
+if (args.probe) {
+  // The process-wide logger (ort.env) carries what the provider says when it starts (Dawn's backend and adapter).
+  ort.env.logLevel = 'verbose';
+  const s = suite(args.models!.split(',')[0]);
+  const model = loadBaseModel(s.dir, process.env.CACHE_DIR ?? mkdtempSync(join(tmpdir(), 'refcheck-graph-')));
+  const session = await ort.InferenceSession.create(model.graphPath, { executionProviders: [provider], logSeverityLevel: 0, logVerbosityLevel: 0 });
+  const c = s.cases.find((x) => x.adapter === null)!;
+  const logits = (await session.run(prefillFeeds(new FeedContext(model.tensors), [{ adapter: null, tokens: c.ids, logitAt: [c.ids.length - 1] }]).feeds)).logits.data as Float32Array;
+  console.log(`probe: ${provider} session on ${model.dir} ran; base case ${JSON.stringify(c.text)} relative error ${relErr(logits, refLogits(c)).toExponential(2)}`);
+  await session.release();
+  process.exit(0);
 }
 
 const e = (x: number) => x.toExponential(2);

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The GPU checks in one run, on a lent device machine (no node, no npm, no internet there), from the
+# repository root of a checkout that carries:
+#   .devcarry/device-check.sh, crosscheck-llama.py  this script and the python check (copies)
+#   .devcarry/node.xz        node (stripped, xz with the x86 filter)
+#   .devcarry/ort.xz         onnxruntime-node's linux-x64 libonnxruntime.so.1 (CPU + WebGPU providers)
+#   .devcarry/bundle.tar.xz  dist/ (built here) and the production node_modules the checks import
+#   .gl/*.deb                the Vulkan/EGL loaders (Dawn needs libvulkan.so.1 to reach the NVIDIA driver)
+# Parts, each independent, each logged to $OUT/device.log, all results packed in $OUT/results.tar.gz:
+#   1. the GPU, the driver, the Vulkan ICD;            2. scripts/crosscheck-llama.py (background, CPU);
+#   3. bench/reference-check.js --probe, then every case, --provider webgpu;      4. bench/forward.js cpu vs webgpu, 3 interleaved rounds.
+# A budget (DEVICE_BUDGET_S, default 420 s) skips what would not finish: the run must end inside the call's limit.
+# Rehearse anywhere with OUT=/tmp/x DEVICE_REHEARSAL=1 (no loaders installed into /).
+# `scripts/device-check.sh pack CARRY_DIR` (here, after `npx tsc -p .`) writes the bundle into CARRY_DIR;
+# node.xz and ort.xz are made once by hand: strip -o n /usr/bin/node; xz -9e --x86 --lzma2=pb=0,lc=4 ...
+set -u -o pipefail
+if [ "${1:-}" = pack ]; then
+  DEST=${2:?pack needs the carry folder}
+  NM=$(readlink -f node_modules)
+  # What the checks import (npm ls --omit=dev, less what they never load): no types, maps, docs or CLIs.
+  # Both ends of node_modules keep their names: the symlinked one here is read through NM.
+  tar -cJf "$DEST/bundle.tar.xz" --exclude='*.map' --exclude='*.d.ts' --exclude='*.d.mts' --exclude='*.md' \
+    --exclude='onnxruntime-common/lib' --exclude='onnxruntime-common/dist/esm' --exclude='typebox/build/cjs' --exclude='tokenizers/dist/*.cjs' --exclude='tokenizers/dist/*.min.mjs' --exclude='protobufjs/cli' --exclude='protobufjs/dist' --exclude='protobufjs/scripts' --exclude='protobufjs/bin' \
+    --exclude='onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime.so.1' \
+    dist/src dist/bench \
+    --transform="s,^${NM#/},node_modules," \
+    "$NM/onnxruntime-node/package.json" "$NM/onnxruntime-node/dist" "$NM/onnxruntime-node/bin/napi-v6/linux/x64" \
+    "$NM/onnxruntime-common" "$NM/onnx-proto" "$NM/protobufjs" "$NM/@protobufjs" "$NM/long" \
+    "$NM/@huggingface/tokenizers" "$NM/@sinclair/typebox" 2>&1 | grep -v "Removing leading"
+  # The device gets /work/main's tree, not this branch's: the scripts travel in the carry folder too.
+  cp scripts/device-check.sh scripts/crosscheck-llama.py "$DEST/"
+  ls -l "$DEST"
+  exit 0
+fi
+OUT=${OUT:?OUT must name a folder}
+BUDGET=${DEVICE_BUDGET_S:-420}
+mkdir -p "$OUT/r"
+exec > >(tee -a "$OUT/device.log") 2>&1
+say() { echo "== [$(date -u +%T), ${SECONDS}s] $*"; }
+left() { echo $((BUDGET - SECONDS)); }
+pack() { tar -czf "$OUT/results.tar.gz" -C "$OUT" r 2>/dev/null; }
+trap pack EXIT
+
+say "1. machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv 2>&1 | head -3
+if [ -z "${DEVICE_REHEARSAL:-}" ]; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+ldconfig -p | grep -E "libvulkan|libEGL_nvidia|libGLX_nvidia" | head -5
+ICD=""
+for f in /etc/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; do
+  [ -f "$f" ] && { echo "vulkan ICD: $f: $(tr -d '\n ' < "$f")"; ICD=${ICD:-$f}; }
+done
+# The device README: where no driver is found, point the loader at the NVIDIA ICD explicitly.
+if [ -n "$ICD" ]; then export VK_DRIVER_FILES=$ICD; fi
+[ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ] && export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-unset}"
+
+say "unpack node, onnxruntime, bundle"
+NODE=/tmp/devnode/node
+mkdir -p /tmp/devnode
+xz -dc .devcarry/node.xz > "$NODE" && chmod +x "$NODE" && "$NODE" --version || { say "node does not run"; exit 3; }
+tar -xJf .devcarry/bundle.tar.xz
+ORTLIB=node_modules/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime.so.1
+xz -dc .devcarry/ort.xz > "$ORTLIB"
+sha256sum "$ORTLIB" | cut -c1-16
+"$NODE" -e "import('onnxruntime-node').then(o => console.log('onnxruntime-node', o.default.env.versions.common))" || { say "onnxruntime-node does not load"; exit 3; }
+
+say "2. python cross-check of the Llama reference (background)"
+HERE=$(dirname "$0")
+( PYTHONUNBUFFERED=1 timeout 300 python3 "$HERE/crosscheck-llama.py" --out "$OUT/r/crosscheck.json" > "$OUT/r/crosscheck.log" 2>&1; echo "crosscheck exit $?" >> "$OUT/r/crosscheck.log" ) &
+PY=$!
+
+say "3a. webgpu probe: what Dawn picked, where ONNX Runtime placed the nodes (verbose logs)"
+for m in gpt2 tiny-llama; do
+  VK_LOADER_DEBUG=error,warn,driver timeout 60 "$NODE" dist/bench/reference-check.js --probe --provider webgpu --models $m > "$OUT/r/probe-$m.log" 2> "$OUT/r/probe-$m.err"
+  echo "probe $m exit $?"; cat "$OUT/r/probe-$m.log"
+  grep -a -i -E "adapter|vendor|backend type|dawn|placed on|not assigned|fall ?back|nvidia|loader|driver|error" "$OUT/r/probe-$m.err" | grep -a -v "graph_transformer" | cut -c1-400 | head -30
+  gzip -f "$OUT/r/probe-$m.err"
+done
+
+say "3b. reference cases on webgpu, one process per model (a stuck model cannot take the others' time)"
+for m in gpt2:130 tiny-llama:70 tiny-qwen2:70; do
+  T=${m#*:}; m=${m%:*}
+  [ $(( $(left) - 120 )) -lt "$T" ] && T=$(( $(left) - 120 ))
+  if [ "$T" -lt 20 ]; then say "skipped $m: budget"; continue; fi
+  timeout "$T" "$NODE" dist/bench/reference-check.js --provider webgpu --models $m --out "$OUT/r/refcheck-webgpu-$m.json" > "$OUT/r/refcheck-webgpu-$m.log" 2> "$OUT/r/refcheck-webgpu-$m.err"
+  echo "reference-check webgpu $m exit $? after ${SECONDS}s"
+  grep -a -v "^ *at " "$OUT/r/refcheck-webgpu-$m.err" | cut -c1-300 | sort | uniq -c | sort -rn | head -8
+  sed -n '/^summary/,$p' "$OUT/r/refcheck-webgpu-$m.log" | grep -a -v "^| ---"
+  grep -a -E "FAIL" "$OUT/r/refcheck-webgpu-$m.log" | head -12
+done
+
+say "waiting for the python cross-check"
+wait $PY
+sed -n '/^torch/,/^float64 done/p' "$OUT/r/crosscheck.log" | head -14
+grep -a -E "Error|error|Traceback" "$OUT/r/crosscheck.log" | head -10
+sed -n '/^summary/,$p' "$OUT/r/crosscheck.log"
+
+say "4. forward pass, cpu vs webgpu, interleaved rounds"
+for round in 1 2 3; do
+  for p in cpu webgpu; do
+    if [ "$(left)" -lt 50 ]; then say "skipped $p round $round: budget"; continue; fi
+    timeout 45 "$NODE" dist/bench/forward.js --provider "$p" --batches 1,8,64 --out "$OUT/r/forward-$p-$round.json" > "$OUT/r/forward-$p-$round.log" 2>&1
+    echo "forward $p round $round exit $?"
+  done
+done
+# One table: decode and prefill tokens/s per provider and batch, median (min–max) over the rounds.
+"$NODE" -e '
+const fs = require("fs"); const dir = process.argv[1]; const by = {};
+for (const f of fs.readdirSync(dir).filter((f) => /^forward-.*\.json$/.test(f))) {
+  const j = JSON.parse(fs.readFileSync(dir + "/" + f, "utf8"));
+  for (const r of j.rows) (by[j.provider + " " + r.batch] ??= []).push(r);
+  by["ceiling " + j.provider] = (by["ceiling " + j.provider] ?? []).concat([{ c: j.ceilingGflops }]);
+}
+const med = (xs) => { const s = [...xs].sort((a, b) => a - b); return `${s[Math.floor(s.length / 2)]} (${s[0]}–${s[s.length - 1]})`; };
+console.log("| provider batch | rounds | decode tok/s | prefill tok/s |");
+for (const [k, rs] of Object.entries(by)) if (!k.startsWith("ceiling")) console.log(`| ${k} | ${rs.length} | ${med(rs.map((r) => r.decodeTokensPerS))} | ${med(rs.map((r) => r.prefillTokensPerS))} |`);
+for (const [k, rs] of Object.entries(by)) if (k.startsWith("ceiling")) console.log(`${k}: 1024³ MatMul ${med(rs.map((r) => r.c))} GFLOP/s`);
+' "$OUT/r" | tee "$OUT/r/forward-table.md"
+grep -a -h -E "Error|error" "$OUT"/r/forward-*.log | sort | uniq -c | head -5
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader 2>&1 | head -2
+say "done"
