@@ -22,7 +22,8 @@ if [ "${1:-}" = pack ]; then
   tar -cJf "$DEST/bundle.tar.xz" --exclude='*.map' --exclude='*.d.ts' --exclude='*.d.mts' --exclude='*.md' \
     --exclude='onnxruntime-common/lib' --exclude='onnxruntime-common/dist/esm' --exclude='typebox/build/cjs' --exclude='tokenizers/dist/*.cjs' --exclude='tokenizers/dist/*.min.mjs' --exclude='protobufjs/cli' --exclude='protobufjs/dist' --exclude='protobufjs/scripts' --exclude='protobufjs/bin' \
     --exclude='onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime.so.1' \
-    dist/src dist/bench \
+    --exclude='dist/src/http' --exclude='dist/src/engine' --exclude='dist/src/tools' --exclude='dist/src/main.js' --exclude='dist/src/server.js' \
+    dist/src dist/bench/reference-check.js dist/bench/forward.js dist/bench/table.js \
     --transform="s,^${NM#/},node_modules," \
     "$NM/onnxruntime-node/package.json" "$NM/onnxruntime-node/dist" "$NM/onnxruntime-node/bin/napi-v6/linux/x64" \
     "$NM/onnxruntime-common" "$NM/onnx-proto" "$NM/protobufjs" "$NM/@protobufjs" "$NM/long" \
@@ -34,11 +35,13 @@ if [ "${1:-}" = pack ]; then
 fi
 OUT=${OUT:?OUT must name a folder}
 BUDGET=${DEVICE_BUDGET_S:-420}
-mkdir -p "$OUT/r"
+# Results gather outside $OUT (only 8 files come back from it) and leave packed as $OUT/results.tar.gz.
+R=/tmp/devres
+rm -rf "$R"; mkdir -p "$R/r"
 exec > >(tee -a "$OUT/device.log") 2>&1
 say() { echo "== [$(date -u +%T), ${SECONDS}s] $*"; }
 left() { echo $((BUDGET - SECONDS)); }
-pack() { tar -czf "$OUT/results.tar.gz" -C "$OUT" r 2>/dev/null; }
+pack() { tar -czf "$OUT/results.tar.gz" -C "$R" r 2>/dev/null; }
 trap pack EXIT
 
 say "1. machine"
@@ -55,7 +58,9 @@ done
 # The device README: where no driver is found, point the loader at the NVIDIA ICD explicitly.
 if [ -n "$ICD" ]; then export VK_DRIVER_FILES=$ICD; fi
 [ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ] && export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-unset}"
+# The driver's libraries (the ICD names libGLX_nvidia.so.0 by name) where ldconfig may not look.
+for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do [ -d "$d" ] && export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d; done
+echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-unset} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-unset}"
 
 say "unpack node, onnxruntime, bundle"
 NODE=/tmp/devnode/node
@@ -69,15 +74,15 @@ sha256sum "$ORTLIB" | cut -c1-16
 
 say "2. python cross-check of the Llama reference (background)"
 HERE=$(dirname "$0")
-( PYTHONUNBUFFERED=1 timeout 300 python3 "$HERE/crosscheck-llama.py" --out "$OUT/r/crosscheck.json" > "$OUT/r/crosscheck.log" 2>&1; echo "crosscheck exit $?" >> "$OUT/r/crosscheck.log" ) &
+( PYTHONUNBUFFERED=1 timeout 300 python3 "$HERE/crosscheck-llama.py" --out "$R/r/crosscheck.json" > "$R/r/crosscheck.log" 2>&1; echo "crosscheck exit $?" >> "$R/r/crosscheck.log" ) &
 PY=$!
 
 say "3a. webgpu probe: what Dawn picked, where ONNX Runtime placed the nodes (verbose logs)"
 for m in gpt2 tiny-llama; do
-  VK_LOADER_DEBUG=error,warn,driver timeout 60 "$NODE" dist/bench/reference-check.js --probe --provider webgpu --models $m > "$OUT/r/probe-$m.log" 2> "$OUT/r/probe-$m.err"
-  echo "probe $m exit $?"; cat "$OUT/r/probe-$m.log"
-  grep -a -i -E "adapter|vendor|backend type|dawn|placed on|not assigned|fall ?back|nvidia|loader|driver|error" "$OUT/r/probe-$m.err" | grep -a -v "graph_transformer" | cut -c1-400 | head -30
-  gzip -f "$OUT/r/probe-$m.err"
+  VK_LOADER_DEBUG=error,warn,driver timeout 60 "$NODE" dist/bench/reference-check.js --probe --provider webgpu --models $m > "$R/r/probe-$m.log" 2> "$R/r/probe-$m.err"
+  echo "probe $m exit $?"; cat "$R/r/probe-$m.log"
+  grep -a -i -E "adapter|vendor|backend type|dawn|placed on|not assigned|fall ?back|nvidia|loader|driver|error" "$R/r/probe-$m.err" | grep -a -v "graph_transformer" | cut -c1-400 | head -30
+  gzip -f "$R/r/probe-$m.err"
 done
 
 say "3b. reference cases on webgpu, one process per model (a stuck model cannot take the others' time)"
@@ -85,24 +90,26 @@ for m in gpt2:130 tiny-llama:70 tiny-qwen2:70; do
   T=${m#*:}; m=${m%:*}
   [ $(( $(left) - 120 )) -lt "$T" ] && T=$(( $(left) - 120 ))
   if [ "$T" -lt 20 ]; then say "skipped $m: budget"; continue; fi
-  timeout "$T" "$NODE" dist/bench/reference-check.js --provider webgpu --models $m --out "$OUT/r/refcheck-webgpu-$m.json" > "$OUT/r/refcheck-webgpu-$m.log" 2> "$OUT/r/refcheck-webgpu-$m.err"
+  timeout "$T" "$NODE" dist/bench/reference-check.js --provider webgpu --models $m --out "$R/r/refcheck-webgpu-$m.json" > "$R/r/refcheck-webgpu-$m.log" 2> "$R/r/refcheck-webgpu-$m.err"
   echo "reference-check webgpu $m exit $? after ${SECONDS}s"
-  grep -a -v "^ *at " "$OUT/r/refcheck-webgpu-$m.err" | cut -c1-300 | sort | uniq -c | sort -rn | head -8
-  sed -n '/^summary/,$p' "$OUT/r/refcheck-webgpu-$m.log" | grep -a -v "^| ---"
-  grep -a -E "FAIL" "$OUT/r/refcheck-webgpu-$m.log" | head -12
+  grep -a -v "^ *at " "$R/r/refcheck-webgpu-$m.err" | cut -c1-300 | sort | uniq -c | sort -rn | head -8
+  sed -n '/^summary/,$p' "$R/r/refcheck-webgpu-$m.log" | grep -a -v "^| ---"
+  grep -a -E "FAIL" "$R/r/refcheck-webgpu-$m.log" | head -12
 done
 
+pack
 say "waiting for the python cross-check"
 wait $PY
-sed -n '/^torch/,/^float64 done/p' "$OUT/r/crosscheck.log" | head -14
-grep -a -E "Error|error|Traceback" "$OUT/r/crosscheck.log" | head -10
-sed -n '/^summary/,$p' "$OUT/r/crosscheck.log"
+sed -n '/^torch/,/^float64 done/p' "$R/r/crosscheck.log" | head -14
+grep -a -E "Error|error|Traceback" "$R/r/crosscheck.log" | head -10
+sed -n '/^summary/,$p' "$R/r/crosscheck.log"
 
+pack
 say "4. forward pass, cpu vs webgpu, interleaved rounds"
 for round in 1 2 3; do
   for p in cpu webgpu; do
     if [ "$(left)" -lt 50 ]; then say "skipped $p round $round: budget"; continue; fi
-    timeout 45 "$NODE" dist/bench/forward.js --provider "$p" --batches 1,8,64 --out "$OUT/r/forward-$p-$round.json" > "$OUT/r/forward-$p-$round.log" 2>&1
+    timeout 45 "$NODE" dist/bench/forward.js --provider "$p" --batches 1,8,64 --out "$R/r/forward-$p-$round.json" > "$R/r/forward-$p-$round.log" 2>&1
     echo "forward $p round $round exit $?"
   done
 done
@@ -118,7 +125,7 @@ const med = (xs) => { const s = [...xs].sort((a, b) => a - b); return `${s[Math.
 console.log("| provider batch | rounds | decode tok/s | prefill tok/s |");
 for (const [k, rs] of Object.entries(by)) if (!k.startsWith("ceiling")) console.log(`| ${k} | ${rs.length} | ${med(rs.map((r) => r.decodeTokensPerS))} | ${med(rs.map((r) => r.prefillTokensPerS))} |`);
 for (const [k, rs] of Object.entries(by)) if (k.startsWith("ceiling")) console.log(`${k}: 1024³ MatMul ${med(rs.map((r) => r.c))} GFLOP/s`);
-' "$OUT/r" | tee "$OUT/r/forward-table.md"
-grep -a -h -E "Error|error" "$OUT"/r/forward-*.log | sort | uniq -c | head -5
+' "$R/r" | tee "$R/r/forward-table.md"
+grep -a -h -E "Error|error" "$R"/r/forward-*.log | sort | uniq -c | head -5
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader 2>&1 | head -2
 say "done"
