@@ -11,12 +11,64 @@
 #   3. bench/reference-check.js --probe, then every case, --provider webgpu;      4. bench/forward.js cpu vs webgpu, 3 interleaved rounds.
 # A budget (DEVICE_BUDGET_S, default 420 s) skips what would not finish: the run must end inside the call's limit.
 # Rehearse anywhere with OUT=/tmp/x DEVICE_REHEARSAL=1 (no loaders installed into /).
-# `scripts/device-check.sh pack CARRY_DIR` (here, after `npx tsc -p .`) writes the bundle into CARRY_DIR;
-# node.xz and ort.xz are made once by hand: strip -o n /usr/bin/node; xz -9e --x86 --lzma2=pb=0,lc=4 ...
+# `scripts/device-check.sh pack CARRY_DIR` (here, after `npx tsc -p .`) writes all of .devcarry into CARRY_DIR
+# (node.xz and ort.xz only where missing: minutes of xz). The tracked tree is ~34 MB of the 64 MiB that
+# travel, so node goes stripped and with its ICU data cut to English and root (31.6 MB -> 8.8 MB of items;
+# the rest zeroed in place, which xz then drops): node 21.1 -> ~15 MB, onnxruntime 11.4 MB.
 set -u -o pipefail
 if [ "${1:-}" = pack ]; then
   DEST=${2:?pack needs the carry folder}
   NM=$(readlink -f node_modules)
+  if [ ! -f "$DEST/node.xz" ]; then
+    strip -o /tmp/node.stripped "$(command -v node)"
+    # ICU's common data (a symbol icudtNNl_dat in .rodata): a new table of contents lists only English,
+    # root and the locale-independent items; every other item's bytes are zeroed. Lookups of the others
+    # fall back to root, as for any locale ICU lacks.
+    python3 - /tmp/node.stripped <<'PY'
+import re, struct, subprocess, sys
+path = sys.argv[1]
+sym = [l.split() for l in subprocess.run(['nm', '-D', '-S', path], capture_output=True, text=True).stdout.splitlines() if re.search(r' icudt\d+_dat$', l)]
+if not sym:  # stripped: the dynamic symbol table still has it (nm -D)
+    sys.exit('no icudt*_dat symbol')
+vaddr, size = int(sym[0][0], 16), int(sym[0][1], 16)
+segs = subprocess.run(['readelf', '-lW', path], capture_output=True, text=True).stdout.splitlines()
+off = None
+for l in segs:
+    f = l.split()
+    if f and f[0] == 'LOAD':
+        o, va, fs = int(f[1], 16), int(f[2], 16), int(f[4], 16)
+        if va <= vaddr < va + fs: off = vaddr - va + o
+d = bytearray(open(path, 'rb').read())
+blob = d[off:off + size]
+hs = struct.unpack_from('<H', blob, 0)[0]
+assert struct.unpack_from('<H', blob, 2)[0] == 0x27da, 'not ICU common data'
+count = struct.unpack_from('<I', blob, hs)[0]
+ents = [struct.unpack_from('<II', blob, hs + 4 + 8 * i) for i in range(count)]
+names = [blob[hs + n:blob.index(b'\0', hs + n)].decode() for n, _ in ents]
+loc = re.compile(r'^(?:[a-z_]+/)?([a-z]{2,3}(?:_[A-Za-z0-9]*)*)\.res$')
+def drop(full):
+    item = full.split('/', 1)[1]
+    if item.endswith('.cnv'): return True
+    m = loc.match(item)
+    return bool(m) and not (m.group(1) in ('res_index', 'en') or m.group(1).startswith('en_'))
+keep = [i for i in range(count) if not drop(names[i])]
+order = sorted(range(count), key=lambda i: ents[i][1])
+first_name = min(hs + n for n, _ in ents)
+toc = struct.pack('<I', len(keep)) + b''.join(struct.pack('<II', *ents[i]) for i in keep)
+blob[hs:first_name] = toc + bytes(first_name - hs - len(toc))
+kept = set(keep)
+for k, i in enumerate(order):
+    if i in kept: continue
+    s, e = hs + ents[i][1], (hs + ents[order[k + 1]][1] if k + 1 < count else size)
+    blob[s:e] = bytes(e - s)
+d[off:off + size] = blob
+open(path, 'wb').write(d)
+print(f'ICU data: kept {len(keep)} of {count} items')
+PY
+    /tmp/node.stripped -p "new Intl.NumberFormat('en-US').format(1234.5)" >/dev/null || exit 1
+    xz -T1 --x86 --lzma2=preset=9e,dict=96MiB -c /tmp/node.stripped > "$DEST/node.xz"
+  fi
+  [ -f "$DEST/ort.xz" ] || xz -T1 --x86 --lzma2=preset=9e,dict=64MiB -c "$NM/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime.so.1" > "$DEST/ort.xz"
   # What the checks import (npm ls --omit=dev, less what they never load): no types, maps, docs or CLIs.
   # Both ends of node_modules keep their names: the symlinked one here is read through NM.
   tar -cJf "$DEST/bundle.tar.xz" --exclude='*.map' --exclude='*.d.ts' --exclude='*.d.mts' --exclude='*.md' \
