@@ -41,11 +41,14 @@ const { values: args } = parseArgs({
     'log-level': { type: 'string', default: '2' },
     /** Only create a session of the first model at the verbose level, run its first case once, and stop: what the provider picked and placed. */
     probe: { type: 'boolean', default: false },
+    /** ONNX Runtime's graph optimization level for the check's own sessions (the worker always uses 'all'). */
+    opt: { type: 'string', default: 'all' },
   },
 });
 const provider = args.provider as 'cpu' | 'webgpu';
 if (provider !== 'cpu' && provider !== 'webgpu') throw new Error(`--provider must be cpu or webgpu, not ${provider}`);
 const THREADS = Number(args.threads);
+const OPT = args.opt as 'disabled' | 'basic' | 'extended' | 'all';
 const LOGIT_BAR = 1e-4;
 const LABEL_BAR = 1e-3;
 const EOS = 0;
@@ -159,7 +162,7 @@ async function checkModel(name: string, logLevel: number): Promise<{ rows: Row[]
   const t0 = performance.now();
   const session = await ort.InferenceSession.create(model.graphPath, {
     executionProviders: [provider],
-    graphOptimizationLevel: 'all',
+    graphOptimizationLevel: OPT,
     intraOpNumThreads: THREADS,
     interOpNumThreads: 1,
     logSeverityLevel: logLevel as 0 | 1 | 2 | 3 | 4,
@@ -225,7 +228,7 @@ if (args.probe) {
   ort.env.logLevel = 'verbose';
   const s = suite(args.models!.split(',')[0]);
   const model = loadBaseModel(s.dir, process.env.CACHE_DIR ?? mkdtempSync(join(tmpdir(), 'refcheck-graph-')));
-  const session = await ort.InferenceSession.create(model.graphPath, { executionProviders: [provider], logSeverityLevel: 0, logVerbosityLevel: 0 });
+  const session = await ort.InferenceSession.create(model.graphPath, { executionProviders: [provider], graphOptimizationLevel: OPT, intraOpNumThreads: THREADS, logSeverityLevel: 0, logVerbosityLevel: 0 });
   const c = s.cases.find((x) => x.adapter === null)!;
   const logits = (await session.run(prefillFeeds(new FeedContext(model.tensors), [{ adapter: null, tokens: c.ids, logitAt: [c.ids.length - 1] }]).feeds)).logits.data as Float32Array;
   console.log(`probe: ${provider} session on ${model.dir} ran; base case ${JSON.stringify(c.text)} relative error ${relErr(logits, refLogits(c)).toExponential(2)}`);

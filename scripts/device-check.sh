@@ -87,6 +87,9 @@ PY
 fi
 OUT=${OUT:?OUT must name a folder}
 BUDGET=${DEVICE_BUDGET_S:-420}
+# A prefix for every node run, e.g. NODE_WRAP="setarch x86_64 -R" (no address-space randomisation: the
+# webgpu provider segfaulted at its first runs with it on the H200, and ran under a debugger, which turns it off).
+W=${NODE_WRAP:-}
 # Results gather outside $OUT (only 8 files come back from it) and leave packed as $OUT/results.tar.gz.
 R=/tmp/devres
 rm -rf "$R"; mkdir -p "$R/r"
@@ -131,7 +134,7 @@ PY=$!
 
 say "3a. webgpu probe: what Dawn picked, where ONNX Runtime placed the nodes (verbose logs)"
 for m in gpt2 tiny-llama; do
-  VK_LOADER_DEBUG=error,warn,driver timeout 60 "$NODE" dist/bench/reference-check.js --probe --provider webgpu --models $m > "$R/r/probe-$m.log" 2> "$R/r/probe-$m.err"
+  VK_LOADER_DEBUG=error,warn,driver timeout 60 $W "$NODE" dist/bench/reference-check.js --probe --provider webgpu --models $m > "$R/r/probe-$m.log" 2> "$R/r/probe-$m.err"
   echo "probe $m exit $?"; cat "$R/r/probe-$m.log"
   grep -a -i -E "adapter|vendor|backend type|dawn|placed on|not assigned|fall ?back|nvidia|loader|driver|error" "$R/r/probe-$m.err" | grep -a -v "graph_transformer" | cut -c1-400 | head -30
   gzip -f "$R/r/probe-$m.err"
@@ -142,7 +145,7 @@ for m in gpt2:130 tiny-llama:70 tiny-qwen2:70; do
   T=${m#*:}; m=${m%:*}
   [ $(( $(left) - 120 )) -lt "$T" ] && T=$(( $(left) - 120 ))
   if [ "$T" -lt 20 ]; then say "skipped $m: budget"; continue; fi
-  timeout "$T" "$NODE" dist/bench/reference-check.js --provider webgpu --models $m --out "$R/r/refcheck-webgpu-$m.json" > "$R/r/refcheck-webgpu-$m.log" 2> "$R/r/refcheck-webgpu-$m.err"
+  timeout "$T" $W "$NODE" dist/bench/reference-check.js --provider webgpu --models $m --out "$R/r/refcheck-webgpu-$m.json" > "$R/r/refcheck-webgpu-$m.log" 2> "$R/r/refcheck-webgpu-$m.err"
   echo "reference-check webgpu $m exit $? after ${SECONDS}s"
   grep -a -v "^ *at " "$R/r/refcheck-webgpu-$m.err" | cut -c1-300 | sort | uniq -c | sort -rn | head -8
   sed -n '/^summary/,$p' "$R/r/refcheck-webgpu-$m.log" | grep -a -v "^| ---"
@@ -161,7 +164,7 @@ say "4. forward pass, cpu vs webgpu, interleaved rounds"
 for round in 1 2 3; do
   for p in cpu webgpu; do
     if [ "$(left)" -lt 50 ]; then say "skipped $p round $round: budget"; continue; fi
-    timeout 45 "$NODE" dist/bench/forward.js --provider "$p" --batches 1,8,64 --out "$R/r/forward-$p-$round.json" > "$R/r/forward-$p-$round.log" 2>&1
+    timeout 45 $W "$NODE" dist/bench/forward.js --provider "$p" --batches 1,8,64 --out "$R/r/forward-$p-$round.json" > "$R/r/forward-$p-$round.log" 2>&1
     echo "forward $p round $round exit $?"
   done
 done

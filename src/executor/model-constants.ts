@@ -54,12 +54,13 @@ export class FeedContext {
       offsets.set(a, K);
       K += a.lora!.rank;
     }
-    const select = new Float32Array(K === 0 ? 0 : adapters.length * K);
+    // No zero-size inputs (the WebGPU provider crashes on them): without LoRA rows, one zero rank column.
+    const select = new Float32Array(K === 0 ? 1 : adapters.length * K);
     adapters.forEach((a, r) => a?.kind === 'lora' && select.fill(1, r * K + offsets.get(a)!, r * K + offsets.get(a)! + a.lora!.rank));
     return {
       [ADAPTED_FLAG]: new ort.Tensor('bool', new Uint8Array([1]), []),
       ...stacks,
-      [ADAPTER_INPUTS.select]: new ort.Tensor('float32', select, [K === 0 ? 1 : adapters.length, 1, K]),
+      [ADAPTER_INPUTS.select]: new ort.Tensor('float32', select, [K === 0 ? 1 : adapters.length, 1, Math.max(1, K)]),
       ...this.ia3Feeds(hasIa3 ? adapters : []),
     };
   }
@@ -67,7 +68,7 @@ export class FeedContext {
   /** The packed A [Σin, K] and B [K, Σout]: the adapters' factors side by side along the rank axis. */
   private loraStacks(lora: AdapterTensors[]): Record<string, ort.Tensor> {
     const { slots, totalIn, totalOut } = this.layout;
-    const K = lora.reduce((n, a) => n + a.lora!.rank, 0);
+    const K = Math.max(1, lora.reduce((n, a) => n + a.lora!.rank, 0)); // an all-zero column when there is no LoRA
     const A = new Float32Array(totalIn * K);
     const B = new Float32Array(K * totalOut);
     let at = 0;
@@ -82,7 +83,7 @@ export class FeedContext {
       at += r;
     }
     return {
-      [ADAPTER_INPUTS.select]: new ort.Tensor('float32', new Float32Array(0), [1, 1, 0]),
+      [ADAPTER_INPUTS.select]: new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]),
       [ADAPTER_INPUTS.loraA]: new ort.Tensor('float32', A, [totalIn, K]),
       [ADAPTER_INPUTS.loraB]: new ort.Tensor('float32', B, [K, totalOut]),
     };

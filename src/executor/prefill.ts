@@ -36,7 +36,8 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
   const B = items.length;
   const prefix = items.map((it) => virtualTokens(it.adapter, 'prefix'));
   const length = items.map((it) => virtualTokens(it.adapter, 'prompt') + it.tokens.length);
-  const P = Math.max(0, ...prefix);
+  // At least one (masked) past column: the WebGPU provider crashes on zero-size inputs.
+  const P = Math.max(1, ...prefix);
   const S = Math.max(1, ...length);
   const T = P + S;
 

@@ -104,6 +104,9 @@ export function adapterLayout(modules: LinearModule[]): AdapterLayout {
   return { slots, byName: new Map(slots.map((s) => [s.name, s])), totalIn, totalOut };
 }
 
+/** Outputs of one Split: with its input, WebGPU's limit of 16 storage buffers per shader. */
+const MAX_SPLIT = 15;
+
 /** One module's parts of the packed adapter inputs. */
 export interface ModuleInputs {
   loraA: string;
@@ -114,7 +117,8 @@ export interface ModuleInputs {
 
 /**
  * Declares the packed per-row adapter inputs and splits each into its modules' parts, by name. One
- * Split per input rather than a Slice per module: one kernel, four in all.
+ * Split per input rather than a Slice per module: one kernel each, four in all (a small tree of them
+ * past 15 modules, for WebGPU).
  */
 export function declareAdapterInputs(g: GraphBuilder, layout: AdapterLayout): Map<string, ModuleInputs> {
   const n = ADAPTER_INPUTS;
@@ -123,10 +127,23 @@ export function declareAdapterInputs(g: GraphBuilder, layout: AdapterLayout): Ma
   g.input(n.loraB, 'float', ['lora_rank', layout.totalOut]);
   g.input(n.ia3In, 'float', ['ia3_rows', 1, layout.totalIn]);
   g.input(n.ia3Out, 'float', ['ia3_rows', 1, layout.totalOut]);
-  const ins = g.ints('adapter_split_in', layout.slots.map((m) => m.in));
-  const outs = g.ints('adapter_split_out', layout.slots.map((m) => m.out));
-  const split = (value: string, sizes: string, axis: number) => g.op('Split', [value, sizes], { axis }, layout.slots.length);
-  const [loraA, loraB, ia3In, ia3Out] = [split(n.loraA, ins, 0), split(n.loraB, outs, 1), split(n.ia3In, ins, 2), split(n.ia3Out, outs, 2)];
+  // WebGPU binds a Split's input and each output as a storage buffer, at most 16 per shader: past 15
+  // modules (GPT-2 has 16, TinyLlama 154) the split becomes a tree whose nodes have at most 15 outputs.
+  const split = (value: string, key: 'in' | 'out', axis: number): string[] => {
+    const size = (i: number) => layout.slots[i][key];
+    let node = 0;
+    const tree = (v: string, idx: number[]): string[] => {
+      const sizes = `${value}_split_${node++}`;
+      if (idx.length <= MAX_SPLIT) return g.op('Split', [v, g.ints(sizes, idx.map(size))], { axis }, idx.length);
+      const per = Math.ceil(idx.length / MAX_SPLIT);
+      const chunks: number[][] = [];
+      for (let i = 0; i < idx.length; i += per) chunks.push(idx.slice(i, i + per));
+      const parts = g.op('Split', [v, g.ints(sizes, chunks.map((c) => c.reduce((t, i) => t + size(i), 0)))], { axis }, chunks.length);
+      return chunks.flatMap((c, j) => tree(parts[j], c));
+    };
+    return tree(value, layout.slots.map((_, i) => i));
+  };
+  const [loraA, loraB, ia3In, ia3Out] = [split(n.loraA, 'in', 0), split(n.loraB, 'out', 1), split(n.ia3In, 'in', 2), split(n.ia3Out, 'out', 2)];
   return new Map(layout.slots.map((m, i) => [m.name, { loraA: loraA[i], loraB: loraB[i], ia3In: ia3In[i], ia3Out: ia3Out[i] }]));
 }
 

@@ -262,7 +262,7 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, loraIa3: boolea
 }
 
 export const llama: Architecture<LlamaConfig> = {
-  graphVersion: 'llama-v2',
+  graphVersion: 'llama-v3',
   parseConfig,
   canonicalName: (name) => name,
   weightShapes,
