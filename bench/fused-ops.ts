@@ -20,12 +20,15 @@
  * (with 1 intra-op thread the CPU time is the work itself, which other jobs on a shared machine
  * disturb far less than the wall clock). "LM head alone" is the head's MatMul at the same rows: the
  * part of each step that no attention/norm fusion can touch.
- *   npm run build && node dist/bench/fused-ops.js [--rounds 5] [--batches 1,64] [--pasts 64,256]
+ * `--ops` also prints each variant's ops after ONNX Runtime's optimiser (what it fused on its own).
+ *   npm run build && node dist/bench/fused-ops.js [--rounds 5] [--batches 1,64] [--pasts 64,256] [--ops]
  * MODEL_DIR (default models/demo-gpt2; GPT-2 only), INTRA_OP_THREADS (default: all cores).
  */
 import ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
-import { cpus, loadavg } from 'node:os';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import type { Gpt2Config, WeightSource } from '../src/model/architectures/architecture.js';
@@ -38,6 +41,7 @@ const { values: args } = parseArgs({
     batches: { type: 'string', default: '1,64' },
     pasts: { type: 'string', default: '64,256' },
     prompt: { type: 'string', default: '64' },
+    ops: { type: 'boolean', default: false },
   },
 });
 const ROUNDS = Number(args.rounds);
@@ -276,6 +280,27 @@ sessions.plain = await ort.InferenceSession.create(buildPlain(w), options);
 for (const v of FUSED) sessions[v] = await ort.InferenceSession.create(buildFused(w, SPECS[v]), options);
 sessions.head = await ort.InferenceSession.create(buildHead(w), options);
 const wte = w.read('transformer.wte.weight');
+
+if (args.ops) {
+  // Each variant as ORT runs it: op counts of the graph its optimiser writes out at level 'all'.
+  const dir = mkdtempSync(join(tmpdir(), 'fused-ops-'));
+  const counts = new Map<string, Map<string, number>>();
+  for (const v of VARIANTS) {
+    const file = join(dir, `${v}.onnx`);
+    const bytes = v === 'plain' ? buildPlain(w) : buildFused(w, SPECS[v]);
+    await (await ort.InferenceSession.create(bytes, { ...options, optimizedModelFilePath: file })).release();
+    const count = new Map<string, number>();
+    for (const n of onnxProto.onnx.ModelProto.decode(readFileSync(file)).graph!.node!) {
+      const key = `${n.domain ? `${n.domain}:` : ''}${n.opType}`;
+      count.set(key, (count.get(key) ?? 0) + 1);
+    }
+    counts.set(v, count);
+  }
+  rmSync(dir, { recursive: true });
+  const ops = [...new Set([...counts.values()].flatMap((m) => [...m.keys()]))].sort();
+  console.log(`\nOps after ORT ${ort.env.versions.common} 'all', per variant:`);
+  printTable(['op', ...VARIANTS], ops.map((op) => [op, ...VARIANTS.map((v) => counts.get(v)!.get(op) ?? 0)]));
+}
 
 const cases: Case[] = [];
 const batches = args.batches!.split(',').map(Number);
