@@ -31,7 +31,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
-import type { Gpt2Config, WeightSource } from '../src/model/architectures/architecture.js';
+import type { Gpt2Config, LlamaConfig, WeightSource } from '../src/model/architectures/architecture.js';
 import { GraphBuilder, transpose } from '../src/model/onnx-builder.js';
 import { printTable } from './table.js';
 
@@ -51,31 +51,36 @@ const NEG = -1e9; // the serving graph's masked value in attn_bias
 const TOLERANCE = 1e-4;
 
 const ckpt = loadCheckpoint(process.env.MODEL_DIR ?? 'models/demo-gpt2');
-if (ckpt.config.modelType !== 'gpt2') throw new Error(`fused-ops builds GPT-2 only, got ${ckpt.config.modelType}`);
-const c = ckpt.config as Gpt2Config;
+const c = ckpt.config;
+const isGpt2 = c.modelType === 'gpt2';
 const w = ckpt.weights;
 const H = c.heads;
+const KVH = c.kvHeads;
 const hd = c.headDim;
 const D = c.hidden;
+const HEAD_WEIGHT = isGpt2 || (c as LlamaConfig).tieWordEmbeddings ? ckpt.arch.embedding : 'lm_head.weight';
 
-type Fused = 'fused' | 'fused-rowbias' | 'norms-only';
+type Fused = 'fused' | 'fused-rowbias' | 'norms-only' | 'skip-norms';
 type Variant = 'plain' | Fused;
 /** mha: MultiHeadAttention (keys cached [B, H, P, hd]) or today's attention; rowBias: biases [R, 1, n] through plain Adds. */
 const SPECS: Record<Fused, { mha: boolean; rowBias: boolean }> = {
   fused: { mha: true, rowBias: false },
   'fused-rowbias': { mha: true, rowBias: true },
   'norms-only': { mha: false, rowBias: true },
+  'skip-norms': { mha: false, rowBias: true },
 };
-const FUSED = Object.keys(SPECS) as Fused[];
+// Llama, Mistral, Qwen2: the serving graph with residual Add + RMSNorm as SkipSimplifiedLayerNormalization
+// (MultiHeadAttention has no grouped-query form; GroupQueryAttention wants per-row lengths, not attn_bias).
+const FUSED: Fused[] = isGpt2 ? ['fused', 'fused-rowbias', 'norms-only'] : ['skip-norms'];
 const VARIANTS: Variant[] = ['plain', ...FUSED];
 
-/** Adds the com.microsoft opset and drops SkipLayerNormalization's outputs nobody reads (mean, inv_std_var). */
+/** Adds the com.microsoft opset and drops the Skip*Normalization outputs nobody reads (mean, inv_std_var). */
 function finish(bytes: Uint8Array): Uint8Array {
   const model = onnxProto.onnx.ModelProto.decode(bytes);
   model.opsetImport!.push({ domain: MS, version: 1 });
   const graph = model.graph!;
   const read = new Set<string>([...graph.node!.flatMap((n) => n.input!), ...graph.output!.map((o) => o.name!)]);
-  for (const n of graph.node!) if (n.opType === 'SkipLayerNormalization') n.output = n.output!.map((o) => (read.has(o) ? o : ''));
+  for (const n of graph.node!) if (n.opType?.startsWith('Skip')) n.output = n.output!.map((o) => (read.has(o) ? o : ''));
   return onnxProto.onnx.ModelProto.encode(model).finish();
 }
 
@@ -97,7 +102,7 @@ function buildFused(w: WeightSource, { mha, rowBias }: { mha: boolean; rowBias: 
   }
   const headsShape = g.ints('shape_heads', [0, 0, H, hd]);
   const flatShape = g.ints('shape_flat', [-1, D]);
-  const eps = { float: c.layerNormEps };
+  const eps = { float: (c as Gpt2Config).layerNormEps };
   const splitHeads = (x: string) => g.one('Transpose', [g.one('Reshape', [x, headsShape])], { perm: [0, 2, 1, 3] });
   const qScale = g.scalar('q_scale', 1 / Math.sqrt(hd));
   const axisLast = g.ints('axis_last', [3]);
@@ -167,14 +172,62 @@ function buildFused(w: WeightSource, { mha, rowBias }: { mha: boolean; rowBias: 
 function buildPlain(w: WeightSource): Uint8Array {
   const g = new GraphBuilder();
   const opset = ckpt.arch.build(c, w, g, false);
-  return g.serialize(opset, 'gpt2 plain (serving graph without LoRA/IA3)');
+  return g.serialize(opset, `${c.modelType} plain (serving graph without LoRA/IA3)`);
+}
+
+/**
+ * The serving Llama graph with each residual Add feeding an RMSNorm (Pow, ReduceMean, Add, Sqrt,
+ * Div, Mul: llama.ts) rewritten as one SkipSimplifiedLayerNormalization, whose fourth output is the
+ * residual sum the next layer reads.
+ */
+function fuseSkipRmsNorm(bytes: Uint8Array): Uint8Array {
+  const model = onnxProto.onnx.ModelProto.decode(bytes);
+  const nodes = model.graph!.node!;
+  const producer = new Map(nodes.flatMap((n) => n.output!.map((o) => [o, n] as const)));
+  const consumers = (value: string) => nodes.filter((n) => n.input!.includes(value));
+  const only = (value: string, opType: string) => {
+    const next = consumers(value).filter((n) => n.opType === opType);
+    return next.length === 1 ? next[0] : undefined;
+  };
+  const dropped = new Set<object>();
+  let fused = 0;
+  for (const pow of nodes.filter((n) => n.opType === 'Pow')) {
+    const sum = pow.input![0];
+    const add = producer.get(sum);
+    if (!add || add.opType !== 'Add') continue; // the first layer's norm reads the embeddings
+    const mean = only(pow.output![0], 'ReduceMean');
+    const plusEps = mean && only(mean.output![0], 'Add');
+    const sqrt = plusEps && only(plusEps.output![0], 'Sqrt');
+    const div = sqrt && only(sqrt.output![0], 'Div');
+    const mul = div && div.input![0] === sum ? only(div.output![0], 'Mul') : undefined;
+    if (!mean || !plusEps || !sqrt || !div || !mul) continue;
+    const skip = onnxProto.onnx.NodeProto.create({
+      opType: 'SkipSimplifiedLayerNormalization',
+      domain: MS,
+      name: `SkipSimplifiedLayerNormalization_${fused++}`,
+      input: [add.input![0], add.input![1], mul.input![1]],
+      output: [mul.output![0], '', '', sum],
+      attribute: [{ name: 'epsilon', type: onnxProto.onnx.AttributeProto.AttributeType.FLOAT, f: (c as LlamaConfig).rmsNormEps }],
+    });
+    nodes[nodes.indexOf(add)] = skip; // where the Add was: its inputs exist, its readers come later
+    for (const n of [pow, mean, plusEps, sqrt, div, mul]) dropped.add(n);
+  }
+  if (fused === 0) throw new Error('no residual Add + RMSNorm pattern found');
+  model.graph!.node = nodes.filter((n) => !dropped.has(n));
+  return finish(onnxProto.onnx.ModelProto.encode(model).finish());
+}
+
+function buildVariant(v: Variant): Uint8Array {
+  if (v === 'plain') return buildPlain(w);
+  if (v === 'skip-norms') return fuseSkipRmsNorm(buildPlain(w));
+  return buildFused(w, SPECS[v]);
 }
 
 /** The LM head's MatMul alone, at the rows a step asks logits for. */
 function buildHead(w: WeightSource): Uint8Array {
   const g = new GraphBuilder();
   const h = g.input('h', 'float', ['n', D]);
-  const lmHead = g.weight('lm_head_t', [D, c.vocabSize], transpose(w.read('transformer.wte.weight'), c.vocabSize, D));
+  const lmHead = g.weight('lm_head_t', [D, c.vocabSize], transpose(w.read(HEAD_WEIGHT), c.vocabSize, D));
   g.output(g.one('MatMul', [h, lmHead]), 'logits', ['n', c.vocabSize]);
   return g.serialize(20, 'lm head');
 }
@@ -232,14 +285,14 @@ function feedsFor(k: Case, wte: Float32Array) {
   const byVariant = {} as Record<Variant, Record<string, ort.Tensor>>;
   for (const v of VARIANTS) byVariant[v] = { ...common };
   for (let l = 0; l < c.layers; l++) {
-    const keys = noise(b * H * P * hd, 1 + l, 2); // [B, H, P, hd]
-    const values = noise(b * H * P * hd, 101 + l, 1);
-    const keysT = new Float32Array(keys.length); // [B, H, hd, P]
-    for (let m = 0; m < b * H; m++) keysT.set(transpose(keys.subarray(m * P * hd, (m + 1) * P * hd), P, hd), m * P * hd);
+    const keys = noise(b * KVH * P * hd, 1 + l, 2); // [B, KVH, P, hd]
+    const values = noise(b * KVH * P * hd, 101 + l, 1);
+    const keysT = new Float32Array(keys.length); // [B, KVH, hd, P]
+    for (let m = 0; m < b * KVH; m++) keysT.set(transpose(keys.subarray(m * P * hd, (m + 1) * P * hd), P, hd), m * P * hd);
     for (const v of VARIANTS) {
-      byVariant[v][`past_key_${l}`] = v !== 'plain' && SPECS[v].mha ? new ort.Tensor('float32', keys, [b, H, P, hd]) : new ort.Tensor('float32', keysT, [b, H, hd, P]);
+      byVariant[v][`past_key_${l}`] = v !== 'plain' && SPECS[v].mha ? new ort.Tensor('float32', keys, [b, KVH, P, hd]) : new ort.Tensor('float32', keysT, [b, KVH, hd, P]);
     }
-    for (const v of VARIANTS) byVariant[v][`past_value_${l}`] = new ort.Tensor('float32', values, [b, H, P, hd]);
+    for (const v of VARIANTS) byVariant[v][`past_value_${l}`] = new ort.Tensor('float32', values, [b, KVH, P, hd]);
   }
   for (const { name, size } of ckpt.arch.biases(c)) {
     const data = w.read(name);
@@ -276,10 +329,9 @@ const median = (xs: number[]) => {
 ort.env.logLevel = 'error';
 const options: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all', intraOpNumThreads: THREADS, interOpNumThreads: 1 };
 const sessions = {} as Record<Variant | 'head', ort.InferenceSession>;
-sessions.plain = await ort.InferenceSession.create(buildPlain(w), options);
-for (const v of FUSED) sessions[v] = await ort.InferenceSession.create(buildFused(w, SPECS[v]), options);
+for (const v of VARIANTS) sessions[v] = await ort.InferenceSession.create(buildVariant(v), options);
 sessions.head = await ort.InferenceSession.create(buildHead(w), options);
-const wte = w.read('transformer.wte.weight');
+const wte = w.read(ckpt.arch.embedding);
 
 if (args.ops) {
   // Each variant as ORT runs it: op counts of the graph its optimiser writes out at level 'all'.
@@ -287,8 +339,7 @@ if (args.ops) {
   const counts = new Map<string, Map<string, number>>();
   for (const v of VARIANTS) {
     const file = join(dir, `${v}.onnx`);
-    const bytes = v === 'plain' ? buildPlain(w) : buildFused(w, SPECS[v]);
-    await (await ort.InferenceSession.create(bytes, { ...options, optimizedModelFilePath: file })).release();
+    await (await ort.InferenceSession.create(buildVariant(v), { ...options, optimizedModelFilePath: file })).release();
     const count = new Map<string, number>();
     for (const n of onnxProto.onnx.ModelProto.decode(readFileSync(file)).graph!.node!) {
       const key = `${n.domain ? `${n.domain}:` : ''}${n.opType}`;
@@ -357,7 +408,7 @@ for (const k of cases) {
   }
 }
 
-console.log(`\nfused-ops: ${ckpt.config.modelType} ${D} wide, ${c.layers} layers, ${H} heads; onnxruntime-node ${ort.env.versions.common}, level 'all', ${THREADS} intra-op threads; cpu: ${cpus()[0]?.model} × ${cpus().length}`);
+console.log(`\nfused-ops: ${process.env.MODEL_DIR ?? 'models/demo-gpt2'} (${c.modelType}) ${D} wide, ${c.layers} layers, ${H} heads (${KVH} key/value); onnxruntime-node ${ort.env.versions.common}, level 'all', ${THREADS} intra-op threads; cpu: ${cpus()[0]?.model} × ${cpus().length}`);
 console.log(`${new Date().toISOString()}, load average ${loadBefore.toFixed(1)} before / ${loadavg()[0].toFixed(1)} after; ${ROUNDS} interleaved rounds\n`);
 console.log(`Agreement with plain (relative L2 error; must be ≤ ${TOLERANCE}):`);
 printTable(['case', 'batch', 'variant', 'logits', 'new keys/values', 'within 1e-4'], agreement);
