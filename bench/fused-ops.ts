@@ -12,6 +12,9 @@
  *                  the contrib ops take only 1-D biases: what keeping per-row BitFit would cost.
  *   norms-only     today's attention and KV layout, SkipLayerNormalization + FastGelu with the
  *                  per-row biases added by plain Adds: the change that keeps every contract.
+ * With a Llama-family MODEL_DIR (e.g. test/fixtures/llama/tiny-llama) the variants are `plain` and
+ *   skip-norms     the serving graph with each residual Add + RMSNorm rewritten as one
+ *                  SkipSimplifiedLayerNormalization (ORT fuses the RMSNorm alone on its own).
  * Every variant outputs the logits of the rows that need them and only this step's keys/values,
  * as the serving graph does; the run checks that logits (and new keys/values) agree with plain's
  * within 1e-4 relative error before timing (exit code 1 if not). Timed: `session.run` alone (feeds
@@ -22,7 +25,7 @@
  * part of each step that no attention/norm fusion can touch.
  * `--ops` also prints each variant's ops after ONNX Runtime's optimiser (what it fused on its own).
  *   npm run build && node dist/bench/fused-ops.js [--rounds 5] [--batches 1,64] [--pasts 64,256] [--ops]
- * MODEL_DIR (default models/demo-gpt2; GPT-2 only), INTRA_OP_THREADS (default: all cores).
+ * MODEL_DIR (default models/demo-gpt2), INTRA_OP_THREADS (default: all cores).
  */
 import ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
