@@ -22,7 +22,9 @@
  * table gives each one's median and min–max over the rounds, in wall-clock and in process CPU time
  * (with 1 intra-op thread the CPU time is the work itself, which other jobs on a shared machine
  * disturb far less than the wall clock). "LM head alone" is the head's MatMul at the same rows: the
- * part of each step that no attention/norm fusion can touch.
+ * part of each step that no attention/norm fusion can touch. "plain, outputs pre-allocated" runs the
+ * plain graph with every output passed in as a pre-allocated tensor (`fetches`). The Node binding
+ * fills that buffer, but it still returns a copy in a new tensor.
  * `--ops` also prints each variant's ops after ONNX Runtime's optimiser (what it fused on its own).
  *   npm run build && node dist/bench/fused-ops.js [--rounds 5] [--batches 1,64] [--pasts 64,256] [--ops]
  * MODEL_DIR (default models/demo-gpt2), INTRA_OP_THREADS (default: all cores).
@@ -380,29 +382,43 @@ for (const k of cases) {
     agreement.push([k.name, k.batch, v, logits.toExponential(2), kv.toExponential(2), logits <= TOLERANCE && kv <= TOLERANCE ? 'yes' : 'NO']);
     if (!(logits <= TOLERANCE && kv <= TOLERANCE)) process.exitCode = 1;
   }
+  // The plain graph again with every output pre-allocated (fetches): the Node binding fills these
+  // buffers, so check it gives the same numbers.
+  const fetches = Object.fromEntries(
+    sessions.plain.outputNames.map((name) => [name, new ort.Tensor('float32', new Float32Array(out.plain[name].size), out.plain[name].dims)]),
+  );
+  const preallocated = await sessions.plain.run(byVariant.plain, fetches);
+  const sameAsPlain = sessions.plain.outputNames.every((name) => relErr(preallocated[name].data as Float32Array, out.plain[name].data as Float32Array) === 0);
+  agreement.push([k.name, k.batch, 'plain, outputs pre-allocated', sameAsPlain ? 'identical' : 'DIFFERENT', sameAsPlain ? 'identical' : 'DIFFERENT', sameAsPlain ? 'yes' : 'NO']);
+  if (!sameAsPlain) process.exitCode = 1;
   // Enough runs per measurement for ~50 ms of work, at least 2.
   const t0 = performance.now();
   await sessions.plain.run(byVariant.plain);
   const reps = Math.max(2, Math.min(50, Math.round(50 / (performance.now() - t0))));
-  const wall: Record<string, number[]> = Object.fromEntries([...VARIANTS, 'head'].map((v) => [v, []]));
-  const cpu: Record<string, number[]> = Object.fromEntries([...VARIANTS, 'head'].map((v) => [v, []]));
+  const timed = [...VARIANTS, 'prealloc', 'head'] as const;
+  const wall: Record<string, number[]> = Object.fromEntries(timed.map((v) => [v, []]));
+  const cpu: Record<string, number[]> = Object.fromEntries(timed.map((v) => [v, []]));
+  const runOnce: Record<(typeof timed)[number], () => Promise<unknown>> = {
+    ...(Object.fromEntries(VARIANTS.map((v) => [v, () => sessions[v].run(byVariant[v])])) as Record<Variant, () => Promise<unknown>>),
+    prealloc: () => sessions.plain.run(byVariant.plain, fetches),
+    head: () => sessions.head.run(head),
+  };
   for (let round = 0; round < ROUNDS; round++) {
-    for (const v of [...VARIANTS, 'head'] as const) {
-      const feeds = v === 'head' ? head : byVariant[v];
+    for (const v of timed) {
       const cpu0 = process.cpuUsage();
       const start = performance.now();
-      for (let i = 0; i < reps; i++) await sessions[v].run(feeds);
+      for (let i = 0; i < reps; i++) await runOnce[v]();
       wall[v].push((performance.now() - start) / reps);
       const used = process.cpuUsage(cpu0);
       cpu[v].push((used.user + used.system) / 1000 / reps);
     }
   }
   const range = (xs: number[]) => `${median(xs).toFixed(2)} (${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)})`;
-  for (const v of [...VARIANTS, 'head'] as const) {
+  for (const v of timed) {
     rows.push([
       k.name,
       k.batch,
-      v === 'head' ? 'LM head alone' : v,
+      v === 'head' ? 'LM head alone' : v === 'prealloc' ? 'plain, outputs pre-allocated' : v,
       range(wall[v]),
       range(cpu[v]),
       `${(median(wall.plain) / median(wall[v])).toFixed(2)}×`,
