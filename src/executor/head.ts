@@ -2,7 +2,7 @@ import ort from 'onnxruntime-node';
 import { TOP_P_CANDIDATES } from '../model/sampling-head.js';
 import type { EnsembleGroup, Sampling, TokenChoice } from '../protocol.js';
 import { chooseTokens, type RowLogits } from './ensemble-sampling.js';
-import { candidateWeights, logSumExp, pickCandidate, uniform } from './sampler.js';
+import { candidateWeights, logSumExp, nucleusSize, pickCandidate, uniform } from './sampler.js';
 
 /** One picked row of a step's logits, in `logit_index` order: a token to choose, or a score target's log-probability. */
 export type HeadRow = { seq: number; sampling: Sampling; step: number; group?: EnsembleGroup } | { target: number };
@@ -28,6 +28,18 @@ function routeOf(s: Sampling, group: EnsembleGroup | undefined, V: number): Rout
 /** How often top-p rows were drawn from the graph's candidates or needed their full row (tests, tuning TOP_P_CANDIDATES). */
 export const topPCounts = { candidates: 0, fullRow: 0 };
 
+/** Most candidates a top-p row asks of TopK: a nucleus wider than this is drawn from the full row. */
+const MAX_TOP_P_CANDIDATES = 16384;
+
+/**
+ * TopK candidates for a top-p row: its nucleus at the previous step with a margin (consecutive
+ * steps' distributions are alike), at least TOP_P_CANDIDATES. A miss costs only speed: the full row decides.
+ */
+function topPCandidates(hint: number | undefined): number {
+  if (hint === undefined) return TOP_P_CANDIDATES;
+  return Math.min(MAX_TOP_P_CANDIDATES, Math.max(TOP_P_CANDIDATES, 2 ** Math.ceil(Math.log2(hint * 1.25))));
+}
+
 const int64 = (xs: number[]) => new ort.Tensor('int64', BigInt64Array.from(xs, BigInt), [xs.length]);
 
 /**
@@ -51,6 +63,8 @@ export class StepHead {
     private readonly V: number,
     /** The session's graph ends with the sampling head (its inputs include `sample_rows`). */
     private readonly graph: boolean,
+    /** Top-p rows' nucleus sizes by seq, kept by the caller from step to step (sizes their TopK). */
+    private readonly nucleus = new Map<number, number>(),
   ) {
     this.routes = rows.map((row, n) => {
       const add = (list: number[], at: number[]) => at.push(list.push(n) - 1);
@@ -59,7 +73,7 @@ export class StepHead {
       const needLp = route === 'score' || route === 'topk' || route === 'topp' || (route !== 'host' && (s!.logprobs > 0 || !!s!.chosenLogprob));
       if (needLp) {
         add(this.lpRows, this.lp);
-        const k = route === 'topk' ? s!.topK : route === 'topp' ? TOP_P_CANDIDATES : 1;
+        const k = route === 'topk' ? s!.topK : route === 'topp' ? topPCandidates(this.nucleus.get((row as { seq: number }).seq)) : 1;
         this.topCount = Math.max(this.topCount, k, s?.logprobs ?? 0);
       } else this.lp.push(-1);
       if (route === 'sample' || route === 'topp') add(this.sampleRows, this.sample);
@@ -142,10 +156,14 @@ export class StepHead {
         if (route === 'topp' && probs.reduce((x, y) => x + y, 0) / total < s.topP) {
           // The nucleus is wider than the candidates: the full row decides, exactly as before.
           topPCounts.fullRow++;
+          this.nucleus.set(row.seq, Math.min(V, 4 * c.order.length));
           hostRows.push({ ...row, logits: fullRow(n) });
           return;
         }
-        if (route === 'topp') topPCounts.candidates++;
+        if (route === 'topp') {
+          topPCounts.candidates++;
+          this.nucleus.set(row.seq, nucleusSize(probs, total, s.topP));
+        }
         const at = c.order.indexOf(pickCandidate(c.order, probs, total, s.topP, uniform(s.seed, row.step)));
         token = c.order[at];
         logit = c.values[at];

@@ -95,17 +95,7 @@ function sampleTemperature(logits: Float32Array, s: Sampling, u: number): number
  * The graph head (src/executor/head.ts) calls it with TopK's candidates, so both paths draw alike.
  */
 export function pickCandidate(order: ArrayLike<number>, probs: number[], total: number, topP: number, u: number): number {
-  let keep = probs.length;
-  if (topP < 1) {
-    let mass = 0;
-    for (let i = 0; i < probs.length; i++) {
-      mass += probs[i] / total;
-      if (mass >= topP) {
-        keep = i + 1;
-        break;
-      }
-    }
-  }
+  const keep = nucleusSize(probs, total, topP);
   const kept = probs.slice(0, keep).reduce((a, b) => a + b, 0);
   let target = u * kept;
   for (let i = 0; i < keep; i++) {
@@ -113,6 +103,17 @@ export function pickCandidate(order: ArrayLike<number>, probs: number[], total: 
     if (target < 0) return order[i];
   }
   return order[keep - 1];
+}
+
+/** How many of the candidates top-p keeps: the shortest prefix holding `topP` of `total` (all of them if none does). */
+export function nucleusSize(probs: number[], total: number, topP: number): number {
+  if (topP >= 1) return probs.length;
+  let mass = 0;
+  for (let i = 0; i < probs.length; i++) {
+    mass += probs[i] / total;
+    if (mass >= topP) return i + 1;
+  }
+  return probs.length;
 }
 
 /** exp((v − max) / T) of candidates in order, max the first (the row's largest): their unnormalised probabilities. */

@@ -14,6 +14,8 @@ export class StepRunner {
   private readonly sampling = new Map<number, Sampling>();
   /** Ensemble members by seq: their rows share one token per step. */
   private readonly groups = new Map<number, EnsembleGroup>();
+  /** Top-p rows' last nucleus size, by seq: sizes their TopK candidates in the graph head. */
+  private readonly nucleus = new Map<number, number>();
   private readonly batch: KvBatch;
   /** Per-slot bias, LoRA and IA3 feeds, rebuilt only when a slot changes owner. */
   private rowFeeds: Record<string, ort.Tensor> = {};
@@ -35,6 +37,7 @@ export class StepRunner {
       this.batch.clear();
       this.sampling.clear();
       this.groups.clear();
+      this.nucleus.clear();
     }
     for (const a of plan.adapters) this.adapters.set(a.key, a);
     for (const key of plan.forget) this.adapters.delete(key);
@@ -51,6 +54,7 @@ export class StepRunner {
     for (const seq of dropped) {
       this.sampling.delete(seq);
       this.groups.delete(seq);
+      this.nucleus.delete(seq);
     }
     const tokens: TokenChoice[] = [];
     kvBytes += this.batch.remove(dropped);
@@ -76,7 +80,7 @@ export class StepRunner {
       });
       const scoreTargets = plan.score.map((s, k) => s.targets.slice(s.targets.length - items[plan.prefill.length + k].logitAt.length));
       for (const targets of scoreTargets) headRows.push(...targets.map((target) => ({ target })));
-      const head = new StepHead(headRows, this.ctx.base.config.vocabSize, this.graphHead);
+      const head = new StepHead(headRows, this.ctx.base.config.vocabSize, this.graphHead, this.nucleus);
       const out = await timed({ ...layout.feeds, ...head.feeds() });
       const read = head.read(out);
       tokens.push(...read.chosen);
@@ -133,7 +137,7 @@ export class StepRunner {
       liveSlots.push(r);
       headRows.push({ seq: row.seq, sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq) });
     });
-    const head = new StepHead(headRows, V, this.graphHead);
+    const head = new StepHead(headRows, V, this.graphHead, this.nucleus);
     const out = await run({
       inputs_embeds: new ort.Tensor('float32', embeds, [slots.length, 1, D]),
       position_ids: positions,
