@@ -2,7 +2,7 @@ import ort from 'onnxruntime-node';
 import { TOP_P_CANDIDATES } from '../model/sampling-head.js';
 import type { EnsembleGroup, Sampling, TokenChoice } from '../protocol.js';
 import { chooseTokens, type RowLogits } from './ensemble-sampling.js';
-import { candidateWeights, logSumExp, nucleusSize, pickCandidate, uniform } from './sampler.js';
+import { logSumExp, pickCandidate, uniform } from './sampler.js';
 
 /** One picked row of a step's logits, in `logit_index` order: a token to choose, or a score target's log-probability. */
 export type HeadRow = { seq: number; sampling: Sampling; step: number; group?: EnsembleGroup } | { target: number };
@@ -150,23 +150,32 @@ export class StepHead {
         token = Number(sampled[this.sample[n]]);
         logit = sampledLogit[this.sample[n]];
       } else {
-        const c = candidates(a, route === 'topk' ? s.topK : k);
-        const probs = candidateWeights(c.values, c.order.length, s.temperature);
-        const total = route === 'topk' ? probs.reduce((x, y) => x + y, 0) : totals[this.sample[n]];
-        if (route === 'topp' && probs.reduce((x, y) => x + y, 0) / total < s.topP) {
+        // Candidates' weights, most likely first, as sampler.ts computes them; a top-p row needs them
+        // only up to its nucleus (the same running mass as nucleusSize), a top-k row all k.
+        const first = a * k;
+        const count = route === 'topk' ? s.topK : k;
+        let total = route === 'topp' ? totals[this.sample[n]] : 0;
+        const probs: number[] = [];
+        let mass = 0;
+        for (let i = 0; i < count; i++) {
+          const w = Math.exp((values[first + i] - values[first]) / s.temperature);
+          probs.push(w);
+          if (route === 'topp' && (mass += w / total) >= s.topP) break;
+        }
+        if (route === 'topp' && mass < s.topP) {
           // The nucleus is wider than the candidates: the full row decides, exactly as before.
           topPCounts.fullRow++;
-          this.nucleus.set(row.seq, Math.min(V, 4 * c.order.length));
+          this.nucleus.set(row.seq, Math.min(V, 4 * count));
           hostRows.push({ ...row, logits: fullRow(n) });
           return;
         }
         if (route === 'topp') {
           topPCounts.candidates++;
-          this.nucleus.set(row.seq, nucleusSize(probs, total, s.topP));
-        }
-        const at = c.order.indexOf(pickCandidate(c.order, probs, total, s.topP, uniform(s.seed, row.step)));
-        token = c.order[at];
-        logit = c.values[at];
+          this.nucleus.set(row.seq, probs.length);
+        } else total = probs.reduce((x, y) => x + y, 0);
+        const at = pickCandidate(Int32Array.from(probs, (_, i) => i), probs, total, s.topP, uniform(s.seed, row.step));
+        token = Number(indices[first + at]);
+        logit = values[first + at];
       }
       const choice: TokenChoice = { seq: row.seq, token };
       if (s.logprobs > 0 || s.chosenLogprob) {

@@ -168,7 +168,7 @@ function ropeTables(c: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
 /**
  * Llama, Mistral and Qwen2 with the same I/O contract as GPT-2 (see gpt2.ts): inputs_embeds,
  * position_ids, attn_bias, past_key_l [B, KVH, hd, P] (transposed keys), past_value_l
- * [B, KVH, P, hd], one input per bias vector, logit_index; outputs logits, new_key_l, new_value_l.
+ * [B, KVH, P, hd], one input per bias vector, logit_index and the sampling head's inputs; outputs the sampling head's (src/model/sampling-head.ts), new_key_l, new_value_l.
  * - RoPE from position_ids through a Gather of precomputed cos/sin tables. Keys enter the cache
  *   already rotated, so a prefix adapter's keys (fed as past) are used as they are, as PEFT does.
  * - Grouped-query attention without repeating the cache: queries [B, H, S, hd] reshape (no copy) to
