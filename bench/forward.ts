@@ -3,7 +3,9 @@
  * large MatMul through the same ONNX Runtime: how much of the hardware the model's shapes reach.
  * Any MODEL_DIR (every supported architecture). `--prepack on,off` compares ONNX Runtime's weight
  * prepacking (faster GEMMs, but a private copy of the weights per session) with sessions that read
- * the memory-mapped external data in place (one copy shared by every worker).
+ * the memory-mapped external data in place (one copy shared by every worker). `--head graph,host`
+ * compares the sampling head in the graph with the plain-logits graph sampled on the host, and
+ * `--sampling greedy,top_p,logprobs` what the rows ask (temperature, top_k also), in interleaved rounds.
  * `--provider cpu|webgpu` picks ONNX Runtime's execution provider (the ceiling runs on it too).
  */
 import ort from 'onnxruntime-node';
@@ -16,14 +18,36 @@ import { StepRunner } from '../src/executor/step-runner.js';
 import { loadBaseModel } from '../src/model/base-model.js';
 import { architectureOf } from '../src/model/architectures/index.js';
 import { GraphBuilder } from '../src/model/onnx-builder.js';
-import type { StepPlan } from '../src/protocol.js';
+import { loadCheckpoint } from '../src/model/checkpoint.js';
+import { cachedGraphPath } from '../src/model/graph-cache.js';
+import type { HeadMode } from '../src/model/sampling-head.js';
+import type { Sampling, StepPlan } from '../src/protocol.js';
 import { printTable } from './table.js';
 
-const { values: args } = parseArgs({ options: { batches: { type: 'string', default: '1,8,32,64' }, prepack: { type: 'string', default: 'on' }, provider: { type: 'string', default: 'cpu' }, out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'forward.json') } } });
+const { values: args } = parseArgs({
+  options: {
+    batches: { type: 'string', default: '1,8,32,64' },
+    prepack: { type: 'string', default: 'on' },
+    head: { type: 'string', default: 'graph,host' },
+    sampling: { type: 'string', default: 'greedy,top_p,logprobs' },
+    rounds: { type: 'string', default: '3' },
+    provider: { type: 'string', default: 'cpu' },
+    out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'forward.json') },
+  },
+});
 const THREADS = Number(process.env.INTRA_OP_THREADS ?? cpus().length);
 const PROMPT = 64;
 const DECODE_STEPS = 32;
+const ROUNDS = Number(args.rounds);
 const options: ort.InferenceSession.SessionOptions = { executionProviders: [args.provider!], graphOptimizationLevel: 'all', intraOpNumThreads: THREADS, interOpNumThreads: 1 };
+/** What a step's rows ask of the head: greedy; temperature 1 with top_p 0.9; greedy with `logprobs: 5`. */
+const SAMPLINGS: Record<string, Sampling> = {
+  greedy: { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 0 },
+  top_p: { temperature: 1, topP: 0.9, topK: 0, seed: 1, logprobs: 0 },
+  temperature: { temperature: 1, topP: 1, topK: 0, seed: 1, logprobs: 0 },
+  top_k: { temperature: 1, topP: 1, topK: 1000, seed: 1, logprobs: 0 },
+  logprobs: { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 5 },
+};
 
 /** Best of several runs of a 1024³ MatMul: the most this provider gives one big, friendly GEMM. */
 async function matmulCeiling(): Promise<number> {
@@ -55,61 +79,76 @@ for (const [name, shape] of arch.weightShapes(c)) if (shape.length === 2 && name
 const matmulFlopsPerToken = 2 * layerWeights;
 const attnFlops = (T: number) => 4 * T * c.heads * c.headDim * c.layers;
 const headFlops = 2 * c.hidden * c.vocabSize;
-const sampling = { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 0 };
 const empty = (): StepPlan => ({ drop: [], decode: [], prefill: [], score: [], adapters: [], forget: [] });
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
 
+/** One measurement: B sequences prefilled with a 64-token prompt into a fresh batch, then 32 decode steps. */
+async function measure(session: ort.InferenceSession, B: number, sampling: Sampling) {
+  const runner = new StepRunner(session, new FeedContext(model.tensors));
+  const tokens = Array.from({ length: PROMPT }, (_, i) => 100 + ((i * 37) % 3000));
+  const plan = empty();
+  plan.prefill = Array.from({ length: B }, (_, i) => ({ seq: i, adapter: null, tokens, sampling: { ...sampling, seed: i + 1 } }));
+  const first = await runner.step(plan);
+  const last = new Map(first.tokens.map((x) => [x.seq, x.token]));
+  let decodeMs = 0;
+  let sessionMs = 0;
+  for (let step = 1; step <= DECODE_STEPS; step++) {
+    const next = empty();
+    next.decode = Array.from({ length: B }, (_, i) => ({ seq: i, token: last.get(i)!, step }));
+    const r = await runner.step(next);
+    decodeMs += r.ms.total;
+    sessionMs += r.ms.run;
+    for (const x of r.tokens) last.set(x.seq, x.token);
+  }
+  return { prefillMs: first.ms.total, decodeMs, hostMsPerStep: (decodeMs - sessionMs) / DECODE_STEPS };
+}
+
+const heads = args.head!.split(',') as HeadMode[];
+const ckpt = loadCheckpoint(model.dir);
+const graphOf = (head: HeadMode) => (head === 'graph' ? model.graphPath : cachedGraphPath(ckpt, process.env.CACHE_DIR ?? '.cache', 'host').path);
 const rows: (string | number)[][] = [];
 const results: Record<string, unknown>[] = [];
 for (const prepack of args.prepack!.split(',')) {
-  const session = await ort.InferenceSession.create(model.graphPath, { ...options, extra: { session: { disable_prepacking: prepack === 'off' ? '1' : '0' } } });
+  const sessions = new Map<HeadMode, ort.InferenceSession>();
+  for (const head of heads) sessions.set(head, await ort.InferenceSession.create(graphOf(head), { ...options, extra: { session: { disable_prepacking: prepack === 'off' ? '1' : '0' } } }));
   for (const B of args.batches!.split(',').map(Number)) {
-    const runner = new StepRunner(session, new FeedContext(model.tensors));
-    const tokens = Array.from({ length: PROMPT }, (_, i) => 100 + ((i * 37) % 3000));
-    let prefillMs = Infinity;
-    let last: number[] = [];
-    // Best of three prefills, each into a fresh batch (the last one stays for decoding).
-    for (let rep = 0; rep < 3; rep++) {
-      const plan = empty();
-      plan.drop = rep > 0 ? Array.from({ length: B }, (_, i) => (rep - 1) * B + i) : [];
-      plan.prefill = Array.from({ length: B }, (_, i) => ({ seq: rep * B + i, adapter: null, tokens, sampling }));
-      const r = await runner.step(plan);
-      prefillMs = Math.min(prefillMs, r.ms.total);
-      last = r.tokens.map((x) => x.token);
+    for (const samplingName of args.sampling!.split(',')) {
+      const sampling = SAMPLINGS[samplingName];
+      if (!sampling) throw new Error(`--sampling: one of ${Object.keys(SAMPLINGS).join(', ')}`);
+      const runs = new Map(heads.map((h) => [h, [] as Awaited<ReturnType<typeof measure>>[]]));
+      await measure(sessions.get(heads[0])!, B, sampling); // warm-up
+      // Interleaved rounds (graph host graph host …): the machine's load drifts alike for both heads.
+      for (let round = 0; round < ROUNDS; round++) for (const head of heads) runs.get(head)!.push(await measure(sessions.get(head)!, B, sampling));
+      for (const head of heads) {
+        const r = runs.get(head)!;
+        const decodeTps = r.map((x) => (B * DECODE_STEPS) / (x.decodeMs / 1000));
+        const prefillTps = r.map((x) => (B * PROMPT) / (x.prefillMs / 1000));
+        const stepMs = r.map((x) => x.decodeMs / DECODE_STEPS);
+        const hostMs = r.map((x) => x.hostMsPerStep);
+        const avgT = PROMPT + DECODE_STEPS / 2;
+        const decodeFlops = DECODE_STEPS * B * (matmulFlopsPerToken + attnFlops(avgT) + headFlops);
+        const ofCeiling = r.map((x) => (100 * (decodeFlops / (x.decodeMs / 1000) / 1e9)) / ceiling);
+        const row = {
+          prepack,
+          head,
+          batch: B,
+          sampling: samplingName,
+          decodeTokensPerS: { median: Math.round(median(decodeTps)), min: Math.round(Math.min(...decodeTps)), max: Math.round(Math.max(...decodeTps)) },
+          decodeStepMs: +median(stepMs).toFixed(2),
+          hostMsPerStep: { median: +median(hostMs).toFixed(2), min: +Math.min(...hostMs).toFixed(2), max: +Math.max(...hostMs).toFixed(2) },
+          prefillTokensPerS: Math.round(median(prefillTps)),
+          decodeOfCeiling: +median(ofCeiling).toFixed(1),
+        };
+        results.push(row);
+        rows.push([prepack, head, B, samplingName, spread(decodeTps), spread(stepMs, 2), spread(hostMs, 2), Math.round(median(prefillTps)), `${row.decodeOfCeiling}%`]);
+      }
     }
-    const base = 2 * B;
-    let decodeMs = 0;
-    let sessionMs = 0;
-    for (let step = 1; step <= DECODE_STEPS; step++) {
-      const plan = empty();
-      plan.decode = last.map((token, i) => ({ seq: base + i, token, step }));
-      const r = await runner.step(plan);
-      decodeMs += r.ms.total;
-      sessionMs += r.ms.run;
-      last = r.tokens.map((x) => x.token);
-    }
-    const prefillFlops = B * (PROMPT * matmulFlopsPerToken + attnFlops(PROMPT / 2) * PROMPT) + B * headFlops;
-    const avgT = PROMPT + DECODE_STEPS / 2;
-    const decodeFlops = DECODE_STEPS * B * (matmulFlopsPerToken + attnFlops(avgT) + headFlops);
-    const prefillGflops = prefillFlops / (prefillMs / 1000) / 1e9;
-    const decodeGflops = decodeFlops / (decodeMs / 1000) / 1e9;
-    const row = {
-      prepack,
-      batch: B,
-      prefillTokensPerS: Math.round((B * PROMPT) / (prefillMs / 1000)),
-      decodeTokensPerS: Math.round((B * DECODE_STEPS) / (decodeMs / 1000)),
-      prefillGflops: +prefillGflops.toFixed(1),
-      decodeGflops: +decodeGflops.toFixed(1),
-      prefillOfCeiling: +((100 * prefillGflops) / ceiling).toFixed(1),
-      decodeOfCeiling: +((100 * decodeGflops) / ceiling).toFixed(1),
-      decodeHostShare: +((100 * (decodeMs - sessionMs)) / decodeMs).toFixed(1),
-    };
-    results.push(row);
-    rows.push([prepack, B, row.prefillTokensPerS, row.decodeTokensPerS, row.prefillGflops, row.decodeGflops, `${row.prefillOfCeiling}%`, `${row.decodeOfCeiling}%`, `${row.decodeHostShare}%`]);
   }
 }
-console.log('\nTimes are whole worker steps (feeds, session.run, sampling, KV append); "decode time on host" is the part outside session.run.');
+console.log(`\nTimes are whole worker steps (feeds, session.run, sampling, KV append); "host ms/step" is the part outside session.run. Median (min–max) of ${ROUNDS} interleaved rounds per head.`);
 console.log(`forward pass of ${model.dir} (${c.modelType}, ${(layerWeights / 1e6).toFixed(1)}M layer weights), ${c.layers} layers × ${c.hidden} wide, prompt ${PROMPT} tokens, ${DECODE_STEPS} decode steps, provider ${args.provider}, ${THREADS} intra-op threads, cpu: ${cpus()[0]?.model}`);
 console.log(`ceiling: one 1024×1024×1024 MatMul through onnxruntime-node ${ort.env.versions.common} = ${ceiling.toFixed(1)} GFLOP/s\n`);
-printTable(['prepack', 'batch', 'prefill tok/s', 'decode tok/s', 'prefill GFLOP/s', 'decode GFLOP/s', 'prefill % of ceiling', 'decode % of ceiling', 'decode time on host'], rows);
+printTable(['prepack', 'head', 'batch', 'sampling', 'decode tok/s', 'decode ms/step', 'host ms/step', 'prefill tok/s', 'decode % of ceiling'], rows);
 mkdirSync(join(args.out!, '..'), { recursive: true });
-writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, provider: args.provider, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));
+writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));

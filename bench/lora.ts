@@ -13,6 +13,7 @@
  */
 import ort from 'onnxruntime-node';
 import { parseArgs } from 'node:util';
+import { fullLogitsFeeds } from '../src/executor/head.js';
 import { FeedContext } from '../src/executor/model-constants.js';
 import { loadBaseModel } from '../src/model/base-model.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
@@ -79,7 +80,8 @@ function baseFeeds(B: number, S: number, P: number): Record<string, ort.Tensor> 
     f[`past_key_${l}`] = new ort.Tensor('float32', new Float32Array(B * c.hidden * P).fill(0.01), [B, c.heads, c.headDim, P]);
     f[`past_value_${l}`] = new ort.Tensor('float32', new Float32Array(B * c.hidden * P).fill(0.01), [B, c.heads, P, c.headDim]);
   }
-  return f;
+  // Full logits for every picked row, as before the sampling head: the same work in every variant.
+  return fullLogitsFeeds(sessions.branched, f);
 }
 const only = (s: ort.InferenceSession, f: Record<string, ort.Tensor>) => Object.fromEntries(s.inputNames.map((n) => [n, f[n]]));
 

@@ -14,7 +14,7 @@ const out = args.smoke ? join(args.out!, 'smoke') : args.out!;
 mkdirSync(out, { recursive: true });
 const smoke = (full: string[], small: string[]) => (args.smoke ? small : full);
 const steps: { name: string; script: string; args: string[] }[] = [
-  { name: 'Forward pass', script: 'forward.js', args: smoke([], ['--batches', '1,8']) },
+  { name: 'Forward pass', script: 'forward.js', args: smoke([], ['--batches', '1,8', '--rounds', '1', '--sampling', 'greedy,logprobs']) },
   { name: 'Graph ops before and after ONNX Runtime optimisation', script: 'graph-ops.js', args: [] },
   { name: 'Mixed-task batching', script: 'mixed-batching.js', args: [...smoke([], ['--requests', '16', '--tasks', '1,8', '--adapters', '20', '--kinds-rounds', '1']), '--out', join(out, 'mixed-batching.json')] },
   { name: 'Sweeps (charts)', script: 'sweeps.js', args: [...smoke([], ['--requests', '16', '--clients', '1,8', '--tasks', '1,8']), '--out', out] },

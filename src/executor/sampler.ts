@@ -86,17 +86,16 @@ function sampleTemperature(logits: Float32Array, s: Sampling, u: number): number
   if (s.topK === 0 && s.topP >= 1) return sampleFull(logits, s.temperature, u);
   // Candidates by probability; top-k then top-p cut the tail before renormalising.
   const { order, probs, total } = s.topK > 0 && s.topK < logits.length ? topK(logits, s.topK, s.temperature) : topP(logits, s.topP, s.temperature);
-  let keep = probs.length;
-  if (s.topP < 1) {
-    let mass = 0;
-    for (let i = 0; i < probs.length; i++) {
-      mass += probs[i] / total;
-      if (mass >= s.topP) {
-        keep = i + 1;
-        break;
-      }
-    }
-  }
+  return pickCandidate(order, probs, total, s.topP, u);
+}
+
+/**
+ * The draw among candidates (most likely first, `probs` unnormalised, `total` the mass they are a
+ * share of): top-p keeps the shortest prefix holding `topP` of `total`, then `u` picks in its mass.
+ * The graph head (src/executor/head.ts) calls it with TopK's candidates, so both paths draw alike.
+ */
+export function pickCandidate(order: ArrayLike<number>, probs: number[], total: number, topP: number, u: number): number {
+  const keep = nucleusSize(probs, total, topP);
   const kept = probs.slice(0, keep).reduce((a, b) => a + b, 0);
   let target = u * kept;
   for (let i = 0; i < keep; i++) {
@@ -106,11 +105,28 @@ function sampleTemperature(logits: Float32Array, s: Sampling, u: number): number
   return order[keep - 1];
 }
 
+/** How many of the candidates top-p keeps: the shortest prefix holding `topP` of `total` (all of them if none does). */
+export function nucleusSize(probs: number[], total: number, topP: number): number {
+  if (topP >= 1) return probs.length;
+  let mass = 0;
+  for (let i = 0; i < probs.length; i++) {
+    mass += probs[i] / total;
+    if (mass >= topP) return i + 1;
+  }
+  return probs.length;
+}
+
+/** exp((v − max) / T) of candidates in order, max the first (the row's largest): their unnormalised probabilities. */
+export function candidateWeights(values: ArrayLike<number>, count: number, temperature: number): number[] {
+  const probs = new Array<number>(count);
+  for (let i = 0; i < count; i++) probs[i] = Math.exp((values[i] - values[0]) / temperature);
+  return probs;
+}
+
 /** The k most likely tokens in order, their unnormalised probabilities and their sum. */
 function topK(logits: Float32Array, k: number, temperature: number) {
   const order = topIndices(logits, k);
-  const max = logits[order[0]];
-  const probs = order.map((t) => Math.exp((logits[t] - max) / temperature));
+  const probs = candidateWeights(Float32Array.from(order, (t) => logits[t]), order.length, temperature);
   return { order, probs, total: probs.reduce((a, b) => a + b, 0) };
 }
 

@@ -1,10 +1,9 @@
 import ort from 'onnxruntime-node';
 import type { AdapterTensors, EnsembleGroup, NewSequence, Sampling, StepPlan, StepResult, TokenChoice } from '../protocol.js';
-import { chooseTokens, type RowLogits } from './ensemble-sampling.js';
+import { StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
 import { prefillFeeds, virtualTokens, type PrefillItem, type PrefillLayout } from './prefill.js';
-import { logSumExp } from './sampler.js';
 
 /**
  * Executes StepPlans against one ONNX Runtime session. It owns every tensor: adapter tensors by
@@ -15,16 +14,21 @@ export class StepRunner {
   private readonly sampling = new Map<number, Sampling>();
   /** Ensemble members by seq: their rows share one token per step. */
   private readonly groups = new Map<number, EnsembleGroup>();
+  /** Top-p rows' last nucleus size, by seq: sizes their TopK candidates in the graph head. */
+  private readonly nucleus = new Map<number, number>();
   private readonly batch: KvBatch;
   /** Per-slot bias, LoRA and IA3 feeds, rebuilt only when a slot changes owner. */
   private rowFeeds: Record<string, ort.Tensor> = {};
   private rowFeedsVersion = -1;
+  /** The graph ends with the sampling head (src/model/sampling-head.ts), not plain logits. */
+  private readonly graphHead: boolean;
 
   constructor(
     private readonly session: ort.InferenceSession,
     private readonly ctx: FeedContext,
   ) {
     this.batch = new KvBatch(ctx.base.config);
+    this.graphHead = session.inputNames.includes('sample_rows');
   }
 
   async step(plan: StepPlan): Promise<StepResult> {
@@ -33,6 +37,7 @@ export class StepRunner {
       this.batch.clear();
       this.sampling.clear();
       this.groups.clear();
+      this.nucleus.clear();
     }
     for (const a of plan.adapters) this.adapters.set(a.key, a);
     for (const key of plan.forget) this.adapters.delete(key);
@@ -49,6 +54,7 @@ export class StepRunner {
     for (const seq of dropped) {
       this.sampling.delete(seq);
       this.groups.delete(seq);
+      this.nucleus.delete(seq);
     }
     const tokens: TokenChoice[] = [];
     kvBytes += this.batch.remove(dropped);
@@ -66,27 +72,21 @@ export class StepRunner {
       ];
       for (const it of items.slice(0, plan.prefill.length)) it.logitAt = [virtualTokens(it.adapter, 'prompt') + it.tokens.length - 1];
       const layout = prefillFeeds(this.ctx, items);
-      const out = await timed(layout.feeds);
-      const logits = out.logits.data as Float32Array;
-      const V = this.ctx.base.config.vocabSize;
-      let at = 0;
-      const sampled: RowLogits[] = plan.prefill.map((s) => {
+      // Logit rows in logit_index order: one per new sequence, then each score row's targets.
+      const headRows: HeadRow[] = plan.prefill.map((s) => {
         this.sampling.set(s.seq, s.sampling);
         if (s.group) this.groups.set(s.seq, s.group);
-        const row = { seq: s.seq, logits: logits.subarray(at * V, (at + 1) * V), sampling: s.sampling, step: 0, group: s.group };
-        at++;
-        return row;
+        return { seq: s.seq, sampling: s.sampling, step: 0, group: s.group };
       });
-      tokens.push(...chooseTokens(sampled));
+      const scoreTargets = plan.score.map((s, k) => s.targets.slice(s.targets.length - items[plan.prefill.length + k].logitAt.length));
+      for (const targets of scoreTargets) headRows.push(...targets.map((target) => ({ target })));
+      const head = new StepHead(headRows, this.ctx.base.config.vocabSize, this.graphHead, this.nucleus);
+      const out = await timed({ ...layout.feeds, ...head.feeds() });
+      const read = head.read(out);
+      tokens.push(...read.chosen);
+      let at = 0;
       plan.score.forEach((s, k) => {
-        const item = items[plan.prefill.length + k];
-        const targets = s.targets.slice(s.targets.length - item.logitAt.length);
-        const logprobs = targets.map((tok) => {
-          const row = logits.subarray(at * V, (at + 1) * V);
-          at++;
-          return row[tok] - logSumExp(row);
-        });
-        scores.push({ id: s.id, logprobs });
+        scores.push({ id: s.id, logprobs: read.scores.slice(at, (at += scoreTargets[k].length)) });
       });
       if (plan.prefill.length > 0) kvBytes += this.batch.place(this.joining(plan.prefill, out, layout));
     }
@@ -129,20 +129,25 @@ export class StepRunner {
       this.rowFeeds = { ...this.ctx.biasFeeds(owners), ...this.ctx.adapterFeeds(owners) };
       this.rowFeedsVersion = this.batch.version;
     }
+    // Logits (the LM head, the sampling head) only for live slots: empty ones would be thrown away.
+    const liveSlots: number[] = [];
+    const headRows: HeadRow[] = [];
+    slots.forEach((row, r) => {
+      if (!row) return;
+      liveSlots.push(r);
+      headRows.push({ seq: row.seq, sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq) });
+    });
+    const head = new StepHead(headRows, V, this.graphHead, this.nucleus);
     const out = await run({
       inputs_embeds: new ort.Tensor('float32', embeds, [slots.length, 1, D]),
       position_ids: positions,
       attn_bias: attnBias,
-      logit_index: new ort.Tensor('int64', BigInt64Array.from(slots, (_, r) => BigInt(r)), [slots.length]),
+      logit_index: new ort.Tensor('int64', BigInt64Array.from(liveSlots, BigInt), [liveSlots.length]),
       ...past,
       ...this.rowFeeds,
+      ...head.feeds(),
     });
-    const logits = out.logits.data as Float32Array;
-    const rows: RowLogits[] = [];
-    slots.forEach((row, r) => {
-      if (row) rows.push({ seq: row.seq, logits: logits.subarray(r * V, (r + 1) * V), sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq) });
-    });
-    const chosen = chooseTokens(rows);
+    const { chosen } = head.read(out);
     const kvCopied = this.batch.append(newKv(out, L));
     return { chosen, kvCopied };
   }

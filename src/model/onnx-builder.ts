@@ -4,6 +4,8 @@ import onnxProto from 'onnx-proto';
 const { onnx } = onnxProto;
 const FLOAT = onnx.TensorProto.DataType.FLOAT;
 const INT64 = onnx.TensorProto.DataType.INT64;
+const ELEM = { float: FLOAT, int64: INT64, double: onnx.TensorProto.DataType.DOUBLE };
+export type ElemType = keyof typeof ELEM;
 
 type Dim = number | string;
 /** `{ float }` marks a float attribute whose value happens to be whole. */
@@ -49,14 +51,14 @@ export class GraphBuilder {
   /** With `external`, weights go to its side file; without, inline into the protobuf. */
   constructor(private readonly external?: ExternalData) {}
 
-  input(name: string, type: 'float' | 'int64', dims: Dim[]): string {
-    this.inputs.push(valueInfo(name, type === 'float' ? FLOAT : INT64, dims));
+  input(name: string, type: ElemType, dims: Dim[]): string {
+    this.inputs.push(valueInfo(name, ELEM[type], dims));
     return name;
   }
 
-  output(value: string, name: string, dims: Dim[]): void {
+  output(value: string, name: string, dims: Dim[], type: ElemType = 'float'): void {
     this.nodes.push(onnx.NodeProto.create({ opType: 'Identity', input: [value], output: [name], name: `out_${name}` }));
-    this.outputs.push(valueInfo(name, FLOAT, dims));
+    this.outputs.push(valueInfo(name, ELEM[type], dims));
   }
 
   weight(name: string, dims: number[], data: Float32Array): string {

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { adapterParser } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
+import { fullLogitsFeeds } from '../../src/executor/head.js';
 import { FeedContext } from '../../src/executor/model-constants.js';
 import { prefillFeeds, virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
@@ -19,7 +20,7 @@ const items: PrefillItem[] = cases.map((c) => {
 });
 
 async function lastLogits(batch: PrefillItem[]): Promise<Float32Array[]> {
-  const out = await session.run(prefillFeeds(ctx, batch).feeds);
+  const out = await session.run(fullLogitsFeeds(session, prefillFeeds(ctx, batch).feeds));
   const V = model.config.vocabSize;
   const data = out.logits.data as Float32Array;
   return batch.map((_, r) => data.slice(r * V, (r + 1) * V));

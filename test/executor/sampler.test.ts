@@ -1,5 +1,5 @@
 import t from 'tap';
-import { logSumExp, sample, topIndices, uniform } from '../../src/executor/sampler.js';
+import { logSumExp, nucleusSize, sample, topIndices, uniform } from '../../src/executor/sampler.js';
 import type { Sampling } from '../../src/protocol.js';
 
 /** Deterministic pseudo-random logits, with deliberate ties. */
@@ -75,4 +75,11 @@ t.test('logprobs: the chosen token and the top alternatives, normalised', async 
   const lse = logSumExp(x);
   t.same(c.top!.map((a) => a.token), sortedIndices(x).slice(0, 3));
   t.ok(Math.abs(c.logprob! - (x[c.token] - lse)) < 1e-9);
+});
+
+t.test('nucleusSize: the shortest prefix of candidates holding p of the total', async (t) => {
+  const probs = [4, 3, 2, 1];
+  t.same([0.4, 0.5, 0.7, 0.71, 0.95, 1].map((p) => nucleusSize(probs, 10, p)), [1, 2, 2, 3, 4, 4]);
+  // Candidates holding half of a larger total never reach p = 0.9: all of them, and the caller looks further.
+  t.equal(nucleusSize(probs, 20, 0.9), 4);
 });

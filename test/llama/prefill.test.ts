@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { adapterParser } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
+import { fullLogitsFeeds } from '../../src/executor/head.js';
 import { FeedContext } from '../../src/executor/model-constants.js';
 import { prefillFeeds, virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
@@ -27,7 +28,7 @@ for (const name of LLAMA_MODELS) {
       return { adapter, tokens: c.ids, logitAt: [virtualTokens(adapter, 'prompt') + c.ids.length - 1] };
     });
     const lastLogits = async (batch: PrefillItem[]) => {
-      const data = (await session.run(prefillFeeds(ctx, batch).feeds)).logits.data as Float32Array;
+      const data = (await session.run(fullLogitsFeeds(session, prefillFeeds(ctx, batch).feeds))).logits.data as Float32Array;
       const V = model.config.vocabSize;
       return batch.map((_, r) => data.slice(r * V, (r + 1) * V));
     };

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { FormatError } from '../../src/errors.js';
+import { fullLogitsFeeds } from '../../src/executor/head.js';
 import { FeedContext } from '../../src/executor/model-constants.js';
 import { prefillFeeds } from '../../src/executor/prefill.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
@@ -49,7 +50,7 @@ const bytes = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLen
 async function logits(dir: string): Promise<Float32Array> {
   const model = loadBaseModel(dir, tmp('graph-'));
   const session = await ort.InferenceSession.create(model.graphPath);
-  const out = await session.run(prefillFeeds(new FeedContext(model.tensors), [{ adapter: null, tokens: [5, 17, 300, 2], logitAt: [3] }]).feeds);
+  const out = await session.run(fullLogitsFeeds(session, prefillFeeds(new FeedContext(model.tensors), [{ adapter: null, tokens: [5, 17, 300, 2], logitAt: [3] }]).feeds));
   return out.logits.data as Float32Array;
 }
 

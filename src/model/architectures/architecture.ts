@@ -1,4 +1,5 @@
 import type { GraphBuilder } from '../onnx-builder.js';
+import type { HeadMode } from '../sampling-head.js';
 
 /** What every architecture's config gives the rest of the server: the executor sizes everything from these. */
 export interface CommonConfig {
@@ -74,6 +75,7 @@ export interface Architecture<C extends ModelConfig = ModelConfig> {
   /**
    * Adds the whole forward pass to `g`, streaming weights from `w`; returns the opset it needs.
    * `loraIa3`: every linear layer through adaptedLinear (src/model/adapter-ops.ts), with its inputs.
+   * `head`: the graph ends with src/model/sampling-head.ts in that mode.
    */
-  build(c: C, w: WeightSource, g: GraphBuilder, loraIa3: boolean): number;
+  build(c: C, w: WeightSource, g: GraphBuilder, loraIa3: boolean, head: HeadMode): number;
 }

@@ -1,6 +1,7 @@
 import { FormatError } from '../../errors.js';
 import { adaptedLinear, adapterLayout, declareAdapterInputs, linearModules } from '../adapter-ops.js';
 import { transpose, type GraphBuilder } from '../onnx-builder.js';
+import { addSamplingHead, type HeadMode } from '../sampling-head.js';
 import type { Architecture, Gpt2Config, WeightSource } from './architecture.js';
 
 const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in opset 20.
@@ -67,7 +68,7 @@ function weightShapes(c: Gpt2Config): Map<string, number[]> {
 }
 
 export const gpt2: Architecture<Gpt2Config> = {
-  graphVersion: 'gpt2-v4',
+  graphVersion: 'gpt2-v5',
   parseConfig,
   // Some exports prefix names with `transformer.`, others do not; normalise to the prefixed form.
   canonicalName: (name) => (name.startsWith('transformer.') || name.startsWith('lm_head') ? name : `transformer.${name}`),
@@ -95,7 +96,7 @@ export const gpt2: Architecture<Gpt2Config> = {
  *   without their ops (src/model/adapter-ops.ts).
  * - `logit_index` [N]: rows of the flattened [B*S] hidden states that need logits. The LM head is a
  *   quarter of the FLOPs per token; prefill of a generate request needs it at one position only.
- * Outputs: `logits` [N, V], and only this step's keys/values, `new_key_l` [B, H, hd, S] and
+ * Outputs: the sampling head's (src/model/sampling-head.ts: `logits` [N, V] in 'host' mode), and only this step's keys/values, `new_key_l` [B, H, hd, S] and
  * `new_value_l` [B, H, S, hd]. Attention reads past and new keys separately and joins the scores
  * ([B, H, S, P+S], small) instead of concatenating the cache: the cache is read once per step and
  * never copied inside the graph, and the host appends S columns to its own buffer.
@@ -107,7 +108,7 @@ export const gpt2: Architecture<Gpt2Config> = {
  * one frozen graph for every adapter kind. The forward benchmark puts decode at 2–18 % of the
  * MatMul ceiling: at 256 wide, batching across tasks matters far more than op fusion.
  */
-function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, loraIa3: boolean): number {
+function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, loraIa3: boolean, head: HeadMode): number {
   const W = (name: string) => g.weight(name, w.shape(name)!, w.read(name));
   const bias = new Map(biases(c).map(({ name, size }) => [name, g.input(name, 'float', ['bias_rows', 1, size])]));
 
@@ -167,6 +168,6 @@ function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, loraIa3
   const final = layerNorm(x, 'transformer.ln_f');
   const picked = g.one('Gather', [g.one('Reshape', [final, flatShape]), logitIndex], { axis: 0 }); // [N, D]
   const lmHead = g.weight('lm_head_t', [c.hidden, c.vocabSize], transpose(w.read('transformer.wte.weight'), c.vocabSize, c.hidden)); // tied to wte
-  g.output(g.one('MatMul', [picked, lmHead]), 'logits', ['n_logits', c.vocabSize]);
+  addSamplingHead(g, picked, lmHead, c.vocabSize, head);
   return OPSET;
 }

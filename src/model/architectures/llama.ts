@@ -1,6 +1,7 @@
 import { FormatError } from '../../errors.js';
 import { adaptedLinear, adapterLayout, declareAdapterInputs, linearModules } from '../adapter-ops.js';
 import { transpose, type GraphBuilder } from '../onnx-builder.js';
+import { addSamplingHead, type HeadMode } from '../sampling-head.js';
 import type { Architecture, LlamaConfig, RopeScaling, WeightSource } from './architecture.js';
 
 const OPSET = 20;
@@ -167,7 +168,7 @@ function ropeTables(c: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
 /**
  * Llama, Mistral and Qwen2 with the same I/O contract as GPT-2 (see gpt2.ts): inputs_embeds,
  * position_ids, attn_bias, past_key_l [B, KVH, hd, P] (transposed keys), past_value_l
- * [B, KVH, P, hd], one input per bias vector, logit_index; outputs logits, new_key_l, new_value_l.
+ * [B, KVH, P, hd], one input per bias vector, logit_index and the sampling head's inputs; outputs the sampling head's (src/model/sampling-head.ts), new_key_l, new_value_l.
  * - RoPE from position_ids through a Gather of precomputed cos/sin tables. Keys enter the cache
  *   already rotated, so a prefix adapter's keys (fed as past) are used as they are, as PEFT does.
  * - Grouped-query attention without repeating the cache: queries [B, H, S, hd] reshape (no copy) to
@@ -176,7 +177,7 @@ function ropeTables(c: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
  *   SimplifiedLayerNormalization, computed in float32.
  * - Every linear layer goes through `linear`: per-row adapters on linear layers belong there.
  */
-function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, loraIa3: boolean): number {
+function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, loraIa3: boolean, headMode: HeadMode): number {
   const { hidden: D, heads: H, kvHeads: KVH, headDim: hd, layers: L } = c;
   const bias = new Map(biases(c).map(({ name, size }) => [name, g.input(name, 'float', ['bias_rows', 1, size])]));
   const embeds = g.input('inputs_embeds', 'float', ['batch', 'seq', D]);
@@ -257,12 +258,12 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, loraIa3: boolea
   const picked = g.one('Gather', [g.one('Reshape', [rmsNorm(x, 'model.norm.weight'), flatShape]), logitIndex], { axis: 0 }); // [N, D]
   const head = c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
   const lmHead = g.weight('lm_head_t', [D, c.vocabSize], transpose(w.read(head), c.vocabSize, D));
-  g.output(g.one('MatMul', [picked, lmHead]), 'logits', ['n_logits', c.vocabSize]);
+  addSamplingHead(g, picked, lmHead, c.vocabSize, headMode);
   return OPSET;
 }
 
 export const llama: Architecture<LlamaConfig> = {
-  graphVersion: 'llama-v3',
+  graphVersion: 'llama-v4',
   parseConfig,
   canonicalName: (name) => name,
   weightShapes,
