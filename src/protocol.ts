@@ -86,6 +86,8 @@ export interface StepResult {
   ms: { run: number; total: number };
   /** KV cache bytes copied in this step (rows written into slots, buffers resized). */
   kvCopiedBytes: number;
+  /** Rows whose soft prompt's KV was ready (hits), and soft prompts whose KV this step computed (misses). */
+  promptKv?: { hits: number; misses: number };
   /**
    * New rows (prefill seq or score id) the worker refused before running the step: each fails its
    * own request; the rest of the batch ran. `invalid_adapter`: the row's adapter tensors cannot run.

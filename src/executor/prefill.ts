@@ -1,13 +1,20 @@
 import ort from 'onnxruntime-node';
 import type { AdapterTensors } from '../protocol.js';
 import { NEG, type FeedContext } from './model-constants.js';
+import type { LayerKv } from './kv-batch.js';
+import type { PastKv } from './prompt-kv.js';
 
 /** One row of a prefill run: a new sequence, or a one-shot scoring row. */
 export interface PrefillItem {
   adapter: AdapterTensors | null;
   tokens: number[];
-  /** Indices into the row's full sequence (virtual tokens included) whose logits are wanted. */
+  /** Indices into the row's fed sequence (a soft prompt fed as embeddings included) whose logits are wanted. */
   logitAt: number[];
+  /**
+   * Keys/values the row starts after (src/executor/prompt-kv.ts): a prefix, or a soft prompt computed
+   * once. Absent: a prefix adapter's rows are laid out here, and a soft prompt goes before the tokens.
+   */
+  past?: PastKv;
 }
 
 export interface PrefillLayout {
@@ -24,6 +31,11 @@ export function virtualTokens(a: AdapterTensors | null, kind: AdapterTensors['ki
   return a?.kind === kind ? a.virtualTokens : 0;
 }
 
+/** Soft-prompt rows fed as embeddings before the row's tokens: none when the row starts after its past. */
+export function fedPrompt(it: PrefillItem): number {
+  return it.past ? 0 : virtualTokens(it.adapter, 'prompt');
+}
+
 /**
  * Feeds for a padded prefill of ragged rows. Row r occupies past columns [0, prefix_r) and
  * sequence columns [0, length_r); everything else is padding that the mask hides from every query.
@@ -34,8 +46,8 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
   const { hidden: D, kvHeads: H, headDim: hd, layers: L } = c;
   const KVD = H * hd; // PEFT sizes a prefix by the key/value heads (= hidden without grouped-query attention)
   const B = items.length;
-  const prefix = items.map((it) => virtualTokens(it.adapter, 'prefix'));
-  const length = items.map((it) => virtualTokens(it.adapter, 'prompt') + it.tokens.length);
+  const prefix = items.map((it) => it.past?.n ?? virtualTokens(it.adapter, 'prefix'));
+  const length = items.map((it) => fedPrompt(it) + it.tokens.length);
   const P = Math.max(0, ...prefix);
   const S = Math.max(1, ...length);
   const T = P + S;
@@ -45,7 +57,7 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
   const bias = new Float32Array(B * S * T).fill(NEG);
   const logitIndex: bigint[] = [];
   items.forEach((it, r) => {
-    const vt = virtualTokens(it.adapter, 'prompt');
+    const vt = fedPrompt(it);
     if (vt > 0) embeds.set(it.adapter!.embeddings!.subarray(0, vt * D), r * S * D);
     it.tokens.forEach((tok, i) => ctx.embed(embeds, (r * S + vt + i) * D, tok));
     for (let i = 0; i < S; i++) {
@@ -72,6 +84,7 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
     const values = new Float32Array(B * H * P * hd); // [B, H, P, hd]
     items.forEach((it, r) => {
       if (prefix[r] === 0) return;
+      if (it.past) return copyPast(it.past.layers[l], it.past.n, r, H, hd, P, keys, values);
       // PEFT layout: E[t, (2l)*KVD + h*hd + d] is the key, E[t, (2l+1)*KVD + h*hd + d] the value.
       const E = it.adapter!.embeddings!;
       const stride = 2 * L * KVD;
@@ -87,4 +100,10 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
     feeds[`past_value_${l}`] = new ort.Tensor('float32', values, [B, H, P, hd]);
   }
   return { feeds, P, S, prefix, length };
+}
+
+/** One layer of a row's past (keys [H, hd, n], values [H, n, hd]) into row r of past feeds of P columns. */
+function copyPast(src: LayerKv, n: number, r: number, H: number, hd: number, P: number, keys: Float32Array, values: Float32Array): void {
+  for (let k = 0; k < H * hd; k++) keys.set(src.keys.subarray(k * n, (k + 1) * n), (r * H * hd + k) * P);
+  for (let h = 0; h < H; h++) values.set(src.values.subarray(h * n * hd, (h + 1) * n * hd), (r * H + h) * P * hd);
 }

@@ -3,7 +3,8 @@ import type { AdapterTensors, EnsembleGroup, NewSequence, Sampling, StepPlan, St
 import { chooseTokens, type RowLogits } from './ensemble-sampling.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
-import { prefillFeeds, virtualTokens, type PrefillItem, type PrefillLayout } from './prefill.js';
+import { fedPrompt, prefillFeeds, type PrefillItem, type PrefillLayout } from './prefill.js';
+import { PastKvCache } from './prompt-kv.js';
 import { logSumExp } from './sampler.js';
 
 /**
@@ -19,12 +20,17 @@ export class StepRunner {
   /** Per-slot bias, LoRA and IA3 feeds, rebuilt only when a slot changes owner. */
   private rowFeeds: Record<string, ort.Tensor> = {};
   private rowFeedsVersion = -1;
+  /** Soft prompts' and prefixes' KV by adapter key. */
+  readonly pastKv: PastKvCache;
 
+  /** `promptKv` false (PROMPT_KV_CACHE=off): soft prompts are prefilled with every request, for benchmarks. */
   constructor(
     private readonly session: ort.InferenceSession,
     private readonly ctx: FeedContext,
+    opts: { promptKv?: boolean } = {},
   ) {
     this.batch = new KvBatch(ctx.base.config);
+    this.pastKv = new PastKvCache(ctx, opts.promptKv ?? process.env.PROMPT_KV_CACHE !== 'off');
   }
 
   async step(plan: StepPlan): Promise<StepResult> {
@@ -35,7 +41,10 @@ export class StepRunner {
       this.groups.clear();
     }
     for (const a of plan.adapters) this.adapters.set(a.key, a);
-    for (const key of plan.forget) this.adapters.delete(key);
+    for (const key of plan.forget) {
+      this.adapters.delete(key);
+      this.pastKv.forget(key);
+    }
     let runMs = 0;
     let kvBytes = 0;
     const timed = async (feeds: Record<string, ort.Tensor>) => {
@@ -59,12 +68,15 @@ export class StepRunner {
     }
 
     const scores: StepResult['scores'] = [];
+    let promptKv = { hits: 0, misses: 0 };
     if (plan.prefill.length > 0 || plan.score.length > 0) {
+      // Soft prompts first computed here, in a run of their own: the rows below start after them.
+      const starts = [...plan.prefill.map((s) => s.adapter), ...plan.score.filter((s) => s.context.length > 0).map((s) => s.adapter)];
+      promptKv = await this.pastKv.prepare(starts.map((k) => this.adapter(k)), timed);
       const items: PrefillItem[] = [
-        ...plan.prefill.map((s) => ({ adapter: this.adapter(s.adapter), tokens: s.tokens, logitAt: [] as number[] })),
+        ...plan.prefill.map((s) => this.prefillItem(s.adapter, s.tokens)),
         ...plan.score.map((s) => this.scoreItem(s.adapter, s.context, s.targets)),
       ];
-      for (const it of items.slice(0, plan.prefill.length)) it.logitAt = [virtualTokens(it.adapter, 'prompt') + it.tokens.length - 1];
       const layout = prefillFeeds(this.ctx, items);
       const out = await timed(layout.feeds);
       const logits = out.logits.data as Float32Array;
@@ -90,7 +102,7 @@ export class StepRunner {
       });
       if (plan.prefill.length > 0) kvBytes += this.batch.place(this.joining(plan.prefill, out, layout));
     }
-    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes };
+    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes, promptKv };
   }
 
   private adapter(key: string | null): AdapterTensors | null {
@@ -100,17 +112,30 @@ export class StepRunner {
     return a;
   }
 
-  /** Logits are wanted where they predict a target: the last input is never needed, so it is not fed. */
+  /** A new sequence: it starts after its adapter's past where it has one; its last position's logits are wanted. */
+  private prefillItem(key: string | null, tokens: number[]): PrefillItem {
+    const adapter = this.adapter(key);
+    const it: PrefillItem = { adapter, tokens, logitAt: [], past: this.pastKv.get(adapter) };
+    it.logitAt = [fedPrompt(it) + tokens.length - 1];
+    return it;
+  }
+
+  /**
+   * Logits are wanted where they predict a target: the last input is never needed, so it is not fed.
+   * With no context, the first target is predicted by the soft prompt's last position: such a row
+   * (rare) feeds its soft prompt again rather than the cache keeping a logits row per adapter.
+   */
   private scoreItem(key: string | null, context: number[], targets: number[]): PrefillItem {
     const adapter = this.adapter(key);
     const tokens = [...context, ...targets].slice(0, -1);
-    const vt = virtualTokens(adapter, 'prompt');
+    const past = context.length > 0 || adapter?.kind !== 'prompt' ? this.pastKv.get(adapter) : undefined;
+    const vt = fedPrompt({ adapter, tokens, logitAt: [], past });
     const logitAt: number[] = [];
     for (let i = 0; i < targets.length; i++) {
       const predictor = vt + context.length + i - 1;
       if (predictor >= 0) logitAt.push(predictor);
     }
-    return { adapter, tokens, logitAt };
+    return { adapter, tokens, logitAt, past };
   }
 
   private async decode(plan: StepPlan, run: (f: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
