@@ -3,7 +3,7 @@ import type { ModelConfig } from '../model/checkpoint.js';
 import type { AdapterTensors } from '../protocol.js';
 import type { LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
-import { prefillFeeds } from './prefill.js';
+import type { PrefillItem } from './prefill.js';
 
 /** Keys [H, hd, n] and values [H, n, hd] per layer (H: key/value heads): what precedes a row's own tokens. */
 export interface PastKv {
@@ -11,25 +11,24 @@ export interface PastKv {
   layers: LayerKv[];
 }
 
-export type Run = (feeds: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>;
-
 /** Bytes of an n-token past: keys and values of every layer, float32. */
 export function pastKvBytes(c: Pick<ModelConfig, 'layers' | 'kvHeads' | 'headDim'>, n: number): number {
   return n * c.layers * 2 * c.kvHeads * c.headDim * 4;
 }
 
 /**
- * The keys/values that adapters put before a row's tokens, computed once per adapter version (the
- * adapter key names one content version, so a hot swap gets a new key and never meets the old KV).
- * - prompt (prompt tuning, P-tuning): under causal attention the soft prompt does not depend on what
- *   follows, so one forward run over it alone (positions 0..n-1, no past, no logits) gives the same
- *   keys/values as every request would compute again. Requests then start after it, as after a prefix.
+ * The keys/values that adapters put before a row's tokens, kept once per adapter version (the adapter
+ * key names one content version, so a hot swap gets a new key and never meets the old KV).
+ * - prompt (prompt tuning, P-tuning): under causal attention a soft prompt does not depend on what
+ *   follows it. The first row of an adapter prefills its soft prompt before its tokens as always;
+ *   that run's first n keys/values columns of the row are the soft prompt's, and are kept (no extra
+ *   run). Later rows start after them, as after a prefix (positions n.., PEFT's too).
  * - prefix: PEFT's [n, L·2·KVD] rows, laid out once in the cache's layout instead of per request.
  * Dropped with the adapter when the scheduler forgets its key.
  */
 export class PastKvCache {
   private readonly held = new Map<string, PastKv>();
-  /** Rows that found a soft prompt's KV ready, and runs that had to compute one (cumulative). */
+  /** Soft-prompt rows that started after kept KV (hits) or prefilled their soft prompt (misses), cumulative. */
   hits = 0;
   misses = 0;
 
@@ -54,11 +53,17 @@ export class PastKvCache {
   }
 
   /**
-   * The past a row of `adapter` starts after, or undefined where it has none. A soft prompt's KV must
-   * have been computed by prepare() first; a prefix is laid out here on first use.
+   * The past a new row of `adapter` starts after, or undefined where it has none; a prefix is laid
+   * out here on first use. `count`: a soft-prompt row counts as a hit or a miss.
    */
-  get(adapter: AdapterTensors | null): PastKv | undefined {
-    if (adapter?.kind === 'prompt') return this.promptKv ? this.held.get(adapter.key) : undefined;
+  get(adapter: AdapterTensors | null, count = true): PastKv | undefined {
+    if (adapter?.kind === 'prompt') {
+      if (!this.promptKv) return undefined;
+      const past = this.held.get(adapter.key);
+      if (count && past) this.hits++;
+      else if (count) this.misses++;
+      return past;
+    }
     if (adapter?.kind !== 'prefix') return undefined;
     let past = this.held.get(adapter.key);
     if (!past) {
@@ -68,31 +73,13 @@ export class PastKvCache {
     return past;
   }
 
-  /**
-   * Computes the KV of the soft prompts among `rows` (one adapter per row that will start after it)
-   * that is not held yet: one run over all of them, padded. Counts a hit per row whose KV was ready
-   * and a miss per soft prompt computed. Returns this step's counts.
-   */
-  async prepare(rows: (AdapterTensors | null)[], run: Run): Promise<{ hits: number; misses: number }> {
-    const counts = { hits: 0, misses: 0 };
-    if (!this.promptKv) return counts;
-    const missing = new Map<string, AdapterTensors>();
-    for (const a of rows) {
-      if (a?.kind !== 'prompt') continue;
-      if (this.held.has(a.key) || missing.has(a.key)) counts.hits++;
-      else missing.set(a.key, a);
-    }
-    counts.misses = missing.size;
-    if (missing.size > 0) {
-      const adapters = [...missing.values()];
-      // Only the soft prompt: prefillFeeds puts it at positions 0..n-1; no logits are wanted.
-      const layout = prefillFeeds(this.ctx, adapters.map((adapter) => ({ adapter, tokens: [], logitAt: [] })));
-      const out = await run(layout.feeds);
-      adapters.forEach((a, r) => this.held.set(a.key, rowPast(this.ctx.base.config, out, layout.S, r, a.virtualTokens)));
-    }
-    this.hits += counts.hits;
-    this.misses += counts.misses;
-    return counts;
+  /** After a prefill run of `items` (padded to S): keeps the KV of each soft prompt that a row fed and none is held for. */
+  keep(items: PrefillItem[], out: ort.InferenceSession.OnnxValueMapType, S: number): void {
+    if (!this.promptKv) return;
+    items.forEach((it, r) => {
+      const a = it.adapter;
+      if (a?.kind === 'prompt' && !it.past && !this.held.has(a.key)) this.held.set(a.key, rowPast(this.ctx.base.config, out, S, r, a.virtualTokens));
+    });
   }
 }
 

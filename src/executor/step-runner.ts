@@ -68,17 +68,15 @@ export class StepRunner {
     }
 
     const scores: StepResult['scores'] = [];
-    let promptKv = { hits: 0, misses: 0 };
+    const before = { hits: this.pastKv.hits, misses: this.pastKv.misses };
     if (plan.prefill.length > 0 || plan.score.length > 0) {
-      // Soft prompts first computed here, in a run of their own: the rows below start after them.
-      const starts = [...plan.prefill.map((s) => s.adapter), ...plan.score.filter((s) => s.context.length > 0).map((s) => s.adapter)];
-      promptKv = await this.pastKv.prepare(starts.map((k) => this.adapter(k)), timed);
       const items: PrefillItem[] = [
         ...plan.prefill.map((s) => this.prefillItem(s.adapter, s.tokens)),
         ...plan.score.map((s) => this.scoreItem(s.adapter, s.context, s.targets)),
       ];
       const layout = prefillFeeds(this.ctx, items);
       const out = await timed(layout.feeds);
+      this.pastKv.keep(items, out, layout.S);
       const logits = out.logits.data as Float32Array;
       const V = this.ctx.base.config.vocabSize;
       let at = 0;
@@ -102,7 +100,7 @@ export class StepRunner {
       });
       if (plan.prefill.length > 0) kvBytes += this.batch.place(this.joining(plan.prefill, out, layout));
     }
-    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes, promptKv };
+    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes, promptKv: { hits: this.pastKv.hits - before.hits, misses: this.pastKv.misses - before.misses } };
   }
 
   private adapter(key: string | null): AdapterTensors | null {
