@@ -76,21 +76,23 @@ const median = (xs: number[]) => {
 const fmt = (xs: number[]) => `${median(xs).toFixed(1)} (${Math.min(...xs).toFixed(1)}–${Math.max(...xs).toFixed(1)})`;
 
 const servers = { on: await start(true), off: await start(false) };
-const variants = SIZES.flatMap((n) => (['on', 'off'] as const).map((cache) => ({ n, cache, first: [] as number[], later: [] as number[] })));
+// n = 0: the base model (no adapter), the floor a cached soft prompt should approach.
+const variants = [0, ...SIZES].flatMap((n) => (['on', 'off'] as const).filter((c) => n > 0 || c === 'on').map((cache) => ({ n, cache, first: [] as number[], later: [] as number[] })));
+const task = (n: number) => (n === 0 ? 'base' : `soft-${n}`);
 try {
   // Warm-up: the graph's first runs at each shape are slower than the rest.
   for (const v of variants) {
     const { url } = servers[v.cache];
-    await upload(url, `soft-${v.n}`, softPrompt(v.n, 1));
-    for (let i = 0; i < 3; i++) await ttft(url, `soft-${v.n}`);
+    if (v.n > 0) await upload(url, task(v.n), softPrompt(v.n, 1));
+    for (let i = 0; i < 3; i++) await ttft(url, task(v.n));
   }
   for (let round = 0; round < ROUNDS; round++) {
     for (const v of variants) {
       const { url } = servers[v.cache];
-      await upload(url, `soft-${v.n}`, softPrompt(v.n, 1000 + round)); // a new version: its first request misses
-      v.first.push(await ttft(url, `soft-${v.n}`));
+      if (v.n > 0) await upload(url, task(v.n), softPrompt(v.n, 1000 + round)); // a new version: its first request misses
+      v.first.push(await ttft(url, task(v.n)));
       const later: number[] = [];
-      for (let i = 0; i < LATER; i++) later.push(await ttft(url, `soft-${v.n}`));
+      for (let i = 0; i < LATER; i++) later.push(await ttft(url, task(v.n)));
       v.later.push(median(later));
     }
   }
@@ -98,7 +100,7 @@ try {
   console.log(`\nTime to first token (ms) of a prompt-tuning request (prompt ${JSON.stringify(PROMPT)}, max_tokens 1, streamed), ${ROUNDS} rounds interleaved; "later": each round's median of ${LATER} requests after the first. Median (min–max) over rounds.\n`);
   printTable(
     ['virtual tokens', 'prompt KV cache', 'first request of a version', 'later requests'],
-    variants.map((v) => [v.n, v.cache, fmt(v.first), fmt(v.later)]),
+    variants.map((v) => (v.n === 0 ? ['0 (base model)', '–', fmt(v.first), fmt(v.later)] : [v.n, v.cache, fmt(v.first), fmt(v.later)])),
   );
   const later = (n: number, cache: string) => median(variants.find((v) => v.n === n && v.cache === cache)!.later);
   const [lo, hi] = [Math.min(...SIZES), Math.max(...SIZES)];

@@ -24,10 +24,14 @@ export function pastKvBytes(c: Pick<ModelConfig, 'layers' | 'kvHeads' | 'headDim
  *   that run's first n keys/values columns of the row are the soft prompt's, and are kept (no extra
  *   run). Later rows start after them, as after a prefix (positions n.., PEFT's too).
  * - prefix: PEFT's [n, L·2·KVD] rows, laid out once in the cache's layout instead of per request.
- * Dropped with the adapter when the scheduler forgets its key.
+ * Dropped with the adapter when the scheduler forgets its key; and, least recently used first, when
+ * the held bytes pass `maxBytes` (a worker may hold hundreds of adapters: a dropped soft prompt is
+ * simply prefilled again, a dropped prefix laid out again).
  */
 export class PastKvCache {
+  /** In use order, oldest first. */
   private readonly held = new Map<string, PastKv>();
+  private heldBytes = 0;
   /** Soft-prompt rows that started after kept KV (hits) or prefilled their soft prompt (misses), cumulative. */
   hits = 0;
   misses = 0;
@@ -36,6 +40,7 @@ export class PastKvCache {
   constructor(
     private readonly ctx: FeedContext,
     readonly promptKv: boolean,
+    private readonly maxBytes = 256 * 1024 * 1024,
   ) {}
 
   get size(): number {
@@ -43,32 +48,48 @@ export class PastKvCache {
   }
 
   get bytes(): number {
-    let n = 0;
-    for (const p of this.held.values()) n += pastKvBytes(this.ctx.base.config, p.n);
-    return n;
+    return this.heldBytes;
   }
 
   forget(key: string): void {
+    const past = this.held.get(key);
+    if (!past) return;
     this.held.delete(key);
+    this.heldBytes -= pastKvBytes(this.ctx.base.config, past.n);
   }
 
   /**
    * The past a new row of `adapter` starts after, or undefined where it has none; a prefix is laid
-   * out here on first use. `count`: a soft-prompt row counts as a hit or a miss.
+   * out here on first use. A soft-prompt row counts as a hit (it starts after the kept KV) or a miss.
    */
-  get(adapter: AdapterTensors | null, count = true): PastKv | undefined {
+  get(adapter: AdapterTensors | null): PastKv | undefined {
     if (adapter?.kind === 'prompt') {
       if (!this.promptKv) return undefined;
-      const past = this.held.get(adapter.key);
-      if (count && past) this.hits++;
-      else if (count) this.misses++;
+      const past = this.touch(adapter.key);
+      if (past) this.hits++;
+      else this.misses++;
       return past;
     }
     if (adapter?.kind !== 'prefix') return undefined;
-    let past = this.held.get(adapter.key);
-    if (!past) {
-      past = prefixPast(this.ctx.base.config, adapter);
-      this.held.set(adapter.key, past);
+    return this.touch(adapter.key) ?? this.hold(adapter.key, prefixPast(this.ctx.base.config, adapter));
+  }
+
+  /** The entry, moved to the most recently used end. */
+  private touch(key: string): PastKv | undefined {
+    const past = this.held.get(key);
+    if (past) {
+      this.held.delete(key);
+      this.held.set(key, past);
+    }
+    return past;
+  }
+
+  private hold(key: string, past: PastKv): PastKv {
+    this.held.set(key, past);
+    this.heldBytes += pastKvBytes(this.ctx.base.config, past.n);
+    for (const old of this.held.keys()) {
+      if (this.heldBytes <= this.maxBytes) break;
+      this.forget(old);
     }
     return past;
   }
@@ -78,7 +99,7 @@ export class PastKvCache {
     if (!this.promptKv) return;
     items.forEach((it, r) => {
       const a = it.adapter;
-      if (a?.kind === 'prompt' && !it.past && !this.held.has(a.key)) this.held.set(a.key, rowPast(this.ctx.base.config, out, S, r, a.virtualTokens));
+      if (a?.kind === 'prompt' && !it.past && !this.held.has(a.key)) this.hold(a.key, rowPast(this.ctx.base.config, out, S, r, a.virtualTokens));
     });
   }
 }

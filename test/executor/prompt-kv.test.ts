@@ -7,7 +7,7 @@ import { adapterParser } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
 import { FeedContext } from '../../src/executor/model-constants.js';
 import { prefillFeeds, type PrefillItem } from '../../src/executor/prefill.js';
-import { PastKvCache } from '../../src/executor/prompt-kv.js';
+import { PastKvCache, pastKvBytes } from '../../src/executor/prompt-kv.js';
 import { StepRunner } from '../../src/executor/step-runner.js';
 import { loadBaseModel, type BaseModel } from '../../src/model/base-model.js';
 import type { AdapterTensors, EnsembleGroup, Sampling, StepPlan, StepResult } from '../../src/protocol.js';
@@ -244,6 +244,24 @@ t.test('GPT-2 demo', async (t) => {
     const got = await d.generate([{ adapter: a, ids: c.ids }]);
     checkGeneration(t, m, c, { tokens: got.tokens[0], top: got.top[0] }, 'after forget');
     t.same(d.counts, { hits: 0, misses: 2 });
+  });
+
+  t.test('a byte bound drops the least recently used past first', async (t) => {
+    const [A, B, C] = [m.adapter('pos-prefix')!, m.adapter('define-prefix')!, m.adapter('kjv-prompt')!];
+    const bytes = (a: AdapterTensors) => pastKvBytes(m.model.config, a.virtualTokens);
+    const cache = new PastKvCache(m.ctx, true, bytes(A) + bytes(B) + bytes(C) - 1);
+    const a = cache.get(A);
+    cache.get(B);
+    t.equal(cache.get(A), a, 'a held prefix is laid out once');
+    const c = cases.find((x) => x.adapter === 'kjv-prompt')!;
+    const items: PrefillItem[] = [{ adapter: C, tokens: c.ids, logitAt: [], past: cache.get(C) }];
+    const layout = prefillFeeds(m.ctx, items);
+    cache.keep(items, await m.session.run(layout.feeds), layout.S);
+    t.equal(cache.size, 2, 'one dropped');
+    t.equal(cache.bytes, bytes(A) + bytes(C));
+    t.equal(cache.get(A), a, 'the recently used prefix stayed');
+    t.ok(cache.get(C), 'the soft prompt is held');
+    t.same({ hits: cache.hits, misses: cache.misses }, { hits: 1, misses: 1 });
   });
 });
 
