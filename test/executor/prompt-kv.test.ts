@@ -296,7 +296,11 @@ t.test('HTTP: a hot swap invalidates the cached prompt KV', async (t) => {
     return { hit: read('hit'), miss: read('miss') };
   };
   t.not(greedyOf('kjv-prompt').join(), greedyOf('fortune-ptuning').join(), 'the two adapters differ on this text');
+  const cached = server.registry.cacheStats.bytes;
   await upload('kjv-prompt');
+  // The adapter LRU counts the soft prompt [n, 256] and the KV a worker keeps for it [n, 4 layers · 2 · 256].
+  const n = (await server.registry.resolve('swapped')).adapter!.tensors.virtualTokens;
+  t.equal(server.registry.cacheStats.bytes - cached, n * 256 * 4 + n * 4 * 2 * 256 * 4, 'LRU cost: tensors and KV');
   t.same(await generate(), greedyOf('kjv-prompt'), 'X: first request (miss)');
   t.same(await generate(), greedyOf('kjv-prompt'), 'X: second request (hit)');
   t.same(await counter(), { hit: 1, miss: 1 });
