@@ -5,14 +5,21 @@
  * Two in-process servers (one worker each) on the demo model; every round uploads a fresh random
  * soft prompt of each size (a new version: its first request is a miss again), and the variants run
  * interleaved in each round.
+ * A second table times the same prefill steps inside one in-process StepRunner (session.run and
+ * the whole step), without HTTP, tokenizer and scheduling: less noise on a loaded machine.
  *   npm run build && node dist/bench/prompt-kv.js [--rounds 5 --later 5]
  */
+import ort from 'onnxruntime-node';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { loadConfig } from '../src/config.js';
+import { FeedContext } from '../src/executor/model-constants.js';
+import { StepRunner } from '../src/executor/step-runner.js';
+import { loadBaseModel } from '../src/model/base-model.js';
+import type { AdapterTensors, Sampling } from '../src/protocol.js';
 import { encodeSafetensors } from '../src/model/safetensors.js';
 import { createServer, type Server } from '../src/server.js';
 import { machineInfo, streamGenerate } from './harness.js';
@@ -42,13 +49,17 @@ async function start(cache: boolean): Promise<{ server: Server; url: string }> {
   return { server, url };
 }
 
-/** A prompt-tuning adapter with a random [n, 256] soft prompt (seeded: both servers get the same one). */
-function softPrompt(n: number, seed: number): FormData {
+function randomRows(n: number, seed: number): Float32Array {
   let s = seed;
-  const data = Float32Array.from({ length: n * 256 }, () => {
+  return Float32Array.from({ length: n * 256 }, () => {
     s = (s * 1103515245 + 12345) % 2 ** 31;
     return 0.2 * (s / 2 ** 31 - 0.5);
   });
+}
+
+/** A prompt-tuning adapter with a random [n, 256] soft prompt (seeded: both servers get the same one). */
+function softPrompt(n: number, seed: number): FormData {
+  const data = randomRows(n, seed);
   const config = { peft_type: 'PROMPT_TUNING', task_type: 'CAUSAL_LM', num_virtual_tokens: n, token_dim: 256, num_attention_heads: 4, num_layers: 4, num_transformer_submodules: 1 };
   const form = new FormData();
   form.append('adapter_config.json', new Blob([JSON.stringify(config)]), 'adapter_config.json');
@@ -109,4 +120,43 @@ try {
 } finally {
   await servers.on.server.close();
   await servers.off.server.close();
+}
+
+// The same prefill steps in one StepRunner per variant, sharing one session: ms of session.run and of the step.
+{
+  const model = loadBaseModel('models/demo-gpt2', '.cache');
+  const session = await ort.InferenceSession.create(model.graphPath, { intraOpNumThreads: 1 });
+  const ctx = new FeedContext(model.tensors);
+  const runners = { on: new StepRunner(session, ctx, { promptKv: true }), off: new StepRunner(session, ctx, { promptKv: false }) };
+  const tokens = model.tokenizer.encodeSync(PROMPT);
+  const sampling: Sampling = { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 0 };
+  let seq = 1;
+  const prefill = async (runner: StepRunner, adapter: AdapterTensors, fresh: boolean) => {
+    const s = seq++;
+    const res = await runner.step({ drop: [], decode: [], prefill: [{ seq: s, adapter: adapter.key, tokens, sampling }], score: [], adapters: fresh ? [adapter] : [], forget: [] });
+    await runner.step({ drop: [s], decode: [], prefill: [], score: [], adapters: [], forget: [] });
+    return res.ms;
+  };
+  const rows = SIZES.flatMap((n) => (['on', 'off'] as const).map((cache) => ({ n, cache, first: [] as number[], later: [] as number[], laterTotal: [] as number[] })));
+  for (let round = -1; round < ROUNDS; round++) {
+    for (const v of rows) {
+      const adapter: AdapterTensors = { key: `soft-${v.n}@${round}`, kind: 'prompt', virtualTokens: v.n, embeddings: randomRows(v.n, 1000 + round) };
+      const first = await prefill(runners[v.cache], adapter, true);
+      const later = [];
+      for (let i = 0; i < LATER; i++) later.push(await prefill(runners[v.cache], adapter, false));
+      await runners[v.cache].step({ drop: [], decode: [], prefill: [], score: [], adapters: [], forget: [adapter.key] });
+      if (round < 0) continue; // warm-up
+      v.first.push(first.run);
+      v.later.push(median(later.map((m) => m.run)));
+      v.laterTotal.push(median(later.map((m) => m.total)));
+    }
+  }
+  console.log(`\nThe prefill step inside the worker (one StepRunner, 1 intra-op thread, no HTTP), ms, ${ROUNDS} rounds interleaved. Median (min–max) over rounds.\n`);
+  printTable(
+    ['virtual tokens', 'prompt KV cache', 'first: session.run', 'later: session.run', 'later: whole step'],
+    rows.map((v) => [v.n, v.cache, fmt(v.first), fmt(v.later), fmt(v.laterTotal)]),
+  );
+  const later = (n: number, cache: string) => median(rows.find((v) => v.n === n && v.cache === cache)!.later);
+  const [lo, hi] = [Math.min(...SIZES), Math.max(...SIZES)];
+  console.log(`\nlater prefill runs, ${hi} vs ${lo} virtual tokens: cache on ${(later(hi, 'on') / later(lo, 'on')).toFixed(2)}×, cache off ${(later(hi, 'off') / later(lo, 'off')).toFixed(2)}×`);
 }
