@@ -1,4 +1,5 @@
 import ort from 'onnxruntime-node';
+import type { ModelConfig } from '../model/checkpoint.js';
 import type { AdapterTensors } from '../protocol.js';
 import { NEG, type FeedContext } from './model-constants.js';
 import type { LayerKv } from './kv-batch.js';
@@ -44,9 +45,9 @@ export function fedPrompt(it: PrefillItem): number {
 export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLayout {
   const c = ctx.base.config;
   const { hidden: D, kvHeads: H, headDim: hd, layers: L } = c;
-  const KVD = H * hd; // PEFT sizes a prefix by the key/value heads (= hidden without grouped-query attention)
   const B = items.length;
-  const prefix = items.map((it) => it.past?.n ?? virtualTokens(it.adapter, 'prefix'));
+  const pasts = items.map((it) => it.past ?? (it.adapter?.kind === 'prefix' ? prefixPast(c, it.adapter) : undefined));
+  const prefix = pasts.map((p) => p?.n ?? 0);
   const length = items.map((it) => fedPrompt(it) + it.tokens.length);
   const P = Math.max(0, ...prefix);
   const S = Math.max(1, ...length);
@@ -82,20 +83,7 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
   for (let l = 0; l < L; l++) {
     const keys = new Float32Array(B * H * hd * P); // [B, H, hd, P]
     const values = new Float32Array(B * H * P * hd); // [B, H, P, hd]
-    items.forEach((it, r) => {
-      if (prefix[r] === 0) return;
-      if (it.past) return copyPast(it.past.layers[l], it.past.n, r, H, hd, P, keys, values);
-      // PEFT layout: E[t, (2l)*KVD + h*hd + d] is the key, E[t, (2l+1)*KVD + h*hd + d] the value.
-      const E = it.adapter!.embeddings!;
-      const stride = 2 * L * KVD;
-      for (let h = 0; h < H; h++) {
-        for (let t = 0; t < prefix[r]; t++) {
-          const src = t * stride + h * hd;
-          values.set(E.subarray(src + (2 * l + 1) * KVD, src + (2 * l + 1) * KVD + hd), ((r * H + h) * P + t) * hd);
-          for (let d = 0; d < hd; d++) keys[((r * H + h) * hd + d) * P + t] = E[src + 2 * l * KVD + d];
-        }
-      }
-    });
+    pasts.forEach((past, r) => past && copyPast(past.layers[l], past.n, r, H, hd, P, keys, values));
     feeds[`past_key_${l}`] = new ort.Tensor('float32', keys, [B, H, hd, P]);
     feeds[`past_value_${l}`] = new ort.Tensor('float32', values, [B, H, P, hd]);
   }
@@ -106,4 +94,27 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
 function copyPast(src: LayerKv, n: number, r: number, H: number, hd: number, P: number, keys: Float32Array, values: Float32Array): void {
   for (let k = 0; k < H * hd; k++) keys.set(src.keys.subarray(k * n, (k + 1) * n), (r * H * hd + k) * P);
   for (let h = 0; h < H; h++) values.set(src.values.subarray(h * n * hd, (h + 1) * n * hd), (r * H + h) * P * hd);
+}
+
+/** A prefix adapter's keys/values in a past's layout. PEFT's prefix layout: E[t, (2l)·KVD + h·hd + d] is the key, E[t, (2l+1)·KVD + h·hd + d] the value. */
+export function prefixPast(c: ModelConfig, a: AdapterTensors): PastKv {
+  const { kvHeads: H, headDim: hd, layers: L } = c;
+  const KVD = H * hd;
+  const n = a.virtualTokens;
+  const E = a.embeddings!;
+  const stride = 2 * L * KVD;
+  const layers: LayerKv[] = [];
+  for (let l = 0; l < L; l++) {
+    const keys = new Float32Array(H * hd * n);
+    const values = new Float32Array(H * n * hd);
+    for (let h = 0; h < H; h++) {
+      for (let t = 0; t < n; t++) {
+        const src = t * stride + h * hd;
+        values.set(E.subarray(src + (2 * l + 1) * KVD, src + (2 * l + 1) * KVD + hd), (h * n + t) * hd);
+        for (let d = 0; d < hd; d++) keys[(h * hd + d) * n + t] = E[src + 2 * l * KVD + d];
+      }
+    }
+    layers.push({ keys, values });
+  }
+  return { n, layers };
 }

@@ -3,13 +3,15 @@ import type { ModelConfig } from '../model/checkpoint.js';
 import type { AdapterTensors } from '../protocol.js';
 import type { LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
-import type { PrefillItem } from './prefill.js';
+import { prefillFeeds, prefixPast, type PrefillItem } from './prefill.js';
 
 /** Keys [H, hd, n] and values [H, n, hd] per layer (H: key/value heads): what precedes a row's own tokens. */
 export interface PastKv {
   n: number;
   layers: LayerKv[];
 }
+
+export type Run = (feeds: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>;
 
 /** Bytes of an n-token past: keys and values of every layer, float32. */
 export function pastKvBytes(c: Pick<ModelConfig, 'layers' | 'kvHeads' | 'headDim'>, n: number): number {
@@ -20,9 +22,12 @@ export function pastKvBytes(c: Pick<ModelConfig, 'layers' | 'kvHeads' | 'headDim
  * The keys/values that adapters put before a row's tokens, kept once per adapter version (the adapter
  * key names one content version, so a hot swap gets a new key and never meets the old KV).
  * - prompt (prompt tuning, P-tuning): under causal attention a soft prompt does not depend on what
- *   follows it. The first row of an adapter prefills its soft prompt before its tokens as always;
- *   that run's first n keys/values columns of the row are the soft prompt's, and are kept (no extra
- *   run). Later rows start after them, as after a prefix (positions n.., PEFT's too).
+ *   follows it, so one run over the soft prompt alone (positions 0..n-1, no past, no logits) gives
+ *   the keys/values every request would compute again. Rows start after them, as after a prefix
+ *   (real tokens at positions n.., PEFT's too). The first row of an adapter version starts after
+ *   them too, rather than feeding its soft prompt in its own run and keeping those columns: then a
+ *   request gives the same numbers whether it came first or later (a hit and a miss would
+ *   otherwise differ by float rounding, ~1e-5 in a log-probability).
  * - prefix: PEFT's [n, L·2·KVD] rows, laid out once in the cache's layout instead of per request.
  * Dropped with the adapter when the scheduler forgets its key; and, least recently used first, when
  * the held bytes pass `maxBytes` (a worker may hold hundreds of adapters: a dropped soft prompt is
@@ -32,7 +37,7 @@ export class PastKvCache {
   /** In use order, oldest first. */
   private readonly held = new Map<string, PastKv>();
   private heldBytes = 0;
-  /** Soft-prompt rows that started after kept KV (hits) or prefilled their soft prompt (misses), cumulative. */
+  /** Soft-prompt rows whose KV was held before their step (hits) or computed in it (misses), cumulative. */
   hits = 0;
   misses = 0;
 
@@ -59,17 +64,11 @@ export class PastKvCache {
   }
 
   /**
-   * The past a new row of `adapter` starts after, or undefined where it has none; a prefix is laid
-   * out here on first use. A soft-prompt row counts as a hit (it starts after the kept KV) or a miss.
+   * The past a new row of `adapter` starts after, or undefined where it has none. A soft prompt's KV
+   * must have been computed by prepare() first; a prefix is laid out here on first use.
    */
   get(adapter: AdapterTensors | null): PastKv | undefined {
-    if (adapter?.kind === 'prompt') {
-      if (!this.promptKv) return undefined;
-      const past = this.touch(adapter.key);
-      if (past) this.hits++;
-      else this.misses++;
-      return past;
-    }
+    if (adapter?.kind === 'prompt') return this.promptKv ? this.touch(adapter.key) : undefined;
     if (adapter?.kind !== 'prefix') return undefined;
     return this.touch(adapter.key) ?? this.hold(adapter.key, prefixPast(this.ctx.base.config, adapter));
   }
@@ -94,13 +93,27 @@ export class PastKvCache {
     return past;
   }
 
-  /** After a prefill run of `items` (padded to S): keeps the KV of each soft prompt that a row fed and none is held for. */
-  keep(items: PrefillItem[], out: ort.InferenceSession.OnnxValueMapType, S: number): void {
+  /**
+   * Computes the KV of the soft prompts of `rows` (the adapters of the rows that will start after
+   * it) that is not held: one run over those soft prompts alone, padded. Counts each row a hit (held
+   * before) or a miss (computed here).
+   */
+  async prepare(rows: (AdapterTensors | null)[], run: Run): Promise<void> {
     if (!this.promptKv) return;
-    items.forEach((it, r) => {
-      const a = it.adapter;
-      if (a?.kind === 'prompt' && !it.past && !this.held.has(a.key)) this.hold(a.key, rowPast(this.ctx.base.config, out, S, r, a.virtualTokens));
-    });
+    const missing = new Map<string, AdapterTensors>();
+    for (const a of rows) {
+      if (a?.kind !== 'prompt') continue;
+      if (this.held.has(a.key)) this.hits++;
+      else {
+        this.misses++;
+        missing.set(a.key, a);
+      }
+    }
+    if (missing.size === 0) return;
+    const items: PrefillItem[] = [...missing.values()].map((adapter) => ({ adapter, tokens: [], logitAt: [] }));
+    const layout = prefillFeeds(this.ctx, items);
+    const out = await run(layout.feeds);
+    items.forEach((it, r) => this.hold(it.adapter!.key, rowPast(this.ctx.base.config, out, layout.S, r, it.adapter!.virtualTokens)));
   }
 }
 
@@ -117,29 +130,6 @@ function rowPast(c: ModelConfig, out: ort.InferenceSession.OnnxValueMapType, S: 
       const bh = r * H + h;
       values.set(srcV.subarray(bh * S * hd, (bh * S + n) * hd), h * n * hd);
       for (let d = 0; d < hd; d++) keys.set(srcK.subarray((bh * hd + d) * S, (bh * hd + d) * S + n), (h * hd + d) * n);
-    }
-    layers.push({ keys, values });
-  }
-  return { n, layers };
-}
-
-/** PEFT's prefix layout: E[t, (2l)·KVD + h·hd + d] is the key, E[t, (2l+1)·KVD + h·hd + d] the value. */
-function prefixPast(c: ModelConfig, a: AdapterTensors): PastKv {
-  const { kvHeads: H, headDim: hd, layers: L } = c;
-  const KVD = H * hd;
-  const n = a.virtualTokens;
-  const E = a.embeddings!;
-  const stride = 2 * L * KVD;
-  const layers: LayerKv[] = [];
-  for (let l = 0; l < L; l++) {
-    const keys = new Float32Array(H * hd * n);
-    const values = new Float32Array(H * n * hd);
-    for (let h = 0; h < H; h++) {
-      for (let t = 0; t < n; t++) {
-        const src = t * stride + h * hd;
-        values.set(E.subarray(src + (2 * l + 1) * KVD, src + (2 * l + 1) * KVD + hd), (h * n + t) * hd);
-        for (let d = 0; d < hd; d++) keys[(h * hd + d) * n + t] = E[src + 2 * l * KVD + d];
-      }
     }
     layers.push({ keys, values });
   }

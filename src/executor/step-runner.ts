@@ -70,13 +70,15 @@ export class StepRunner {
     const scores: StepResult['scores'] = [];
     const before = { hits: this.pastKv.hits, misses: this.pastKv.misses };
     if (plan.prefill.length > 0 || plan.score.length > 0) {
+      // A soft prompt's KV not held yet is computed first, in a run of its own: the rows start after it.
+      const starting = [...plan.prefill.map((s) => s.adapter), ...plan.score.filter((s) => s.context.length > 0).map((s) => s.adapter)];
+      await this.pastKv.prepare(starting.map((key) => this.adapter(key)), timed);
       const items: PrefillItem[] = [
         ...plan.prefill.map((s) => this.prefillItem(s.adapter, s.tokens)),
         ...plan.score.map((s) => this.scoreItem(s.adapter, s.context, s.targets)),
       ];
       const layout = prefillFeeds(this.ctx, items);
       const out = await timed(layout.feeds);
-      this.pastKv.keep(items, out, layout.S);
       const logits = out.logits.data as Float32Array;
       const V = this.ctx.base.config.vocabSize;
       let at = 0;
