@@ -30,8 +30,9 @@ export function pastKvBytes(c: Pick<ModelConfig, 'layers' | 'kvHeads' | 'headDim
  *   otherwise differ by float rounding, ~1e-5 in a log-probability).
  * - prefix: PEFT's [n, L·2·KVD] rows, laid out once in the cache's layout instead of per request.
  * Dropped with the adapter when the scheduler forgets its key; and, least recently used first, when
- * the held bytes pass `maxBytes` (a worker may hold hundreds of adapters: a dropped soft prompt is
- * simply prefilled again, a dropped prefix laid out again).
+ * the held bytes pass `maxBytes` (a worker may hold hundreds of adapters: a dropped soft prompt's KV
+ * is computed again on its next use, a dropped prefix laid out again; a row whose past was dropped
+ * within its own step feeds its soft prompt before its tokens, as with the cache off).
  */
 export class PastKvCache {
   /** In use order, oldest first. */
