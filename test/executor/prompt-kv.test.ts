@@ -307,4 +307,7 @@ t.test('HTTP: a hot swap invalidates the cached prompt KV', async (t) => {
   t.same(await counter(), { hit: 1, miss: 2 }, 'the swap was a miss');
   t.same(await generate(), greedyOf('fortune-ptuning'), 'Y again (hit)');
   t.same(await counter(), { hit: 2, miss: 2 });
+  // Deleted: the adapter LRU no longer counts it (the worker drops its KV when the scheduler forgets the key: see 'forget frees the KV').
+  t.equal((await server.app.inject({ method: 'DELETE', url: '/v1/adapters/swapped', headers: auth })).statusCode, 204);
+  t.equal(server.registry.cacheStats.bytes, cached, 'LRU bytes back to where they were');
 });
