@@ -37,7 +37,7 @@ export class Metrics {
     this.queueWait = new client.Histogram({ name: 'sps_queue_wait_ms', help: 'Time from admission to the queue until the first step', buckets: ms, registers: [r] });
     this.ttft = new client.Histogram({ name: 'sps_time_to_first_token_ms', help: 'Time to first token', buckets: ms, registers: [r] });
     this.interToken = new client.Histogram({ name: 'sps_inter_token_ms', help: 'Time between tokens of one request', buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500], registers: [r] });
-    this.promptKv = new client.Counter({ name: 'sps_prompt_kv_cache_total', help: "Soft-prompt KV lookups of new rows: hit (computed before), miss (computed in that step)", labelNames: ['result'], registers: [r] });
+    this.promptKv = new client.Counter({ name: 'sps_prompt_kv_cache_total', help: 'New rows of soft-prompt adapters: hit (the KV of the soft prompt was held), miss (computed in that step)', labelNames: ['result'], registers: [r] });
     this.kvCopied = new client.Counter({ name: 'sps_kv_copied_bytes_total', help: 'Bytes of KV cache copied by the workers (joins into slots, compactions)', registers: [r] });
     new client.Gauge({ name: 'sps_queue_depth', help: 'Requests waiting for admission', registers: [r], collect() { this.set(sources.queueDepth()); } });
     new client.Gauge({ name: 'sps_running_sequences', help: 'Sequences in the running batch', registers: [r], collect() { this.set(sources.running()); } });

@@ -86,7 +86,7 @@ export interface StepResult {
   ms: { run: number; total: number };
   /** KV cache bytes copied in this step (rows written into slots, buffers resized). */
   kvCopiedBytes: number;
-  /** Rows whose soft prompt's KV was ready (hits), and soft prompts whose KV this step computed (misses). */
+  /** New rows of a soft-prompt adapter whose KV was held before the step (hits) or computed in it (misses). */
   promptKv?: { hits: number; misses: number };
   /**
    * New rows (prefill seq or score id) the worker refused before running the step: each fails its
