@@ -18,6 +18,7 @@ export class Metrics {
   private readonly ttft: client.Histogram;
   private readonly interToken: client.Histogram;
   private readonly kvCopied: client.Counter;
+  private readonly promptKv: client.Counter<'result'>;
   private readonly loop = monitorEventLoopDelay({ resolution: 10 });
 
   constructor(
@@ -36,6 +37,7 @@ export class Metrics {
     this.queueWait = new client.Histogram({ name: 'sps_queue_wait_ms', help: 'Time from admission to the queue until the first step', buckets: ms, registers: [r] });
     this.ttft = new client.Histogram({ name: 'sps_time_to_first_token_ms', help: 'Time to first token', buckets: ms, registers: [r] });
     this.interToken = new client.Histogram({ name: 'sps_inter_token_ms', help: 'Time between tokens of one request', buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500], registers: [r] });
+    this.promptKv = new client.Counter({ name: 'sps_prompt_kv_cache_total', help: 'New rows of soft-prompt adapters: hit (the KV of the soft prompt was held), miss (computed in that step)', labelNames: ['result'], registers: [r] });
     this.kvCopied = new client.Counter({ name: 'sps_kv_copied_bytes_total', help: 'Bytes of KV cache copied by the workers (joins into slots, compactions)', registers: [r] });
     new client.Gauge({ name: 'sps_queue_depth', help: 'Requests waiting for admission', registers: [r], collect() { this.set(sources.queueDepth()); } });
     new client.Gauge({ name: 'sps_running_sequences', help: 'Sequences in the running batch', registers: [r], collect() { this.set(sources.running()); } });
@@ -74,6 +76,12 @@ export class Metrics {
     this.batchRows.observe(rows);
     this.batchTokens.observe(tokens);
     this.kvCopied.inc(kvCopiedBytes);
+  }
+
+  /** A step's soft-prompt KV cache lookups (StepResult.promptKv). */
+  promptKvLookups(counts: { hits: number; misses: number } | undefined): void {
+    if (counts?.hits) this.promptKv.inc({ result: 'hit' }, counts.hits);
+    if (counts?.misses) this.promptKv.inc({ result: 'miss' }, counts.misses);
   }
 
   waited(ms: number): void {

@@ -86,6 +86,8 @@ export interface StepResult {
   ms: { run: number; total: number };
   /** KV cache bytes copied in this step (rows written into slots, buffers resized). */
   kvCopiedBytes: number;
+  /** New rows of a soft-prompt adapter whose KV was held before the step (hits) or computed in it (misses). */
+  promptKv?: { hits: number; misses: number };
   /**
    * New rows (prefill seq or score id) the worker refused before running the step: each fails its
    * own request; the rest of the batch ran. `invalid_adapter`: the row's adapter tensors cannot run.

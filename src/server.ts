@@ -66,12 +66,14 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
       this.inc(registry.storeResets);
     },
   });
-  engine.onStep = ({ plan, result }) =>
+  engine.onStep = ({ plan, result }) => {
     metrics.step(
       plan.decode.length + plan.prefill.length + plan.score.length,
       plan.decode.length + plan.prefill.reduce((n, p) => n + p.tokens.length, 0) + plan.score.reduce((n, s) => n + s.context.length + s.targets.length, 0),
       result.kvCopiedBytes,
     );
+    metrics.promptKvLookups(result.promptKv);
+  };
   const inference = new Inference(engine, model, registry, config.requestTimeoutMs, metrics);
   let ready = true;
   const app = await buildApp({

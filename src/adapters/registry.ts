@@ -100,6 +100,16 @@ export class Registry {
     return this.lastChange.get(task) === n;
   }
 
+  /**
+   * Bytes an adapter holds once served: its tensors, and for a soft prompt or a prefix the KV a
+   * worker keeps for it (n · layers · 2 · kv_heads · head_dim float32, src/executor/prompt-kv.ts).
+   */
+  private cost(a: Adapter): number {
+    const { kind, virtualTokens: n } = a.tensors;
+    const { layers, kvHeads, headDim } = this.model.config;
+    return a.residentBytes + (kind === 'prompt' || kind === 'prefix' ? n * layers * 2 * kvHeads * headDim * 4 : 0);
+  }
+
   private drop(task: string): void {
     this.meta.delete(task);
     this.cache.delete(task);
@@ -108,7 +118,7 @@ export class Registry {
 
   private hold(adapter: Adapter): void {
     this.meta.set(adapter.task, metaOf(adapter));
-    this.cache.set(adapter.task, adapter, adapter.residentBytes);
+    this.cache.set(adapter.task, adapter, this.cost(adapter));
     this.orphans.delete(adapter.task);
   }
 
@@ -155,7 +165,7 @@ export class Registry {
       this.meta.set(task, m);
       this.orphans.delete(task);
       const adapter = decoded.get(task);
-      if (adapter) this.cache.set(task, adapter, adapter.residentBytes);
+      if (adapter) this.cache.set(task, adapter, this.cost(adapter));
     }
     this.inSync = true;
     this.log.info({ store: this.store.name, loaded: loaded.length, skipped: skipped.length }, 'adapter registry synchronised');
@@ -330,7 +340,7 @@ export class Registry {
           if (this.meta.get(task) === m) this.drop(task);
           throw new ServerError('task_not_found', `no task named '${task}'`);
         }
-        if (this.meta.get(task)?.version === adapter.version) this.cache.set(task, adapter, adapter.residentBytes);
+        if (this.meta.get(task)?.version === adapter.version) this.cache.set(task, adapter, this.cost(adapter));
         return adapter;
       })().finally(() => this.loading.delete(task));
       this.loading.set(task, p);

@@ -1,13 +1,21 @@
 import ort from 'onnxruntime-node';
+import type { ModelConfig } from '../model/checkpoint.js';
 import type { AdapterTensors } from '../protocol.js';
 import { NEG, type FeedContext } from './model-constants.js';
+import type { LayerKv } from './kv-batch.js';
+import type { PastKv } from './prompt-kv.js';
 
 /** One row of a prefill run: a new sequence, or a one-shot scoring row. */
 export interface PrefillItem {
   adapter: AdapterTensors | null;
   tokens: number[];
-  /** Indices into the row's full sequence (virtual tokens included) whose logits are wanted. */
+  /** Indices into the row's fed sequence (a soft prompt fed as embeddings included) whose logits are wanted. */
   logitAt: number[];
+  /**
+   * Keys/values the row starts after (src/executor/prompt-kv.ts): a prefix, or a soft prompt computed
+   * once. Absent: a prefix adapter's rows are laid out here, and a soft prompt goes before the tokens.
+   */
+  past?: PastKv;
 }
 
 export interface PrefillLayout {
@@ -24,6 +32,11 @@ export function virtualTokens(a: AdapterTensors | null, kind: AdapterTensors['ki
   return a?.kind === kind ? a.virtualTokens : 0;
 }
 
+/** Soft-prompt rows fed as embeddings before the row's tokens: none when the row starts after its past. */
+export function fedPrompt(it: PrefillItem): number {
+  return it.past ? 0 : virtualTokens(it.adapter, 'prompt');
+}
+
 /**
  * Feeds for a padded prefill of ragged rows. Row r occupies past columns [0, prefix_r) and
  * sequence columns [0, length_r); everything else is padding that the mask hides from every query.
@@ -32,10 +45,10 @@ export function virtualTokens(a: AdapterTensors | null, kind: AdapterTensors['ki
 export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLayout {
   const c = ctx.base.config;
   const { hidden: D, kvHeads: H, headDim: hd, layers: L } = c;
-  const KVD = H * hd; // PEFT sizes a prefix by the key/value heads (= hidden without grouped-query attention)
   const B = items.length;
-  const prefix = items.map((it) => virtualTokens(it.adapter, 'prefix'));
-  const length = items.map((it) => virtualTokens(it.adapter, 'prompt') + it.tokens.length);
+  const pasts = items.map((it) => it.past ?? (it.adapter?.kind === 'prefix' ? prefixPast(c, it.adapter) : undefined));
+  const prefix = pasts.map((p) => p?.n ?? 0);
+  const length = items.map((it) => fedPrompt(it) + it.tokens.length);
   // At least one (masked) past column: the WebGPU provider crashes on zero-size inputs.
   const P = Math.max(1, ...prefix);
   const S = Math.max(1, ...length);
@@ -46,7 +59,7 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
   const bias = new Float32Array(B * S * T).fill(NEG);
   const logitIndex: bigint[] = [];
   items.forEach((it, r) => {
-    const vt = virtualTokens(it.adapter, 'prompt');
+    const vt = fedPrompt(it);
     if (vt > 0) embeds.set(it.adapter!.embeddings!.subarray(0, vt * D), r * S * D);
     it.tokens.forEach((tok, i) => ctx.embed(embeds, (r * S + vt + i) * D, tok));
     for (let i = 0; i < S; i++) {
@@ -71,21 +84,38 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
   for (let l = 0; l < L; l++) {
     const keys = new Float32Array(B * H * hd * P); // [B, H, hd, P]
     const values = new Float32Array(B * H * P * hd); // [B, H, P, hd]
-    items.forEach((it, r) => {
-      if (prefix[r] === 0) return;
-      // PEFT layout: E[t, (2l)*KVD + h*hd + d] is the key, E[t, (2l+1)*KVD + h*hd + d] the value.
-      const E = it.adapter!.embeddings!;
-      const stride = 2 * L * KVD;
-      for (let h = 0; h < H; h++) {
-        for (let t = 0; t < prefix[r]; t++) {
-          const src = t * stride + h * hd;
-          values.set(E.subarray(src + (2 * l + 1) * KVD, src + (2 * l + 1) * KVD + hd), ((r * H + h) * P + t) * hd);
-          for (let d = 0; d < hd; d++) keys[((r * H + h) * hd + d) * P + t] = E[src + 2 * l * KVD + d];
-        }
-      }
-    });
+    pasts.forEach((past, r) => past && copyPast(past.layers[l], past.n, r, H, hd, P, keys, values));
     feeds[`past_key_${l}`] = new ort.Tensor('float32', keys, [B, H, hd, P]);
     feeds[`past_value_${l}`] = new ort.Tensor('float32', values, [B, H, P, hd]);
   }
   return { feeds, P, S, prefix, length };
+}
+
+/** One layer of a row's past (keys [H, hd, n], values [H, n, hd]) into row r of past feeds of P columns. */
+function copyPast(src: LayerKv, n: number, r: number, H: number, hd: number, P: number, keys: Float32Array, values: Float32Array): void {
+  for (let k = 0; k < H * hd; k++) keys.set(src.keys.subarray(k * n, (k + 1) * n), (r * H * hd + k) * P);
+  for (let h = 0; h < H; h++) values.set(src.values.subarray(h * n * hd, (h + 1) * n * hd), (r * H + h) * P * hd);
+}
+
+/** A prefix adapter's keys/values in a past's layout. PEFT's prefix layout: E[t, (2l)·KVD + h·hd + d] is the key, E[t, (2l+1)·KVD + h·hd + d] the value. */
+export function prefixPast(c: ModelConfig, a: AdapterTensors): PastKv {
+  const { kvHeads: H, headDim: hd, layers: L } = c;
+  const KVD = H * hd;
+  const n = a.virtualTokens;
+  const E = a.embeddings!;
+  const stride = 2 * L * KVD;
+  const layers: LayerKv[] = [];
+  for (let l = 0; l < L; l++) {
+    const keys = new Float32Array(H * hd * n);
+    const values = new Float32Array(H * n * hd);
+    for (let h = 0; h < H; h++) {
+      for (let t = 0; t < n; t++) {
+        const src = t * stride + h * hd;
+        values.set(E.subarray(src + (2 * l + 1) * KVD, src + (2 * l + 1) * KVD + hd), (h * n + t) * hd);
+        for (let d = 0; d < hd; d++) keys[(h * hd + d) * n + t] = E[src + 2 * l * KVD + d];
+      }
+    }
+    layers.push({ keys, values });
+  }
+  return { n, layers };
 }

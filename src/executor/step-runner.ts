@@ -3,7 +3,8 @@ import type { AdapterTensors, EnsembleGroup, NewSequence, Sampling, StepPlan, St
 import { StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
-import { prefillFeeds, virtualTokens, type PrefillItem, type PrefillLayout } from './prefill.js';
+import { fedPrompt, prefillFeeds, type PrefillItem, type PrefillLayout } from './prefill.js';
+import { PastKvCache } from './prompt-kv.js';
 
 /**
  * Executes StepPlans against one ONNX Runtime session. It owns every tensor: adapter tensors by
@@ -22,13 +23,18 @@ export class StepRunner {
   private rowFeedsVersion = -1;
   /** The graph ends with the sampling head (src/model/sampling-head.ts), not plain logits. */
   private readonly graphHead: boolean;
+  /** Soft prompts' and prefixes' KV by adapter key. */
+  readonly pastKv: PastKvCache;
 
+  /** `promptKv` false (PROMPT_KV_CACHE=off): soft prompts are prefilled with every request, for benchmarks. */
   constructor(
     private readonly session: ort.InferenceSession,
     private readonly ctx: FeedContext,
+    opts: { promptKv?: boolean } = {},
   ) {
     this.batch = new KvBatch(ctx.base.config);
     this.graphHead = session.inputNames.includes('sample_rows');
+    this.pastKv = new PastKvCache(ctx, opts.promptKv ?? process.env.PROMPT_KV_CACHE !== 'off');
   }
 
   async step(plan: StepPlan): Promise<StepResult> {
@@ -40,7 +46,10 @@ export class StepRunner {
       this.nucleus.clear();
     }
     for (const a of plan.adapters) this.adapters.set(a.key, a);
-    for (const key of plan.forget) this.adapters.delete(key);
+    for (const key of plan.forget) {
+      this.adapters.delete(key);
+      this.pastKv.forget(key);
+    }
     let runMs = 0;
     let kvBytes = 0;
     const timed = async (feeds: Record<string, ort.Tensor>) => {
@@ -65,12 +74,17 @@ export class StepRunner {
     }
 
     const scores: StepResult['scores'] = [];
+    const before = { hits: this.pastKv.hits, misses: this.pastKv.misses };
     if (plan.prefill.length > 0 || plan.score.length > 0) {
+      // A soft prompt's KV not held yet is computed first, in a run of its own: the rows start after it.
+      const starting = [...plan.prefill.map((s) => s.adapter), ...plan.score.filter((s) => s.context.length > 0).map((s) => s.adapter)];
+      const V = this.ctx.base.config.vocabSize;
+      // That run needs no logits: the head is fed with no rows.
+      await this.pastKv.prepare(starting.map((key) => this.adapter(key)), (f) => timed({ ...f, ...new StepHead([], V, this.graphHead, this.nucleus).feeds() }));
       const items: PrefillItem[] = [
-        ...plan.prefill.map((s) => ({ adapter: this.adapter(s.adapter), tokens: s.tokens, logitAt: [] as number[] })),
+        ...plan.prefill.map((s) => this.prefillItem(s.adapter, s.tokens)),
         ...plan.score.map((s) => this.scoreItem(s.adapter, s.context, s.targets)),
       ];
-      for (const it of items.slice(0, plan.prefill.length)) it.logitAt = [virtualTokens(it.adapter, 'prompt') + it.tokens.length - 1];
       const layout = prefillFeeds(this.ctx, items);
       // Logit rows in logit_index order: one per new sequence, then each score row's targets.
       const headRows: HeadRow[] = plan.prefill.map((s) => {
@@ -80,7 +94,7 @@ export class StepRunner {
       });
       const scoreTargets = plan.score.map((s, k) => s.targets.slice(s.targets.length - items[plan.prefill.length + k].logitAt.length));
       for (const targets of scoreTargets) headRows.push(...targets.map((target) => ({ target })));
-      const head = new StepHead(headRows, this.ctx.base.config.vocabSize, this.graphHead, this.nucleus);
+      const head = new StepHead(headRows, V, this.graphHead, this.nucleus);
       const out = await timed({ ...layout.feeds, ...head.feeds() });
       const read = head.read(out);
       tokens.push(...read.chosen);
@@ -90,7 +104,7 @@ export class StepRunner {
       });
       if (plan.prefill.length > 0) kvBytes += this.batch.place(this.joining(plan.prefill, out, layout));
     }
-    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes };
+    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes, promptKv: { hits: this.pastKv.hits - before.hits, misses: this.pastKv.misses - before.misses } };
   }
 
   private adapter(key: string | null): AdapterTensors | null {
@@ -100,17 +114,30 @@ export class StepRunner {
     return a;
   }
 
-  /** Logits are wanted where they predict a target: the last input is never needed, so it is not fed. */
+  /** A new sequence: it starts after its adapter's past where it has one; its last position's logits are wanted. */
+  private prefillItem(key: string | null, tokens: number[]): PrefillItem {
+    const adapter = this.adapter(key);
+    const it: PrefillItem = { adapter, tokens, logitAt: [], past: this.pastKv.get(adapter) };
+    it.logitAt = [fedPrompt(it) + tokens.length - 1];
+    return it;
+  }
+
+  /**
+   * Logits are wanted where they predict a target: the last input is never needed, so it is not fed.
+   * With no context, the first target is predicted by the soft prompt's last position: such a row
+   * (rare) feeds its soft prompt again rather than the cache keeping a logits row per adapter.
+   */
   private scoreItem(key: string | null, context: number[], targets: number[]): PrefillItem {
     const adapter = this.adapter(key);
     const tokens = [...context, ...targets].slice(0, -1);
-    const vt = virtualTokens(adapter, 'prompt');
+    const past = context.length > 0 || adapter?.kind !== 'prompt' ? this.pastKv.get(adapter) : undefined;
+    const vt = fedPrompt({ adapter, tokens, logitAt: [], past });
     const logitAt: number[] = [];
     for (let i = 0; i < targets.length; i++) {
       const predictor = vt + context.length + i - 1;
       if (predictor >= 0) logitAt.push(predictor);
     }
-    return { adapter, tokens, logitAt };
+    return { adapter, tokens, logitAt, past };
   }
 
   private async decode(plan: StepPlan, run: (f: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {

@@ -1,0 +1,314 @@
+import ort from 'onnxruntime-node';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import { adapterParser } from '../../src/adapters/format.js';
+import { readAdapterFolder } from '../../src/adapters/fs-store.js';
+import { fullLogitsFeeds } from '../../src/executor/head.js';
+import { FeedContext } from '../../src/executor/model-constants.js';
+import { prefillFeeds, type PrefillItem } from '../../src/executor/prefill.js';
+import { PastKvCache, pastKvBytes } from '../../src/executor/prompt-kv.js';
+import { StepRunner } from '../../src/executor/step-runner.js';
+import { loadBaseModel, type BaseModel } from '../../src/model/base-model.js';
+import type { AdapterTensors, EnsembleGroup, Sampling, StepPlan, StepResult } from '../../src/protocol.js';
+import { adapterFiles, adaptersCopy, logSoftmax, multipart, reference, refLogits, relErr, ROOT, startServer, SUPPORTED, type RefCase } from '../helpers.js';
+import { LLAMA_FIXTURES, servedCases } from '../llama/reference.js';
+
+// A soft prompt's keys/values are computed once per adapter version and every request starts after
+// them. Every check runs the first request of an adapter (a miss: the KV is computed in that step)
+// and a later one (a hit) against the reference, alone and in mixed batches.
+
+const GREEDY: Sampling = { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 5 };
+
+interface Model {
+  name: string;
+  model: BaseModel;
+  session: ort.InferenceSession;
+  ctx: FeedContext;
+  cases: RefCase[];
+  adapter: (name: string | null) => AdapterTensors | null;
+}
+
+async function open(name: string, dir: string, adapterDir: string, cases: RefCase[]): Promise<Model> {
+  const model = loadBaseModel(dir, name === 'demo-gpt2' ? join(ROOT, '.cache') : mkdtempSync(join(tmpdir(), 'pkv-graph-')));
+  const parse = adapterParser(model);
+  const tensors = new Map<string, AdapterTensors>();
+  const adapter = (a: string | null) => {
+    if (a === null) return null;
+    if (!tensors.has(a)) tensors.set(a, parse(a, readAdapterFolder(join(adapterDir, a))).tensors);
+    return tensors.get(a)!;
+  };
+  return { name, model, session: await ort.InferenceSession.create(model.graphPath), ctx: new FeedContext(model.tensors), cases, adapter };
+}
+
+/** Drives a StepRunner like the scheduler: prefill, then one decode step per token, until 20 tokens or end-of-text. */
+class Driver {
+  private seq = 1;
+  private readonly sent = new Set<string>();
+  readonly counts = { hits: 0, misses: 0 };
+  readonly runner: StepRunner;
+
+  constructor(m: Model, promptKv: boolean) {
+    this.runner = new StepRunner(m.session, m.ctx, { promptKv });
+  }
+
+  async step(plan: Partial<StepPlan>, adapters: (AdapterTensors | null)[] = []): Promise<StepResult> {
+    const fresh = [...new Set(adapters.filter((a): a is AdapterTensors => a !== null && !this.sent.has(a.key)))];
+    fresh.forEach((a) => this.sent.add(a.key));
+    const res = await this.runner.step({ drop: [], decode: [], prefill: [], score: [], adapters: fresh, forget: [], ...plan });
+    this.counts.hits += res.promptKv?.hits ?? 0;
+    this.counts.misses += res.promptKv?.misses ?? 0;
+    return res;
+  }
+
+  forget(key: string): Promise<StepResult> {
+    this.sent.delete(key);
+    return this.step({ forget: [key] });
+  }
+
+  /** Rows with the same `group` index form one ensemble (its first row leads). Returns tokens and first-token top-5 per row. */
+  async generate(rows: { adapter: AdapterTensors | null; ids: number[]; group?: number; weight?: number }[]) {
+    const seqs = rows.map(() => this.seq++);
+    const leaderOf = rows.map((r, i) => (r.group === undefined ? i : rows.findIndex((x) => x.group === r.group)));
+    const groups: (EnsembleGroup | undefined)[] = rows.map((r, i) => (r.group === undefined ? undefined : { leader: seqs[leaderOf[i]], weight: r.weight ?? 1 }));
+    const tokens = rows.map(() => [] as number[]);
+    const top = rows.map(() => [] as { token: number; logprob: number }[]);
+    const prefill = rows.map((r, i) => ({ seq: seqs[i], adapter: r.adapter?.key ?? null, tokens: r.ids, sampling: GREEDY, group: groups[i] }));
+    let res = await this.step({ prefill }, rows.map((r) => r.adapter));
+    const live = new Set(rows.keys());
+    for (;;) {
+      for (const c of res.tokens) {
+        const i = seqs.indexOf(c.seq);
+        if (tokens[i].length === 0) top[i] = c.top ?? [];
+        tokens[i].push(c.token);
+      }
+      // Members follow their leader's token.
+      rows.forEach((_, i) => leaderOf[i] !== i && (tokens[i] = tokens[leaderOf[i]]));
+      const drop = [...live].filter((i) => tokens[i].length >= 20 || tokens[i].at(-1) === 0);
+      drop.forEach((i) => live.delete(i));
+      const decode = [...live].map((i) => ({ seq: seqs[i], token: tokens[i].at(-1)!, step: tokens[i].length }));
+      if (decode.length === 0) {
+        await this.step({ drop: drop.map((i) => seqs[i]) });
+        return { tokens, top };
+      }
+      res = await this.step({ drop: drop.map((i) => seqs[i]), decode });
+    }
+  }
+
+  async score(rows: { adapter: AdapterTensors | null; context: number[]; targets: number[] }[]): Promise<number[][]> {
+    const first = this.seq;
+    const score = rows.map((r) => ({ id: this.seq++, adapter: r.adapter?.key ?? null, context: r.context, targets: r.targets }));
+    const res = await this.step({ score }, rows.map((r) => r.adapter));
+    return rows.map((_, i) => res.scores.find((s) => s.id === first + i)!.logprobs);
+  }
+}
+
+const close = (a: number, b: number, tol = 1e-4) => Math.abs(a - b) <= tol * Math.max(1, Math.abs(b));
+const label = (c: RefCase) => `${c.adapter ?? 'base'} ${JSON.stringify(c.text)}`;
+const isSoft = (m: Model, c: RefCase) => m.adapter(c.adapter)?.kind === 'prompt';
+
+/** The reference's greedy tokens and top-5 logprobs against a generation. */
+function checkGeneration(t: Test, m: Model, c: RefCase, got: { tokens: number[]; top: { token: number; logprob: number }[] }, what: string) {
+  t.same(got.tokens, c.greedy.slice(0, got.tokens.length), `${what}: greedy ${label(c)}`);
+  t.equal(got.tokens.length, Math.min(20, c.greedy.length), `${what}: length ${label(c)}`);
+  const lp = logSoftmax(refLogits(c));
+  t.ok(got.top.length === 5 && got.top.every((x) => close(x.logprob, lp[x.token])), `${what}: first-token top-5 logprobs ${label(c)}`);
+}
+
+async function referenceChecks(t: Test, m: Model) {
+  const soft = m.cases.filter((c) => isSoft(m, c));
+  t.ok(soft.length >= 5, `${m.name}: ${soft.length} soft-prompt cases`);
+
+  t.test('computed past through prefillFeeds: last logits within 1e-4, alone and in one mixed batch', async (t) => {
+    const cache = new PastKvCache(m.ctx, true);
+    // Every soft prompt in one padded run (the prompts' lengths differ), every other kind's row beside.
+    await cache.prepare(m.cases.map((c) => m.adapter(c.adapter)), (f) => m.session.run(fullLogitsFeeds(m.session, f)));
+    const softAdapters = new Set(soft.map((c) => c.adapter));
+    t.equal(cache.size, softAdapters.size, 'one KV per soft prompt');
+    t.same({ hits: cache.hits, misses: cache.misses }, { hits: 0, misses: soft.length }, 'every row of the step a miss');
+    const items = async (cases: RefCase[]) =>
+      cases.map((c): PrefillItem => {
+        const adapter = m.adapter(c.adapter);
+        return { adapter, tokens: c.ids, logitAt: [c.ids.length - 1], past: cache.get(adapter) };
+      });
+    const logits = async (batch: PrefillItem[]) => {
+      const data = (await m.session.run(fullLogitsFeeds(m.session, prefillFeeds(m.ctx, batch).feeds))).logits.data as Float32Array;
+      const V = m.model.config.vocabSize;
+      return batch.map((_, r) => data.slice(r * V, (r + 1) * V));
+    };
+    for (const c of soft) {
+      const [it] = await items([c]);
+      t.ok(it.past && it.past.n === m.adapter(c.adapter)!.virtualTokens, `${label(c)}: starts after its soft prompt`);
+      const err = relErr((await logits([it]))[0], refLogits(c));
+      t.ok(err < 1e-4, `alone: ${label(c)}: ${err.toExponential(2)}`);
+    }
+    // Every case (base, soft prompts, prefixes, BitFit, LoRA, IA3) in one padded batch.
+    const all = await logits(await items(m.cases));
+    all.forEach((l, i) => {
+      const err = relErr(l, refLogits(m.cases[i]));
+      t.ok(err < 1e-4, `mixed: ${label(m.cases[i])}: ${err.toExponential(2)}`);
+    });
+  });
+
+  t.test('generate: the first request of an adapter (miss) and later ones (hits) equal the reference', async (t) => {
+    const d = new Driver(m, true);
+    const seen = new Set<string | null>();
+    for (const c of soft) {
+      const before = { ...d.counts };
+      const got = await d.generate([{ adapter: m.adapter(c.adapter), ids: c.ids }]);
+      checkGeneration(t, m, c, { tokens: got.tokens[0], top: got.top[0] }, seen.has(c.adapter) ? 'hit' : 'miss');
+      t.same(d.counts, seen.has(c.adapter) ? { hits: before.hits + 1, misses: before.misses } : { hits: before.hits, misses: before.misses + 1 }, `${label(c)}: counted`);
+      seen.add(c.adapter);
+    }
+    t.equal(d.runner.pastKv.size, seen.size, 'one KV per soft prompt');
+  });
+
+  t.test('generate: every case in one mixed batch, cold (misses and hits in one step) then warm', async (t) => {
+    const d = new Driver(m, true);
+    const rows = m.cases.map((c) => ({ adapter: m.adapter(c.adapter), ids: c.ids }));
+    const softAdapters = new Set(soft.map((c) => c.adapter));
+    for (const what of ['cold', 'warm']) {
+      const before = { ...d.counts };
+      const got = await d.generate(rows);
+      m.cases.forEach((c, i) => checkGeneration(t, m, c, { tokens: got.tokens[i], top: got.top[i] }, what));
+      // Cold: every soft-prompt row of the step prefills its soft prompt; warm: every one starts after the kept KV.
+      const misses = what === 'cold' ? soft.length : 0;
+      t.same(d.counts, { hits: before.hits + soft.length - misses, misses: before.misses + misses }, `${what}: ${misses} misses`);
+      t.equal(d.runner.pastKv.size, softAdapters.size + new Set(m.cases.filter((c) => m.adapter(c.adapter)?.kind === 'prefix').map((c) => c.adapter)).size, `${what}: one past per soft prompt and prefix`);
+    }
+  });
+}
+
+t.test('GPT-2 demo', async (t) => {
+  const cases = reference.cases.filter((c) => SUPPORTED.has(c.adapter));
+  const m = await open('demo-gpt2', join(ROOT, 'models', 'demo-gpt2'), join(ROOT, 'adapters'), cases);
+  await referenceChecks(t, m);
+
+  t.test('score rows: label log-probabilities equal the reference, miss and hit; a row with no context too', async (t) => {
+    const on = new Driver(m, true);
+    const off = new Driver(m, false);
+    const enc = (s: string) => m.model.tokenizer.encodeSync(s);
+    for (const c of cases.filter((c) => c.label_logprobs && isSoft(m, c))) {
+      const prompt = c.text.endsWith('->') ? c.text : `${c.text} ->`;
+      const rows = reference.labels.map((w) => ({ adapter: m.adapter(c.adapter), context: enc(prompt), targets: enc(` ${w}`) }));
+      const [cached, plain, again] = [await on.score(rows), await off.score(rows), await on.score(rows)];
+      // Every row starts after the same computed KV, so a miss and a hit give the very same numbers.
+      t.same(again, cached, `${label(c)}: a hit equals the miss exactly`);
+      reference.labels.forEach((w, i) => {
+        const sum = cached[i].reduce((a, b) => a + b, 0);
+        t.ok(Math.abs(sum - c.label_logprobs![w]) <= 1e-3, `${label(c)} ${w}: ${sum} vs ${c.label_logprobs![w]}`);
+        t.ok(cached[i].length === plain[i].length && cached[i].every((x, k) => close(x, plain[i][k])), `${label(c)} ${w}: equals the uncached path`);
+      });
+    }
+    // The first case of each adapter: its label rows all prefill the soft prompt (one step); later cases hit.
+    t.ok(on.counts.misses === 2 * reference.labels.length && on.counts.hits > 0, `hits ${on.counts.hits}, misses ${on.counts.misses}`);
+    t.same(off.counts, { hits: 0, misses: 0 }, 'cache off: nothing counted');
+    // No context: the first target's logits come from the soft prompt's last position.
+    for (const c of cases.filter((c) => isSoft(m, c))) {
+      const row = [{ adapter: m.adapter(c.adapter), context: [], targets: c.ids }];
+      const [cached, plain] = [(await on.score(row))[0], (await off.score(row))[0]];
+      t.ok(cached.length === c.ids.length && cached.every((x, k) => close(x, plain[k])), `no context: ${label(c)}`);
+    }
+  });
+
+  t.test('ensembles with soft-prompt members, and soft prompts beside every other kind: same as uncached', async (t) => {
+    const on = new Driver(m, true);
+    const off = new Driver(m, false);
+    const text = cases.find((c) => c.adapter === 'pos-prompt' && c.text === 'And the LORD said unto Moses')!.ids;
+    const rows = [
+      { adapter: m.adapter('pos-prompt'), ids: text, group: 0, weight: 0.5 },
+      { adapter: m.adapter('kjv-prompt'), ids: text, group: 0, weight: 0.3 },
+      { adapter: m.adapter('pos-lora'), ids: text, group: 0, weight: 0.2 },
+      { adapter: m.adapter('fortune-ptuning'), ids: text, group: 1, weight: 0.5 },
+      { adapter: m.adapter('pos-bitfit'), ids: text, group: 1, weight: 0.5 },
+      { adapter: m.adapter('define-prefix'), ids: text },
+      { adapter: m.adapter('pos-ia3'), ids: text },
+    ];
+    for (const what of ['miss', 'hit']) {
+      const [a, b] = [await on.generate(rows), await off.generate(rows)];
+      t.same(a.tokens, b.tokens, `${what}: tokens`);
+      t.ok(a.top.every((r, i) => r.every((x, k) => x.token === b.top[i][k].token && close(x.logprob, b.top[i][k].logprob))), `${what}: top-5 logprobs`);
+    }
+    t.same(on.counts, { hits: 3, misses: 3 }, 'three soft prompts: computed once each');
+  });
+
+  t.test('forget frees the KV; the same adapter sent again is a miss', async (t) => {
+    const d = new Driver(m, true);
+    const a = m.adapter('kjv-prompt')!;
+    const c = cases.find((x) => x.adapter === 'kjv-prompt')!;
+    await d.generate([{ adapter: a, ids: c.ids }]);
+    t.equal(d.runner.pastKv.size, 1);
+    t.equal(d.runner.pastKv.bytes, a.virtualTokens * 4 * 2 * 256 * 4, 'bytes: n · layers · 2 · hidden · 4');
+    await d.forget(a.key);
+    t.equal(d.runner.pastKv.size, 0, 'forgotten');
+    t.equal(d.runner.pastKv.bytes, 0);
+    const got = await d.generate([{ adapter: a, ids: c.ids }]);
+    checkGeneration(t, m, c, { tokens: got.tokens[0], top: got.top[0] }, 'after forget');
+    t.same(d.counts, { hits: 0, misses: 2 });
+  });
+
+  t.test('a byte bound drops the least recently used past first', async (t) => {
+    const [A, B, C] = [m.adapter('pos-prefix')!, m.adapter('define-prefix')!, m.adapter('kjv-prompt')!];
+    const bytes = (a: AdapterTensors) => pastKvBytes(m.model.config, a.virtualTokens);
+    const cache = new PastKvCache(m.ctx, true, bytes(A) + bytes(B) + bytes(C) - 1);
+    const a = cache.get(A);
+    cache.get(B);
+    t.equal(cache.get(A), a, 'a held prefix is laid out once');
+    await cache.prepare([C, null], (f) => m.session.run(fullLogitsFeeds(m.session, f)));
+    t.equal(cache.size, 2, 'one dropped');
+    t.equal(cache.bytes, bytes(A) + bytes(C));
+    t.equal(cache.get(A), a, 'the recently used prefix stayed');
+    t.ok(cache.get(C), 'the soft prompt is held');
+    t.same({ hits: cache.hits, misses: cache.misses }, { hits: 0, misses: 1 });
+  });
+});
+
+for (const name of ['tiny-llama', 'tiny-qwen2']) {
+  t.test(name, async (t) => {
+    const dir = join(LLAMA_FIXTURES, name);
+    const m = await open(name, dir, join(dir, 'adapters'), servedCases(name));
+    await referenceChecks(t, m);
+  });
+}
+
+// Through the real server: the adapter key carries the content version, so replacing a task's
+// adapter can never serve the old soft prompt's KV.
+t.test('HTTP: a hot swap invalidates the cached prompt KV', async (t) => {
+  const server = await startServer({ ADAPTERS_DIR: adaptersCopy(['pos-bitfit']), ADMIN_TOKEN: 'secret', WORKERS: '1' });
+  t.teardown(() => server.close());
+  const auth = { authorization: 'Bearer secret' };
+  const upload = async (from: string) => {
+    const body = multipart(adapterFiles(from));
+    const res = await server.app.inject({ method: 'PUT', url: '/v1/adapters/swapped', payload: body.payload, headers: { ...body.headers, ...auth } });
+    t.ok(res.statusCode < 300, `upload ${from}: ${res.statusCode}`);
+  };
+  const text = 'And the LORD said unto Moses';
+  const generate = async () => (await server.app.inject({ method: 'POST', url: '/v1/tasks/swapped/generate', payload: { prompt: text, raw: true, max_tokens: 20, temperature: 0 } })).json().token_ids;
+  const greedyOf = (adapter: string) => {
+    const c = reference.cases.find((x) => x.adapter === adapter && x.text === text)!;
+    return c.greedy.at(-1) === 0 ? c.greedy.slice(0, -1) : c.greedy;
+  };
+  const counter = async () => {
+    const body = (await server.app.inject({ method: 'GET', url: '/metrics' })).body;
+    const read = (result: string) => Number(new RegExp(`^sps_prompt_kv_cache_total\\{result="${result}"\\} (\\S+)$`, 'm').exec(body)?.[1] ?? 0);
+    return { hit: read('hit'), miss: read('miss') };
+  };
+  t.not(greedyOf('kjv-prompt').join(), greedyOf('fortune-ptuning').join(), 'the two adapters differ on this text');
+  const cached = server.registry.cacheStats.bytes;
+  await upload('kjv-prompt');
+  // The adapter LRU counts the soft prompt [n, 256] and the KV a worker keeps for it [n, 4 layers · 2 · 256].
+  const n = (await server.registry.resolve('swapped')).adapter!.tensors.virtualTokens;
+  t.equal(server.registry.cacheStats.bytes - cached, n * 256 * 4 + n * 4 * 2 * 256 * 4, 'LRU cost: tensors and KV');
+  t.same(await generate(), greedyOf('kjv-prompt'), 'X: first request (miss)');
+  t.same(await generate(), greedyOf('kjv-prompt'), 'X: second request (hit)');
+  t.same(await counter(), { hit: 1, miss: 1 });
+  await upload('fortune-ptuning');
+  t.same(await generate(), greedyOf('fortune-ptuning'), "after the swap: Y's reference, not X's");
+  t.same(await counter(), { hit: 1, miss: 2 }, 'the swap was a miss');
+  t.same(await generate(), greedyOf('fortune-ptuning'), 'Y again (hit)');
+  t.same(await counter(), { hit: 2, miss: 2 });
+  // Deleted: the adapter LRU no longer counts it (the worker drops its KV when the scheduler forgets the key: see 'forget frees the KV').
+  t.equal((await server.app.inject({ method: 'DELETE', url: '/v1/adapters/swapped', headers: auth })).statusCode, 204);
+  t.equal(server.registry.cacheStats.bytes, cached, 'LRU bytes back to where they were');
+});
