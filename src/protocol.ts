@@ -86,6 +86,10 @@ export interface StepResult {
   ms: { run: number; total: number };
   /** KV cache bytes copied in this step (rows written into slots, buffers resized). */
   kvCopiedBytes: number;
+  /** Padding positions the step's prefill computed (rows × padded length − real lengths). */
+  paddedTokens?: number;
+  /** The worker's KV batch after the step: live rows, allocated slots and columns, buffer bytes. */
+  kv?: { rows: number; slots: number; capacity: number; bytes: number };
   /**
    * New rows (prefill seq or score id) the worker refused before running the step: each fails its
    * own request; the rest of the batch ran. `invalid_adapter`: the row's adapter tensors cannot run.

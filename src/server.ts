@@ -56,6 +56,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     running: () => engine.running,
     adapters: () => registry.size,
     cache: () => registry.cacheStats,
+    kv: () => engine.lanes.map((l) => l.kv),
   });
   new Counter({
     name: 'sps_adapter_store_resets_total',
@@ -66,12 +67,15 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
       this.inc(registry.storeResets);
     },
   });
-  engine.onStep = ({ plan, result }) =>
+  engine.onStep = ({ plan, result }) => {
     metrics.step(
       plan.decode.length + plan.prefill.length + plan.score.length,
       plan.decode.length + plan.prefill.reduce((n, p) => n + p.tokens.length, 0) + plan.score.reduce((n, s) => n + s.context.length + s.targets.length, 0),
       result.kvCopiedBytes,
     );
+    const { run: runMs, total: totalMs } = result.ms;
+    metrics.stepDetail({ runMs, totalMs, decode: plan.decode.length, prefill: plan.prefill.length, score: plan.score.length, paddedTokens: result.paddedTokens ?? 0 });
+  };
   const inference = new Inference(engine, model, registry, config.requestTimeoutMs, metrics);
   let ready = true;
   const app = await buildApp({

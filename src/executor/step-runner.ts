@@ -38,6 +38,7 @@ export class StepRunner {
     for (const key of plan.forget) this.adapters.delete(key);
     let runMs = 0;
     let kvBytes = 0;
+    let padded = 0;
     const timed = async (feeds: Record<string, ort.Tensor>) => {
       const t = performance.now();
       const out = await this.session.run(feeds);
@@ -66,6 +67,7 @@ export class StepRunner {
       ];
       for (const it of items.slice(0, plan.prefill.length)) it.logitAt = [virtualTokens(it.adapter, 'prompt') + it.tokens.length - 1];
       const layout = prefillFeeds(this.ctx, items);
+      padded = layout.S * items.length - layout.length.reduce((n, l) => n + l, 0);
       const out = await timed(layout.feeds);
       const logits = out.logits.data as Float32Array;
       const V = this.ctx.base.config.vocabSize;
@@ -90,7 +92,7 @@ export class StepRunner {
       });
       if (plan.prefill.length > 0) kvBytes += this.batch.place(this.joining(plan.prefill, out, layout));
     }
-    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes };
+    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes, paddedTokens: padded, kv: this.batch.stats };
   }
 
   private adapter(key: string | null): AdapterTensors | null {
@@ -113,35 +115,39 @@ export class StepRunner {
     return { adapter, tokens, logitAt };
   }
 
+  /** One decode step over the live rows only (packed in the batch's first slots); spare slots are never computed. */
   private async decode(plan: StepPlan, run: (f: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
     const wanted = new Map(plan.decode.map((d) => [d.seq, d]));
-    const slots = this.batch.slots;
     const live = this.batch.live;
     if (live.length !== wanted.size || live.some((r) => !wanted.has(r.seq))) {
       throw new Error(`decode plan names ${wanted.size} sequences but ${live.length} are running, or names others`);
     }
     const { hidden: D, vocabSize: V, layers: L } = this.ctx.base.config;
-    const embeds = new Float32Array(slots.length * D);
-    slots.forEach((row, r) => row && this.ctx.embed(embeds, r * D, wanted.get(row.seq)!.token));
+    const B = live.length;
+    const embeds = new Float32Array(B * D);
+    live.forEach((row, r) => this.ctx.embed(embeds, r * D, wanted.get(row.seq)!.token));
     const { attnBias, positions, past } = this.batch.stepFeeds();
     if (this.rowFeedsVersion !== this.batch.version) {
-      const owners = slots.map((r) => r?.adapter ?? null);
+      const owners = live.map((r) => r.adapter);
       this.rowFeeds = { ...this.ctx.biasFeeds(owners), ...this.ctx.adapterFeeds(owners) };
       this.rowFeedsVersion = this.batch.version;
     }
     const out = await run({
-      inputs_embeds: new ort.Tensor('float32', embeds, [slots.length, 1, D]),
+      inputs_embeds: new ort.Tensor('float32', embeds, [B, 1, D]),
       position_ids: positions,
       attn_bias: attnBias,
-      logit_index: new ort.Tensor('int64', BigInt64Array.from(slots, (_, r) => BigInt(r)), [slots.length]),
+      logit_index: new ort.Tensor('int64', BigInt64Array.from(live, (_, r) => BigInt(r)), [B]),
       ...past,
       ...this.rowFeeds,
     });
     const logits = out.logits.data as Float32Array;
-    const rows: RowLogits[] = [];
-    slots.forEach((row, r) => {
-      if (row) rows.push({ seq: row.seq, logits: logits.subarray(r * V, (r + 1) * V), sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq) });
-    });
+    const rows: RowLogits[] = live.map((row, r) => ({
+      seq: row.seq,
+      logits: logits.subarray(r * V, (r + 1) * V),
+      sampling: this.sampling.get(row.seq)!,
+      step: wanted.get(row.seq)!.step,
+      group: this.groups.get(row.seq),
+    }));
     const chosen = chooseTokens(rows);
     const kvCopied = this.batch.append(newKv(out, L));
     return { chosen, kvCopied };
