@@ -3,6 +3,7 @@ import { ServerError } from '../errors.js';
 import type { Executor } from '../executor/executor.js';
 import { rowTokens, type Job } from './jobs.js';
 import { Lane, type LaneOptions, type StepStats } from './lane.js';
+import { jobRows } from './scheduler.js';
 
 export type { StepStats } from './lane.js';
 
@@ -16,13 +17,13 @@ export interface EngineOptions extends LaneOptions {
 export const LOW_LOAD = 2;
 
 /**
- * The lane for a new job. Under low load (at most LOW_LOAD rows in all lanes) the busiest lane,
- * so that one or two sequences share one worker's step (and its threads) instead of each paying
- * a step of its own; above, the least-loaded lane, which spreads the batch over the workers.
+ * The lane for a job of `rows` rows. Under low load (at most LOW_LOAD rows in all lanes, the job's
+ * included) the busiest lane, so that one or two sequences share one worker's steps instead of
+ * each paying steps of its own; above, the least-loaded lane, which spreads the batch.
  */
-export function place(lanes: Lane[]): Lane {
+export function place(lanes: Lane[], rows: number): Lane {
   const total = lanes.reduce((n, l) => n + l.load, 0);
-  if (total < LOW_LOAD) return lanes.reduce((best, l) => (l.load > best.load ? l : best));
+  if (total + rows <= LOW_LOAD) return lanes.reduce((best, l) => (l.load > best.load ? l : best));
   return lanes.reduce((best, l) => (l.load < best.load ? l : best));
 }
 
@@ -92,7 +93,7 @@ export class Engine {
     if (scored > limit) {
       throw new ServerError('payload_too_large', `this request scores ${scored} tokens (every input with every label); the limit is ${limit} (MAX_SCORE_TOKENS): send fewer or shorter inputs or labels`);
     }
-    for (const job of jobs) place(lanes).enqueue(job);
+    for (const job of jobs) place(lanes, jobRows(job)).enqueue(job);
   }
 
   private hasWork(): boolean {

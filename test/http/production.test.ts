@@ -49,6 +49,27 @@ t.test('metrics: queue, batches, latencies, per-task counters folded past the li
   t.notMatch(text, /squat/, 'made-up task ids have no series');
 });
 
+t.test('metrics: step forward and host time, rows by kind, prefill padding, KV batch gauges move', async (t) => {
+  const server = await startServer({ WORKERS: '1' });
+  t.teardown(() => server.close());
+  const before = await server.app.inject('/metrics');
+  t.match(before.body, /^sps_step_forward_ms_count 0$/m);
+  // Two prompts of different lengths in one request: one prefill step pads the shorter one.
+  const res = await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'base', prompt: ['love', 'In the beginning God created'], max_tokens: 4, temperature: 0 } });
+  t.equal(res.statusCode, 200);
+  const text = (await server.app.inject('/metrics')).body;
+  const value = (re: RegExp) => Number(text.match(re)?.[1] ?? NaN);
+  t.ok(value(/^sps_step_forward_ms_count (\d+)$/m) >= 4, 'every step observed');
+  t.equal(value(/^sps_step_host_ms_count (\d+)$/m), value(/^sps_step_forward_ms_count (\d+)$/m));
+  t.ok(value(/^sps_step_forward_ms_sum (\S+)$/m) > 0);
+  t.ok(value(/^sps_step_rows_count\{kind="decode"\} (\d+)$/m) >= 3, 'decode steps counted');
+  t.ok(value(/^sps_step_rows_sum\{kind="prefill"\} (\d+)$/m) >= 2, 'prefill rows counted');
+  t.ok(value(/^sps_prefill_padded_tokens_total (\d+)$/m) > 0, 'the shorter prompt was padded');
+  for (const name of ['sps_kv_rows', 'sps_kv_slots', 'sps_kv_capacity_columns', 'sps_kv_bytes']) t.match(text, new RegExp(`^${name}\\{worker="0"\\} \\d+`, 'm'), name);
+  t.ok(value(/^sps_kv_slots\{worker="0"\} (\d+)$/m) >= 2, 'the batch held the two rows');
+  t.ok(value(/^sps_kv_bytes\{worker="0"\} (\d+)$/m) > 0);
+});
+
 t.test('graceful shutdown: admitted requests finish, new ones get 503 shutting_down', async (t) => {
   const server = await startServer();
   const inflight = server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt: 'In the beginning', max_tokens: 200, temperature: 0, ignore_eos: true } });
