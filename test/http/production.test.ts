@@ -66,8 +66,28 @@ t.test('metrics: step forward and host time, rows by kind, prefill padding, KV b
   t.ok(value(/^sps_step_rows_sum\{kind="prefill"\} (\d+)$/m) >= 2, 'prefill rows counted');
   t.ok(value(/^sps_prefill_padded_tokens_total (\d+)$/m) > 0, 'the shorter prompt was padded');
   for (const name of ['sps_kv_rows', 'sps_kv_slots', 'sps_kv_capacity_columns', 'sps_kv_bytes']) t.match(text, new RegExp(`^${name}\\{worker="0"\\} \\d+`, 'm'), name);
-  t.ok(value(/^sps_kv_slots\{worker="0"\} (\d+)$/m) >= 2, 'the batch held the two rows');
-  t.ok(value(/^sps_kv_bytes\{worker="0"\} (\d+)$/m) > 0);
+  // The KV gauges while a request runs, then after it finished (its row dropped, the batch freed).
+  const kv = async () => {
+    const body = (await server.app.inject('/metrics')).body;
+    const g = (name: string) => Number(body.match(new RegExp(`^${name}\\{worker="0"\\} (\\d+)$`, 'm'))?.[1] ?? NaN);
+    return { rows: g('sps_kv_rows'), slots: g('sps_kv_slots'), bytes: g('sps_kv_bytes') };
+  };
+  const long = server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt: 'In the beginning', max_tokens: 200, temperature: 0, ignore_eos: true } });
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  let during = await kv();
+  for (let i = 0; i < 500 && during.rows !== 1; i++) {
+    await sleep(5);
+    during = await kv();
+  }
+  t.equal(during.rows, 1, 'one live row while the request runs');
+  t.ok(during.slots >= 1 && during.bytes > 0, 'its slot and buffers are counted');
+  t.equal((await long).statusCode, 200);
+  let after = await kv();
+  for (let i = 0; i < 500 && after.slots !== 0; i++) {
+    await sleep(5);
+    after = await kv();
+  }
+  t.same(after, { rows: 0, slots: 0, bytes: 0 }, 'the finished row was dropped and the buffers freed');
 });
 
 t.test('graceful shutdown: admitted requests finish, new ones get 503 shutting_down', async (t) => {
