@@ -51,7 +51,7 @@ export class Metrics {
     const stepMs = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
     this.stepRun = new client.Histogram({ name: 'sps_step_forward_ms', help: 'Time per step inside ONNX Runtime (session.run), per worker step', buckets: stepMs, registers: [r] });
     this.stepHost = new client.Histogram({ name: 'sps_step_host_ms', help: "Time per step in the worker outside session.run (feeds, sampling, KV copies)", buckets: stepMs, registers: [r] });
-    this.stepRows = new client.Histogram({ name: 'sps_step_rows', help: 'Rows per step by kind: decode (live rows computed), prefill (new sequences), score', labelNames: ['kind'], buckets: [0, 1, 2, 4, 8, 16, 32, 64, 128], registers: [r] });
+    this.stepRows = new client.Histogram({ name: 'sps_step_rows', help: 'Rows per step by kind: decode (live rows computed), prefill (new sequences), score', labelNames: ['kind'], buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: [r] });
     this.paddedTokens = new client.Counter({ name: 'sps_prefill_padded_tokens_total', help: 'Padding positions computed by prefill steps (rows × padded length − real lengths)', registers: [r] });
     const kv = sources.kv ?? (() => []);
     const kvGauge = (name: string, help: string, pick: (k: ReturnType<typeof kv>[number]) => number) =>

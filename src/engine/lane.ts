@@ -135,6 +135,7 @@ export class Lane {
 
   private failInFlight(e: Error): void {
     const crashed = e instanceof WorkerCrashedError;
+    this.kv = { rows: 0, slots: 0, capacity: 0, bytes: 0 }; // the next plan resets the worker's batch
     this.log.error({ err: e.message }, crashed ? 'inference worker crashed; failing its requests and restarting it' : 'step failed');
     const err = crashed ? new ServerError('worker_crashed', 'the inference worker crashed while running this request; retry it') : new ServerError('internal_error', 'inference failed');
     failAll(this.scheduler.reset(), err, this.log);
