@@ -82,6 +82,9 @@ function trustProxy(env: NodeJS.ProcessEnv): boolean | string[] {
 /**
  * Two workers by default: while one waits for the event loop between steps, the other computes.
  * Measured on 2 cores (bench/mixed-batching.ts): 2 workers × 1 thread beat 1 × 2 by about 20%.
+ * Threads per worker stay cores / WORKERS: giving each session every core (2 × 2 on 2 cores)
+ * measured slower at 1 client and faster at 32 only on a machine shared with other load, where
+ * more threads take more of it (bench/lanes.ts; README, Configuration).
  */
 function defaultWorkers(env: NodeJS.ProcessEnv): number {
   return int(env, 'WORKERS', Math.min(2, cpus().length), 1);

@@ -19,11 +19,22 @@ export class Metrics {
   private readonly interToken: client.Histogram;
   private readonly kvCopied: client.Counter;
   private readonly promptKv: client.Counter<'result'>;
+  private readonly stepRun: client.Histogram;
+  private readonly stepHost: client.Histogram;
+  private readonly stepRows: client.Histogram<'kind'>;
+  private readonly paddedTokens: client.Counter;
   private readonly loop = monitorEventLoopDelay({ resolution: 10 });
 
   constructor(
     private readonly maxTasks: number,
-    sources: { queueDepth: () => number; running: () => number; adapters: () => number; cache: () => { hits: number; misses: number; evictions: number; bytes: number } },
+    sources: {
+      queueDepth: () => number;
+      running: () => number;
+      adapters: () => number;
+      cache: () => { hits: number; misses: number; evictions: number; bytes: number };
+      /** Each worker's KV batch, by worker index (optional: tests may leave it out). */
+      kv?: () => { rows: number; slots: number; capacity: number; bytes: number }[];
+    },
   ) {
     const r = this.registry;
     client.collectDefaultMetrics({ register: r });
@@ -39,6 +50,18 @@ export class Metrics {
     this.interToken = new client.Histogram({ name: 'sps_inter_token_ms', help: 'Time between tokens of one request', buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500], registers: [r] });
     this.promptKv = new client.Counter({ name: 'sps_prompt_kv_cache_total', help: 'New rows of soft-prompt adapters: hit (the KV of the soft prompt was held), miss (computed in that step)', labelNames: ['result'], registers: [r] });
     this.kvCopied = new client.Counter({ name: 'sps_kv_copied_bytes_total', help: 'Bytes of KV cache copied by the workers (joins into slots, compactions)', registers: [r] });
+    const stepMs = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
+    this.stepRun = new client.Histogram({ name: 'sps_step_forward_ms', help: 'Time per step inside ONNX Runtime (session.run), per worker step', buckets: stepMs, registers: [r] });
+    this.stepHost = new client.Histogram({ name: 'sps_step_host_ms', help: "Time per step in the worker outside session.run (feeds, sampling, KV copies)", buckets: stepMs, registers: [r] });
+    this.stepRows = new client.Histogram({ name: 'sps_step_rows', help: 'Rows per step by kind: decode (live rows computed), prefill (new sequences), score', labelNames: ['kind'], buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: [r] });
+    this.paddedTokens = new client.Counter({ name: 'sps_prefill_padded_tokens_total', help: 'Padding positions computed by prefill steps (rows × padded length − real lengths)', registers: [r] });
+    const kv = sources.kv ?? (() => []);
+    const kvGauge = (name: string, help: string, pick: (k: ReturnType<typeof kv>[number]) => number) =>
+      new client.Gauge({ name, help, labelNames: ['worker'], registers: [r], collect() { kv().forEach((k, i) => this.set({ worker: String(i) }, pick(k))); } });
+    kvGauge('sps_kv_rows', 'Live rows in the worker\'s KV batch (what a decode step computes)', (k) => k.rows);
+    kvGauge('sps_kv_slots', 'Allocated slots of the worker\'s KV batch (live rows and spare slots)', (k) => k.slots);
+    kvGauge('sps_kv_capacity_columns', 'Allocated columns per slot of the worker\'s KV batch', (k) => k.capacity);
+    kvGauge('sps_kv_bytes', 'Bytes of the worker\'s KV buffers', (k) => k.bytes);
     new client.Gauge({ name: 'sps_queue_depth', help: 'Requests waiting for admission', registers: [r], collect() { this.set(sources.queueDepth()); } });
     new client.Gauge({ name: 'sps_running_sequences', help: 'Sequences in the running batch', registers: [r], collect() { this.set(sources.running()); } });
     new client.Gauge({ name: 'sps_adapters_registered', help: 'Registered adapters', registers: [r], collect() { this.set(sources.adapters()); } });
@@ -82,6 +105,16 @@ export class Metrics {
   promptKvLookups(counts: { hits: number; misses: number } | undefined): void {
     if (counts?.hits) this.promptKv.inc({ result: 'hit' }, counts.hits);
     if (counts?.misses) this.promptKv.inc({ result: 'miss' }, counts.misses);
+  }
+
+  /** One worker step's split: forward time, host time, rows by kind, prefill padding. */
+  stepDetail(s: { runMs: number; totalMs: number; decode: number; prefill: number; score: number; paddedTokens: number }): void {
+    this.stepRun.observe(s.runMs);
+    this.stepHost.observe(Math.max(0, s.totalMs - s.runMs));
+    if (s.decode > 0) this.stepRows.observe({ kind: 'decode' }, s.decode);
+    if (s.prefill > 0) this.stepRows.observe({ kind: 'prefill' }, s.prefill);
+    if (s.score > 0) this.stepRows.observe({ kind: 'score' }, s.score);
+    if (s.paddedTokens > 0) this.paddedTokens.inc(s.paddedTokens);
   }
 
   waited(ms: number): void {

@@ -88,6 +88,10 @@ export interface StepResult {
   kvCopiedBytes: number;
   /** New rows of a soft-prompt adapter whose KV was held before the step (hits) or computed in it (misses). */
   promptKv?: { hits: number; misses: number };
+  /** Padding positions the step's prefill computed (rows × padded length − real lengths). */
+  paddedTokens?: number;
+  /** The worker's KV batch after the step: live rows, allocated slots and columns, buffer bytes. */
+  kv?: { rows: number; slots: number; capacity: number; bytes: number };
   /**
    * New rows (prefill seq or score id) the worker refused before running the step: each fails its
    * own request; the rest of the batch ran. `invalid_adapter`: the row's adapter tensors cannot run.

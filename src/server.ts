@@ -56,6 +56,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     running: () => engine.running,
     adapters: () => registry.size,
     cache: () => registry.cacheStats,
+    kv: () => engine.lanes.map((l) => l.kv),
   });
   new Counter({
     name: 'sps_adapter_store_resets_total',
@@ -73,6 +74,8 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
       result.kvCopiedBytes,
     );
     metrics.promptKvLookups(result.promptKv);
+    const { run: runMs, total: totalMs } = result.ms;
+    metrics.stepDetail({ runMs, totalMs, decode: plan.decode.length, prefill: plan.prefill.length, score: plan.score.length, paddedTokens: result.paddedTokens ?? 0 });
   };
   const inference = new Inference(engine, model, registry, config.requestTimeoutMs, metrics);
   let ready = true;

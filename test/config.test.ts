@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { ConfigError, loadConfig } from '../src/config.js';
@@ -19,6 +20,11 @@ t.test('defaults', async (t) => {
   t.equal(c.trustProxy, false);
   t.equal(c.reconcileIntervalMs, 30_000);
   t.equal(c.port, 8080);
+  t.equal(c.workers, Math.min(2, cpus().length));
+  t.equal(c.intraOpThreads, Math.max(1, Math.floor(cpus().length / c.workers)), 'the cores shared out between the workers');
+  t.equal(c.spinThreads, false);
+  t.equal(c.batchWaitMs, 2);
+  t.equal(loadConfig({ INTRA_OP_THREADS: '1' }).intraOpThreads, 1);
 });
 
 t.test('every invalid variable is a ConfigError that names it', async (t) => {

@@ -3,6 +3,7 @@ import { ServerError } from '../errors.js';
 import type { Executor } from '../executor/executor.js';
 import { rowTokens, type Job } from './jobs.js';
 import { Lane, type LaneOptions, type StepStats } from './lane.js';
+import { jobRows } from './scheduler.js';
 
 export type { StepStats } from './lane.js';
 
@@ -12,8 +13,22 @@ export interface EngineOptions extends LaneOptions {
   maxScoreTokens?: number;
 }
 
+/** Up to this many rows in all, work goes to one lane: a step of 2 rows costs about what 1 does. */
+export const LOW_LOAD = 2;
+
 /**
- * Admission over one lane per inference worker. A job goes to the least-loaded lane and stays
+ * The lane for a job of `rows` rows. Under low load (at most LOW_LOAD rows in all lanes, the job's
+ * included) the busiest lane, so that one or two sequences share one worker's steps instead of
+ * each paying steps of its own; above, the least-loaded lane, which spreads the batch.
+ */
+export function place(lanes: Lane[], rows: number): Lane {
+  const total = lanes.reduce((n, l) => n + l.load, 0);
+  if (total + rows <= LOW_LOAD) return lanes.reduce((best, l) => (l.load > best.load ? l : best));
+  return lanes.reduce((best, l) => (l.load < best.load ? l : best));
+}
+
+/**
+ * Admission over one lane per inference worker. A job goes to a lane (see place) and stays
  * there: its KV cache lives in that lane's worker. With one worker this is a plain batching loop.
  */
 export class Engine {
@@ -78,7 +93,7 @@ export class Engine {
     if (scored > limit) {
       throw new ServerError('payload_too_large', `this request scores ${scored} tokens (every input with every label); the limit is ${limit} (MAX_SCORE_TOKENS): send fewer or shorter inputs or labels`);
     }
-    for (const job of jobs) lanes.reduce((best, l) => (l.load < best.load ? l : best)).enqueue(job);
+    for (const job of jobs) place(lanes, jobRows(job)).enqueue(job);
   }
 
   private hasWork(): boolean {

@@ -12,11 +12,17 @@ export interface StepStats {
 }
 
 export interface LaneOptions extends SchedulerLimits {
-  /** How long a lone request waits for company before its prefill. */
+  /**
+   * How long a request that finds the lane idle waits for company before its prefill; it waits
+   * only when company is likely (see Lane.shouldWait), so a lone request never pays it.
+   */
   batchWaitMs: number;
   /** A step that takes longer means a hung worker: it is terminated and restarted. */
   stepTimeoutMs?: number;
 }
+
+/** Company is likely when the previous request arrived within this many BATCH_WAIT_MS. */
+const COMPANY_WINDOW = 5;
 
 /**
  * One executor and its scheduler: the batching loop plan() → executor.step(plan) → update(result)
@@ -31,6 +37,12 @@ export class Lane {
   private done: Promise<void> = Promise.resolve();
   /** Times the loop itself failed and was restarted (a bug, not a request's fault). */
   restarts = 0;
+  /** Times an idle lane waited BATCH_WAIT_MS for company, and times it ran a request at once. */
+  readonly batchWait = { waited: 0, skipped: 0 };
+  /** When the last two requests arrived (performance.now()). */
+  private arrivals = [-Infinity, -Infinity];
+  /** The latest step's view of the worker's KV batch (rows, slots, columns, bytes). */
+  kv: NonNullable<StepResult['kv']> = { rows: 0, slots: 0, capacity: 0, bytes: 0 };
 
   constructor(
     readonly executor: Executor,
@@ -62,6 +74,7 @@ export class Lane {
   }
 
   enqueue(job: Job): void {
+    this.arrivals = [this.arrivals[1], performance.now()];
     this.scheduler.enqueue(job);
     this.wake?.();
   }
@@ -71,8 +84,10 @@ export class Lane {
       if (!this.scheduler.hasWork()) {
         await new Promise<void>((resolve) => (this.wake = resolve));
         this.wake = null;
-        // A lone request waits a moment so that the requests right behind it share its prefill.
-        if (this.opts.batchWaitMs > 0 && this.scheduler.runningCount === 0) await new Promise((r) => setTimeout(r, this.opts.batchWaitMs));
+        if (this.shouldWait()) {
+          this.batchWait.waited++;
+          await new Promise((r) => setTimeout(r, this.opts.batchWaitMs));
+        }
         continue;
       }
       const plan = this.scheduler.plan();
@@ -88,6 +103,7 @@ export class Lane {
         this.failInFlight(e as Error);
         continue;
       }
+      if (result.kv) this.kv = result.kv;
       try {
         this.onStep({ plan, result });
       } catch (e) {
@@ -97,6 +113,21 @@ export class Lane {
     }
   }
 
+  /**
+   * Whether a request that woke the idle lane should wait BATCH_WAIT_MS so that the requests right
+   * behind it share its prefill. Only when company is likely: another request arrived within
+   * COMPANY_WINDOW × BATCH_WAIT_MS before it. A lone request (one client, or the first of a quiet
+   * spell) runs at once: waiting would only add latency.
+   */
+  private shouldWait(): boolean {
+    const wait = this.opts.batchWaitMs;
+    if (wait <= 0 || this.scheduler.runningCount > 0) return false;
+    const [before, last] = this.arrivals;
+    if (last - before <= COMPANY_WINDOW * wait) return true;
+    this.batchWait.skipped++;
+    return false;
+  }
+
   /** The output processor's side: one request at a time, so a throw ends that request only. */
   private process(events: SchedulerEvent[]): void {
     for (const ev of events) applyEvent(ev, this.scheduler, this.log);
@@ -104,6 +135,7 @@ export class Lane {
 
   private failInFlight(e: Error): void {
     const crashed = e instanceof WorkerCrashedError;
+    this.kv = { rows: 0, slots: 0, capacity: 0, bytes: 0 }; // the next plan resets the worker's batch
     this.log.error({ err: e.message }, crashed ? 'inference worker crashed; failing its requests and restarting it' : 'step failed');
     const err = crashed ? new ServerError('worker_crashed', 'the inference worker crashed while running this request; retry it') : new ServerError('internal_error', 'inference failed');
     failAll(this.scheduler.reset(), err, this.log);

@@ -354,6 +354,6 @@ export class Scheduler {
   }
 }
 
-function jobRows(job: Job): number {
+export function jobRows(job: Job): number {
   return job.type === 'generate' ? (job.members?.length ?? 1) : job.rows.length;
 }

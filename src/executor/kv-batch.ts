@@ -32,93 +32,169 @@ export interface Entry {
   segments: Segment[];
 }
 
+/** What the batch holds, for the scheduler's accounting and the metrics. */
+export interface KvStats {
+  /** Live rows: the rows a decode step computes. */
+  rows: number;
+  /** Allocated slots (live rows plus spare slots for joining rows, never computed). */
+  slots: number;
+  /** Allocated columns per slot. */
+  capacity: number;
+  /** Bytes of the key/value buffers. */
+  bytes: number;
+}
+
+/** Columns added beyond a joining row's length, so that it decodes a while before a resize. */
 const HEADROOM = 32;
+/** Below this many slots, idle slots are not worth a reallocation. */
+const MIN_SHRINK_SLOTS = 8;
+
+/** Slots for `n` rows: a quarter spare, so that rows joining soon need no reallocation. */
+const slotsFor = (n: number) => n + Math.ceil(n / 4);
 
 /**
  * The running batch's KV cache, owned by the host: `slots` rows of `capacity` columns per layer.
  * Positions live in `position_ids`, not in column order, so each row simply appends its step's
  * keys/values at its own next column: a decode step copies nothing but the new column.
- * - A joining row is written into a free slot; a leaving row frees its slot. Other rows are untouched.
- * - Buffers are reallocated only to add slots or columns (capacity doubles), or to drop idle slots
- *   when three quarters sit empty.
+ * - Live rows are packed in slots [0, rows.length): a decode step feeds views of the first
+ *   `rows.length` slots (the batch dimension is outermost, so they are contiguous) and computes
+ *   no empty slot. A joining row takes the next slot; a leaving row's hole is filled by the last
+ *   row (one row's copy per finished request).
+ * - The attention bias and positions of every slot are kept between steps and updated in place:
+ *   a step unmasks one column per row.
+ * - Capacity grows when needed (slots by a quarter beyond the rows, columns double) and shrinks
+ *   when load falls: slots when at most a quarter are live, columns when the longest row uses at
+ *   most a quarter of them. Shrinking targets leave room to grow again, so it does not thrash.
  */
 export class KvBatch {
-  slots: (RunningRow | null)[] = [];
+  /** Live rows; rows[i] owns slot i. */
+  rows: RunningRow[] = [];
   layers: LayerKv[] = [];
+  slots = 0;
   capacity = 0;
   /** Bumped whenever a slot changes owner: per-slot feeds cached elsewhere are then stale. */
   version = 0;
+  /** [slots, capacity + 1]: 0 where a row's column holds keys/values (and the step's own column), NEG elsewhere. */
+  private bias = new Float32Array(0);
+  private positions = new BigInt64Array(0);
 
   constructor(private readonly c: ModelConfig) {}
 
   get live(): RunningRow[] {
-    return this.slots.filter((r): r is RunningRow => r !== null);
+    return this.rows;
+  }
+
+  get stats(): KvStats {
+    const { layers: L, kvHeads: H, headDim: hd } = this.c;
+    return { rows: this.rows.length, slots: this.slots, capacity: this.capacity, bytes: this.slots * this.capacity * L * 2 * H * hd * 4 };
   }
 
   clear(): void {
-    this.slots = [];
+    this.rows = [];
     this.layers = [];
+    this.slots = 0;
     this.capacity = 0;
+    this.bias = new Float32Array(0);
+    this.positions = new BigInt64Array(0);
     this.version++;
   }
 
-  /** Frees the slots of `seqs`; repacks only a batch left three-quarters idle. Returns bytes copied. */
+  /**
+   * Drops the rows of `seqs`: the last rows move into the holes, then the buffers shrink if load
+   * fell far enough. Returns bytes copied.
+   */
   remove(seqs: Set<number>): number {
-    if (seqs.size === 0) return 0;
-    this.slots = this.slots.map((r) => (r && seqs.has(r.seq) ? null : r));
+    const leaving = this.rows.filter((r) => seqs.has(r.seq)).length;
+    if (leaving === 0) return 0;
     this.version++;
-    const live = this.live.length;
-    if (live === 0) {
+    const k = this.rows.length - leaving;
+    if (k === 0) {
       this.clear();
       return 0;
     }
-    return live * 4 < this.slots.length && this.slots.length > 8 ? this.resize(Math.ceil(live * 1.25), this.capacity, true) : 0;
+    const holes = this.rows.flatMap((r, i) => (i < k && seqs.has(r.seq) ? [i] : []));
+    const movers = this.rows.flatMap((r, i) => (i >= k && !seqs.has(r.seq) ? [i] : []));
+    let bytes = 0;
+    holes.forEach((to, j) => {
+      bytes += this.move(movers[j], to);
+      this.rows[to] = this.rows[movers[j]];
+    });
+    this.rows.length = k;
+    // Shrink only where at most a quarter is used, and only to half or less: a copy of every row
+    // must buy a real saving, and the target leaves room to grow before the next resize.
+    const longest = Math.max(...this.rows.map((r) => r.count));
+    const slots = k * 4 <= this.slots && this.slots > MIN_SHRINK_SLOTS ? slotsFor(k) : this.slots;
+    const fewer = Math.max(longest + HEADROOM, 2 * longest);
+    const cap = longest * 4 <= this.capacity && fewer * 2 <= this.capacity ? fewer : this.capacity;
+    if (slots !== this.slots || cap !== this.capacity) bytes += this.resize(slots, cap);
+    return bytes;
   }
 
-  /** Writes joining rows into free slots, adding slots or columns first when needed. Returns bytes copied. */
+  /** Writes joining rows into the next slots, adding slots or columns first when needed. Returns bytes copied. */
   place(entries: Entry[]): number {
     if (entries.length === 0) return 0;
     let bytes = 0;
     const longest = Math.max(...entries.map(count));
-    let free = this.freeSlots();
-    if (free.length < entries.length || longest >= this.capacity) {
-      const slots = this.slots.length + Math.max(0, entries.length - free.length + Math.ceil((this.live.length + entries.length) / 4));
-      bytes += this.resize(slots, Math.max(this.capacity, longest + HEADROOM), false);
-      free = this.freeSlots();
+    const n = this.rows.length + entries.length;
+    if (n > this.slots || longest >= this.capacity) {
+      bytes += this.resize(n > this.slots ? slotsFor(n) : this.slots, Math.max(this.capacity, longest + HEADROOM));
     }
-    entries.forEach((e, k) => {
-      bytes += this.write(free[k], e.segments);
-      this.slots[free[k]] = { ...e.keep, count: count(e) };
-    });
+    for (const e of entries) {
+      const slot = this.rows.length;
+      bytes += this.write(slot, e.segments);
+      const row = { ...e.keep, count: count(e) };
+      this.rows.push(row);
+      this.fillRow(slot, row);
+    }
     this.version++;
     return bytes;
   }
 
-  private freeSlots(): number[] {
-    return this.slots.flatMap((r, i) => (r === null ? [i] : []));
-  }
-
-  /**
-   * New buffers of `slots` × `capacity`. Live rows keep their columns; `pack` also moves them to the
-   * first slots (dropping idle ones), else every row keeps its slot index.
-   */
-  private resize(slots: number, capacity: number, pack: boolean): number {
-    const { kvHeads: H, headDim: hd } = this.c;
+  /** New buffers of `slots` × `capacity`; live rows keep their slot and columns. Returns bytes copied. */
+  private resize(slots: number, capacity: number): number {
+    const { kvHeads: H, headDim: hd, layers: L } = this.c;
     const old = { layers: this.layers, cols: this.capacity };
-    const moves = this.slots.flatMap((r, i) => (r ? [{ row: r, from: i }] : []));
-    const next: (RunningRow | null)[] = pack ? moves.map((m) => m.row) : [...this.slots];
-    while (next.length < slots) next.push(null);
-    this.layers = this.layers.length
-      ? this.layers.map(() => ({ keys: new Float32Array(slots * H * hd * capacity), values: new Float32Array(slots * H * capacity * hd) }))
-      : Array.from({ length: this.c.layers }, () => ({ keys: new Float32Array(slots * H * hd * capacity), values: new Float32Array(slots * H * capacity * hd) }));
-    this.slots = next;
+    this.layers = Array.from({ length: L }, () => ({ keys: new Float32Array(slots * H * hd * capacity), values: new Float32Array(slots * H * capacity * hd) }));
+    this.slots = slots;
     this.capacity = capacity;
+    this.bias = new Float32Array(slots * (capacity + 1));
+    this.positions = new BigInt64Array(slots);
     let bytes = 0;
-    moves.forEach((m, k) => {
-      bytes += this.write(pack ? k : m.from, [{ kv: old.layers, cols: old.cols, row: m.from, from: 0, to: m.row.count }]);
+    this.rows.forEach((row, r) => {
+      bytes += this.write(r, [{ kv: old.layers, cols: old.cols, row: r, from: 0, to: row.count }]);
+      this.fillRow(r, row);
     });
-    this.version++;
     return bytes;
+  }
+
+  /** Slot `r`'s bias (its columns visible, the rest masked, the step's own column visible) and position. */
+  private fillRow(r: number, row: RunningRow): void {
+    const T = this.capacity + 1;
+    this.bias.fill(0, r * T, r * T + row.count);
+    this.bias.fill(NEG, r * T + row.count, r * T + this.capacity);
+    this.bias[r * T + this.capacity] = 0;
+    this.positions[r] = BigInt(Math.min(row.position, this.c.nPositions - 1));
+  }
+
+  /** Moves slot `from`'s used columns, bias and position into slot `to`. Returns bytes copied. */
+  private move(from: number, to: number): number {
+    const { kvHeads: H, headDim: hd } = this.c;
+    const cap = this.capacity;
+    const n = this.rows[from].count;
+    for (const { keys, values } of this.layers) {
+      for (let h = 0; h < H; h++) {
+        const v = (from * H + h) * cap * hd;
+        values.copyWithin((to * H + h) * cap * hd, v, v + n * hd);
+        for (let d = 0; d < hd; d++) {
+          const k = ((from * H + h) * hd + d) * cap;
+          keys.copyWithin(((to * H + h) * hd + d) * cap, k, k + n);
+        }
+      }
+    }
+    const T = cap + 1;
+    this.bias.copyWithin(to * T, from * T, (from + 1) * T);
+    this.positions[to] = this.positions[from];
+    return n * this.layers.length * 2 * H * hd * 4;
   }
 
   /** Copies segments, in order, into columns 0.. of `slot`. */
@@ -146,36 +222,37 @@ export class KvBatch {
     return at * this.layers.length * 2 * H * hd * 4;
   }
 
-  /** Feeds of one decode step over every slot: the whole buffers, each row's unused columns masked. */
+  /**
+   * Feeds of one decode step over the live rows only: views of the first `rows.length` slots of
+   * the kept buffers (no copy, nothing rebuilt).
+   */
   stepFeeds(): { attnBias: ort.Tensor; positions: ort.Tensor; past: Record<string, ort.Tensor> } {
     const { kvHeads: H, headDim: hd } = this.c;
-    const B = this.slots.length;
-    const T = this.capacity + 1;
-    const bias = new Float32Array(B * T);
-    const positions = new BigInt64Array(B);
-    this.slots.forEach((row, r) => {
-      bias.fill(NEG, r * T + (row?.count ?? 0), r * T + this.capacity);
-      positions[r] = BigInt(Math.min(row?.position ?? 0, this.c.nPositions - 1));
-    });
+    const B = this.rows.length;
+    const cap = this.capacity;
+    const T = cap + 1;
     const past: Record<string, ort.Tensor> = {};
     this.layers.forEach((kv, l) => {
-      past[`past_key_${l}`] = new ort.Tensor('float32', kv.keys, [B, H, hd, this.capacity]);
-      past[`past_value_${l}`] = new ort.Tensor('float32', kv.values, [B, H, this.capacity, hd]);
+      past[`past_key_${l}`] = new ort.Tensor('float32', kv.keys.subarray(0, B * H * hd * cap), [B, H, hd, cap]);
+      past[`past_value_${l}`] = new ort.Tensor('float32', kv.values.subarray(0, B * H * cap * hd), [B, H, cap, hd]);
     });
-    return { attnBias: new ort.Tensor('float32', bias, [B, 1, 1, T]), positions: new ort.Tensor('int64', positions, [B, 1]), past };
+    return {
+      attnBias: new ort.Tensor('float32', this.bias.subarray(0, B * T), [B, 1, 1, T]),
+      positions: new ort.Tensor('int64', this.positions.subarray(0, B), [B, 1]),
+      past,
+    };
   }
 
-  /** Appends a decode step's keys [B, H, hd, 1] and values [B, H, 1, hd], each row at its own next column. */
+  /** Appends a decode step's keys [B, H, hd, 1] and values [B, H, 1, hd] (B: the live rows), each row at its own next column. */
   append(newKv: LayerKv[]): number {
     const { kvHeads: H, headDim: hd } = this.c;
     // Full: double the columns (one copy, amortised over as many steps as it adds).
-    const full = this.live.some((r) => r.count === this.capacity);
-    const bytes = full ? this.resize(this.slots.length, Math.min(2 * this.capacity, this.c.nPositions), false) : 0;
+    const full = this.rows.some((r) => r.count === this.capacity);
+    const bytes = full ? this.resize(this.slots, Math.min(2 * this.capacity, this.c.nPositions)) : 0;
     const cap = this.capacity;
     newKv.forEach((kv, l) => {
       const { keys, values } = this.layers[l];
-      this.slots.forEach((row, b) => {
-        if (!row) return;
+      this.rows.forEach((row, b) => {
         const t = row.count;
         for (let h = 0; h < H; h++) {
           const bh = b * H + h;
@@ -184,10 +261,13 @@ export class KvBatch {
         }
       });
     });
-    for (const row of this.live) {
+    const T = cap + 1;
+    this.rows.forEach((row, r) => {
+      this.bias[r * T + row.count] = 0;
       row.count += 1;
       row.position += 1;
-    }
+      this.positions[r] = BigInt(Math.min(row.position, this.c.nPositions - 1));
+    });
     return bytes;
   }
 }

@@ -52,6 +52,7 @@ export class StepRunner {
     }
     let runMs = 0;
     let kvBytes = 0;
+    let padded = 0;
     const timed = async (feeds: Record<string, ort.Tensor>) => {
       const t = performance.now();
       const out = await this.session.run(feeds);
@@ -86,6 +87,7 @@ export class StepRunner {
         ...plan.score.map((s) => this.scoreItem(s.adapter, s.context, s.targets)),
       ];
       const layout = prefillFeeds(this.ctx, items);
+      padded = layout.S * items.length - layout.length.reduce((n, l) => n + l, 0);
       // Logit rows in logit_index order: one per new sequence, then each score row's targets.
       const headRows: HeadRow[] = plan.prefill.map((s) => {
         this.sampling.set(s.seq, s.sampling);
@@ -104,7 +106,8 @@ export class StepRunner {
       });
       if (plan.prefill.length > 0) kvBytes += this.batch.place(this.joining(plan.prefill, out, layout));
     }
-    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes, promptKv: { hits: this.pastKv.hits - before.hits, misses: this.pastKv.misses - before.misses } };
+    const promptKv = { hits: this.pastKv.hits - before.hits, misses: this.pastKv.misses - before.misses };
+    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes, promptKv, paddedTokens: padded, kv: this.batch.stats };
   }
 
   private adapter(key: string | null): AdapterTensors | null {
@@ -140,36 +143,31 @@ export class StepRunner {
     return { adapter, tokens, logitAt, past };
   }
 
+  /** One decode step over the live rows only (packed in the batch's first slots); spare slots are never computed. */
   private async decode(plan: StepPlan, run: (f: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
     const wanted = new Map(plan.decode.map((d) => [d.seq, d]));
-    const slots = this.batch.slots;
     const live = this.batch.live;
     if (live.length !== wanted.size || live.some((r) => !wanted.has(r.seq))) {
       throw new Error(`decode plan names ${wanted.size} sequences but ${live.length} are running, or names others`);
     }
     const { hidden: D, vocabSize: V, layers: L } = this.ctx.base.config;
-    const embeds = new Float32Array(slots.length * D);
-    slots.forEach((row, r) => row && this.ctx.embed(embeds, r * D, wanted.get(row.seq)!.token));
+    const B = live.length;
+    const embeds = new Float32Array(B * D);
+    live.forEach((row, r) => this.ctx.embed(embeds, r * D, wanted.get(row.seq)!.token));
     const { attnBias, positions, past } = this.batch.stepFeeds();
     if (this.rowFeedsVersion !== this.batch.version) {
-      const owners = slots.map((r) => r?.adapter ?? null);
+      const owners = live.map((r) => r.adapter);
       this.rowFeeds = { ...this.ctx.biasFeeds(owners), ...this.ctx.adapterFeeds(owners) };
       this.rowFeedsVersion = this.batch.version;
     }
-    // Logits (the LM head, the sampling head) only for live slots: empty ones would be thrown away.
-    const liveSlots: number[] = [];
-    const headRows: HeadRow[] = [];
-    slots.forEach((row, r) => {
-      if (!row) return;
-      liveSlots.push(r);
-      headRows.push({ seq: row.seq, sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq) });
-    });
+    // Live rows are packed in the first B slots: every computed row needs its logits.
+    const headRows: HeadRow[] = live.map((row) => ({ seq: row.seq, sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq) }));
     const head = new StepHead(headRows, V, this.graphHead, this.nucleus);
     const out = await run({
-      inputs_embeds: new ort.Tensor('float32', embeds, [slots.length, 1, D]),
+      inputs_embeds: new ort.Tensor('float32', embeds, [B, 1, D]),
       position_ids: positions,
       attn_bias: attnBias,
-      logit_index: new ort.Tensor('int64', BigInt64Array.from(liveSlots, BigInt), [liveSlots.length]),
+      logit_index: new ort.Tensor('int64', BigInt64Array.from(live, (_, r) => BigInt(r)), [B]),
       ...past,
       ...this.rowFeeds,
       ...head.feeds(),

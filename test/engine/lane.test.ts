@@ -2,6 +2,8 @@ import { pino } from 'pino';
 import t from 'tap';
 import type { GenerateJob } from '../../src/engine/jobs.js';
 import { Lane } from '../../src/engine/lane.js';
+import { place } from '../../src/engine/engine.js';
+import { fakeResult } from './fake-executor.js';
 import { WorkerCrashedError } from '../../src/executor/executor.js';
 import { FakeExecutor } from './fake-executor.js';
 
@@ -23,8 +25,8 @@ function job(maxTokens: number, onToken?: GenerateJob['onToken']): { job: Genera
   return { job: j, outcome };
 }
 
-function lane(exec = new FakeExecutor()) {
-  const l = new Lane(exec.asExecutor(), { maxBatchSize: 8, maxBatchTokens: 1000, maxWorkerAdapters: 8, batchWaitMs: 0 }, log, () => {});
+function lane(exec = new FakeExecutor(), batchWaitMs = 0) {
+  const l = new Lane(exec.asExecutor(), { maxBatchSize: 8, maxBatchTokens: 1000, maxWorkerAdapters: 8, batchWaitMs }, log, () => {});
   l.start();
   t.teardown(() => l.stop(new Error('test over')));
   return { l, exec };
@@ -92,4 +94,54 @@ t.test('a crashed step fails the rows it held with worker_crashed; queued reques
   l.enqueue(later.job);
   t.equal(await later.outcome, 'ok');
   t.ok(exec.plans.at(-1)!.reset || exec.plans.some((p) => p.reset), 'the next plan resets the worker batch');
+});
+
+t.test('BATCH_WAIT_MS: a lone request runs at once; a request right behind another waits for company', async (t) => {
+  const { l, exec } = lane(new FakeExecutor(), 50);
+  const lone = job(2);
+  l.enqueue(lone.job);
+  t.equal(await lone.outcome, 'ok');
+  t.same(l.batchWait, { waited: 0, skipped: 1 }, 'the lone request did not wait');
+  // Idle again long after: still alone.
+  await new Promise((r) => setTimeout(r, 300));
+  const later = job(2);
+  l.enqueue(later.job);
+  t.equal(await later.outcome, 'ok');
+  t.same(l.batchWait, { waited: 0, skipped: 2 });
+  // Two requests arriving together while the lane is idle: the first waits, and both share one prefill.
+  await new Promise((r) => setTimeout(r, 300));
+  const plans = exec.plans.length;
+  const a = job(2);
+  const b = job(2);
+  l.enqueue(a.job);
+  l.enqueue(b.job);
+  t.same(await Promise.all([a.outcome, b.outcome]), ['ok', 'ok']);
+  t.same(l.batchWait, { waited: 1, skipped: 2 }, 'company was likely: it waited once');
+  t.equal(exec.plans[plans].prefill.length, 2, 'both prefilled in the first step');
+});
+
+t.test('the lane keeps the worker\'s latest KV batch stats', async (t) => {
+  const exec = new FakeExecutor();
+  const { l } = lane(exec);
+  exec.next = (plan) => ({ ...fakeResult(plan), kv: { rows: 1, slots: 2, capacity: 40, bytes: 1234 } });
+  const j = job(3);
+  l.enqueue(j.job);
+  t.equal(await j.outcome, 'ok');
+  t.same(l.kv, { rows: 1, slots: 2, capacity: 40, bytes: 1234 });
+});
+
+t.test('placement: under low load work packs on one lane, above it spreads to the least loaded', async (t) => {
+  const lanes = [0, 1, 2].map(() => new Lane(new FakeExecutor().asExecutor(), { maxBatchSize: 8, maxBatchTokens: 1000, maxWorkerAdapters: 8, batchWaitMs: 0 }, log, () => {}));
+  const put = (rows = 1) => {
+    const target = place(lanes, rows);
+    target.enqueue(job(1).job);
+    return lanes.indexOf(target);
+  };
+  t.equal(put(), 0);
+  t.equal(put(), 0, 'two sequences in all: the second joins the first one\'s lane');
+  t.equal(put(), 1, 'a third spreads to an idle lane');
+  t.equal(put(), 2);
+  t.equal(put(), 1);
+  t.same(lanes.map((l) => l.load), [2, 2, 1]);
+  t.equal(place([lanes[2], lanes[1]], 1), lanes[2], 'least loaded when above the low-load bound');
 });

@@ -24,14 +24,13 @@ function entry(id: number, n: number): Entry {
   return { keep: { seq: id, adapter: null, position: n }, segments: [{ kv, cols: n, row: 0, from: 0, to: n }] };
 }
 
-/** One decode step's new keys/values for every slot: row `id` gets column value val(id, ..., col). */
+/** One decode step's new keys/values for the live rows (what the graph returns): row `id` gets val(id, ..., col). */
 function step(b: KvBatch): LayerKv[] {
-  const B = b.slots.length;
+  const B = b.rows.length;
   return Array.from({ length: L }, (_, l) => {
     const keys = new Float32Array(B * H * hd);
     const values = new Float32Array(B * H * hd);
-    b.slots.forEach((row, s) => {
-      if (!row) return;
+    b.rows.forEach((row, s) => {
       for (let h = 0; h < H; h++) for (let d = 0; d < hd; d++) keys[(s * H + h) * hd + d] = values[(s * H + h) * hd + d] = val(row.seq, l, h, d, row.count);
     });
     return { keys, values };
@@ -42,8 +41,7 @@ function step(b: KvBatch): LayerKv[] {
 function mismatches(b: KvBatch): string[] {
   const bad: string[] = [];
   const cap = b.capacity;
-  b.slots.forEach((row, s) => {
-    if (!row) return;
+  b.rows.forEach((row, s) => {
     for (let l = 0; l < L; l++) for (let h = 0; h < H; h++) for (let d = 0; d < hd; d++) for (let j = 0; j < row.count; j++) {
       const want = val(row.seq, l, h, d, j);
       if (b.layers[l].keys[((s * H + h) * hd + d) * cap + j] !== want) bad.push(`key seq ${row.seq} l${l} h${h} d${d} col ${j}`);
@@ -53,22 +51,69 @@ function mismatches(b: KvBatch): string[] {
   return bad;
 }
 
-t.test('a row joins a freed slot beside live rows; the live rows are untouched', async (t) => {
+/** Checks the kept bias and positions of every live row against what they must be, computed afresh. */
+function feedMismatches(b: KvBatch): string[] {
+  const { attnBias, positions } = b.stepFeeds();
+  const T = b.capacity + 1;
+  const bias = attnBias.data as Float32Array;
+  const pos = positions.data as BigInt64Array;
+  const bad: string[] = [];
+  b.rows.forEach((row, r) => {
+    for (let j = 0; j < T; j++) {
+      const want = j < row.count || j === b.capacity ? 0 : -1e9;
+      if (bias[r * T + j] !== Math.fround(want)) bad.push(`bias seq ${row.seq} col ${j}: ${bias[r * T + j]}`);
+    }
+    if (Number(pos[r]) !== row.position) bad.push(`position seq ${row.seq}: ${pos[r]} != ${row.position}`);
+  });
+  return bad;
+}
+
+const rowBytes = (n: number) => n * L * 2 * H * hd * 4;
+const seqs = (b: KvBatch) => b.rows.map((r) => r.seq);
+
+t.test('a row leaving from the middle: the last row moves into its slot, KV and position intact', async (t) => {
   const b = new KvBatch(c);
-  b.place([entry(1, 3), entry(2, 5), entry(3, 4)]);
+  b.place([entry(1, 3), entry(2, 5), entry(3, 4), entry(4, 6)]);
   b.append(step(b));
-  const slotOf = (seq: number) => b.slots.findIndex((r) => r?.seq === seq);
-  const before = { one: slotOf(1), three: slotOf(3), two: slotOf(2) };
-  b.remove(new Set([2]));
-  t.equal(b.slots[before.two], null, 'the leaving row freed its slot');
-  const copied = b.place([entry(4, 6)]);
-  t.equal(slotOf(4), before.two, 'the joining row took the free slot');
-  t.equal(slotOf(1), before.one);
-  t.equal(slotOf(3), before.three);
-  t.equal(copied, 6 * L * 2 * H * hd * 4, 'only the joining row was copied');
-  b.append(step(b));
+  t.same(seqs(b), [1, 2, 3, 4], 'joining rows take the next slots in order');
+  const version = b.version;
+  const copied = b.remove(new Set([2]));
+  t.same(seqs(b), [1, 4, 3], 'the last row took the hole');
+  t.equal(copied, rowBytes(7), "one row's used columns were copied, nothing else");
+  t.ok(b.version > version, 'slot owners changed: cached per-slot feeds are stale');
   t.same(mismatches(b), []);
-  t.same(b.live.map((r) => [r.seq, r.count, r.position]), [[1, 5, 5], [4, 7, 7], [3, 6, 6]].sort((x, y) => slotOf(x[0]) - slotOf(y[0])));
+  t.same(feedMismatches(b), []);
+  b.append(step(b));
+  t.same(mismatches(b), [], 'the moved row appends at its own next column');
+  t.same(b.rows.map((r) => [r.seq, r.count, r.position]), [[1, 5, 5], [4, 8, 8], [3, 6, 6]]);
+  t.same(feedMismatches(b), []);
+});
+
+t.test('several rows leave at once: survivors fill the holes, the last rows leaving copy nothing', async (t) => {
+  const b = new KvBatch(c);
+  b.place([1, 2, 3, 4, 5, 6].map((id) => entry(id, id)));
+  t.equal(b.remove(new Set([5, 6])), 0, 'rows leaving from the end move nothing');
+  t.same(seqs(b), [1, 2, 3, 4]);
+  const copied = b.remove(new Set([1, 3]));
+  t.same(seqs(b).sort(), [2, 4]);
+  t.equal(copied, rowBytes(4), 'only row 4 moved (into slot 0)');
+  t.same(mismatches(b), []);
+  t.same(feedMismatches(b), []);
+});
+
+t.test('decode feeds cover only the live rows, not the spare slots', async (t) => {
+  const b = new KvBatch(c);
+  b.place([entry(1, 2), entry(2, 5), entry(3, 1), entry(4, 3)]);
+  t.ok(b.slots > b.rows.length, 'spare slots are allocated for joining rows');
+  b.remove(new Set([3]));
+  const { attnBias, positions, past } = b.stepFeeds();
+  t.same(attnBias.dims, [3, 1, 1, b.capacity + 1]);
+  t.same(positions.dims, [3, 1]);
+  t.same(past.past_key_0.dims, [3, H, hd, b.capacity]);
+  t.same(past.past_value_1.dims, [3, H, b.capacity, hd]);
+  t.equal((past.past_key_0.data as Float32Array).length, 3 * H * hd * b.capacity);
+  t.equal(b.stats.rows, 3);
+  t.equal(b.stats.bytes, b.slots * b.capacity * L * 2 * H * hd * 4);
 });
 
 t.test('capacity doubles past 32 steps, keeping every column', async (t) => {
@@ -87,8 +132,9 @@ t.test('capacity doubles past 32 steps, keeping every column', async (t) => {
     } else t.equal(bytes, 0, 'a plain decode step copies nothing but the new column');
   }
   t.equal(resized, 1);
-  t.equal(b.live.find((r) => r.seq === 1)!.count, 42);
+  t.equal(b.rows.find((r) => r.seq === 1)!.count, 42);
   t.same(mismatches(b), []);
+  t.same(feedMismatches(b), [], 'bias and positions kept step by step match a fresh computation');
 });
 
 t.test('step feeds: each row masks its unused columns and sits at its own position', async (t) => {
@@ -97,17 +143,69 @@ t.test('step feeds: each row masks its unused columns and sits at its own positi
   const { attnBias, positions } = b.stepFeeds();
   const T = b.capacity + 1;
   const bias = attnBias.data as Float32Array;
-  const slot1 = b.slots.findIndex((r) => r?.seq === 1);
-  t.equal(bias[slot1 * T + 1], 0, 'a used column is visible');
-  t.ok(bias[slot1 * T + 2] < -1e8, 'an unused column is masked');
-  t.equal(bias[slot1 * T + b.capacity], 0, "the step's own column is visible");
-  t.equal(Number((positions.data as BigInt64Array)[slot1]), 2);
+  t.equal(bias[0 * T + 1], 0, 'a used column is visible');
+  t.ok(bias[0 * T + 2] < -1e8, 'an unused column is masked');
+  t.equal(bias[0 * T + b.capacity], 0, "the step's own column is visible");
+  t.equal(Number((positions.data as BigInt64Array)[0]), 2);
+  b.append(step(b));
+  const after = b.stepFeeds().attnBias.data as Float32Array;
+  t.equal(after[0 * T + 2], 0, "the column the step appended is now visible");
+  t.ok(after[0 * T + 3] < -1e8);
+});
+
+t.test('slots shrink when load falls, grow again when it rises, and do not thrash', async (t) => {
+  const b = new KvBatch(c);
+  const ids = Array.from({ length: 40 }, (_, i) => i + 1);
+  b.place(ids.map((id) => entry(id, 3)));
+  t.equal(b.slots, 50, '40 rows and a quarter spare');
+  b.remove(new Set(ids.slice(25, 40)));
+  t.equal(b.slots, 50, 'half the slots idle: kept');
+  b.remove(new Set(ids.slice(13, 25)));
+  t.equal(b.rows.length, 13);
+  t.equal(b.slots, 50, 'three quarters idle, but more than a quarter live: kept');
+  const bytes = b.remove(new Set([ids[12]]));
+  t.equal(b.rows.length, 12);
+  t.equal(b.slots, 15, 'at most a quarter live: shrunk to the rows and a quarter spare');
+  t.equal(bytes, rowBytes(3) * 12, 'the shrink copied each live row once');
+  t.same(mismatches(b), []);
+  t.same(feedMismatches(b), []);
+  b.remove(new Set([ids[11]]));
+  t.equal(b.slots, 15, 'one more row leaving does not shrink again (hysteresis)');
+  b.place([101, 102, 103, 104].map((id) => entry(id, 3)));
+  t.equal(b.slots, 15, 'joining rows fill the spare slots first');
+  b.place([entry(105, 3)]);
+  t.equal(b.slots, 20, 'past the slots: grown to the rows and a quarter spare');
+  t.same(mismatches(b), []);
+  t.same(feedMismatches(b), []);
+});
+
+t.test('columns shrink when the longest row uses a quarter of them, and grow again', async (t) => {
+  const b = new KvBatch(c);
+  b.place([entry(1, 200), entry(2, 10), entry(3, 12)]);
+  t.equal(b.capacity, 232);
+  b.append(step(b));
+  b.remove(new Set([3]));
+  t.equal(b.capacity, 232, 'the longest row still uses most columns');
+  const bytes = b.remove(new Set([1]));
+  t.equal(b.capacity, 11 + 32, 'shrunk to the longest row and 32 columns of headroom');
+  t.equal(bytes, 2 * rowBytes(11), 'row 2 moved into the hole, then the shrink copied it once');
+  t.same(mismatches(b), []);
+  t.same(feedMismatches(b), []);
+  for (let i = 0; i < 40; i++) b.append(step(b));
+  t.equal(b.capacity, 86, 'grew again by doubling');
+  t.same(mismatches(b), []);
+  t.same(feedMismatches(b), []);
+  b.place([entry(4, 5)]);
+  b.remove(new Set([4]));
+  t.equal(b.capacity, 86, 'the longest row (51 columns) uses over a quarter: kept');
 });
 
 t.test('the last row leaving clears the batch', async (t) => {
   const b = new KvBatch(c);
   b.place([entry(1, 2)]);
   b.remove(new Set([1]));
-  t.equal(b.slots.length, 0);
+  t.equal(b.slots, 0);
+  t.equal(b.rows.length, 0);
   t.equal(b.capacity, 0);
+  t.same(b.stats, { rows: 0, slots: 0, capacity: 0, bytes: 0 });
 });

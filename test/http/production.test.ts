@@ -49,6 +49,47 @@ t.test('metrics: queue, batches, latencies, per-task counters folded past the li
   t.notMatch(text, /squat/, 'made-up task ids have no series');
 });
 
+t.test('metrics: step forward and host time, rows by kind, prefill padding, KV batch gauges move', async (t) => {
+  const server = await startServer({ WORKERS: '1' });
+  t.teardown(() => server.close());
+  const before = await server.app.inject('/metrics');
+  t.match(before.body, /^sps_step_forward_ms_count 0$/m);
+  // Two prompts of different lengths in one request: one prefill step pads the shorter one.
+  const res = await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'base', prompt: ['love', 'In the beginning God created'], max_tokens: 4, temperature: 0 } });
+  t.equal(res.statusCode, 200);
+  const text = (await server.app.inject('/metrics')).body;
+  const value = (re: RegExp) => Number(text.match(re)?.[1] ?? NaN);
+  t.ok(value(/^sps_step_forward_ms_count (\d+)$/m) >= 4, 'every step observed');
+  t.equal(value(/^sps_step_host_ms_count (\d+)$/m), value(/^sps_step_forward_ms_count (\d+)$/m));
+  t.ok(value(/^sps_step_forward_ms_sum (\S+)$/m) > 0);
+  t.ok(value(/^sps_step_rows_count\{kind="decode"\} (\d+)$/m) >= 3, 'decode steps counted');
+  t.ok(value(/^sps_step_rows_sum\{kind="prefill"\} (\d+)$/m) >= 2, 'prefill rows counted');
+  t.ok(value(/^sps_prefill_padded_tokens_total (\d+)$/m) > 0, 'the shorter prompt was padded');
+  for (const name of ['sps_kv_rows', 'sps_kv_slots', 'sps_kv_capacity_columns', 'sps_kv_bytes']) t.match(text, new RegExp(`^${name}\\{worker="0"\\} \\d+`, 'm'), name);
+  // The KV gauges while a request runs, then after it finished (its row dropped, the batch freed).
+  const kv = async () => {
+    const body = (await server.app.inject('/metrics')).body;
+    const g = (name: string) => Number(body.match(new RegExp(`^${name}\\{worker="0"\\} (\\d+)$`, 'm'))?.[1] ?? NaN);
+    return { rows: g('sps_kv_rows'), slots: g('sps_kv_slots'), bytes: g('sps_kv_bytes') };
+  };
+  const long = server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt: 'In the beginning', max_tokens: 200, temperature: 0, ignore_eos: true } });
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  let during = await kv();
+  for (let i = 0; i < 500 && during.rows !== 1; i++) {
+    await sleep(5);
+    during = await kv();
+  }
+  t.equal(during.rows, 1, 'one live row while the request runs');
+  t.ok(during.slots >= 1 && during.bytes > 0, 'its slot and buffers are counted');
+  t.equal((await long).statusCode, 200);
+  let after = await kv();
+  for (let i = 0; i < 500 && after.slots !== 0; i++) {
+    await sleep(5);
+    after = await kv();
+  }
+  t.same(after, { rows: 0, slots: 0, bytes: 0 }, 'the finished row was dropped and the buffers freed');
+});
+
 t.test('graceful shutdown: admitted requests finish, new ones get 503 shutting_down', async (t) => {
   const server = await startServer();
   const inflight = server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: { prompt: 'In the beginning', max_tokens: 200, temperature: 0, ignore_eos: true } });
