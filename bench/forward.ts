@@ -85,7 +85,7 @@ const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${M
 
 /** One measurement: B sequences prefilled with a 64-token prompt into a fresh batch, then 32 decode steps. */
 async function measure(session: ort.InferenceSession, B: number, sampling: Sampling) {
-  const runner = new StepRunner(session, new FeedContext(model.tensors));
+  const runner = new StepRunner(session, new FeedContext(model.tensors), { padEmpty: args.provider === 'webgpu' });
   const tokens = Array.from({ length: PROMPT }, (_, i) => 100 + ((i * 37) % 3000));
   const plan = empty();
   plan.prefill = Array.from({ length: B }, (_, i) => ({ seq: i, adapter: null, tokens, sampling: { ...sampling, seed: i + 1 } }));

@@ -25,6 +25,7 @@ import { parseArgs } from 'node:util';
 import { adapterParser } from '../src/adapters/format.js';
 import { readAdapterFolder } from '../src/adapters/fs-store.js';
 import { Executor } from '../src/executor/executor.js';
+import { fullLogitsFeeds } from '../src/executor/head.js';
 import { FeedContext } from '../src/executor/model-constants.js';
 import { prefillFeeds, virtualTokens, type PrefillItem } from '../src/executor/prefill.js';
 import { loadBaseModel, type BaseModel } from '../src/model/base-model.js';
@@ -171,7 +172,7 @@ async function checkModel(name: string, logLevel: number): Promise<{ rows: Row[]
   const ctx = new FeedContext(model.tensors);
   const items: PrefillItem[] = s.cases.map((c) => ({ adapter: adapterOf(c), tokens: c.ids, logitAt: [virtualTokens(adapterOf(c), 'prompt') + c.ids.length - 1] }));
   const lastLogits = async (batch: PrefillItem[]) => {
-    const data = (await session.run(prefillFeeds(ctx, batch).feeds)).logits.data as Float32Array;
+    const data = (await session.run(fullLogitsFeeds(session, prefillFeeds(ctx, batch).feeds, provider === 'webgpu'))).logits.data as Float32Array;
     return batch.map((_, r) => data.slice(r * V, (r + 1) * V));
   };
   const alone: Float32Array[] = [];
@@ -230,7 +231,8 @@ if (args.probe) {
   const model = loadBaseModel(s.dir, process.env.CACHE_DIR ?? mkdtempSync(join(tmpdir(), 'refcheck-graph-')));
   const session = await ort.InferenceSession.create(model.graphPath, { executionProviders: [provider], graphOptimizationLevel: OPT, intraOpNumThreads: THREADS, logSeverityLevel: 0, logVerbosityLevel: 0 });
   const c = s.cases.find((x) => x.adapter === null)!;
-  const logits = (await session.run(prefillFeeds(new FeedContext(model.tensors), [{ adapter: null, tokens: c.ids, logitAt: [c.ids.length - 1] }]).feeds)).logits.data as Float32Array;
+  const feeds = prefillFeeds(new FeedContext(model.tensors), [{ adapter: null, tokens: c.ids, logitAt: [c.ids.length - 1] }]).feeds;
+  const logits = (await session.run(fullLogitsFeeds(session, feeds, provider === 'webgpu'))).logits.data as Float32Array;
   console.log(`probe: ${provider} session on ${model.dir} ran; base case ${JSON.stringify(c.text)} relative error ${relErr(logits, refLogits(c)).toExponential(2)}`);
   await session.release();
   process.exit(0);

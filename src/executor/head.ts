@@ -65,6 +65,8 @@ export class StepHead {
     private readonly graph: boolean,
     /** Top-p rows' nucleus sizes by seq, kept by the caller from step to step (sizes their TopK). */
     private readonly nucleus = new Map<number, number>(),
+    /** No zero-size feeds (the WebGPU provider crashes on them): an empty index input gets one dummy row, never read. */
+    private readonly padEmpty = false,
   ) {
     this.routes = rows.map((row, n) => {
       const add = (list: number[], at: number[]) => at.push(list.push(n) - 1);
@@ -82,15 +84,16 @@ export class StepHead {
       else this.full.push(-1);
       return route;
     });
-    // k = 0 when no row asks: onnxruntime 1.30's TopK dies of SIGFPE on an empty input with k > 0.
-    this.topCount = this.lpRows.length > 0 ? Math.min(this.topCount, V) : 0;
+    // k = 0 when no row asks: onnxruntime 1.30's TopK dies of SIGFPE on an empty input with k > 0
+    // (a padded lp_rows is never empty, so it takes k = 1).
+    this.topCount = this.lpRows.length > 0 ? Math.min(this.topCount, V) : padEmpty ? 1 : 0;
   }
 
   /** The head's inputs ({} for a 'host'-mode graph). */
   feeds(): Record<string, ort.Tensor> {
     if (!this.graph) return {};
     const sampling = this.sampleRows.map((n) => this.rows[n] as Extract<HeadRow, { seq: number }>);
-    return {
+    const feeds = {
       lp_rows: int64(this.lpRows),
       lp_targets: int64(this.lpRows.map((n) => ('target' in this.rows[n] ? (this.rows[n] as { target: number }).target : 0))),
       top_count: int64([this.topCount]),
@@ -99,6 +102,7 @@ export class StepHead {
       sample_uniform: new ort.Tensor('float64', Float64Array.from(sampling, (r) => uniform(r.sampling.seed, r.step)), [sampling.length]),
       full_rows: int64(this.fullRows),
     };
+    return this.padEmpty ? padHeadFeeds(feeds) : feeds;
   }
 
   /** Chosen tokens (plain rows in order, then one per ensemble group) and score rows' log-probabilities in order. */
@@ -193,9 +197,39 @@ export class StepHead {
  * Feeds that make a graph-head session return full `logits` for every picked row, as a 'host'-mode
  * graph does: for tests and tools that read logits straight from session.run.
  */
-export function fullLogitsFeeds(session: ort.InferenceSession, feeds: Record<string, ort.Tensor>): Record<string, ort.Tensor> {
+export function fullLogitsFeeds(session: ort.InferenceSession, feeds: Record<string, ort.Tensor>, padEmpty = false): Record<string, ort.Tensor> {
   if (!session.inputNames.includes('full_rows')) return feeds;
   const n = Number(feeds.logit_index.dims[0]);
   const none = new ort.Tensor('float64', new Float64Array(0), [0]);
-  return { ...feeds, lp_rows: int64([]), lp_targets: int64([]), top_count: int64([0]), sample_rows: int64([]), sample_temperature: none, sample_uniform: none, full_rows: int64(Array.from({ length: n }, (_, i) => i)) };
+  const head = { lp_rows: int64([]), lp_targets: int64([]), top_count: int64([0]), sample_rows: int64([]), sample_temperature: none, sample_uniform: none, full_rows: int64(Array.from({ length: n }, (_, i) => i)) };
+  return { ...feeds, ...(padEmpty ? padHeadFeeds(head) : head) };
+}
+
+/**
+ * The head's row-index feeds with every empty one given one dummy row (index 0, target 0,
+ * temperature 1, uniform 0; top_count 1 with a dummy lp row), whose outputs nobody reads: for the
+ * WebGPU provider, which crashes on zero-size inputs. Index 0 needs a picked row: see padLogitIndex.
+ * Not on the CPU: a dummy sample row costs a 50k-wide float64 softmax and cumulative sum per step.
+ */
+export function padHeadFeeds<F extends Record<string, ort.Tensor>>(feeds: F): F {
+  const empty = (name: string) => Number(feeds[name].dims[0]) === 0;
+  const out: Record<string, ort.Tensor> = { ...feeds };
+  if (empty('lp_rows')) {
+    out.lp_rows = int64([0]);
+    out.lp_targets = int64([0]);
+    out.top_count = int64([Math.max(1, Number((feeds.top_count.data as BigInt64Array)[0]))]);
+  }
+  if (empty('sample_rows')) {
+    out.sample_rows = int64([0]);
+    out.sample_temperature = new ort.Tensor('float64', Float64Array.of(1), [1]);
+    out.sample_uniform = new ort.Tensor('float64', Float64Array.of(0), [1]);
+  }
+  if (empty('full_rows')) out.full_rows = int64([0]);
+  return out as F;
+}
+
+/** `logit_index` with one dummy row (position 0) where it is empty (a run that wants no logits), for padHeadFeeds' index 0. */
+export function padLogitIndex(feeds: Record<string, ort.Tensor>): Record<string, ort.Tensor> {
+  if (Number(feeds.logit_index.dims[0]) > 0) return feeds;
+  return { ...feeds, logit_index: int64([0]) };
 }

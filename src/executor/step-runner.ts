@@ -1,6 +1,6 @@
 import ort from 'onnxruntime-node';
 import type { AdapterTensors, EnsembleGroup, NewSequence, Sampling, StepPlan, StepResult, TokenChoice } from '../protocol.js';
-import { StepHead, type HeadRow } from './head.js';
+import { padLogitIndex, StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
 import { fedPrompt, prefillFeeds, type PrefillItem, type PrefillLayout } from './prefill.js';
@@ -25,16 +25,22 @@ export class StepRunner {
   private readonly graphHead: boolean;
   /** Soft prompts' and prefixes' KV by adapter key. */
   readonly pastKv: PastKvCache;
+  /** No zero-size feeds: empty index inputs get one dummy row (see padHeadFeeds). */
+  private readonly padEmpty: boolean;
 
-  /** `promptKv` false (PROMPT_KV_CACHE=off): soft prompts are prefilled with every request, for benchmarks. */
+  /**
+   * `promptKv` false (PROMPT_KV_CACHE=off): soft prompts are prefilled with every request, for benchmarks.
+   * `padEmpty`: for the WebGPU provider, which crashes on any zero-size input; the CPU keeps empty feeds (cheaper).
+   */
   constructor(
     private readonly session: ort.InferenceSession,
     private readonly ctx: FeedContext,
-    opts: { promptKv?: boolean } = {},
+    opts: { promptKv?: boolean; padEmpty?: boolean } = {},
   ) {
     this.batch = new KvBatch(ctx.base.config);
     this.graphHead = session.inputNames.includes('sample_rows');
     this.pastKv = new PastKvCache(ctx, opts.promptKv ?? process.env.PROMPT_KV_CACHE !== 'off');
+    this.padEmpty = opts.padEmpty ?? false;
   }
 
   async step(plan: StepPlan): Promise<StepResult> {
@@ -55,7 +61,8 @@ export class StepRunner {
     let padded = 0;
     const timed = async (feeds: Record<string, ort.Tensor>) => {
       const t = performance.now();
-      const out = await this.session.run(feeds);
+      // A run that wants no logits (a soft prompt's KV alone) picks one dummy row, for the padded head's index 0.
+      const out = await this.session.run(this.padEmpty ? padLogitIndex(feeds) : feeds);
       runMs += performance.now() - t;
       return out;
     };
@@ -81,7 +88,7 @@ export class StepRunner {
       const starting = [...plan.prefill.map((s) => s.adapter), ...plan.score.filter((s) => s.context.length > 0).map((s) => s.adapter)];
       const V = this.ctx.base.config.vocabSize;
       // That run needs no logits: the head is fed with no rows.
-      await this.pastKv.prepare(starting.map((key) => this.adapter(key)), (f) => timed({ ...f, ...new StepHead([], V, this.graphHead, this.nucleus).feeds() }));
+      await this.pastKv.prepare(starting.map((key) => this.adapter(key)), (f) => timed({ ...f, ...new StepHead([], V, this.graphHead, this.nucleus, this.padEmpty).feeds() }));
       const items: PrefillItem[] = [
         ...plan.prefill.map((s) => this.prefillItem(s.adapter, s.tokens)),
         ...plan.score.map((s) => this.scoreItem(s.adapter, s.context, s.targets)),
@@ -96,7 +103,7 @@ export class StepRunner {
       });
       const scoreTargets = plan.score.map((s, k) => s.targets.slice(s.targets.length - items[plan.prefill.length + k].logitAt.length));
       for (const targets of scoreTargets) headRows.push(...targets.map((target) => ({ target })));
-      const head = new StepHead(headRows, V, this.graphHead, this.nucleus);
+      const head = new StepHead(headRows, V, this.graphHead, this.nucleus, this.padEmpty);
       const out = await timed({ ...layout.feeds, ...head.feeds() });
       const read = head.read(out);
       tokens.push(...read.chosen);
@@ -162,7 +169,7 @@ export class StepRunner {
     }
     // Live rows are packed in the first B slots: every computed row needs its logits.
     const headRows: HeadRow[] = live.map((row) => ({ seq: row.seq, sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq) }));
-    const head = new StepHead(headRows, V, this.graphHead, this.nucleus);
+    const head = new StepHead(headRows, V, this.graphHead, this.nucleus, this.padEmpty);
     const out = await run({
       inputs_embeds: new ort.Tensor('float32', embeds, [B, 1, D]),
       position_ids: positions,

@@ -53,7 +53,7 @@ async function main(): Promise<void> {
     parentPort!.postMessage({ fatal: `cannot create the ${init.provider} session: ${why}${hint}` });
     return;
   }
-  const runner = new StepRunner(session, new FeedContext(init.base));
+  const runner = new StepRunner(session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu' });
   const rows = new RowCheck(init.base.config);
   parentPort!.postMessage({ ready: true, providers: [init.provider] });
   // Steps are processed one at a time, in order: the runner's KV state is sequential by nature.
