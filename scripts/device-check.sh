@@ -10,6 +10,8 @@
 #   1. the GPU, the driver, the Vulkan ICD;            2. scripts/crosscheck-llama.py (background, CPU);
 #   3. bench/reference-check.js --probe, then every case, --provider webgpu;      4. bench/forward.js cpu vs webgpu, 3 interleaved rounds.
 # A budget (DEVICE_BUDGET_S, default 420 s) skips what would not finish: the run must end inside the call's limit.
+# SKIP_CROSSCHECK=1 and SKIP_FORWARD=1 leave out parts 2 and 4 (then part 3 need not keep DEVICE_RESERVE_S,
+# default 120 s, for them).
 # Rehearse anywhere with OUT=/tmp/x DEVICE_REHEARSAL=1 (no loaders installed into /).
 # `scripts/device-check.sh pack CARRY_DIR` (here, after `npx tsc -p .`) writes all of .devcarry into CARRY_DIR
 # (node.xz and ort.xz only where missing: minutes of xz). The tracked tree is ~34 MB of the 64 MiB that
@@ -87,6 +89,7 @@ PY
 fi
 OUT=${OUT:?OUT must name a folder}
 BUDGET=${DEVICE_BUDGET_S:-420}
+RESERVE=${DEVICE_RESERVE_S:-120}
 # A prefix for every node run, e.g. NODE_WRAP="setarch x86_64 -R" (no address-space randomisation: the
 # webgpu provider segfaulted at its first runs with it on the H200, and ran under a debugger, which turns it off).
 W=${NODE_WRAP:-}
@@ -129,7 +132,7 @@ sha256sum "$ORTLIB" | cut -c1-16
 
 say "2. python cross-check of the Llama reference (background)"
 HERE=$(dirname "$0")
-( PYTHONUNBUFFERED=1 timeout 300 python3 "$HERE/crosscheck-llama.py" --out "$R/r/crosscheck.json" > "$R/r/crosscheck.log" 2>&1; echo "crosscheck exit $?" >> "$R/r/crosscheck.log" ) &
+[ -n "${SKIP_CROSSCHECK:-}" ] && echo "skipped (SKIP_CROSSCHECK)" || ( PYTHONUNBUFFERED=1 timeout 300 python3 "$HERE/crosscheck-llama.py" --out "$R/r/crosscheck.json" > "$R/r/crosscheck.log" 2>&1; echo "crosscheck exit $?" >> "$R/r/crosscheck.log" ) &
 PY=$!
 
 say "3a. webgpu probe: what Dawn picked, where ONNX Runtime placed the nodes (verbose logs)"
@@ -143,7 +146,7 @@ done
 say "3b. reference cases on webgpu, one process per model (a stuck model cannot take the others' time)"
 for m in gpt2:130 tiny-llama:70 tiny-qwen2:70; do
   T=${m#*:}; m=${m%:*}
-  [ $(( $(left) - 120 )) -lt "$T" ] && T=$(( $(left) - 120 ))
+  [ $(( $(left) - RESERVE )) -lt "$T" ] && T=$(( $(left) - RESERVE ))
   if [ "$T" -lt 20 ]; then say "skipped $m: budget"; continue; fi
   timeout "$T" $W "$NODE" dist/bench/reference-check.js --provider webgpu --models $m --out "$R/r/refcheck-webgpu-$m.json" > "$R/r/refcheck-webgpu-$m.log" 2> "$R/r/refcheck-webgpu-$m.err"
   echo "reference-check webgpu $m exit $? after ${SECONDS}s"
@@ -153,6 +156,7 @@ for m in gpt2:130 tiny-llama:70 tiny-qwen2:70; do
 done
 
 pack
+[ -n "${SKIP_FORWARD:-}" ] && [ -n "${SKIP_CROSSCHECK:-}" ] && { say "done (parts 2 and 4 skipped)"; exit 0; }
 say "waiting for the python cross-check"
 wait $PY
 sed -n '/^torch/,/^float64 done/p' "$R/r/crosscheck.log" | head -14
@@ -160,6 +164,7 @@ grep -a -E "Error|error|Traceback" "$R/r/crosscheck.log" | head -10
 sed -n '/^summary/,$p' "$R/r/crosscheck.log"
 
 pack
+[ -n "${SKIP_FORWARD:-}" ] && { say "done (part 4 skipped)"; exit 0; }
 say "4. forward pass, cpu vs webgpu, interleaved rounds"
 for round in 1 2 3; do
   for p in cpu webgpu; do
