@@ -18,12 +18,14 @@ export const LOW_LOAD = 2;
 
 /**
  * The lane for a job of `rows` rows. Under low load (at most LOW_LOAD rows in all lanes, the job's
- * included) the busiest lane, so that one or two sequences share one worker's steps instead of
- * each paying steps of its own; above, the least-loaded lane, which spreads the batch.
+ * included) the busiest lane that can still run them at once (its batch has room), so that one or
+ * two sequences share one worker's steps instead of each paying steps of its own; otherwise the
+ * least-loaded lane, which spreads the batch.
  */
 export function place(lanes: Lane[], rows: number): Lane {
   const total = lanes.reduce((n, l) => n + l.load, 0);
-  if (total + rows <= LOW_LOAD) return lanes.reduce((best, l) => (l.load > best.load ? l : best));
+  const roomy = lanes.filter((l) => l.load + rows <= l.maxBatchSize);
+  if (total + rows <= LOW_LOAD && roomy.length > 0) return roomy.reduce((best, l) => (l.load > best.load ? l : best));
   return lanes.reduce((best, l) => (l.load < best.load ? l : best));
 }
 

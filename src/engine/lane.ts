@@ -68,6 +68,11 @@ export class Lane {
     return this.scheduler.load;
   }
 
+  /** Rows one step of this lane's batch may hold. */
+  get maxBatchSize(): number {
+    return this.opts.maxBatchSize;
+  }
+
   /** False while its worker cannot be started (backing off): no job should be placed here. */
   get canRun(): boolean {
     return this.executor.canRun;

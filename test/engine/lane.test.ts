@@ -145,3 +145,11 @@ t.test('placement: under low load work packs on one lane, above it spreads to th
   t.same(lanes.map((l) => l.load), [2, 2, 1]);
   t.equal(place([lanes[2], lanes[1]], 1), lanes[2], 'least loaded when above the low-load bound');
 });
+
+t.test('placement never packs beyond a lane\'s batch: with MAX_BATCH_SIZE 1 two sequences run on two lanes', async (t) => {
+  const lanes = [0, 1].map(() => new Lane(new FakeExecutor().asExecutor(), { maxBatchSize: 1, maxBatchTokens: 1000, maxWorkerAdapters: 8, batchWaitMs: 0 }, log, () => {}));
+  const first = place(lanes, 1);
+  first.enqueue(job(1).job);
+  const second = place(lanes, 1);
+  t.not(second, first, 'the busiest lane is full: the idle one takes the second sequence');
+});
