@@ -10,7 +10,7 @@
  * (JSON, merged into the server's environment) measures glibc's default, or any other setting.
  */
 import { writeFileSync } from 'node:fs';
-import { machineInfo, memoryBreakdown, startServerProcess, SUPPORTED, type MemoryBreakdown } from '../harness.js';
+import { machineInfo, median, memoryBreakdown, startServerProcess, SUPPORTED, type MemoryBreakdown } from '../harness.js';
 
 const minutes = Number(process.env.SOAK_MINUTES ?? 30);
 const clients = Number(process.env.SOAK_CLIENTS ?? 16);
@@ -90,6 +90,12 @@ const start = afterWarmup[0] ?? samples[0];
 const peak = samples.reduce((m, s) => (s.rss > m.rss ? s : m), samples[0]);
 const last = samples[samples.length - 1];
 const growth = (last.rss - start.rss) / start.rss;
+// One sample can catch a step's transient buffers (tens of MiB at batch 64): the median RSS of the
+// first minute after warm-up against that of the last minute is the steadier measure of creep.
+const medianRss = (from: number, to: number) => median(samples.filter((x) => x.t >= from && x.t < to).map((x) => x.rss));
+const firstMinute = medianRss(start.t, start.t + 60);
+const lastMinute = medianRss(last.t - 60, last.t + 1);
+const medianGrowth = (lastMinute - firstMinute) / firstMinute;
 const kinds = ['brkHeap', 'arenas', 'otherAnon', 'file'] as const;
 const heaps = samples.map((s) => s.heap).filter((h) => Number.isFinite(h));
 const result = {
@@ -103,6 +109,8 @@ const result = {
   statuses: Object.fromEntries(statuses),
   rssMiB: { initial: mb(samples[0].rss), start: mb(start.rss), peak: mb(peak.rss), peakAtS: peak.t, end: mb(last.rss) },
   growthAfterWarmup: growth,
+  minuteMedianRssMiB: { firstAfterWarmup: mb(firstMinute), last: mb(lastMinute) },
+  minuteMedianGrowth: medianGrowth,
   grownAfterWarmupMiB: Object.fromEntries(kinds.map((k) => [k, +mb(last[k] - start[k]).toFixed(1)])),
   jsHeapMiB: { min: mb(Math.min(...heaps)), max: mb(Math.max(...heaps)) },
   samples: samples.map((s) => ({ t: s.t, rssMiB: +mb(s.rss).toFixed(1), brkHeapMiB: +mb(s.brkHeap).toFixed(1), arenasMiB: +mb(s.arenas).toFixed(1), arenaCount: s.arenaCount, otherAnonMiB: +mb(s.otherAnon).toFixed(1), jsHeapMiB: +mb(s.heap).toFixed(1), requests: s.requests })),
@@ -117,9 +125,9 @@ for (let m = 0, i = 0; i < samples.length; m++) {
   if (s === samples[samples.length - 1]) break;
 }
 console.log(`\nsettings: ${JSON.stringify(settings)}${process.env.SOAK_MAIN ? `, server ${process.env.SOAK_MAIN}` : ''}\n`);
-console.log(`| minutes | clients | requests | statuses | RSS start (after ${warmupMinutes} min) | peak | end | growth | JS heap (main) |`);
-console.log('| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |');
+console.log(`| minutes | clients | requests | statuses | RSS start (after ${warmupMinutes} min) | peak | end | growth | growth, 1-min medians | JS heap (main) |`);
+console.log('| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |');
 console.log(
-  `| ${minutes} | ${clients} | ${done} | ${[...statuses].map(([s, n]) => `${s}: ${n}`).join(', ')} | ${mb(start.rss).toFixed(0)} MiB | ${mb(peak.rss).toFixed(0)} MiB | ${mb(last.rss).toFixed(0)} MiB | ${(growth * 100).toFixed(1)} % | ${mb(Math.min(...heaps)).toFixed(0)}–${mb(Math.max(...heaps)).toFixed(0)} MiB |`,
+  `| ${minutes} | ${clients} | ${done} | ${[...statuses].map(([s, n]) => `${s}: ${n}`).join(', ')} | ${mb(start.rss).toFixed(0)} MiB | ${mb(peak.rss).toFixed(0)} MiB | ${mb(last.rss).toFixed(0)} MiB | ${(growth * 100).toFixed(1)} % | ${mb(firstMinute).toFixed(0)} → ${mb(lastMinute).toFixed(0)} MiB, ${(medianGrowth * 100).toFixed(1)} % | ${mb(Math.min(...heaps)).toFixed(0)}–${mb(Math.max(...heaps)).toFixed(0)} MiB |`,
 );
 console.log(`MiB grown after warm-up: ${kinds.map((k) => `${k} ${mb(last[k] - start[k]).toFixed(0)}`).join(', ')}`);
