@@ -7,8 +7,9 @@ import { memoryBreakdown, percentile, startServerProcess, SUPPORTED, type Memory
  * (default 8); the server's RSS is sampled every 15 s, split by kind of mapping (glibc's brk heap,
  * its per-thread arenas, other anonymous mappings, files) so that the growing kind shows. Prints each
  * sample and the growth after warm-up (WARMUP_MINUTES, default 2); SOAK_OUT writes the samples as JSON.
- * Allocator settings are compared by giving them to the server, e.g.
- *   SOAK_ENV='{"MALLOC_ARENA_MAX":"2"}' SOAK_MINUTES=6 node dist/bench/rss-soak.js
+ * The server starts with this process's environment (glibc's defaults unless it sets MALLOC_*, unlike
+ * `npm start`, which ships MALLOC_MMAP_THRESHOLD_=131072); allocator settings are compared with e.g.
+ *   SOAK_ENV='{"MALLOC_MMAP_THRESHOLD_":"131072"}' SOAK_MINUTES=6 node dist/bench/rss-soak.js
  */
 const minutes = Number(process.env.SOAK_MINUTES ?? 8);
 const clients = Number(process.env.SOAK_CLIENTS ?? 16);
