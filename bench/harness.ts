@@ -41,10 +41,80 @@ export function rssBytes(pid: number): number {
   return m ? Number(m[1]) * 1024 : NaN;
 }
 
+/** Resident memory of a process by kind of mapping, in bytes, from /proc/PID/smaps: which kind grows tells a leak from allocator behaviour. */
+export interface MemoryBreakdown {
+  rss: number;
+  /** glibc's main arena (the brk heap). */
+  brkHeap: number;
+  /** glibc's per-thread arenas: anonymous mappings that start on a 64 MiB boundary (HEAP_MAX_SIZE on 64-bit). */
+  arenas: number;
+  arenaCount: number;
+  /** Other anonymous mappings: malloc's mmap chunks (above the mmap threshold), V8 heaps, thread stacks. */
+  otherAnon: number;
+  otherAnonCount: number;
+  /** Mapped files (libraries, the model graph if mapped). */
+  file: number;
+  anonHugePages: number;
+}
+
+export function memoryBreakdown(pid: number): MemoryBreakdown {
+  const m: MemoryBreakdown = { rss: 0, brkHeap: 0, arenas: 0, arenaCount: 0, otherAnon: 0, otherAnonCount: 0, file: 0, anonHugePages: 0 };
+  let kind: 'brk' | 'arena' | 'anon' | 'file' = 'file';
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (head) {
+      const start = BigInt('0x' + head[1]);
+      const path = head[4];
+      if (path === '[heap]') kind = 'brk';
+      else if (path === '' && start % (64n << 20n) === 0n) kind = 'arena';
+      else if (path === '' || path.startsWith('[anon')) kind = 'anon';
+      else kind = 'file';
+      continue;
+    }
+    const field = /^(Rss|AnonHugePages):\s+(\d+) kB/.exec(line);
+    if (!field) continue;
+    const bytes = Number(field[2]) * 1024;
+    if (field[1] === 'AnonHugePages') {
+      m.anonHugePages += bytes;
+      continue;
+    }
+    m.rss += bytes;
+    if (kind === 'brk') m.brkHeap += bytes;
+    else if (kind === 'arena') {
+      m.arenas += bytes;
+      if (bytes > 0) m.arenaCount++;
+    } else if (kind === 'anon') {
+      m.otherAnon += bytes;
+      if (bytes > 0) m.otherAnonCount++;
+    } else m.file += bytes;
+  }
+  return m;
+}
+
 export function percentile(values: number[], p: number): number {
   if (values.length === 0) return NaN;
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+/** Median (the mean of the middle two for an even count): what a table quotes from interleaved rounds. */
+export function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+/** "min–max" of a variant's rounds, so that a table shows how much the machine moved the number. */
+export function spread(xs: number[], digits = 0): string {
+  return `${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}`;
+}
+
+/** One row per variant from its rounds: every numeric column the median of that column. */
+export function medianRow(runs: WorkloadRow[]): WorkloadRow {
+  const row = { ...runs[0] } as WorkloadRow & Record<string, unknown>;
+  for (const [k, v] of Object.entries(runs[0])) if (typeof v === 'number') row[k] = median(runs.map((r) => (r as unknown as Record<string, number>)[k]));
+  return row;
 }
 
 export function machineInfo(): Record<string, string | number> {

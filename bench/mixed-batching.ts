@@ -2,10 +2,13 @@
  * Mixed-task batching against its alternatives, on one fixed workload: 512 generation requests,
  * 32 new tokens each, 32 concurrent clients, over real HTTP (streamed, for time to first token).
  *   (a) one request at a time   (b) batches of one task only   (c) mixed-task batching
- * each at 1, 8 and 64 distinct tasks. Then, with (c): 64 tasks of all six adapter kinds (prompt, P-tuning,
+ * each at 1, 8 and 64 distinct tasks. The machine is noisy, so the three policies alternate in rounds
+ * (a b c a b c …, --rounds, at least 3 for figures worth quoting), each in a fresh server process; the
+ * table gives each policy's median and the min–max of its rounds, and the ratios are of medians.
+ * Then, with (c): 64 tasks of all six adapter kinds (prompt, P-tuning,
  * prefix, BitFit, LoRA, IA3) against 64 prompt-tuning tasks, interleaved in rounds (medians).
  * Also: resident bytes per adapter and RSS with 1,000 adapters.
- *   npm run bench:mixed [-- --requests 512 --clients 32 --kinds-rounds 3] (--tasks '' runs only the kinds workload)
+ *   npm run bench:mixed [-- --requests 512 --clients 32 --rounds 3 --kinds-rounds 3] (--tasks '' runs only the kinds workload)
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,7 +16,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { parseSafetensors } from '../src/model/safetensors.js';
-import { benchPrompts, machineInfo, POLICIES, rssBytes, runWorkload, startServerProcess, SUPPORTED, writeAdapters, type WorkloadRow } from './harness.js';
+import { benchPrompts, machineInfo, median, medianRow, POLICIES, rssBytes, runWorkload, spread, startServerProcess, SUPPORTED, writeAdapters, type WorkloadRow } from './harness.js';
 import { printTable } from './table.js';
 
 const { values: args } = parseArgs({
@@ -23,6 +26,7 @@ const { values: args } = parseArgs({
     tokens: { type: 'string', default: '32' },
     tasks: { type: 'string', default: '1,8,64' },
     adapters: { type: 'string', default: '1000' },
+    rounds: { type: 'string', default: '3' },
     'kinds-rounds': { type: 'string', default: '3' },
     fixtures: { type: 'string', default: 'test/fixtures' },
     out: { type: 'string', default: 'bench/results/mixed-batching.json' },
@@ -35,27 +39,34 @@ const TASK_COUNTS = args.tasks!.split(',').filter(Boolean).map(Number);
 const work = mkdtempSync(join(tmpdir(), 'bench-mixed-'));
 
 const prompts = benchPrompts(args.fixtures!, REQUESTS);
-const rows: WorkloadRow[] = [];
+const ROUNDS = Number(args.rounds);
+/** Every run of every (task count, policy), in the order they ran. */
+const runs: WorkloadRow[] = [];
 for (const n of TASK_COUNTS) {
   const dir = join(work, `tasks-${n}`);
   const tasks = writeAdapters(dir, n);
-  for (const policy of POLICIES) {
-    const row = await runWorkload({ policy, adapterDir: dir, tasks, clients: CLIENTS, prompts, tokens: TOKENS });
-    rows.push(row);
-    console.error(`${policy.name}, ${n} tasks: ${row.tokPerS.toFixed(0)} tok/s`);
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const policy of POLICIES) {
+      const row = await runWorkload({ policy, adapterDir: dir, tasks, clients: CLIENTS, prompts, tokens: TOKENS });
+      runs.push(row);
+      console.error(`round ${round + 1}, ${policy.name}, ${n} tasks: ${row.tokPerS.toFixed(0)} tok/s`);
+    }
   }
 }
+const runsOf = (policy: string, n: number) => runs.filter((r) => r.policy === policy && r.tasks === n);
+/** One row per (task count, policy): medians of its rounds. */
+const rows = TASK_COUNTS.flatMap((n) => POLICIES.map((p) => medianRow(runsOf(p.name, n))));
 
 const f = (x: number, d = 1) => x.toFixed(d);
 if (TASK_COUNTS.length > 0) {
   console.log('\nKV copied B/token: cache bytes the workers copied per generated token (a prompt written into a free slot, compactions); decode steps append in place and copy nothing else. A token\'s own keys and values take 8 KiB.');
-  console.log(`\nmixed-task batching: ${REQUESTS} requests × ${TOKENS} new tokens, ${CLIENTS} concurrent clients, streamed over HTTP; ${machineInfo().cpu}, ${machineInfo().cores} cores\n`);
+  console.log(`\nmixed-task batching: ${REQUESTS} requests × ${TOKENS} new tokens, ${CLIENTS} concurrent clients, streamed over HTTP; medians of ${ROUNDS} interleaved rounds (gen tok/s: min–max too); ${machineInfo().cpu}, ${machineInfo().cores} cores\n`);
   printTable(
-    ['policy', 'tasks', 'req/s', 'gen tok/s', 'p50 ms', 'p99 ms', 'TTFT p50 ms', 'TTFT p99 ms', 'healthz p50 ms', 'healthz p99 ms', 'KV copied B/token'],
-    rows.map((r) => [r.policy, r.tasks, f(r.reqPerS, 2), f(r.tokPerS, 0), f(r.p50, 0), f(r.p99, 0), f(r.ttftP50, 0), f(r.ttftP99, 0), f(r.healthP50), f(r.healthP99), f(r.kvBytesPerToken, 0)]),
+    ['policy', 'tasks', 'req/s', 'gen tok/s', 'tok/s min–max', 'p50 ms', 'p99 ms', 'TTFT p50 ms', 'TTFT p99 ms', 'healthz p50 ms', 'healthz p99 ms', 'KV copied B/token'],
+    rows.map((r) => [r.policy, r.tasks, f(r.reqPerS, 2), f(r.tokPerS, 0), spread(runsOf(r.policy, r.tasks).map((x) => x.tokPerS)), f(r.p50, 0), f(r.p99, 0), f(r.ttftP50, 0), f(r.ttftP99, 0), f(r.healthP50), f(r.healthP99), f(r.kvBytesPerToken, 0)]),
   );
   const tput = (p: string, n: number) => rows.find((r) => r.policy.startsWith(p) && r.tasks === n)?.tokPerS ?? NaN;
-  console.log('\nratios');
+  console.log('\nratios of medians');
   printTable(
     ['tasks', '(c) / (a)', '(c) / (b)', '(c) at N tasks / (c) at 1 task'],
     TASK_COUNTS.map((n) => [n, f(tput('(c)', n) / tput('(a)', n), 2), f(tput('(c)', n) / tput('(b)', n), 2), f(tput('(c)', n) / tput('(c)', TASK_COUNTS[0]), 2)]),
@@ -75,8 +86,7 @@ for (let round = 0; round < Number(args['kinds-rounds']); round++) {
     console.error(`kinds round ${round + 1}, ${name}: ${kindRuns[name].at(-1)!.tokPerS.toFixed(0)} tok/s`);
   }
 }
-const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const kindRows = Object.entries(kindRuns).map(([name, runs]) => ({ name, tokPerS: med(runs.map((r) => r.tokPerS)), p50: med(runs.map((r) => r.p50)), p99: med(runs.map((r) => r.p99)), each: runs.map((r) => Math.round(r.tokPerS)) }));
+const kindRows = Object.entries(kindRuns).map(([name, runs]) => ({ name, tokPerS: median(runs.map((r) => r.tokPerS)), p50: median(runs.map((r) => r.p50)), p99: median(runs.map((r) => r.p99)), each: runs.map((r) => Math.round(r.tokPerS)) }));
 console.log(`\nadapter kinds: ${KIND_TASKS} tasks with mixed-task batching, medians of ${args['kinds-rounds']} interleaved rounds`);
 printTable(['tasks', 'gen tok/s', 'p50 ms', 'p99 ms', 'each round tok/s'], kindRows.map((r) => [r.name, f(r.tokPerS, 0), f(r.p50, 0), f(r.p99, 0), r.each.join(' / ')]));
 const kindRatio = kindRows[0].tokPerS / kindRows[1].tokPerS;
@@ -109,5 +119,5 @@ if (Number(args.adapters) > 0) {
   console.log(`RSS with 7 adapters: ${(memory.rss7 / 2 ** 20).toFixed(1)} MiB; with ${args.adapters}: ${(memory.rssMany / 2 ** 20).toFixed(1)} MiB; ${(memory.perAdapter / 1024).toFixed(1)} KiB per added adapter`);
 }
 mkdirSync(join(args.out!, '..'), { recursive: true });
-writeFileSync(args.out!, JSON.stringify({ machine: machineInfo(), requests: REQUESTS, clients: CLIENTS, tokens: TOKENS, rows, kinds: { rows: kindRows, ratio: kindRatio }, memory }, null, 2) + '\n');
+writeFileSync(args.out!, JSON.stringify({ machine: machineInfo(), requests: REQUESTS, clients: CLIENTS, tokens: TOKENS, rounds: ROUNDS, rows, runs, kinds: { rows: kindRows, ratio: kindRatio }, memory }, null, 2) + '\n');
 rmSync(work, { recursive: true, force: true });

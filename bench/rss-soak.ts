@@ -1,10 +1,15 @@
-import { percentile, rssBytes, startServerProcess, SUPPORTED } from './harness.js';
+import { writeFileSync } from 'node:fs';
+import { memoryBreakdown, percentile, startServerProcess, SUPPORTED, type MemoryBreakdown } from './harness.js';
 
 /**
  * Memory under steady mixed traffic (loopback, bounded): 16 clients send generate (plain and
  * streamed, greedy and sampled), classify, score and multi-prompt completions for SOAK_MINUTES
- * (default 8); the server's RSS is sampled every 15 s. Prints RSS per sample and growth after the
- * first two minutes (warm-up). `node dist/bench/rss-soak.js` after `npm run build`.
+ * (default 8); the server's RSS is sampled every 15 s, split by kind of mapping (glibc's brk heap,
+ * its per-thread arenas, other anonymous mappings, files) so that the growing kind shows. Prints each
+ * sample and the growth after warm-up (WARMUP_MINUTES, default 2); SOAK_OUT writes the samples as JSON.
+ * The server starts with this process's environment (glibc's defaults unless it sets MALLOC_*, unlike
+ * `npm start`, which ships MALLOC_MMAP_THRESHOLD_=131072); allocator settings are compared with e.g.
+ *   SOAK_ENV='{"MALLOC_MMAP_THRESHOLD_":"131072"}' SOAK_MINUTES=6 node dist/bench/rss-soak.js
  */
 const minutes = Number(process.env.SOAK_MINUTES ?? 8);
 const clients = Number(process.env.SOAK_CLIENTS ?? 16);
@@ -12,7 +17,8 @@ const clients = Number(process.env.SOAK_CLIENTS ?? 16);
 const server = await startServerProcess({ ...(process.env.SOAK_ENV ? JSON.parse(process.env.SOAK_ENV) : {}) }, { main: process.env.SOAK_MAIN });
 const until = performance.now() + minutes * 60_000;
 const MB = 1024 * 1024;
-const samples: { s: number; rss: number; heap: number; requests: number }[] = [];
+const warmupS = Number(process.env.WARMUP_MINUTES ?? 2) * 60;
+const samples: ({ s: number; heap: number; requests: number } & MemoryBreakdown)[] = [];
 let requests = 0;
 let failures = 0;
 const latencies: number[] = [];
@@ -47,17 +53,21 @@ async function heapUsed(): Promise<number> {
 }
 const sampler = setInterval(async () => {
   const s = Math.round((performance.now() - t0) / 1000);
-  const rss = rssBytes(server.pid);
-  samples.push({ s, rss, heap: await heapUsed(), requests });
+  const mem = memoryBreakdown(server.pid);
+  samples.push({ s, ...mem, heap: await heapUsed(), requests });
 }, 15_000);
 await Promise.all(Array.from({ length: clients }, (_, i) => client(i)));
 clearInterval(sampler);
 await server.stop();
 
-const warm = samples.filter((x) => x.s >= 120);
+const warm = samples.filter((x) => x.s >= warmupS);
 const base = warm[0]?.rss ?? NaN;
-console.log('| s | RSS MiB | main heap MiB | requests |\n| ---: | ---: | ---: | ---: |');
-for (const x of samples) console.log(`| ${x.s} | ${(x.rss / MB).toFixed(0)} | ${(x.heap / MB).toFixed(0)} | ${x.requests} |`);
+const mib = (b: number) => (b / MB).toFixed(0);
+console.log('| s | RSS MiB | brk heap | arenas (n) | other anon (n) | files | THP | main JS heap | requests |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+for (const x of samples) console.log(`| ${x.s} | ${mib(x.rss)} | ${mib(x.brkHeap)} | ${mib(x.arenas)} (${x.arenaCount}) | ${mib(x.otherAnon)} (${x.otherAnonCount}) | ${mib(x.file)} | ${mib(x.anonHugePages)} | ${mib(x.heap)} | ${x.requests} |`);
 const peak = Math.max(...samples.map((x) => x.rss));
-const end = samples.at(-1)?.rss ?? NaN;
-console.log(`\n${requests} requests, ${failures} not 200, p50 ${percentile(latencies, 50).toFixed(0)} ms; RSS start ${(samples[0].rss / MB).toFixed(0)} MiB, after warm-up ${(base / MB).toFixed(0)} MiB, peak ${(peak / MB).toFixed(0)} MiB, end ${(end / MB).toFixed(0)} MiB (${(((end - base) / base) * 100).toFixed(1)} % after warm-up)`);
+const last = samples.at(-1);
+const end = last?.rss ?? NaN;
+const grew = (k: keyof MemoryBreakdown) => (last && warm[0] ? `${k} ${((last[k] - warm[0][k]) / MB).toFixed(0)}` : '');
+console.log(`\nsettings ${process.env.SOAK_ENV ?? '(defaults)'}: ${requests} requests, ${failures} not 200, p50 ${percentile(latencies, 50).toFixed(0)} ms; RSS start ${mib(samples[0].rss)} MiB, after warm-up ${mib(base)} MiB, peak ${mib(peak)} MiB, end ${mib(end)} MiB (${(((end - base) / base) * 100).toFixed(1)} % after warm-up); MiB grown after warm-up: ${(['brkHeap', 'arenas', 'otherAnon', 'file'] as const).map(grew).join(', ')}`);
+if (process.env.SOAK_OUT) writeFileSync(process.env.SOAK_OUT, JSON.stringify({ env: process.env.SOAK_ENV ?? null, minutes, clients, requests, failures, samples }, null, 2));

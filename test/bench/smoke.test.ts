@@ -11,13 +11,17 @@ t.test('npm run bench -- --smoke completes and writes every result', async (t) =
   const r = spawnSync(process.execPath, [join('dist', 'bench', 'run-all.js'), '--smoke', '--out', out], { cwd: ROOT, encoding: 'utf8' });
   t.equal(r.status, 0, r.stderr.slice(-2000));
   const dir = join(out, 'smoke');
-  for (const f of ['forward.json', 'mixed-batching.json', 'sweeps.json', 'hot-swap.json', 'eval.json', 'summary.md', 'concurrency.svg', 'heterogeneity.svg']) {
+  for (const f of ['forward.json', 'mixed-batching.json', 'burst.json', 'sweeps.json', 'hot-swap.json', 'eval.json', 'summary.md', 'concurrency.svg', 'heterogeneity.svg']) {
     t.ok(existsSync(join(dir, f)), f);
   }
   const summary = readFileSync(join(dir, 'summary.md'), 'utf8');
-  for (const section of ['Forward pass', 'Mixed-task batching', 'Sweeps', 'Hot swap', 'Evaluation']) t.match(summary, `## ${section}`);
+  for (const section of ['Forward pass', 'Mixed-task batching', 'Burst of short mixed-task requests', 'Sweeps', 'Hot swap', 'Evaluation']) t.match(summary, `## ${section}`);
   t.notMatch(summary, /failed with exit code/);
   const evalJson = JSON.parse(readFileSync(join(dir, 'eval.json'), 'utf8'));
   for (const key of ['pos/frozen', 'pos/bitfit', 'pos/prefix', 'define/prefix', 'kjv/prompt', 'fortune/ptuning']) t.type(evalJson[key]?.score, 'number', key);
   t.match(readFileSync(join(dir, 'concurrency.svg'), 'utf8'), /^<svg/);
+  // The burst benchmark checks its own answers: both variants give the same greedy tokens.
+  const burst = JSON.parse(readFileSync(join(dir, 'burst.json'), 'utf8'));
+  t.equal(burst.mismatches, 0, 'burst: all-at-once and one-by-one give the same tokens');
+  t.ok(burst.speedup > 0, 'burst: a speed-up was measured');
 });
