@@ -38,6 +38,7 @@ import { parseArgs } from 'node:util';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import type { Gpt2Config, LlamaConfig, WeightSource } from '../src/model/architectures/architecture.js';
 import { GraphBuilder, transpose } from '../src/model/onnx-builder.js';
+import { relErr } from './reference.js';
 import { printTable } from './table.js';
 
 const { values: args } = parseArgs({
@@ -305,16 +306,6 @@ function feedsFor(k: Case, wte: Float32Array) {
   }
   const head = { h: new ort.Tensor('float32', noise(b * D, 7, 1), [b, D]) };
   return { byVariant, head };
-}
-
-function relErr(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 /** plain's new keys [B, H, hd, S] in the fused layout [B, H, S, hd]. */

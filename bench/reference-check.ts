@@ -30,6 +30,7 @@ import { FeedContext } from '../src/executor/model-constants.js';
 import { prefillFeeds, virtualTokens, type PrefillItem } from '../src/executor/prefill.js';
 import { loadBaseModel, type BaseModel } from '../src/model/base-model.js';
 import type { AdapterTensors, StepPlan } from '../src/protocol.js';
+import { refLogits, relErr, type RefCase } from './reference.js';
 import { printTable } from './table.js';
 
 const { values: args } = parseArgs({
@@ -61,17 +62,6 @@ const ROOT = (() => {
 })();
 const FIX = join(ROOT, 'test', 'fixtures');
 
-interface RefCase {
-  model?: string;
-  adapter: string | null;
-  text: string;
-  ids: number[];
-  last_logits_f32_b64: string;
-  greedy: number[];
-  top5: number[];
-  label_logprobs?: Record<string, number>;
-}
-
 /** Where each model's checkpoint, adapters and cases are. */
 function suite(name: string): { dir: string; adapters: string; cases: RefCase[]; labels: string[] } {
   if (name === 'gpt2') {
@@ -81,21 +71,6 @@ function suite(name: string): { dir: string; adapters: string; cases: RefCase[];
   const ref = JSON.parse(readFileSync(join(FIX, 'llama', 'reference.json'), 'utf8'));
   const dir = join(FIX, 'llama', name);
   return { dir, adapters: join(dir, 'adapters'), cases: ref.cases.filter((c: RefCase) => c.model === name), labels: [] };
-}
-
-function refLogits(c: RefCase): Float32Array {
-  const b = Buffer.from(c.last_logits_f32_b64, 'base64');
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-}
-
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 function top5(x: Float32Array): number[] {

@@ -77,7 +77,7 @@ PY
     --exclude='onnxruntime-common/lib' --exclude='onnxruntime-common/dist/esm' --exclude='typebox/build/cjs' --exclude='tokenizers/dist/*.cjs' --exclude='tokenizers/dist/*.min.mjs' --exclude='protobufjs/cli' --exclude='protobufjs/dist' --exclude='protobufjs/scripts' --exclude='protobufjs/bin' \
     --exclude='onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime.so.1' \
     --exclude='dist/src/http' --exclude='dist/src/engine' --exclude='dist/src/tools' --exclude='dist/src/main.js' --exclude='dist/src/server.js' \
-    dist/src dist/bench/reference-check.js dist/bench/forward.js dist/bench/table.js \
+    dist/src dist/bench/reference-check.js dist/bench/reference.js dist/bench/forward.js dist/bench/table.js \
     --transform="s,^${NM#/},node_modules," \
     "$NM/onnxruntime-node/package.json" "$NM/onnxruntime-node/dist" "$NM/onnxruntime-node/bin/napi-v6/linux/x64" \
     "$NM/onnxruntime-common" "$NM/onnx-proto" "$NM/protobufjs" "$NM/@protobufjs" "$NM/long" \

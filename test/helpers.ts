@@ -5,6 +5,9 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { loadConfig } from '../src/config.js';
 import { createServer, type Server } from '../src/server.js';
+import type { RefCase } from '../bench/reference.js';
+
+export { refLogits, relErr, type RefCase } from '../bench/reference.js';
 
 /** The repository root, whether tests run from test/ or from dist/test/. */
 export const ROOT = (() => {
@@ -22,16 +25,6 @@ function readdirHas(dir: string, name: string): boolean {
   }
 }
 
-export interface RefCase {
-  adapter: string | null;
-  text: string;
-  ids: number[];
-  last_logits_f32_b64: string;
-  greedy: number[];
-  top5: number[];
-  label_logprobs?: Record<string, number>;
-}
-
 export interface Reference {
   labels: string[];
   tokenizer: { text: string; ids: number[] }[];
@@ -43,11 +36,6 @@ export const FIXTURES = join(ROOT, 'test', 'fixtures');
 export const reference: Reference = JSON.parse(readFileSync(join(FIXTURES, 'reference', 'reference.json'), 'utf8'));
 export const SUPPORTED = new Set([null, 'define-prefix', 'fortune-ptuning', 'kjv-prompt', 'pos-bitfit', 'pos-ia3', 'pos-lora', 'pos-prefix', 'pos-prompt', 'pos-ptuning']);
 
-export function refLogits(c: RefCase): Float32Array {
-  const b = Buffer.from(c.last_logits_f32_b64, 'base64');
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-}
-
 export function logSoftmax(x: Float32Array): Float64Array {
   let max = -Infinity;
   for (const v of x) max = Math.max(max, v);
@@ -55,16 +43,6 @@ export function logSoftmax(x: Float32Array): Float64Array {
   for (const v of x) sum += Math.exp(v - max);
   const lse = max + Math.log(sum);
   return Float64Array.from(x, (v) => v - lse);
-}
-
-export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 export async function startServer(env: Record<string, string> = {}): Promise<Server> {
