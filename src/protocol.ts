@@ -56,13 +56,24 @@ export interface ScoreRow {
   targets: number[];
 }
 
+export interface DecodeRow {
+  seq: number;
+  token?: number;
+  /** Tokens the sequence has produced before this step: the seeded draw's index. */
+  step?: number;
+}
+
 export interface StepPlan {
   /** Clear the worker's running batch first: the scheduler lost track of it after a failed step. */
   reset?: boolean;
   /** Sequences to remove from the batch before this step (finished, cancelled). */
   drop: number[];
-  /** Running sequences to decode: their last sampled token goes in. Order is free. */
-  decode: { seq: number; token: number; step: number }[];
+  /**
+   * Running sequences to decode. Order is free. The worker feeds each the token it chose for it last
+   * (and counts its steps), so the engine can plan the next step before this one's result is back;
+   * `token`/`step` override that (tests and benchmarks feeding their own tokens).
+   */
+  decode: DecodeRow[];
   prefill: NewSequence[];
   score: ScoreRow[];
   /** Adapter tensors the worker has not seen yet. */

@@ -24,11 +24,24 @@ export interface LaneOptions extends SchedulerLimits {
 /** Company is likely when the previous request arrived within this many BATCH_WAIT_MS. */
 const COMPANY_WINDOW = 5;
 
+/** A step posted to the worker, with its plan (for the step observer). */
+interface Posted {
+  plan: StepPlan;
+  result: Promise<StepResult>;
+}
+
+const isEmpty = (p: StepPlan) => p.decode.length === 0 && p.prefill.length === 0 && p.score.length === 0 && p.drop.length === 0;
+
 /**
  * One executor and its scheduler: the batching loop plan() → executor.step(plan) → update(result)
- * → output processor, one step at a time. It sleeps while there is no work and wakes on submit.
- * The loop never dies: per-request callbacks run in the output processor, each in its own
- * try/catch, and a failure of the loop itself fails what it held and starts it again.
+ * → output processor. It plans one step ahead: step N+1 is posted before step N's result is
+ * applied (the worker feeds each row the token it chose itself), so the worker goes from step to
+ * step without waiting for this thread, and this thread's share — tokens to text, stop strings,
+ * streaming, the next plan — runs while the worker computes. A row that finishes at step N has
+ * computed one token more in N+1, which is ignored; no row ever decodes past its max_tokens.
+ * It sleeps while there is no work and wakes on submit. The loop never dies: per-request callbacks
+ * run in the output processor, each in its own try/catch, and a failure of the loop itself fails
+ * what it held and starts it again.
  */
 export class Lane {
   readonly scheduler: Scheduler;
@@ -85,36 +98,69 @@ export class Lane {
   }
 
   private async loop(): Promise<void> {
-    while (!this.stopped) {
-      if (!this.scheduler.hasWork()) {
-        await new Promise<void>((resolve) => (this.wake = resolve));
-        this.wake = null;
-        if (this.shouldWait()) {
-          this.batchWait.waited++;
-          await new Promise((r) => setTimeout(r, this.opts.batchWaitMs));
+    let inFlight: Posted | null = null;
+    let next: Posted | null = null;
+    try {
+      while (!this.stopped) {
+        next = null;
+        if (this.scheduler.hasWork()) {
+          const plan = this.scheduler.plan();
+          this.process(this.scheduler.takeEvents());
+          if (!isEmpty(plan)) next = this.post(plan);
         }
-        continue;
+        if (inFlight) {
+          const done: Posted = inFlight;
+          inFlight = null;
+          if (!(await this.apply(done)) && next) {
+            // The step planned on top of the failed one ran on a batch that is gone: its result is void.
+            await next.result.catch(() => {});
+            next = null;
+          }
+        } else if (!next) {
+          if (this.scheduler.hasWork()) await new Promise((r) => setImmediate(r));
+          else await this.idle();
+        }
+        inFlight = next;
+        next = null;
       }
-      const plan = this.scheduler.plan();
-      this.process(this.scheduler.takeEvents());
-      if (plan.decode.length === 0 && plan.prefill.length === 0 && plan.score.length === 0 && plan.drop.length === 0) {
-        await new Promise((r) => setImmediate(r));
-        continue;
-      }
-      let result: StepResult;
-      try {
-        result = await this.executor.step(plan, this.opts.stepTimeoutMs);
-      } catch (e) {
-        this.failInFlight(e as Error);
-        continue;
-      }
-      if (result.kv) this.kv = result.kv;
-      try {
-        this.onStep({ plan, result });
-      } catch (e) {
-        this.log.warn({ err: (e as Error).message }, 'step observer failed');
-      }
-      this.process(this.scheduler.update(result));
+    } finally {
+      // Stopping (or a failure of the loop): the worker finishes what it was given before the jobs are failed.
+      for (const p of [inFlight, next]) await p?.result.catch(() => {});
+    }
+  }
+
+  private post(plan: StepPlan): Posted {
+    const result = this.executor.step(plan, this.opts.stepTimeoutMs);
+    result.catch(() => {}); // awaited in apply(); a step voided by an earlier failure is never read
+    return { plan, result };
+  }
+
+  /** Applies a step's result; false when the step failed (its rows have failed and the scheduler was reset). */
+  private async apply({ plan, result: pending }: Posted): Promise<boolean> {
+    let result: StepResult;
+    try {
+      result = await pending;
+    } catch (e) {
+      this.failInFlight(e as Error);
+      return false;
+    }
+    if (result.kv) this.kv = result.kv;
+    try {
+      this.onStep({ plan, result });
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'step observer failed');
+    }
+    this.process(this.scheduler.update(result));
+    return true;
+  }
+
+  /** Sleeps until a job is enqueued; then waits BATCH_WAIT_MS if company is likely. */
+  private async idle(): Promise<void> {
+    await new Promise<void>((resolve) => (this.wake = resolve));
+    this.wake = null;
+    if (this.shouldWait()) {
+      this.batchWait.waited++;
+      await new Promise((r) => setTimeout(r, this.opts.batchWaitMs));
     }
   }
 

@@ -16,8 +16,10 @@ export interface SchedulerLimits {
 
 interface Running {
   job: GenerateJob;
-  last: number; // token to feed at the next decode
-  generated: number;
+  /** Tokens the row will have once every step planned so far is back: it never decodes past maxTokens. */
+  planned: number;
+  /** Its last token is planned, so the worker was told to drop it; it stays here until that token is back. */
+  released?: boolean;
   /** An ensemble's rows, leader first (the same array on every member); absent for a plain row. */
   group?: number[];
 }
@@ -131,11 +133,19 @@ export class Scheduler {
     for (const [seq, r] of this.running) {
       if (r.job.cancelled) {
         this.running.delete(seq);
-        plan.drop.push(seq);
+        if (!r.released) plan.drop.push(seq);
         if (!r.group || r.group[0] === seq) this.dropCancelled(r.job); // one event per job
         continue;
       }
-      plan.decode.push({ seq, token: r.last, step: r.generated });
+      if (r.released) continue;
+      // Planned ahead of the last result (see Lane): a row whose final token is in flight needs no more KV.
+      if (r.planned >= r.job.maxTokens) {
+        r.released = true;
+        plan.drop.push(seq);
+        continue;
+      }
+      r.planned++;
+      plan.decode.push({ seq });
       useAdapter(r.job.adapter);
     }
     let tokens = 0;
@@ -184,7 +194,7 @@ export class Scheduler {
             take(t);
             slots--;
             const seq = this.nextRowId++;
-            this.running.set(seq, { job, last: -1, generated: 0 });
+            this.running.set(seq, { job, planned: 1 });
             job.admittedAt = performance.now();
             plan.prefill.push({ seq, adapter: job.adapter?.key ?? null, tokens: job.tokens, sampling: job.sampling });
             useAdapter(job.adapter);
@@ -228,7 +238,7 @@ export class Scheduler {
     job.admittedAt = performance.now();
     members.forEach((m, k) => {
       take(costs[k]);
-      this.running.set(group[k], { job, last: -1, generated: 0, group });
+      this.running.set(group[k], { job, planned: 1, group });
       plan.prefill.push({ seq: group[k], adapter: m.adapter?.key ?? null, tokens: m.tokens, sampling: job.sampling, group: { leader: group[0], weight: m.weight } });
       useAdapter(m.adapter);
     });
@@ -280,12 +290,6 @@ export class Scheduler {
         events.push({ type: 'cancelled', job: r.job });
         continue;
       }
-      for (const seq of r.group ?? [choice.seq]) {
-        const member = this.running.get(seq);
-        if (!member) continue;
-        member.last = choice.token;
-        member.generated++;
-      }
       events.push({ type: 'token', seq: choice.seq, job: r.job, choice });
     }
     for (const s of result.scores) {
@@ -300,9 +304,15 @@ export class Scheduler {
 
   /** A running row is done (finished, failed or cancelled): it leaves the batch at the next step. */
   retire(seq: number): void {
-    for (const s of this.running.get(seq)?.group ?? [seq]) {
-      if (this.running.delete(s)) this.pendingDrop.push(s);
-    }
+    for (const s of this.running.get(seq)?.group ?? [seq]) this.leave(s);
+  }
+
+  /** A row leaves: the worker drops it at the next step unless it was told to already. */
+  private leave(seq: number): void {
+    const r = this.running.get(seq);
+    if (!r) return;
+    this.running.delete(seq);
+    if (!r.released) this.pendingDrop.push(seq);
   }
 
   /** A row the worker refused never joined its batch: its job fails, and a score job's other rows are forgotten. */
@@ -311,7 +321,10 @@ export class Scheduler {
     const running = this.running.get(r.row);
     if (running) {
       // An ensemble fails whole: its other rows, already in the batch, leave it at the next step.
-      for (const s of running.group ?? [r.row]) if (this.running.delete(s) && s !== r.row) this.pendingDrop.push(s);
+      for (const s of running.group ?? [r.row]) {
+        if (s === r.row) this.running.delete(s);
+        else this.leave(s);
+      }
       events.push({ type: 'failed', job: running.job, error });
       return;
     }

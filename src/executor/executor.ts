@@ -26,6 +26,8 @@ export class Executor extends EventEmitter {
   private killReason: string | null = null;
   private respawnTimer: NodeJS.Timeout | null = null;
   private readyPromise!: Promise<void>;
+  /** Settles when the last step posted settles: the worker runs steps in order, so a step's clock starts there. */
+  private tail: Promise<unknown> = Promise.resolve();
   /** Workers started after a crash or a failed start. */
   respawns = 0;
   canRun = true;
@@ -93,7 +95,11 @@ export class Executor extends EventEmitter {
     this.respawnTimer = setTimeout(() => this.spawn(), delay);
   }
 
-  /** Runs one step; past `deadlineMs` the worker is presumed hung and is terminated and restarted. */
+  /**
+   * Runs one step; past `deadlineMs` the worker is presumed hung and is terminated and restarted.
+   * Steps may be posted while others run (the lane plans one ahead): each one's deadline counts from
+   * when the step before it settled, when the worker can start it.
+   */
   async step(plan: StepPlan, deadlineMs = Infinity): Promise<StepResult> {
     try {
       await this.readyPromise;
@@ -102,9 +108,19 @@ export class Executor extends EventEmitter {
     }
     const id = this.nextId++;
     const worker = this.worker;
-    return new Promise((resolve, reject) => {
-      const timer = Number.isFinite(deadlineMs) ? setTimeout(() => this.kill(worker, `step ${id} took longer than ${deadlineMs} ms (STEP_TIMEOUT_MS)`), deadlineMs) : null;
-      const done = () => timer && clearTimeout(timer);
+    const before = this.tail;
+    const result = new Promise<StepResult>((resolve, reject) => {
+      let settled = false;
+      let timer: NodeJS.Timeout | null = null;
+      if (Number.isFinite(deadlineMs)) {
+        void before.then(() => {
+          if (!settled) timer = setTimeout(() => this.kill(worker, `step ${id} took longer than ${deadlineMs} ms (STEP_TIMEOUT_MS)`), deadlineMs);
+        });
+      }
+      const done = () => {
+        settled = true;
+        if (timer) clearTimeout(timer);
+      };
       this.pending.set(id, { resolve: (r) => (done(), resolve(r)), reject: (e) => (done(), reject(e)) });
       try {
         worker.postMessage({ id, plan });
@@ -114,6 +130,8 @@ export class Executor extends EventEmitter {
         this.pending.delete(id);
       }
     });
+    this.tail = result.catch(() => {});
+    return result;
   }
 
   private kill(worker: Worker, reason: string): void {

@@ -5,12 +5,15 @@ import type { AdapterTensors, RejectedRow, StepPlan } from '../protocol.js';
  * The worker's check of every new row before session.run: a row whose adapter is unknown or
  * malformed, whose token ids are out of the vocabulary, or that does not fit the context is taken
  * out of the plan and reported, so that it fails its own request and the rest of the batch runs.
- * It mirrors the adapters the worker holds (plan.adapters in, plan.forget out).
+ * It mirrors the adapters the worker holds (plan.adapters in, plan.forget out). The engine plans
+ * one step ahead, so the step after a refusal may still decode the refused row: it is left out.
  */
 export class RowCheck {
   private readonly adapters = new Map<string, AdapterTensors>();
   private readonly broken = new Map<string, string>();
   private readonly biases: { name: string; size: number }[];
+  /** Rows refused by the previous plan: the plan after it, made before the refusal was known, may name them in decode. */
+  private refused = new Set<number>();
 
   constructor(private readonly c: ModelConfig) {
     this.biases = biasNames(c);
@@ -47,7 +50,9 @@ export class RowCheck {
       this.adapters.delete(key);
       this.broken.delete(key);
     }
-    return { plan: { ...plan, adapters, prefill, score }, rejected };
+    const decode = this.refused.size === 0 ? plan.decode : plan.decode.filter((d) => !this.refused.has(d.seq));
+    this.refused = new Set(rejected.map((r) => r.row));
+    return { plan: { ...plan, adapters, decode, prefill, score }, rejected };
   }
 
   private tokensProblem(parts: number[][], positions: number): string | null {

@@ -1,5 +1,5 @@
 import ort from 'onnxruntime-node';
-import type { AdapterTensors, EnsembleGroup, NewSequence, Sampling, StepPlan, StepResult, TokenChoice } from '../protocol.js';
+import type { AdapterTensors, DecodeRow, EnsembleGroup, NewSequence, Sampling, StepPlan, StepResult, TokenChoice } from '../protocol.js';
 import { padLogitIndex, StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
@@ -17,6 +17,8 @@ export class StepRunner {
   private readonly groups = new Map<number, EnsembleGroup>();
   /** Top-p rows' last nucleus size, by seq: sizes their TopK candidates in the graph head. */
   private readonly nucleus = new Map<number, number>();
+  /** Per running seq: the token its next decode feeds (the one chosen for it last) and that decode's step. */
+  private readonly next = new Map<number, { token: number; step: number }>();
   private readonly batch: KvBatch;
   /** Per-slot bias, LoRA and IA3 feeds, rebuilt only when a slot changes owner. */
   private rowFeeds: Record<string, ort.Tensor> = {};
@@ -50,6 +52,7 @@ export class StepRunner {
       this.sampling.clear();
       this.groups.clear();
       this.nucleus.clear();
+      this.next.clear();
     }
     for (const a of plan.adapters) this.adapters.set(a.key, a);
     for (const key of plan.forget) {
@@ -72,6 +75,7 @@ export class StepRunner {
       this.sampling.delete(seq);
       this.groups.delete(seq);
       this.nucleus.delete(seq);
+      this.next.delete(seq);
     }
     const tokens: TokenChoice[] = [];
     kvBytes += this.batch.remove(dropped);
@@ -107,6 +111,7 @@ export class StepRunner {
       const out = await timed({ ...layout.feeds, ...head.feeds() });
       const read = head.read(out);
       tokens.push(...read.chosen);
+      this.remember(plan.prefill.map((s) => ({ seq: s.seq, step: 0 })), read.chosen);
       let at = 0;
       plan.score.forEach((s, k) => {
         scores.push({ id: s.id, logprobs: read.scores.slice(at, (at += scoreTargets[k].length)) });
@@ -152,7 +157,7 @@ export class StepRunner {
 
   /** One decode step over the live rows only (packed in the batch's first slots); spare slots are never computed. */
   private async decode(plan: StepPlan, run: (f: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
-    const wanted = new Map(plan.decode.map((d) => [d.seq, d]));
+    const wanted = new Map(plan.decode.map((d) => [d.seq, this.inputOf(d)]));
     const live = this.batch.live;
     if (live.length !== wanted.size || live.some((r) => !wanted.has(r.seq))) {
       throw new Error(`decode plan names ${wanted.size} sequences but ${live.length} are running, or names others`);
@@ -180,8 +185,27 @@ export class StepRunner {
       ...head.feeds(),
     });
     const { chosen } = head.read(out);
+    this.remember(headRows as { seq: number; step: number }[], chosen);
     const kvCopied = this.batch.append(newKv(out, L));
     return { chosen, kvCopied };
+  }
+
+  /** What a decode row feeds: the plan's token and step where it gives them, else this worker's own. */
+  private inputOf(d: DecodeRow): { token: number; step: number } {
+    const own = this.next.get(d.seq);
+    const token = d.token ?? own?.token;
+    const step = d.step ?? own?.step;
+    if (token === undefined || step === undefined) throw new Error(`sequence ${d.seq} has no token to decode`);
+    return { token, step };
+  }
+
+  /** Rows just computed feed their chosen token next; an ensemble member its leader's (one choice per group). */
+  private remember(rows: { seq: number; step: number }[], chosen: TokenChoice[]): void {
+    const byLeader = new Map(chosen.map((c) => [c.seq, c.token]));
+    for (const { seq, step } of rows) {
+      const token = byLeader.get(this.groups.get(seq)?.leader ?? seq);
+      if (token !== undefined) this.next.set(seq, { token, step: step + 1 });
+    }
   }
 
   /** The new sequences of a prefill as batch entries: prefix columns from the fed past, then the prompt's. */

@@ -153,3 +153,44 @@ t.test('placement never packs beyond a lane\'s batch: with MAX_BATCH_SIZE 1 two 
   const second = place(lanes, 1);
   t.not(second, first, 'the busiest lane is full: the idle one takes the second sequence');
 });
+
+t.test('the lane posts step N+1 before it applies step N: the worker never waits for this thread', async (t) => {
+  const exec = new FakeExecutor();
+  const { l } = lane(exec);
+  let pending = 0;
+  let most = 0;
+  const step = exec.step.bind(exec);
+  exec.step = async (plan) => {
+    most = Math.max(most, ++pending);
+    try {
+      return await step(plan);
+    } finally {
+      pending--;
+    }
+  };
+  const j = job(3);
+  l.enqueue(j.job);
+  t.equal(await j.outcome, 'ok');
+  t.equal(most, 2, 'two steps were posted at once');
+  const kinds = exec.plans.map((p) => (p.prefill.length ? 'prefill' : p.decode.length ? 'decode' : p.drop.length ? 'drop' : 'empty'));
+  t.same(kinds, ['prefill', 'decode', 'decode', 'drop'], 'three tokens, none computed past max_tokens; the KV is freed once the last is planned');
+  t.equal(l.scheduler.runningCount, 0);
+});
+
+t.test('a failed step voids the step planned on top of it; the lane recovers', async (t) => {
+  const exec = new FakeExecutor();
+  const { l } = lane(exec);
+  exec.next = () => {
+    throw new WorkerCrashedError('inference worker exited with code 3');
+  };
+  const held = job(5);
+  const tokens: number[] = [];
+  held.job.onToken = (c) => (tokens.push(c.token), 'continue');
+  l.enqueue(held.job);
+  t.equal(await held.outcome, 'worker_crashed');
+  t.same(tokens, [], 'the decode planned after the failed prefill was never applied');
+  const later = job(2);
+  l.enqueue(later.job);
+  t.equal(await later.outcome, 'ok');
+  t.ok(exec.plans.some((p) => p.reset), 'a plan reset the worker batch');
+});

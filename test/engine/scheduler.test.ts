@@ -214,7 +214,8 @@ t.test('an ensemble joins whole, takes one token per step for all its rows, and 
   apply(s, plan);
   t.same(tokens, [leader], 'one token event per step, under the leader');
   plan = s.plan();
-  t.same(plan.decode.map((d) => d.token), [7, 7, 7], 'every member is fed the chosen token');
+  t.same(plan.decode.map((d) => d.seq), [leader, leader + 1, leader + 2], 'every member decodes (the worker feeds each the group\'s token)');
+  t.same(plan.decode.map((d) => d.token), [undefined, undefined, undefined]);
   t.equal(plan.prefill.length, 0);
   apply(s, plan);
   plan = s.plan();
@@ -227,5 +228,45 @@ t.test('an ensemble joins whole, takes one token per step for all its rows, and 
   plan = s.plan();
   t.equal(plan.drop.length, 3, 'a cancelled ensemble drops all its rows');
   t.equal(s.cancelled, 1, 'and counts once');
+  t.equal(s.runningCount, 0);
+});
+
+t.test('planning ahead: the next step is planned before the last result, and no row decodes past max_tokens', async (t) => {
+  const s = new Scheduler({ maxBatchSize: 4, maxBatchTokens: 1000, maxWorkerAdapters: 8 });
+  const finished: string[] = [];
+  s.enqueue(gen('a', 3, finished));
+  const p1 = s.plan(); // prefill: token 1
+  const seq = p1.prefill[0].seq;
+  const p2 = s.plan(); // before p1's result: token 2
+  t.same(p2.decode, [{ seq }], 'decodes with the token the worker chose (none named here)');
+  apply(s, p1);
+  const p3 = s.plan(); // token 3, the last
+  t.same(p3.decode, [{ seq }]);
+  apply(s, p2);
+  const p4 = s.plan();
+  t.same(p4.decode, [], 'its last token is in flight: no fourth');
+  t.same(p4.drop, [seq], 'and the worker may free its KV already');
+  apply(s, p3);
+  t.same(finished, ['a']);
+  t.same(s.plan().drop, [], 'retiring it does not drop it twice');
+  t.equal(s.runningCount, 0);
+});
+
+t.test('planning ahead: a row that stops early computed one token more, which is ignored', async (t) => {
+  const s = new Scheduler({ maxBatchSize: 4, maxBatchTokens: 1000, maxWorkerAdapters: 8 });
+  const seen: number[] = [];
+  const job = gen('a', 10);
+  job.onToken = (c) => (seen.push(c.token), 'stop');
+  s.enqueue(job);
+  const p1 = s.plan();
+  const seq = p1.prefill[0].seq;
+  const p2 = s.plan();
+  t.same(p2.decode.map((d) => d.seq), [seq], 'planned before the stop is known');
+  apply(s, p1); // the first token stops it
+  const p3 = s.plan();
+  t.same(p3.drop, [seq]);
+  t.same(p3.decode, []);
+  apply(s, p2, { ...fakeResult(p2), tokens: [{ seq, token: 99 }] });
+  t.same(seen, [7], 'the token computed after the stop never reaches the request');
   t.equal(s.runningCount, 0);
 });

@@ -51,6 +51,37 @@ t.test('a step with broken rows runs the good ones and reports the others (findi
   t.equal(r2.rejected, undefined);
 });
 
+t.test('steps posted ahead: the worker feeds each row its own last token and step, and skips rows it refused', async (t) => {
+  const prompt = model.tokenizer.encodeSync('In the beginning');
+  const seeded = { temperature: 1, topP: 1, topK: 0, seed: 42, logprobs: 0 };
+  const first: StepPlan = {
+    ...empty,
+    prefill: [
+      { seq: 1, adapter: null, tokens: prompt, sampling },
+      { seq: 2, adapter: null, tokens: [1, V + 5], sampling },
+      { seq: 3, adapter: null, tokens: prompt, sampling: seeded },
+    ],
+  };
+  const ahead = executor();
+  await ahead.ready();
+  // All three posted at once, as the lane does: step 2 names the refused row 2, not yet known to be refused.
+  const [r1, r2, r3] = await Promise.all([
+    ahead.step(first),
+    ahead.step({ ...empty, decode: [{ seq: 1 }, { seq: 2 }, { seq: 3 }] }),
+    ahead.step({ ...empty, decode: [{ seq: 1 }, { seq: 3 }] }),
+  ]);
+  t.same(r1.rejected?.map((r) => r.row), [2]);
+  // One step at a time with every token and step named: the same tokens.
+  const named = executor();
+  await named.ready();
+  const s1 = await named.step({ ...first, prefill: first.prefill.filter((p) => p.seq !== 2) });
+  const tok = (r: typeof s1, seq: number) => r.tokens.find((c) => c.seq === seq)!.token;
+  const s2 = await named.step({ ...empty, decode: [1, 3].map((seq) => ({ seq, token: tok(s1, seq), step: 1 })) });
+  const s3 = await named.step({ ...empty, decode: [1, 3].map((seq) => ({ seq, token: tok(s2, seq), step: 2 })) });
+  for (const [a, b] of [[r1, s1], [r2, s2], [r3, s3]]) t.same(a.tokens.map((c) => [c.seq, c.token]).sort(), b.tokens.map((c) => [c.seq, c.token]).sort());
+  t.equal(r2.tokens.length, 2, 'the refused row was left out of the step planned ahead');
+});
+
 t.test('a hung step: past its deadline the worker is terminated and restarted; the next step runs', async (t) => {
   const e = executor();
   await e.ready();
