@@ -3,8 +3,9 @@
  * large MatMul through the same ONNX Runtime: how much of the hardware the model's shapes reach.
  * Any MODEL_DIR (every supported architecture). `--prepack on,off` compares ONNX Runtime's weight
  * prepacking (faster GEMMs, but a private copy of the weights per session) with sessions that read
- * the memory-mapped external data in place (one copy shared by every worker). `--head graph,host`
- * compares the sampling head in the graph with the plain-logits graph sampled on the host, and
+ * the memory-mapped external data in place (one copy shared by every worker). `--graphs served,full,host`
+ * compares what a worker runs (sampling head in the graph; base graph for rows without BitFit, LoRA
+ * or IA3), the full graph alone, and the graph before either (plain logits sampled on the host), and
  * `--sampling greedy,top_p,logprobs` what the rows ask (temperature, top_k also), in interleaved rounds.
  * `--provider cpu|webgpu` picks ONNX Runtime's execution provider (the ceiling runs on it too).
  */
@@ -20,7 +21,7 @@ import { architectureOf } from '../src/model/architectures/index.js';
 import { GraphBuilder } from '../src/model/onnx-builder.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import { cachedGraphPath } from '../src/model/graph-cache.js';
-import type { HeadMode } from '../src/model/sampling-head.js';
+import { openSessions, type ModelSessions } from '../src/executor/sessions.js';
 import type { Sampling, StepPlan } from '../src/protocol.js';
 import { printTable } from './table.js';
 
@@ -28,7 +29,7 @@ const { values: args } = parseArgs({
   options: {
     batches: { type: 'string', default: '1,8,32,64' },
     prepack: { type: 'string', default: 'on' },
-    head: { type: 'string', default: 'graph,host' },
+    graphs: { type: 'string', default: 'served,full,host' },
     sampling: { type: 'string', default: 'greedy,top_p,logprobs' },
     rounds: { type: 'string', default: '3' },
     provider: { type: 'string', default: 'cpu' },
@@ -84,8 +85,8 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
 
 /** One measurement: B sequences prefilled with a 64-token prompt into a fresh batch, then 32 decode steps. */
-async function measure(session: ort.InferenceSession, B: number, sampling: Sampling) {
-  const runner = new StepRunner(session, new FeedContext(model.tensors), { padEmpty: args.provider === 'webgpu' });
+async function measure(sessions: ModelSessions, B: number, sampling: Sampling) {
+  const runner = new StepRunner(sessions.session, new FeedContext(model.tensors), { padEmpty: args.provider === 'webgpu', base: sessions.base });
   const tokens = Array.from({ length: PROMPT }, (_, i) => 100 + ((i * 37) % 3000));
   const plan = empty();
   plan.prefill = Array.from({ length: B }, (_, i) => ({ seq: i, adapter: null, tokens, sampling: { ...sampling, seed: i + 1 } }));
@@ -104,24 +105,31 @@ async function measure(session: ort.InferenceSession, B: number, sampling: Sampl
   return { prefillMs: first.ms.total, decodeMs, hostMsPerStep: (decodeMs - sessionMs) / DECODE_STEPS };
 }
 
-const heads = args.head!.split(',') as HeadMode[];
+type GraphSet = 'served' | 'full' | 'host';
+const graphSets = args.graphs!.split(',') as GraphSet[];
 const ckpt = loadCheckpoint(model.dir);
-const graphOf = (head: HeadMode) => (head === 'graph' ? model.graphPath : cachedGraphPath(ckpt, process.env.CACHE_DIR ?? '.cache', 'host').path);
+const hostGraph = cachedGraphPath(ckpt, process.env.CACHE_DIR ?? '.cache', 'host').path;
+/** served: as a worker opens them; full: the full graph only; host: the plain-logits full graph (before the sampling head and the base graph). */
+async function open(set: GraphSet, o: ort.InferenceSession.SessionOptions): Promise<ModelSessions> {
+  if (set === 'host') return { session: await ort.InferenceSession.create(hostGraph, o), base: null };
+  const s = await openSessions(model, o);
+  return set === 'served' ? s : { session: s.session, base: null };
+}
 const rows: (string | number)[][] = [];
 const results: Record<string, unknown>[] = [];
 for (const prepack of args.prepack!.split(',')) {
-  const sessions = new Map<HeadMode, ort.InferenceSession>();
-  for (const head of heads) sessions.set(head, await ort.InferenceSession.create(graphOf(head), { ...options, extra: { session: { disable_prepacking: prepack === 'off' ? '1' : '0' } } }));
+  const sessions = new Map<GraphSet, ModelSessions>();
+  for (const set of graphSets) sessions.set(set, await open(set, { ...options, extra: { session: { disable_prepacking: prepack === 'off' ? '1' : '0' } } }));
   for (const B of args.batches!.split(',').map(Number)) {
     for (const samplingName of args.sampling!.split(',')) {
       const sampling = SAMPLINGS[samplingName];
       if (!sampling) throw new Error(`--sampling: one of ${Object.keys(SAMPLINGS).join(', ')}`);
-      const runs = new Map(heads.map((h) => [h, [] as Awaited<ReturnType<typeof measure>>[]]));
-      await measure(sessions.get(heads[0])!, B, sampling); // warm-up
-      // Interleaved rounds (graph host graph host …): the machine's load drifts alike for both heads.
-      for (let round = 0; round < ROUNDS; round++) for (const head of heads) runs.get(head)!.push(await measure(sessions.get(head)!, B, sampling));
-      for (const head of heads) {
-        const r = runs.get(head)!;
+      const runs = new Map(graphSets.map((g) => [g, [] as Awaited<ReturnType<typeof measure>>[]]));
+      for (const set of graphSets) await measure(sessions.get(set)!, B, sampling); // warm-up
+      // Interleaved rounds (served full host served …): the machine's load drifts alike for every variant.
+      for (let round = 0; round < ROUNDS; round++) for (const set of graphSets) runs.get(set)!.push(await measure(sessions.get(set)!, B, sampling));
+      for (const set of graphSets) {
+        const r = runs.get(set)!;
         const decodeTps = r.map((x) => (B * DECODE_STEPS) / (x.decodeMs / 1000));
         const prefillTps = r.map((x) => (B * PROMPT) / (x.prefillMs / 1000));
         const stepMs = r.map((x) => x.decodeMs / DECODE_STEPS);
@@ -131,7 +139,7 @@ for (const prepack of args.prepack!.split(',')) {
         const ofCeiling = r.map((x) => (100 * (decodeFlops / (x.decodeMs / 1000) / 1e9)) / ceiling);
         const row = {
           prepack,
-          head,
+          graphs: set,
           batch: B,
           sampling: samplingName,
           decodeTokensPerS: { median: Math.round(median(decodeTps)), min: Math.round(Math.min(...decodeTps)), max: Math.round(Math.max(...decodeTps)) },
@@ -141,14 +149,14 @@ for (const prepack of args.prepack!.split(',')) {
           decodeOfCeiling: +median(ofCeiling).toFixed(1),
         };
         results.push(row);
-        rows.push([prepack, head, B, samplingName, spread(decodeTps), spread(stepMs, 2), spread(hostMs, 2), Math.round(median(prefillTps)), `${row.decodeOfCeiling}%`]);
+        rows.push([prepack, set, B, samplingName, spread(decodeTps), spread(stepMs, 2), spread(hostMs, 2), Math.round(median(prefillTps)), `${row.decodeOfCeiling}%`]);
       }
     }
   }
 }
-console.log(`\nTimes are whole worker steps (feeds, session.run, sampling, KV append); "host ms/step" is the part outside session.run. Median (min–max) of ${ROUNDS} interleaved rounds per head.`);
+console.log(`\nTimes are whole worker steps (feeds, session.run, sampling, KV append); "host ms/step" is the part outside session.run. Median (min–max) of ${ROUNDS} interleaved rounds per variant.`);
 console.log(`forward pass of ${model.dir} (${c.modelType}, ${(layerWeights / 1e6).toFixed(1)}M layer weights), ${c.layers} layers × ${c.hidden} wide, prompt ${PROMPT} tokens, ${DECODE_STEPS} decode steps, provider ${args.provider}, ${THREADS} intra-op threads, cpu: ${cpus()[0]?.model}`);
 console.log(`ceiling: one 1024×1024×1024 MatMul through onnxruntime-node ${ort.env.versions.common} = ${ceiling.toFixed(1)} GFLOP/s\n`);
-printTable(['prepack', 'head', 'batch', 'sampling', 'decode tok/s', 'decode ms/step', 'host ms/step', 'prefill tok/s', 'decode % of ceiling'], rows);
+printTable(['prepack', 'graphs', 'batch', 'sampling', 'decode tok/s', 'decode ms/step', 'host ms/step', 'prefill tok/s', 'decode % of ceiling'], rows);
 mkdirSync(join(args.out!, '..'), { recursive: true });
 writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));

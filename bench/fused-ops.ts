@@ -177,7 +177,7 @@ function buildFused(w: WeightSource, { mha, rowBias }: { mha: boolean; rowBias: 
 
 function buildPlain(w: WeightSource): Uint8Array {
   const g = new GraphBuilder();
-  const opset = ckpt.arch.build(c, w, g, false, 'host');
+  const opset = ckpt.arch.build(c, w, g, 'bias', 'host');
   return g.serialize(opset, `${c.modelType} plain (serving graph without LoRA/IA3)`);
 }
 

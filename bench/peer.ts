@@ -6,7 +6,9 @@
  * interleaved rounds (every variant once per N per round, the order rotating between rounds), so a
  * noisy machine hits all of them alike; the table gives the median and min–max of tokens/s (and of
  * tokens per CPU-second, which load from others disturbs less), each engine at its best setting,
- * and the ratios of the medians.
+ * and the ratios of the medians. A measurement at small N repeats the workload back to back until
+ * at least `--min-sequences` sequences have run (8: N = 1 runs 8 requests one after another), so a
+ * single 30-ms request on a noisy machine does not decide it.
  * test/tools/gguf.test.ts checks first that llama.cpp runs the same model as the reference.
  *   npm run bench:peer [-- --rounds 3 --sizes 1,8,32,64 --tokens 32]
  */
@@ -29,11 +31,13 @@ const { values: args } = parseArgs({
     model: { type: 'string', default: 'models/demo-gpt2' },
     fixtures: { type: 'string', default: 'test/fixtures' },
     out: { type: 'string', default: 'bench/results/peer.json' },
+    'min-sequences': { type: 'string', default: '8' },
   },
 });
 const ROUNDS = Number(args.rounds);
 const SIZES = args.sizes!.split(',').map(Number);
 const TOKENS = Number(args.tokens);
+const MIN_SEQUENCES = Number(args['min-sequences']);
 /** A setting below this fraction of its engine's best at warm-up is left out of the rounds. */
 const DROP_BELOW = 0.25;
 const dropped: string[] = [];
@@ -50,7 +54,25 @@ const promptIds = prompts.map((p) => tokenizer.encodeSync(p) as Token[]);
  * `cpu`: per CPU-second of the engine's process (all its threads), which other load on a shared
  * machine disturbs far less than wall time (it still pays for cache misses and for spinning).
  */
-type Run = (n: number) => Promise<{ wall: number; cpu: number }>;
+type Run = (n: number) => Promise<Work>;
+/** Tokens generated, and the wall and CPU seconds they took. */
+interface Work {
+  tokens: number;
+  seconds: number;
+  cpuSeconds: number;
+}
+
+/** The N-sequence workload, repeated until MIN_SEQUENCES sequences have run, as rates. */
+async function measure(run: Run, n: number): Promise<{ wall: number; cpu: number }> {
+  const total: Work = { tokens: 0, seconds: 0, cpuSeconds: 0 };
+  for (let done = 0; done < MIN_SEQUENCES; done += n) {
+    const w = await run(n);
+    total.tokens += w.tokens;
+    total.seconds += w.seconds;
+    total.cpuSeconds += w.cpuSeconds;
+  }
+  return { wall: total.tokens / total.seconds, cpu: total.tokens / total.cpuSeconds };
+}
 
 /** utime + stime of a process, all threads, from /proc (clock ticks of 10 ms). */
 function cpuSecondsOf(pid: number): number {
@@ -103,10 +125,9 @@ function peerRun(model: LlamaModel, threads: number): Run {
 }
 
 /** Both engines must do the same work: every sequence exactly TOKENS new tokens. */
-function rates(counts: number[], seconds: number, cpuSeconds: number): { wall: number; cpu: number } {
+function rates(counts: number[], seconds: number, cpuSeconds: number): Work {
   if (counts.some((c) => c !== TOKENS)) throw new Error(`expected ${TOKENS} tokens per sequence, got ${counts.join(',')}`);
-  const tokens = counts.length * TOKENS;
-  return { wall: tokens / seconds, cpu: tokens / cpuSeconds };
+  return { tokens: counts.length * TOKENS, seconds, cpuSeconds };
 }
 
 const llama = await getLlama({ build: 'never', gpu: false, logLevel: LlamaLogLevel.error });
@@ -130,7 +151,7 @@ try {
   // behind its engine's best: on a loaded machine llama.cpp's threads: 2 spins at its barriers and
   // runs at a few tokens/s, and would take the whole run.
   const warm: number[] = [];
-  for (const v of variants) warm.push((await v.run(8)).wall);
+  for (const v of variants) warm.push((await measure(v.run, 8)).wall);
   const bestWarm = (engine: string) => Math.max(...warm.filter((_, j) => variants[j].engine === engine));
   const keep = variants.filter((v, i) => {
     const best = bestWarm(v.engine);
@@ -144,7 +165,7 @@ try {
     for (const n of SIZES) {
       for (let k = 0; k < variants.length; k++) {
         const i = (k + round) % variants.length; // rotate who goes first
-        samples.set(`${i}/${n}`, [...(samples.get(`${i}/${n}`) ?? []), await variants[i].run(n)]);
+        samples.set(`${i}/${n}`, [...(samples.get(`${i}/${n}`) ?? []), await measure(variants[i].run, n)]);
       }
     }
     console.error(`round ${round + 1}/${ROUNDS} done`);
@@ -175,7 +196,7 @@ function report(samples: Map<string, { wall: number; cpu: number }[]>): void {
   // Each engine at its best setting: the one with the highest median tokens/s at that N.
   const best = (engine: string, n: number) => rows.filter((r) => r.engine === engine && r.n === n).sort((a, b) => b.wall.median - a.wall.median)[0];
   const summary = SIZES.map((n) => ({ n, ours: best('ours', n), peer: best('llama.cpp', n) }));
-  console.log(`\nours (HTTP, streamed) against llama.cpp (node-llama-cpp 3.21.1, in-process), same F32 weights: N sequences × ${TOKENS} greedy tokens;`);
+  console.log(`\nours (HTTP, streamed) against llama.cpp (node-llama-cpp 3.21.1, in-process), same F32 weights: N sequences × ${TOKENS} greedy tokens (repeated to ${MIN_SEQUENCES} sequences at least);`);
   console.log(`median (min–max) of ${ROUNDS} interleaved rounds; ${m.date}, ${m.cpu}, ${m.cores} cores, ${load} (a shared machine: wall numbers are noisy)\n`);
   printTable(
     ['N', 'ours tok/s', 'ours setting', 'llama.cpp tok/s', 'llama.cpp setting', 'ours / llama.cpp', 'ours tok/CPU-s', 'llama.cpp tok/CPU-s', 'ratio per CPU-s'],
@@ -196,6 +217,6 @@ function report(samples: Map<string, { wall: number; cpu: number }[]>): void {
   printTable(['N', 'engine', 'setting', 'tok/s', 'tok/CPU-s'], rows.map((r) => [r.n, r.engine, r.setting, cell(r.wall), cell(r.cpu)]));
   mkdirSync(dirname(args.out!), { recursive: true });
   const ratios = summary.map((s) => ({ n: s.n, ours: s.ours.setting, peer: s.peer.setting, wall: s.ours.wall.median / s.peer.wall.median, cpu: s.ours.cpu.median / s.peer.cpu.median }));
-  writeFileSync(args.out!, JSON.stringify({ machine: { ...m, load: [load0, loadavg()[0]] }, tokens: TOKENS, rounds: ROUNDS, nodeLlamaCpp: '3.21.1', ratios, rows, dropped }, null, 2) + '\n');
+  writeFileSync(args.out!, JSON.stringify({ machine: { ...m, load: [load0, loadavg()[0]] }, tokens: TOKENS, minSequences: MIN_SEQUENCES, rounds: ROUNDS, nodeLlamaCpp: '3.21.1', ratios, rows, dropped }, null, 2) + '\n');
   console.error(`wrote ${args.out}`);
 }

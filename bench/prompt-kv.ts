@@ -9,7 +9,6 @@
  * the whole step), without HTTP, tokenizer and scheduling: less noise on a loaded machine.
  *   npm run build && node dist/bench/prompt-kv.js [--rounds 5 --later 5]
  */
-import ort from 'onnxruntime-node';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { loadConfig } from '../src/config.js';
 import { FeedContext } from '../src/executor/model-constants.js';
+import { openSessions } from '../src/executor/sessions.js';
 import { StepRunner } from '../src/executor/step-runner.js';
 import { loadBaseModel } from '../src/model/base-model.js';
 import type { AdapterTensors, Sampling } from '../src/protocol.js';
@@ -125,9 +125,9 @@ try {
 // The same prefill steps in one StepRunner per variant, sharing one session: ms of session.run and of the step.
 {
   const model = loadBaseModel('models/demo-gpt2', '.cache');
-  const session = await ort.InferenceSession.create(model.graphPath, { intraOpNumThreads: 1 });
+  const { session, base } = await openSessions(model, { intraOpNumThreads: 1 });
   const ctx = new FeedContext(model.tensors);
-  const runners = { on: new StepRunner(session, ctx, { promptKv: true }), off: new StepRunner(session, ctx, { promptKv: false }) };
+  const runners = { on: new StepRunner(session, ctx, { promptKv: true, base }), off: new StepRunner(session, ctx, { promptKv: false, base }) };
   const tokens = model.tokenizer.encodeSync(PROMPT);
   const sampling: Sampling = { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 0 };
   let seq = 1;

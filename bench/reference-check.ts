@@ -25,12 +25,12 @@ import { parseArgs } from 'node:util';
 import { adapterParser } from '../src/adapters/format.js';
 import { readAdapterFolder } from '../src/adapters/fs-store.js';
 import { Executor } from '../src/executor/executor.js';
-import { fullLogitsFeeds } from '../src/executor/head.js';
 import { FeedContext } from '../src/executor/model-constants.js';
-import { prefillFeeds, virtualTokens, type PrefillItem } from '../src/executor/prefill.js';
+import { virtualTokens, type PrefillItem } from '../src/executor/prefill.js';
+import { openSessions } from '../src/executor/sessions.js';
 import { loadBaseModel, type BaseModel } from '../src/model/base-model.js';
 import type { AdapterTensors, StepPlan } from '../src/protocol.js';
-import { refLogits, relErr, type RefCase } from './reference.js';
+import { prefillLogits, refLogits, relErr, type RefCase } from './reference.js';
 import { printTable } from './table.js';
 
 const { values: args } = parseArgs({
@@ -132,11 +132,10 @@ async function checkModel(name: string, logLevel: number): Promise<{ rows: Row[]
   const adapters = new Map<string, AdapterTensors>();
   for (const c of s.cases) if (c.adapter && !adapters.has(c.adapter)) adapters.set(c.adapter, parse(c.adapter, readAdapterFolder(join(s.adapters, c.adapter))).tensors);
   const adapterOf = (c: RefCase) => (c.adapter ? adapters.get(c.adapter)! : null);
-  const V = model.config.vocabSize;
 
   // Logits: the same feeds the worker builds, through a session of the provider under test.
   const t0 = performance.now();
-  const session = await ort.InferenceSession.create(model.graphPath, {
+  const sessions = await openSessions(model, {
     executionProviders: [provider],
     graphOptimizationLevel: OPT,
     intraOpNumThreads: THREADS,
@@ -146,17 +145,16 @@ async function checkModel(name: string, logLevel: number): Promise<{ rows: Row[]
   console.error(`[${name}] ${provider} session created in ${(performance.now() - t0).toFixed(0)} ms`);
   const ctx = new FeedContext(model.tensors);
   const items: PrefillItem[] = s.cases.map((c) => ({ adapter: adapterOf(c), tokens: c.ids, logitAt: [virtualTokens(adapterOf(c), 'prompt') + c.ids.length - 1] }));
-  const lastLogits = async (batch: PrefillItem[]) => {
-    const data = (await session.run(fullLogitsFeeds(session, prefillFeeds(ctx, batch).feeds, provider === 'webgpu'))).logits.data as Float32Array;
-    return batch.map((_, r) => data.slice(r * V, (r + 1) * V));
-  };
+  // On the graph the worker picks: the base graph for rows without BitFit, LoRA or IA3.
+  const lastLogits = async (batch: PrefillItem[]) => (await prefillLogits(sessions, ctx, batch, provider === 'webgpu')).rows;
   const alone: Float32Array[] = [];
   for (const it of items) alone.push((await lastLogits([it]))[0]);
   const mixed = await lastLogits(items);
-  await session.release();
+  await sessions.session.release();
+  await sessions.base?.release();
 
   // Greedy and label scores through the real worker on the same provider.
-  const ex = new Executor({ graphPath: model.graphPath, base: model.tensors, provider, threads: THREADS, spin: false });
+  const ex = new Executor({ graphPath: model.graphPath, baseGraphPath: model.baseGraphPath, base: model.tensors, provider, threads: THREADS, spin: false });
   try {
     await ex.ready();
     const rows = s.cases.map((c, i) => ({ seq: i + 1, adapter: adapterOf(c), tokens: c.ids, want: c.greedy.length }));
@@ -206,8 +204,8 @@ if (args.probe) {
   const model = loadBaseModel(s.dir, process.env.CACHE_DIR ?? mkdtempSync(join(tmpdir(), 'refcheck-graph-')));
   const session = await ort.InferenceSession.create(model.graphPath, { executionProviders: [provider], graphOptimizationLevel: OPT, intraOpNumThreads: THREADS, logSeverityLevel: 0, logVerbosityLevel: 0 });
   const c = s.cases.find((x) => x.adapter === null)!;
-  const feeds = prefillFeeds(new FeedContext(model.tensors), [{ adapter: null, tokens: c.ids, logitAt: [c.ids.length - 1] }]).feeds;
-  const logits = (await session.run(fullLogitsFeeds(session, feeds, provider === 'webgpu'))).logits.data as Float32Array;
+  const { rows } = await prefillLogits({ session, base: null }, new FeedContext(model.tensors), [{ adapter: null, tokens: c.ids, logitAt: [c.ids.length - 1] }], provider === 'webgpu');
+  const logits = rows[0];
   console.log(`probe: ${provider} session on ${model.dir} ran; base case ${JSON.stringify(c.text)} relative error ${relErr(logits, refLogits(c)).toExponential(2)}`);
   await session.release();
   process.exit(0);

@@ -1,3 +1,10 @@
+import type ort from 'onnxruntime-node';
+import { fullLogitsFeeds } from '../src/executor/head.js';
+import type { FeedContext } from '../src/executor/model-constants.js';
+import { prefillFeeds, type PrefillItem } from '../src/executor/prefill.js';
+import { pickGraph, type ModelSessions } from '../src/executor/sessions.js';
+import type { AdapterTensors } from '../src/protocol.js';
+
 /** The ground truth's case format and the comparisons made against it, shared by the tests and bench/reference-check.ts. */
 export interface RefCase {
   /** Llama reference only: which checkpoint the case belongs to. */
@@ -25,4 +32,21 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
     den += b[i] ** 2;
   }
   return Math.sqrt(num / den);
+}
+
+/**
+ * One forward pass on the graph a worker picks for these rows (src/executor/sessions.ts), with full
+ * logits for every picked row: `sessions.base` null forces the full graph.
+ */
+export async function runPicked(sessions: ModelSessions, ctx: FeedContext, feeds: Record<string, ort.Tensor>, adapters: (AdapterTensors | null)[], padEmpty = false): Promise<{ out: ort.InferenceSession.OnnxValueMapType; graph: 'base' | 'full' }> {
+  const run = pickGraph(sessions, ctx, feeds, adapters);
+  return { out: await run.session.run(fullLogitsFeeds(run.session, run.feeds, padEmpty)), graph: run.graph };
+}
+
+/** Last-position logits (one [V] row per item's logit position) of a padded prefill of `batch`, and the graph that ran it. */
+export async function prefillLogits(sessions: ModelSessions, ctx: FeedContext, batch: PrefillItem[], padEmpty = false): Promise<{ rows: Float32Array[]; graph: 'base' | 'full' }> {
+  const { out, graph } = await runPicked(sessions, ctx, prefillFeeds(ctx, batch).feeds, batch.map((it) => it.adapter), padEmpty);
+  const V = ctx.base.config.vocabSize;
+  const data = out.logits.data as Float32Array;
+  return { rows: Array.from({ length: data.length / V }, (_, r) => data.slice(r * V, (r + 1) * V)), graph };
 }

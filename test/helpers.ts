@@ -7,7 +7,7 @@ import { loadConfig } from '../src/config.js';
 import { createServer, type Server } from '../src/server.js';
 import type { RefCase } from '../bench/reference.js';
 
-export { refLogits, relErr, type RefCase } from '../bench/reference.js';
+export { prefillLogits, refLogits, relErr, runPicked, type RefCase } from '../bench/reference.js';
 
 /** The repository root, whether tests run from test/ or from dist/test/. */
 export const ROOT = (() => {

@@ -15,6 +15,14 @@ export interface BaseTensors {
   shareWeights: boolean;
 }
 
+/** Adapter kinds that change the model's parameters per row: only the full graph runs them. */
+const PER_ROW_PARAMETERS = new Set<AdapterTensors['kind']>(['bitfit', 'lora', 'ia3']);
+
+/** Whether a run over rows with these adapters needs the full graph (else the base graph serves it). */
+export function needsFullGraph(adapters: (AdapterTensors | null)[]): boolean {
+  return adapters.some((a) => a !== null && PER_ROW_PARAMETERS.has(a.kind));
+}
+
 export const NEG = -1e9; // additive mask value: exp(NEG - max) is exactly 0 in float32, and never NaN
 
 export class FeedContext {
@@ -33,6 +41,14 @@ export class FeedContext {
     this.sharedBias = Object.fromEntries(this.biasList.map(({ name, size }) => [name, new ort.Tensor('float32', new Float32Array(base.biases[name]), [1, 1, size])]));
     this.layout = adapterLayout(linearModules(base.config));
     this.plainFeeds = { [ADAPTED_FLAG]: new ort.Tensor('bool', new Uint8Array([0]), []), ...this.loraStacks([]), ...this.ia3Feeds([]) };
+  }
+
+  /**
+   * The full graph's per-row feeds for a run whose rows use `adapters`: bias vectors and LoRA/IA3.
+   * The base graph takes none (see needsFullGraph).
+   */
+  rowFeeds(adapters: (AdapterTensors | null)[]): Record<string, ort.Tensor> {
+    return { ...this.biasFeeds(adapters), ...this.adapterFeeds(adapters) };
   }
 
   /** Per-row LoRA and IA3 feeds (src/model/adapter-ops.ts) for a run whose rows use `adapters`. */

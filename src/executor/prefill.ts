@@ -38,7 +38,8 @@ export function fedPrompt(it: PrefillItem): number {
 }
 
 /**
- * Feeds for a padded prefill of ragged rows. Row r occupies past columns [0, prefix_r) and
+ * Feeds for a padded prefill of ragged rows (the rows' bias and adapter feeds, for the full graph,
+ * come from FeedContext.rowFeeds). Row r occupies past columns [0, prefix_r) and
  * sequence columns [0, length_r); everything else is padding that the mask hides from every query.
  * Positions follow PEFT: virtual tokens (soft prompt or prefix) take 0..n-1 and real tokens n...
  */
@@ -78,8 +79,6 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
     position_ids: new ort.Tensor('int64', positions, [B, S]),
     attn_bias: new ort.Tensor('float32', bias, [B, 1, S, T]),
     logit_index: new ort.Tensor('int64', BigInt64Array.from(logitIndex), [logitIndex.length]),
-    ...ctx.biasFeeds(items.map((it) => it.adapter)),
-    ...ctx.adapterFeeds(items.map((it) => it.adapter)),
   };
   for (let l = 0; l < L; l++) {
     const keys = new Float32Array(B * H * hd * P); // [B, H, hd, P]

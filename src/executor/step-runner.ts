@@ -5,6 +5,7 @@ import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
 import { fedPrompt, prefillFeeds, type PrefillItem, type PrefillLayout } from './prefill.js';
 import { PastKvCache } from './prompt-kv.js';
+import { pickGraph, type ModelSessions } from './sessions.js';
 
 /**
  * Executes StepPlans against one ONNX Runtime session. It owns every tensor: adapter tensors by
@@ -20,9 +21,13 @@ export class StepRunner {
   /** Per running seq: the token its next decode feeds (the one chosen for it last) and that decode's step. */
   private readonly next = new Map<number, { token: number; step: number }>();
   private readonly batch: KvBatch;
-  /** Per-slot bias, LoRA and IA3 feeds, rebuilt only when a slot changes owner. */
+  /** The decode batch's bias, LoRA and IA3 feeds (full graph), rebuilt only when a slot changes owner. */
   private rowFeeds: Record<string, ort.Tensor> = {};
   private rowFeedsVersion = -1;
+  /** The full graph's session and the base graph's (null: the full graph runs everything). */
+  private readonly sessions: ModelSessions;
+  /** Forward passes by graph, since the start (tests, benchmarks). */
+  readonly runs = { base: 0, full: 0 };
   /** The graph ends with the sampling head (src/model/sampling-head.ts), not plain logits. */
   private readonly graphHead: boolean;
   /** Soft prompts' and prefixes' KV by adapter key. */
@@ -33,12 +38,14 @@ export class StepRunner {
   /**
    * `promptKv` false (PROMPT_KV_CACHE=off): soft prompts are prefilled with every request, for benchmarks.
    * `padEmpty`: for the WebGPU provider, which crashes on any zero-size input; the CPU keeps empty feeds (cheaper).
+   * `base`: the base graph's session (src/model/graph-cache.ts), beside the full graph's `session`.
    */
   constructor(
-    private readonly session: ort.InferenceSession,
+    session: ort.InferenceSession,
     private readonly ctx: FeedContext,
-    opts: { promptKv?: boolean; padEmpty?: boolean } = {},
+    opts: { promptKv?: boolean; padEmpty?: boolean; base?: ort.InferenceSession | null } = {},
   ) {
+    this.sessions = { session, base: opts.base ?? null };
     this.batch = new KvBatch(ctx.base.config);
     this.graphHead = session.inputNames.includes('sample_rows');
     this.pastKv = new PastKvCache(ctx, opts.promptKv ?? process.env.PROMPT_KV_CACHE !== 'off');
@@ -62,10 +69,13 @@ export class StepRunner {
     let runMs = 0;
     let kvBytes = 0;
     let padded = 0;
-    const timed = async (feeds: Record<string, ort.Tensor>) => {
+    /** One forward pass over rows with `adapters`: on the base graph unless a row needs the full one, with its row feeds. */
+    const timed = async (feeds: Record<string, ort.Tensor>, adapters: (AdapterTensors | null)[], rowFeeds = () => this.ctx.rowFeeds(adapters)) => {
+      const run = pickGraph(this.sessions, this.ctx, feeds, adapters, rowFeeds);
+      this.runs[run.graph]++;
       const t = performance.now();
       // A run that wants no logits (a soft prompt's KV alone) picks one dummy row, for the padded head's index 0.
-      const out = await this.session.run(this.padEmpty ? padLogitIndex(feeds) : feeds);
+      const out = await run.session.run(this.padEmpty ? padLogitIndex(run.feeds) : run.feeds);
       runMs += performance.now() - t;
       return out;
     };
@@ -92,7 +102,7 @@ export class StepRunner {
       const starting = [...plan.prefill.map((s) => s.adapter), ...plan.score.filter((s) => s.context.length > 0).map((s) => s.adapter)];
       const V = this.ctx.base.config.vocabSize;
       // That run needs no logits: the head is fed with no rows.
-      await this.pastKv.prepare(starting.map((key) => this.adapter(key)), (f) => timed({ ...f, ...new StepHead([], V, this.graphHead, this.nucleus, this.padEmpty).feeds() }));
+      await this.pastKv.prepare(starting.map((key) => this.adapter(key)), (f) => timed({ ...f, ...new StepHead([], V, this.graphHead, this.nucleus, this.padEmpty).feeds() }, []));
       const items: PrefillItem[] = [
         ...plan.prefill.map((s) => this.prefillItem(s.adapter, s.tokens)),
         ...plan.score.map((s) => this.scoreItem(s.adapter, s.context, s.targets)),
@@ -108,7 +118,7 @@ export class StepRunner {
       const scoreTargets = plan.score.map((s, k) => s.targets.slice(s.targets.length - items[plan.prefill.length + k].logitAt.length));
       for (const targets of scoreTargets) headRows.push(...targets.map((target) => ({ target })));
       const head = new StepHead(headRows, V, this.graphHead, this.nucleus, this.padEmpty);
-      const out = await timed({ ...layout.feeds, ...head.feeds() });
+      const out = await timed({ ...layout.feeds, ...head.feeds() }, items.map((it) => it.adapter));
       const read = head.read(out);
       tokens.push(...read.chosen);
       this.remember(plan.prefill.map((s) => ({ seq: s.seq, step: 0 })), read.chosen);
@@ -156,7 +166,7 @@ export class StepRunner {
   }
 
   /** One decode step over the live rows only (packed in the batch's first slots); spare slots are never computed. */
-  private async decode(plan: StepPlan, run: (f: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
+  private async decode(plan: StepPlan, run: (f: Record<string, ort.Tensor>, adapters: (AdapterTensors | null)[], rowFeeds: () => Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
     const wanted = new Map(plan.decode.map((d) => [d.seq, this.inputOf(d)]));
     const live = this.batch.live;
     if (live.length !== wanted.size || live.some((r) => !wanted.has(r.seq))) {
@@ -167,11 +177,14 @@ export class StepRunner {
     const embeds = new Float32Array(B * D);
     live.forEach((row, r) => this.ctx.embed(embeds, r * D, wanted.get(row.seq)!.token));
     const { attnBias, positions, past } = this.batch.stepFeeds();
-    if (this.rowFeedsVersion !== this.batch.version) {
-      const owners = live.map((r) => r.adapter);
-      this.rowFeeds = { ...this.ctx.biasFeeds(owners), ...this.ctx.adapterFeeds(owners) };
-      this.rowFeedsVersion = this.batch.version;
-    }
+    const owners = live.map((r) => r.adapter);
+    const rowFeeds = () => {
+      if (this.rowFeedsVersion !== this.batch.version) {
+        this.rowFeeds = this.ctx.rowFeeds(owners);
+        this.rowFeedsVersion = this.batch.version;
+      }
+      return this.rowFeeds;
+    };
     // Live rows are packed in the first B slots: every computed row needs its logits.
     const headRows: HeadRow[] = live.map((row) => ({ seq: row.seq, sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq) }));
     const head = new StepHead(headRows, V, this.graphHead, this.nucleus, this.padEmpty);
@@ -181,9 +194,8 @@ export class StepRunner {
       attn_bias: attnBias,
       logit_index: new ort.Tensor('int64', BigInt64Array.from(live, (_, r) => BigInt(r)), [B]),
       ...past,
-      ...this.rowFeeds,
       ...head.feeds(),
-    });
+    }, owners, rowFeeds);
     const { chosen } = head.read(out);
     this.remember(headRows as { seq: number; step: number }[], chosen);
     const kvCopied = this.batch.append(newKv(out, L));

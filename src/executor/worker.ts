@@ -5,11 +5,14 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { StepPlan } from '../protocol.js';
 import { FeedContext, type BaseTensors } from './model-constants.js';
 import { RowCheck } from './row-check.js';
+import { openSessions, type ModelSessions } from './sessions.js';
 import { StepRunner } from './step-runner.js';
 
 /** Runs in a worker thread: session.run is synchronous native work and must not hold the event loop. */
 export interface WorkerInit {
   graphPath: string;
+  /** The base graph, opened beside the full one when the model has it (src/model/base-model.ts). */
+  baseGraphPath: string | null;
   base: BaseTensors;
   provider: 'cpu' | 'webgpu';
   threads: number;
@@ -36,24 +39,25 @@ function yieldToEventLoop(): void {
 async function main(): Promise<void> {
   const init = workerData as WorkerInit;
   yieldToEventLoop();
-  let session: ort.InferenceSession;
+  const options: ort.InferenceSession.SessionOptions = {
+    executionProviders: [init.provider],
+    graphOptimizationLevel: 'all',
+    intraOpNumThreads: init.threads,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    // Spinning intra-op threads would take the cores that the event loop and the HTTP clients need.
+    extra: { session: { intra_op: { allow_spinning: init.spin ? '1' : '0' }, disable_prepacking: init.base.shareWeights ? '1' : '0' } },
+  };
+  let sessions: ModelSessions;
   try {
-    session = await ort.InferenceSession.create(init.graphPath, {
-      executionProviders: [init.provider],
-      graphOptimizationLevel: 'all',
-      intraOpNumThreads: init.threads,
-      interOpNumThreads: 1,
-      executionMode: 'sequential',
-      // Spinning intra-op threads would take the cores that the event loop and the HTTP clients need.
-      extra: { session: { intra_op: { allow_spinning: init.spin ? '1' : '0' }, disable_prepacking: init.base.shareWeights ? '1' : '0' } },
-    });
+    sessions = await openSessions(init, options);
   } catch (e) {
     const why = (e as Error).message;
     const hint = init.provider === 'webgpu' ? ' (EXECUTION_PROVIDER=webgpu needs a GPU adapter that WebGPU can open; use cpu where there is none)' : '';
     parentPort!.postMessage({ fatal: `cannot create the ${init.provider} session: ${why}${hint}` });
     return;
   }
-  const runner = new StepRunner(session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu' });
+  const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu', base: sessions.base });
   const rows = new RowCheck(init.base.config);
   parentPort!.postMessage({ ready: true, providers: [init.provider] });
   // Steps are processed one at a time, in order: the runner's KV state is sequential by nature.

@@ -6,46 +6,66 @@ import { ExternalData, GraphBuilder } from './onnx-builder.js';
 import type { HeadMode } from './sampling-head.js';
 
 /**
- * 'branched' (served): an If on `lora_ia3_rows` between two bodies, with and without the LoRA/IA3
- * ops (see branchOnAdapters). 'adapted' and 'plain': one body, for bench/lora.ts.
+ * 'branched' (the full graph): an If on `lora_ia3_rows` between two bodies, with and without the
+ * LoRA/IA3 ops (see branchOnAdapters), both with per-row bias inputs. 'base': one body with the
+ * checkpoint's biases as constants and no per-row parameters, for runs whose rows carry no BitFit,
+ * LoRA or IA3 (base, prompt tuning, P-tuning, prefix tuning). 'adapted' and 'plain': one body of the
+ * full graph, for bench/lora.ts.
  */
-export type GraphVariant = 'branched' | 'adapted' | 'plain';
+export type GraphVariant = 'branched' | 'base' | 'adapted' | 'plain';
 
-/** The serialized graph; with `external`, its weights go there (each once, both bodies refer to it). */
+/** The serialized graph; with `external`, its weights go there (each once, every body refers to it). */
 export function buildGraph(ckpt: Checkpoint, variant: GraphVariant, external?: ExternalData, head: HeadMode = 'graph'): Uint8Array {
-  const doc = `${ckpt.config.modelType} built by softprompt-server ${ckpt.arch.graphVersion} from checkpoint ${ckpt.hash}`;
-  const body = (loraIa3: boolean) => {
+  const doc = `${ckpt.config.modelType} ${variant} graph built by softprompt-server ${ckpt.arch.graphVersion} from checkpoint ${ckpt.hash}`;
+  const body = (rows: 'lora-ia3' | 'bias' | 'none') => {
     const g = new GraphBuilder(external);
-    const opset = ckpt.arch.build(ckpt.config, ckpt.weights, g, loraIa3, head);
+    const opset = ckpt.arch.build(ckpt.config, ckpt.weights, g, rows, head);
     return { opset, bytes: g.serialize(opset, doc) };
   };
-  if (variant !== 'branched') return body(variant === 'adapted').bytes;
-  const adapted = body(true);
-  return branchOnAdapters(adapted.bytes, body(false).bytes, adapted.opset, doc);
+  if (variant === 'base') return body('none').bytes;
+  if (variant !== 'branched') return body(variant === 'adapted' ? 'lora-ia3' : 'bias').bytes;
+  const adapted = body('lora-ia3');
+  return branchOnAdapters(adapted.bytes, body('bias').bytes, adapted.opset, doc);
+}
+
+export interface GraphPaths {
+  /** The full graph: every row kind. */
+  path: string;
+  /** The base graph (rows without BitFit, LoRA or IA3), beside it; both read the same weights file. */
+  basePath: string;
+  built: boolean;
 }
 
 /**
- * Returns the path of the ONNX graph for a checkpoint, building it once. The key covers the
+ * Returns the paths of the ONNX graphs for a checkpoint, building them once. The key covers the
  * checkpoint's content and the builder version, so a new checkpoint or builder never reuses a stale
- * graph. `head` 'host' (the plain-logits graph: test oracle, benchmarks) is cached apart. The weights go to a side file (`<graph>.data`, ONNX external data) as the builder streams
- * them, so building needs about one tensor's memory and a model of any size fits the format.
+ * graph. `head` 'host' (the plain-logits graphs: test oracle, benchmarks) is cached apart. The
+ * weights go to one side file (`<graph>.data`, ONNX external data) as the builder streams them, each
+ * tensor once for both graphs, so building needs about one tensor's memory and a model of any size
+ * fits the format.
  */
-export function cachedGraphPath(ckpt: Checkpoint, cacheDir: string, head: HeadMode = 'graph'): { path: string; built: boolean } {
+export function cachedGraphPath(ckpt: Checkpoint, cacheDir: string, head: HeadMode = 'graph'): GraphPaths {
   const path = join(cacheDir, `${ckpt.arch.graphVersion}${head === 'host' ? '-hosthead' : ''}-${ckpt.hash.slice(0, 16)}.onnx`);
-  if (existsSync(path)) return { path, built: false };
+  const basePath = path.replace(/\.onnx$/, '.base.onnx');
+  if (existsSync(path)) return { path, basePath, built: false };
   mkdirSync(cacheDir, { recursive: true });
   const dataPath = `${path}.data`;
   const tmp = `.${process.pid}.tmp`;
   const fd = openSync(dataPath + tmp, 'w');
-  let graph: Uint8Array;
+  let full: Uint8Array;
+  let base: Uint8Array;
   try {
-    graph = buildGraph(ckpt, 'branched', new ExternalData(fd, basename(dataPath)), head);
+    const external = new ExternalData(fd, basename(dataPath));
+    full = buildGraph(ckpt, 'branched', external, head);
+    base = buildGraph(ckpt, 'base', external, head);
   } finally {
     closeSync(fd);
   }
-  writeFileSync(path + tmp, graph);
-  // The graph file appears last and atomically: a reader that sees it sees its whole side file.
+  writeFileSync(path + tmp, full);
+  writeFileSync(basePath + tmp, base);
+  // The full graph's file appears last and atomically: a reader that sees it sees the other two whole.
   renameSync(dataPath + tmp, dataPath);
+  renameSync(basePath + tmp, basePath);
   renameSync(path + tmp, path);
-  return { path, built: true };
+  return { path, basePath, built: true };
 }

@@ -13,8 +13,8 @@ const sampling = { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 0 };
 const empty: StepPlan = { drop: [], decode: [], prefill: [], score: [], adapters: [], forget: [] };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function executor(graphPath = model.graphPath): Executor {
-  const e = new Executor({ graphPath, base: model.tensors, provider: 'cpu', threads: 1, spin: false });
+function executor(graphPath = model.graphPath, baseGraphPath = model.baseGraphPath): Executor {
+  const e = new Executor({ graphPath, baseGraphPath, base: model.tensors, provider: 'cpu', threads: 1, spin: false });
   t.teardown(() => e.close());
   return e;
 }
@@ -100,7 +100,7 @@ t.test('a worker that cannot create its session is retried with backoff; canRun 
   const graph = join(dir, basename(model.graphPath));
   copyFileSync(model.graphPath, graph);
   if (existsSync(`${model.graphPath}.data`)) copyFileSync(`${model.graphPath}.data`, `${graph}.data`);
-  const e = executor(graph);
+  const e = executor(graph, null);
   await e.ready();
   const delays: number[] = [];
   e.on('backoff', (ms: number) => delays.push(ms));

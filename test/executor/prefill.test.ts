@@ -1,17 +1,18 @@
-import ort from 'onnxruntime-node';
 import { join } from 'node:path';
 import t from 'tap';
 import { adapterParser } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
-import { fullLogitsFeeds } from '../../src/executor/head.js';
-import { FeedContext } from '../../src/executor/model-constants.js';
-import { prefillFeeds, virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
+import { FeedContext, needsFullGraph } from '../../src/executor/model-constants.js';
+import { virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
+import { openSessions, type ModelSessions } from '../../src/executor/sessions.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
-import { reference, refLogits, relErr, ROOT, SUPPORTED } from '../helpers.js';
+import { prefillLogits, reference, refLogits, relErr, ROOT, SUPPORTED } from '../helpers.js';
 
 const model = loadBaseModel(join(ROOT, 'models', 'demo-gpt2'), join(ROOT, '.cache'));
 const parse = adapterParser(model);
-const session = await ort.InferenceSession.create(model.graphPath);
+// As a worker opens them: rows without BitFit, LoRA or IA3 run on the base graph. `full` forces the full graph.
+const served = await openSessions(model);
+const full: ModelSessions = { session: served.session, base: null };
 const ctx = new FeedContext(model.tensors);
 const cases = reference.cases.filter((c) => SUPPORTED.has(c.adapter));
 const items: PrefillItem[] = cases.map((c) => {
@@ -19,19 +20,43 @@ const items: PrefillItem[] = cases.map((c) => {
   return { adapter, tokens: c.ids, logitAt: [virtualTokens(adapter, 'prompt') + c.ids.length - 1] };
 });
 
-async function lastLogits(batch: PrefillItem[]): Promise<Float32Array[]> {
-  const out = await session.run(fullLogitsFeeds(session, prefillFeeds(ctx, batch).feeds));
-  const V = model.config.vocabSize;
-  const data = out.logits.data as Float32Array;
-  return batch.map((_, r) => data.slice(r * V, (r + 1) * V));
+async function lastLogits(batch: PrefillItem[], sessions = served): Promise<Float32Array[]> {
+  return (await prefillLogits(sessions, ctx, batch)).rows;
 }
 
-t.test('last-position logits of every case, alone, within 1e-4', async (t) => {
-  for (let i = 0; i < cases.length; i++) {
-    const [logits] = await lastLogits([items[i]]);
-    const err = relErr(logits, refLogits(cases[i]));
-    t.ok(err < 1e-4, `${cases[i].adapter ?? 'base'} ${JSON.stringify(cases[i].text)}: ${err.toExponential(2)}`);
+t.test('the base graph opens beside the full one, and serves exactly the rows without per-row parameters', async (t) => {
+  t.ok(served.base, 'the demo model has a base graph');
+  t.notOk(served.base!.inputNames.some((n) => n.endsWith('.bias') || n.startsWith('lora')), 'it takes no bias or adapter inputs');
+  const kinds = new Set(items.map((it) => it.adapter?.kind ?? 'base'));
+  for (const kind of kinds) {
+    const batch = items.filter((it) => (it.adapter?.kind ?? 'base') === kind).slice(0, 1);
+    const { graph } = await prefillLogits(served, ctx, batch);
+    t.equal(graph, needsFullGraph(batch.map((it) => it.adapter)) ? 'full' : 'base', `${kind} rows run on the ${graph} graph`);
   }
+  t.same([...kinds].filter((k) => needsFullGraph([items.find((it) => (it.adapter?.kind ?? 'base') === k)!.adapter])).sort(), ['bitfit', 'ia3', 'lora']);
+});
+
+t.test('last-position logits of every case, alone, within 1e-4, on the graph served and on the full graph: the same bit for bit', async (t) => {
+  for (let i = 0; i < cases.length; i++) {
+    const label = `${cases[i].adapter ?? 'base'} ${JSON.stringify(cases[i].text)}`;
+    const [onServed] = await lastLogits([items[i]], served);
+    const [onFull] = await lastLogits([items[i]], full);
+    const err = relErr(onServed, refLogits(cases[i]));
+    t.ok(err < 1e-4, `${label}: ${err.toExponential(2)}`);
+    // A row's numbers must not depend on which graph its batch ran on.
+    t.ok(Buffer.from(onServed.buffer).equals(Buffer.from(onFull.buffer)), `${label}: base and full graph identical`);
+  }
+});
+
+t.test('the cases without per-row parameters in one padded batch on the base graph: same logits', async (t) => {
+  const picked = items.flatMap((it, i) => (needsFullGraph([it.adapter]) ? [] : [i]));
+  const { rows, graph } = await prefillLogits(served, ctx, picked.map((i) => items[i]));
+  t.equal(graph, 'base');
+  rows.forEach((logits, k) => {
+    const c = cases[picked[k]];
+    const err = relErr(logits, refLogits(c));
+    t.ok(err < 1e-4, `${c.adapter ?? 'base'} ${JSON.stringify(c.text)}: ${err.toExponential(2)}`);
+  });
 });
 
 t.test('all cases in one padded, mixed-adapter batch: same logits', async (t) => {

@@ -1,18 +1,17 @@
-import ort from 'onnxruntime-node';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { adapterParser } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
-import { fullLogitsFeeds } from '../../src/executor/head.js';
 import { FeedContext } from '../../src/executor/model-constants.js';
-import { prefillFeeds, type PrefillItem } from '../../src/executor/prefill.js';
+import type { PrefillItem } from '../../src/executor/prefill.js';
 import { PastKvCache, pastKvBytes } from '../../src/executor/prompt-kv.js';
+import { openSessions, type ModelSessions } from '../../src/executor/sessions.js';
 import { StepRunner } from '../../src/executor/step-runner.js';
 import { loadBaseModel, type BaseModel } from '../../src/model/base-model.js';
 import type { AdapterTensors, EnsembleGroup, Sampling, StepPlan, StepResult } from '../../src/protocol.js';
-import { adapterFiles, adaptersCopy, logSoftmax, multipart, reference, refLogits, relErr, ROOT, startServer, SUPPORTED, type RefCase } from '../helpers.js';
+import { adapterFiles, adaptersCopy, logSoftmax, multipart, prefillLogits, reference, refLogits, relErr, ROOT, runPicked, startServer, SUPPORTED, type RefCase } from '../helpers.js';
 import { LLAMA_FIXTURES, servedCases } from '../llama/reference.js';
 
 // A soft prompt's keys/values are computed once per adapter version and every request starts after
@@ -24,7 +23,7 @@ const GREEDY: Sampling = { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 
 interface Model {
   name: string;
   model: BaseModel;
-  session: ort.InferenceSession;
+  sessions: ModelSessions;
   ctx: FeedContext;
   cases: RefCase[];
   adapter: (name: string | null) => AdapterTensors | null;
@@ -39,7 +38,7 @@ async function open(name: string, dir: string, adapterDir: string, cases: RefCas
     if (!tensors.has(a)) tensors.set(a, parse(a, readAdapterFolder(join(adapterDir, a))).tensors);
     return tensors.get(a)!;
   };
-  return { name, model, session: await ort.InferenceSession.create(model.graphPath), ctx: new FeedContext(model.tensors), cases, adapter };
+  return { name, model, sessions: await openSessions(model), ctx: new FeedContext(model.tensors), cases, adapter };
 }
 
 /** Drives a StepRunner like the scheduler: prefill, then one decode step per token, until 20 tokens or end-of-text. */
@@ -50,7 +49,7 @@ class Driver {
   readonly runner: StepRunner;
 
   constructor(m: Model, promptKv: boolean) {
-    this.runner = new StepRunner(m.session, m.ctx, { promptKv });
+    this.runner = new StepRunner(m.sessions.session, m.ctx, { promptKv, base: m.sessions.base });
   }
 
   async step(plan: Partial<StepPlan>, adapters: (AdapterTensors | null)[] = []): Promise<StepResult> {
@@ -123,7 +122,7 @@ async function referenceChecks(t: Test, m: Model) {
   t.test('computed past through prefillFeeds: last logits within 1e-4, alone and in one mixed batch', async (t) => {
     const cache = new PastKvCache(m.ctx, true);
     // Every soft prompt in one padded run (the prompts' lengths differ), every other kind's row beside.
-    await cache.prepare(m.cases.map((c) => m.adapter(c.adapter)), (f) => m.session.run(fullLogitsFeeds(m.session, f)));
+    await cache.prepare(m.cases.map((c) => m.adapter(c.adapter)), async (f) => (await runPicked(m.sessions, m.ctx, f, [])).out);
     const softAdapters = new Set(soft.map((c) => c.adapter));
     t.equal(cache.size, softAdapters.size, 'one KV per soft prompt');
     t.same({ hits: cache.hits, misses: cache.misses }, { hits: 0, misses: soft.length }, 'every row of the step a miss');
@@ -133,9 +132,7 @@ async function referenceChecks(t: Test, m: Model) {
         return { adapter, tokens: c.ids, logitAt: [c.ids.length - 1], past: cache.get(adapter) };
       });
     const logits = async (batch: PrefillItem[]) => {
-      const data = (await m.session.run(fullLogitsFeeds(m.session, prefillFeeds(m.ctx, batch).feeds))).logits.data as Float32Array;
-      const V = m.model.config.vocabSize;
-      return batch.map((_, r) => data.slice(r * V, (r + 1) * V));
+      return (await prefillLogits(m.sessions, m.ctx, batch)).rows;
     };
     for (const c of soft) {
       const [it] = await items([c]);
@@ -255,7 +252,7 @@ t.test('GPT-2 demo', async (t) => {
     const a = cache.get(A);
     cache.get(B);
     t.equal(cache.get(A), a, 'a held prefix is laid out once');
-    await cache.prepare([C, null], (f) => m.session.run(fullLogitsFeeds(m.session, f)));
+    await cache.prepare([C, null], async (f) => (await runPicked(m.sessions, m.ctx, f, [])).out);
     t.equal(cache.size, 2, 'one dropped');
     t.equal(cache.bytes, bytes(A) + bytes(C));
     t.equal(cache.get(A), a, 'the recently used prefix stayed');

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { topPCounts } from '../../src/executor/head.js';
 import { FeedContext } from '../../src/executor/model-constants.js';
+import { openSessions } from '../../src/executor/sessions.js';
 import { StepRunner } from '../../src/executor/step-runner.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
 import { loadCheckpoint } from '../../src/model/checkpoint.js';
@@ -66,10 +67,12 @@ for (const m of MODELS) {
     const model = loadBaseModel(m.dir, cache);
     const hostGraph = cachedGraphPath(loadCheckpoint(m.dir), cache, 'host').path;
     const options = { graphOptimizationLevel: 'all', intraOpNumThreads: 1 } as const;
-    const graphSession = await ort.InferenceSession.create(model.graphPath, options);
+    // The graph head as a worker runs it: base rows on the base graph.
+    const { session: graphSession, base: baseGraph } = await openSessions(model, options);
+    t.ok(baseGraph, 'the base graph is open');
     const hostSession = await ort.InferenceSession.create(hostGraph, options);
     t.ok(graphSession.inputNames.includes('sample_rows') && !hostSession.inputNames.includes('sample_rows'), 'one graph of each head');
-    const runner = (s: ort.InferenceSession) => new StepRunner(s, new FeedContext(model.tensors));
+    const runner = (s: ort.InferenceSession) => new StepRunner(s, new FeedContext(model.tensors), { base: s === graphSession ? baseGraph : null });
 
     // Every prompt under every configuration, each with its own seed; plus a two-member ensemble per prompt.
     const seqs: NewSequence[] = [];
@@ -86,7 +89,10 @@ for (const m of MODELS) {
     });
     const score = m.prompts.map((tokens, id) => ({ id, adapter: null, context: tokens.slice(0, 1), targets: tokens.slice(1) }));
     const before = { ...topPCounts };
-    const graph = await generate(runner(graphSession), seqs, 6, score);
+    const graphRunner = runner(graphSession);
+    const graph = await generate(graphRunner, seqs, 6, score);
+    t.same(graphRunner.runs, { base: graphRunner.runs.base, full: 0 }, 'rows without adapters ran on the base graph only');
+    t.ok(graphRunner.runs.base > 6);
     const host = await generate(runner(hostSession), seqs, 6, score);
 
     let tokens = 0;

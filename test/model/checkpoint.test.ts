@@ -1,17 +1,15 @@
-import ort from 'onnxruntime-node';
 import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import t from 'tap';
 import { FormatError } from '../../src/errors.js';
-import { fullLogitsFeeds } from '../../src/executor/head.js';
 import { FeedContext } from '../../src/executor/model-constants.js';
-import { prefillFeeds } from '../../src/executor/prefill.js';
+import { openSessions } from '../../src/executor/sessions.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
 import { loadCheckpoint, parseConfig } from '../../src/model/checkpoint.js';
 import { cachedGraphPath } from '../../src/model/graph-cache.js';
 import { PRESETS, writeRandomCheckpoint, type RandomCheckpoint } from '../../src/tools/random-checkpoint.js';
-import { ROOT } from '../helpers.js';
+import { prefillLogits, ROOT } from '../helpers.js';
 
 const demo = JSON.parse(readFileSync(join(ROOT, 'models', 'demo-gpt2', 'config.json'), 'utf8'));
 const tmp = (prefix: string) => mkdtempSync(join(tmpdir(), prefix));
@@ -36,6 +34,11 @@ t.test('the graph is built once, its weights in a side file, and then read from 
   const first = cachedGraphPath(ckpt, dir);
   t.ok(first.built);
   t.ok(statSync(`${first.path}.data`).size > statSync(first.path).size * 10, 'weights are external data, the graph only references them');
+  // The base graph beside it reads the same side file: the weights are stored once for both.
+  const baseGraph = readFileSync(first.basePath);
+  t.ok(statSync(`${first.path}.data`).size > baseGraph.length * 10, 'the base graph only references weights too');
+  t.ok(baseGraph.includes(Buffer.from(basename(`${first.path}.data`))), 'in the full graph\'s side file');
+  t.notOk(existsSync(`${first.basePath}.data`), 'which is the only one');
   const mtime = statSync(first.path).mtimeMs;
   const second = cachedGraphPath(ckpt, dir);
   t.notOk(second.built);
@@ -49,9 +52,8 @@ const bytes = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLen
 /** Logits of a fixed prompt through the checkpoint's graph. */
 async function logits(dir: string): Promise<Float32Array> {
   const model = loadBaseModel(dir, tmp('graph-'));
-  const session = await ort.InferenceSession.create(model.graphPath);
-  const out = await session.run(fullLogitsFeeds(session, prefillFeeds(new FeedContext(model.tensors), [{ adapter: null, tokens: [5, 17, 300, 2], logitAt: [3] }]).feeds));
-  return out.logits.data as Float32Array;
+  const { rows } = await prefillLogits(await openSessions(model), new FeedContext(model.tensors), [{ adapter: null, tokens: [5, 17, 300, 2], logitAt: [3] }]);
+  return rows[0];
 }
 
 for (const dtype of ['BF16', 'F16'] as const) {

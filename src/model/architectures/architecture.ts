@@ -48,6 +48,15 @@ export interface LlamaConfig extends CommonConfig {
 
 export type ModelConfig = Gpt2Config | LlamaConfig;
 
+/**
+ * What a graph body takes per row beyond embeddings, positions, mask and KV:
+ * - 'lora-ia3': a bias input per bias vector (BitFit) and the packed LoRA/IA3 inputs;
+ * - 'bias': a bias input per bias vector;
+ * - 'none': the checkpoint's biases as constants (the base graph, for runs whose rows carry no
+ *   BitFit, LoRA or IA3: fewer inputs and ops, and the biases fold into LayerNormalization and Gelu).
+ */
+export type RowParams = 'lora-ia3' | 'bias' | 'none';
+
 /** Reads a checkpoint's tensors by their canonical names, one at a time, as float32. */
 export interface WeightSource {
   shape(name: string): number[] | undefined;
@@ -74,8 +83,9 @@ export interface Architecture<C extends ModelConfig = ModelConfig> {
   embedding: string;
   /**
    * Adds the whole forward pass to `g`, streaming weights from `w`; returns the opset it needs.
-   * `loraIa3`: every linear layer through adaptedLinear (src/model/adapter-ops.ts), with its inputs.
+   * `rows`: what the body takes per row (RowParams); with 'lora-ia3' every linear layer goes through
+   * adaptedLinear (src/model/adapter-ops.ts).
    * `head`: the graph ends with src/model/sampling-head.ts in that mode.
    */
-  build(c: C, w: WeightSource, g: GraphBuilder, loraIa3: boolean, head: HeadMode): number;
+  build(c: C, w: WeightSource, g: GraphBuilder, rows: RowParams, head: HeadMode): number;
 }

@@ -2,7 +2,7 @@ import { FormatError } from '../../errors.js';
 import { adaptedLinear, adapterLayout, declareAdapterInputs, linearModules } from '../adapter-ops.js';
 import { transpose, type GraphBuilder } from '../onnx-builder.js';
 import { addSamplingHead, type HeadMode } from '../sampling-head.js';
-import type { Architecture, Gpt2Config, WeightSource } from './architecture.js';
+import type { Architecture, Gpt2Config, RowParams, WeightSource } from './architecture.js';
 
 const OPSET = 20; // Gelu with approximate='tanh' (= HF gelu_new) arrived in opset 20.
 
@@ -68,7 +68,7 @@ function weightShapes(c: Gpt2Config): Map<string, number[]> {
 }
 
 export const gpt2: Architecture<Gpt2Config> = {
-  graphVersion: 'gpt2-v5',
+  graphVersion: 'gpt2-v6',
   parseConfig,
   // Some exports prefix names with `transformer.`, others do not; normalise to the prefixed form.
   canonicalName: (name) => (name.startsWith('transformer.') || name.startsWith('lm_head') ? name : `transformer.${name}`),
@@ -91,7 +91,8 @@ export const gpt2: Architecture<Gpt2Config> = {
  *   `past_value_l` [B, H, P, hd]: the KV cache, or a prefix adapter's prefix as initial past.
  * - one input per bias vector, named as in the checkpoint, [R, 1, n] with R = 1 (broadcast, the base
  *   model's values) or R = B (per-row values, for BitFit rows). Feeding absolute biases rather than
- *   deltas costs no extra Add in the graph.
+ *   deltas costs no extra Add in the graph. In the base graph (`rows` 'none', src/model/graph-cache.ts)
+ *   they are the checkpoint's constants instead, and the adapter inputs below are absent.
  * - five packed per-row LoRA/IA3 inputs and the bool `lora_ia3_rows` that picks the body with or
  *   without their ops (src/model/adapter-ops.ts).
  * - `logit_index` [N]: rows of the flattened [B*S] hidden states that need logits. The LM head is a
@@ -108,9 +109,9 @@ export const gpt2: Architecture<Gpt2Config> = {
  * one frozen graph for every adapter kind. The forward benchmark puts decode at 2–18 % of the
  * MatMul ceiling: at 256 wide, batching across tasks matters far more than op fusion.
  */
-function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, loraIa3: boolean, head: HeadMode): number {
+function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, rows: RowParams, head: HeadMode): number {
   const W = (name: string) => g.weight(name, w.shape(name)!, w.read(name));
-  const bias = new Map(biases(c).map(({ name, size }) => [name, g.input(name, 'float', ['bias_rows', 1, size])]));
+  const bias = new Map(biases(c).map(({ name, size }) => [name, rows === 'none' ? W(name) : g.input(name, 'float', ['bias_rows', 1, size])]));
 
   const embeds = g.input('inputs_embeds', 'float', ['batch', 'seq', c.hidden]);
   const positions = g.input('position_ids', 'int64', ['batch', 'seq']);
@@ -133,11 +134,15 @@ function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, loraIa3
   const zero = g.ints('zero', [0]);
 
   const layerNorm = (x: string, prefix: string) => {
+    // The bias is added after the norm even when it is a constant (the base graph): as
+    // LayerNormalization's own input it rounds differently (1e-5 in the logits), and the base graph
+    // must give the full graph's numbers bit for bit, so that a row's result does not depend on
+    // which graph its batch ran on.
     const normed = g.one('LayerNormalization', [x, W(`${prefix}.weight`)], { axis: -1, epsilon: { float: c.layerNormEps } });
     return g.one('Add', [normed, bias.get(`${prefix}.bias`)!]);
   };
   const layout = adapterLayout(linearModules(c));
-  const adapterInputs = loraIa3 ? declareAdapterInputs(g, layout) : null;
+  const adapterInputs = rows === 'lora-ia3' ? declareAdapterInputs(g, layout) : null;
   const linear = (x: string, prefix: string) =>
     adapterInputs
       ? adaptedLinear(g, x, adapterInputs.get(prefix)!, W(`${prefix}.weight`), bias.get(`${prefix}.bias`)!)

@@ -2,7 +2,7 @@ import { FormatError } from '../../errors.js';
 import { adaptedLinear, adapterLayout, declareAdapterInputs, linearModules } from '../adapter-ops.js';
 import { transpose, type GraphBuilder } from '../onnx-builder.js';
 import { addSamplingHead, type HeadMode } from '../sampling-head.js';
-import type { Architecture, LlamaConfig, RopeScaling, WeightSource } from './architecture.js';
+import type { Architecture, LlamaConfig, RopeScaling, RowParams, WeightSource } from './architecture.js';
 
 const OPSET = 20;
 
@@ -177,9 +177,9 @@ function ropeTables(c: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
  *   SimplifiedLayerNormalization, computed in float32.
  * - Every linear layer goes through `linear`: per-row adapters on linear layers belong there.
  */
-function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, loraIa3: boolean, headMode: HeadMode): number {
+function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, rows: RowParams, headMode: HeadMode): number {
   const { hidden: D, heads: H, kvHeads: KVH, headDim: hd, layers: L } = c;
-  const bias = new Map(biases(c).map(({ name, size }) => [name, g.input(name, 'float', ['bias_rows', 1, size])]));
+  const bias = new Map(biases(c).map(({ name, size }) => [name, rows === 'none' ? g.weight(name, [size], w.read(name)) : g.input(name, 'float', ['bias_rows', 1, size])]));
   const embeds = g.input('inputs_embeds', 'float', ['batch', 'seq', D]);
   const positions = g.input('position_ids', 'int64', ['batch', 'seq']);
   const attnBias = g.input('attn_bias', 'float', ['batch', 1, 'seq', 'total']);
@@ -217,7 +217,7 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, loraIa3: boolea
     const normed = g.one('Div', [x, g.one('Sqrt', [g.one('Add', [variance, eps])])]);
     return g.one('Mul', [normed, g.weight(name, [D], w.read(name))]);
   };
-  const adapterInputs = loraIa3 ? declareAdapterInputs(g, adapterLayout(linearModules(c))) : null;
+  const adapterInputs = rows === 'lora-ia3' ? declareAdapterInputs(g, adapterLayout(linearModules(c))) : null;
   /** x [.., in] · Wᵀ (+ b): the weight is stored [in, out], transposed once here from nn.Linear's [out, in]. */
   const linear = (x: string, prefix: string) => {
     const [out, inDim] = w.shape(`${prefix}.weight`)!;
@@ -263,7 +263,7 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, loraIa3: boolea
 }
 
 export const llama: Architecture<LlamaConfig> = {
-  graphVersion: 'llama-v4',
+  graphVersion: 'llama-v5',
   parseConfig,
   canonicalName: (name) => name,
   weightShapes,
