@@ -39,12 +39,8 @@ const TOKEN = 'bench-admin';
 const PROMPT = 'And the LORD said unto Moses';
 
 async function start(cache: boolean): Promise<{ server: Server; url: string }> {
-  // The worker reads PROMPT_KV_CACHE from the environment it is started with.
-  if (cache) delete process.env.PROMPT_KV_CACHE;
-  else process.env.PROMPT_KV_CACHE = 'off';
-  const config = loadConfig({ ...process.env, ADAPTERS_DIR: mkdtempSync(join(tmpdir(), 'bench-pkv-')), ADMIN_TOKEN: TOKEN, WORKERS: '1', LOG_LEVEL: 'warn' });
+  const config = loadConfig({ ...process.env, PROMPT_KV_CACHE: cache ? 'on' : 'off', ADAPTERS_DIR: mkdtempSync(join(tmpdir(), 'bench-pkv-')), ADMIN_TOKEN: TOKEN, WORKERS: '1', LOG_LEVEL: 'warn' });
   const server = await createServer(config, pino({ level: 'warn' }));
-  delete process.env.PROMPT_KV_CACHE;
   const url = await server.app.listen({ host: '127.0.0.1', port: 0 });
   return { server, url };
 }

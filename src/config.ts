@@ -25,6 +25,8 @@ export interface Config {
   intraOpThreads: number;
   workers: number;
   spinThreads: boolean;
+  /** Soft prompts' KV computed once per adapter version (PROMPT_KV_CACHE=on); off prefills them with every request (benchmarks). */
+  promptKvCache: boolean;
   rateLimitPerMinute: number;
   /** Whose X-Forwarded-For to believe: false (none), true (any), or addresses/CIDRs/`loopback`… */
   trustProxy: boolean | string[];
@@ -118,6 +120,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     workers: defaultWorkers(env),
     intraOpThreads: int(env, 'INTRA_OP_THREADS', Math.max(1, Math.floor(cpus().length / defaultWorkers(env))), 1),
     spinThreads: env.ORT_SPIN === '1',
+    promptKvCache: oneOf(env, 'PROMPT_KV_CACHE', ['on', 'off'], 'on') === 'on',
     rateLimitPerMinute: int(env, 'RATE_LIMIT_PER_MINUTE', 0),
     trustProxy: trustProxy(env),
     reconcileIntervalMs: int(env, 'RECONCILE_INTERVAL_MS', 30_000),

@@ -45,7 +45,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   registry.follow(config.reconcileIntervalMs);
   const adminToken = config.adminToken ?? randomBytes(24).toString('base64url');
   if (!config.adminToken) log.warn({ adminToken }, 'ADMIN_TOKEN is not set: generated one for this process (shown once)');
-  const executors = Array.from({ length: config.workers }, () => new Executor({ graphPath: model.graphPath, baseGraphPath: model.baseGraphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads, spin: config.spinThreads }));
+  const executors = Array.from({ length: config.workers }, () => new Executor({ graphPath: model.graphPath, baseGraphPath: model.baseGraphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads, spin: config.spinThreads, promptKv: config.promptKvCache }));
   await Promise.all(executors.map((e) => e.ready()));
   log.info({ provider: config.executionProvider, workers: config.workers, threads: config.intraOpThreads, ms: Math.round(performance.now() - t0) }, 'inference workers ready');
   const engine = new Engine(executors, { ...config, maxWorkerAdapters: 512 }, log);

@@ -23,6 +23,8 @@ t.test('defaults', async (t) => {
   t.equal(c.workers, Math.min(2, cpus().length));
   t.equal(c.intraOpThreads, Math.max(1, Math.floor(cpus().length / c.workers)), 'the cores shared out between the workers');
   t.equal(c.spinThreads, false);
+  t.equal(c.promptKvCache, true);
+  t.equal(loadConfig({ PROMPT_KV_CACHE: 'off' }).promptKvCache, false);
   t.equal(c.batchWaitMs, 2);
   t.equal(loadConfig({ INTRA_OP_THREADS: '1' }).intraOpThreads, 1);
 });
@@ -38,6 +40,7 @@ t.test('every invalid variable is a ConfigError that names it', async (t) => {
     [{ WORKERS: ' ' }, /WORKERS/],
     [{ EXECUTION_PROVIDER: 'cuda' }, /EXECUTION_PROVIDER/],
     [{ LOG_LEVEL: 'verbose' }, /LOG_LEVEL/],
+    [{ PROMPT_KV_CACHE: 'no' }, /PROMPT_KV_CACHE must be one of on, off, got 'no'/],
     [{ TRUST_PROXY: 'yes please' }, /TRUST_PROXY/],
     [{ RECONCILE_INTERVAL_MS: '-1' }, /RECONCILE_INTERVAL_MS/],
   ];

@@ -36,7 +36,7 @@ export class StepRunner {
   private readonly padEmpty: boolean;
 
   /**
-   * `promptKv` false (PROMPT_KV_CACHE=off): soft prompts are prefilled with every request, for benchmarks.
+   * `promptKv` false (PROMPT_KV_CACHE=off): soft prompts are prefilled with every request, for benchmarks; on by default.
    * `padEmpty`: for the WebGPU provider, which crashes on any zero-size input; the CPU keeps empty feeds (cheaper).
    * `base`: the base graph's session (src/model/graph-cache.ts), beside the full graph's `session`.
    */
@@ -48,7 +48,7 @@ export class StepRunner {
     this.sessions = { session, base: opts.base ?? null };
     this.batch = new KvBatch(ctx.base.config);
     this.graphHead = session.inputNames.includes('sample_rows');
-    this.pastKv = new PastKvCache(ctx, opts.promptKv ?? process.env.PROMPT_KV_CACHE !== 'off');
+    this.pastKv = new PastKvCache(ctx, opts.promptKv ?? true);
     this.padEmpty = opts.padEmpty ?? false;
   }
 
