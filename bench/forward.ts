@@ -46,7 +46,7 @@ const SAMPLINGS: Record<string, Sampling> = {
   greedy: { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 0 },
   top_p: { temperature: 1, topP: 0.9, topK: 0, seed: 1, logprobs: 0 },
   temperature: { temperature: 1, topP: 1, topK: 0, seed: 1, logprobs: 0 },
-  top_k: { temperature: 1, topP: 1, topK: 1000, seed: 1, logprobs: 0 },
+  top_k: { temperature: 1, topP: 1, topK: 2048, seed: 1, logprobs: 0 }, // issue 13: no dearer than top_p
   logprobs: { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 5 },
 };
 
