@@ -6,7 +6,8 @@
  *
  * Per case:
  * - logits: the last prompt position's logits from a prefill of the case alone and of all the
- *   model's cases in one mixed, padded batch (prefillFeeds + session.run, as the worker runs it);
+ *   model's cases in one mixed, padded batch (prefillFeeds on the graph the worker picks: the base
+ *   graph for rows without BitFit, LoRA or IA3, src/executor/sessions.ts);
  *   relative error ‖a−b‖/‖b‖ and whether the top-5 ids agree;
  * - greedy: the reference's greedy tokens through the real worker (Executor → worker thread →
  *   StepRunner, KV-cache decode), once alone and once with all the model's cases in one batch;
