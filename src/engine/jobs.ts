@@ -44,7 +44,17 @@ export interface ScoreJob {
 
 export type Job = GenerateJob | ScoreJob;
 
-/** Cost of a job's rows for the batch token budget: what the worker pads and computes. */
+/** Tokens a row feeds the model: its own and, for prompt tuning, its soft prompt's (MAX_SCORE_TOKENS counts these). */
 export function rowTokens(adapter: AdapterTensors | null, tokens: number): number {
   return tokens + (adapter?.kind === 'prompt' ? adapter.virtualTokens : 0);
+}
+
+/**
+ * A row's width in its step's prefill run, which the worker pads to the widest row: the step's token
+ * budget counts this. With the soft-prompt KV cache (`softPromptCached`) a prompt-tuning row starts
+ * after its soft prompt's keys/values, computed once per adapter version in a run of their own, so
+ * only its own tokens are fed; otherwise its soft prompt is fed with it.
+ */
+export function prefillWidth(adapter: AdapterTensors | null, tokens: number, softPromptCached: boolean): number {
+  return softPromptCached ? tokens : rowTokens(adapter, tokens);
 }

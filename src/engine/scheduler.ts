@@ -1,6 +1,6 @@
 import { ServerError } from '../errors.js';
 import type { AdapterTensors, RejectedRow, StepPlan, StepResult, TokenChoice } from '../protocol.js';
-import { rowTokens, type GenerateJob, type Job, type ScoreJob } from './jobs.js';
+import { prefillWidth, type GenerateJob, type Job, type ScoreJob } from './jobs.js';
 
 export interface SchedulerLimits {
   maxBatchSize: number;
@@ -12,6 +12,8 @@ export interface SchedulerLimits {
    * time, as servers that swap adapters per batch do; kept as a baseline for the benchmarks.
    */
   batchPolicy?: 'mixed' | 'same-task';
+  /** The workers keep soft prompts' KV (PROMPT_KV_CACHE, on by default): a prompt-tuning row's prefill is its own tokens only. */
+  promptKvCache?: boolean;
 }
 
 interface Running {
@@ -71,7 +73,11 @@ export class Scheduler {
   /** Jobs dropped because they were cancelled, since the start. */
   cancelled = 0;
 
-  constructor(private readonly limits: SchedulerLimits) {}
+  private readonly softPromptCached: boolean;
+
+  constructor(private readonly limits: SchedulerLimits) {
+    this.softPromptCached = limits.promptKvCache ?? true;
+  }
 
   enqueue(job: Job): void {
     let q = this.queues.get(job.task);
@@ -189,7 +195,7 @@ export class Scheduler {
           admitted = this.admitEnsemble(job, plan, slots, fits, take, useAdapter);
           if (admitted) slots -= job.members.length;
         } else if (job && job.type === 'generate') {
-          const t = rowTokens(job.adapter, job.tokens.length);
+          const t = prefillWidth(job.adapter, job.tokens.length, this.softPromptCached);
           if (slots > 0 && fits(t)) {
             take(t);
             slots--;
@@ -231,7 +237,7 @@ export class Scheduler {
   private admitEnsemble(job: GenerateJob, plan: StepPlan, slots: number, fits: (t: number, count?: number) => boolean, take: (t: number) => void, useAdapter: (a: AdapterTensors | null) => void): boolean {
     const members = job.members!;
     if (slots < members.length) return false;
-    const costs = members.map((m) => rowTokens(m.adapter, m.tokens.length));
+    const costs = members.map((m) => prefillWidth(m.adapter, m.tokens.length, this.softPromptCached));
     // The whole group against the budget, before any of it is taken.
     if (!fits(Math.max(...costs), members.length)) return false;
     const group = members.map(() => this.nextRowId++);
@@ -251,7 +257,8 @@ export class Scheduler {
     let used = 0;
     while (p.next < p.job.rows.length && !p.job.cancelled) {
       const row = p.job.rows[p.next];
-      const t = rowTokens(p.job.adapter, row.context.length + row.targets.length);
+      // A score row with no context feeds its soft prompt again (its first target is predicted from it).
+      const t = prefillWidth(p.job.adapter, row.context.length + row.targets.length, this.softPromptCached && row.context.length > 0);
       if (!fits(t) || (planned > 0 && used + t > most)) break;
       take(t);
       used += t;

@@ -3,7 +3,7 @@ import t from 'tap';
 import type { GenerateJob, ScoreJob } from '../../src/engine/jobs.js';
 import { applyEvent } from '../../src/engine/output-processor.js';
 import { Scheduler } from '../../src/engine/scheduler.js';
-import type { StepPlan } from '../../src/protocol.js';
+import type { AdapterTensors, StepPlan } from '../../src/protocol.js';
 import { fakeResult } from './fake-executor.js';
 
 let ids = 1;
@@ -269,4 +269,19 @@ t.test('planning ahead: a row that stops early computed one token more, which is
   apply(s, p2, { ...fakeResult(p2), tokens: [{ seq, token: 99 }] });
   t.same(seen, [7], 'the token computed after the stop never reaches the request');
   t.equal(s.runningCount, 0);
+});
+
+t.test('the token budget counts what the prefill run feeds: a cached soft prompt is not fed again', async (t) => {
+  const soft: AdapterTensors = { key: 'soft', kind: 'prompt', virtualTokens: 100, embeddings: new Float32Array(0) };
+  const admitted = (promptKvCache: boolean | undefined) => {
+    const s = new Scheduler({ maxBatchSize: 64, maxBatchTokens: 200, maxWorkerAdapters: 8, promptKvCache });
+    for (let i = 0; i < 30; i++) s.enqueue({ ...gen('p', 4), adapter: soft, tokens: Array(10).fill(1) });
+    return s.plan().prefill.length;
+  };
+  t.equal(admitted(undefined), 20, 'cache on (the default): 20 rows × 10 tokens fill the budget of 200');
+  t.equal(admitted(false), 1, 'PROMPT_KV_CACHE=off: each row is 110 wide, so one row per step');
+  // A score row with no context feeds its soft prompt again: its width counts it.
+  const s = new Scheduler({ maxBatchSize: 64, maxBatchTokens: 200, maxWorkerAdapters: 8 });
+  s.enqueue({ ...scoreJob('p', 3, 1), adapter: soft }); // no context, one target each
+  t.equal(s.plan().score.length, 1, 'three 101-wide rows do not fit 200 together: one per step');
 });
