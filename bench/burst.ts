@@ -10,7 +10,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { machineInfo, startServerProcess } from './harness.js';
+import { machineInfo, median, startServerProcess } from './harness.js';
 import { printTable } from './table.js';
 
 const { values: args } = parseArgs({
@@ -82,10 +82,6 @@ try {
       console.error(`round ${round + 1}, ${name}: ${seconds[name].at(-1)!.toFixed(2)} s`);
     }
   }
-  const median = (xs: number[]) => {
-    const s = [...xs].sort((a, b) => a - b);
-    return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-  };
   const rows = (Object.keys(seconds) as Variant[]).map((name) => ({ name, median: median(seconds[name]), min: Math.min(...seconds[name]), max: Math.max(...seconds[name]), each: seconds[name] }));
   const m = machineInfo();
   console.log(`\nburst: ${REQUESTS} generate requests over ${new Set(requests.map((r) => r.task)).size} tasks (the reference texts), max_tokens ${args.tokens}, logprobs ${args.logprobs}, greedy; ${ROUNDS} interleaved rounds; ${m.cpu}, ${m.cores} cores\n`);

@@ -20,7 +20,7 @@ import { getLlama, LlamaLogLevel, type LlamaModel, type Token } from 'node-llama
 import { gpt2ToGguf } from '../src/tools/gguf.js';
 import { Tokenizer } from '../src/tokenizer/tokenizer.js';
 import { type ServerProcess } from '../src/tools/server-process.js';
-import { benchPrompts, machineInfo, startServerProcess, streamGenerate } from './harness.js';
+import { benchPrompts, machineInfo, median, startServerProcess, streamGenerate } from './harness.js';
 import { printTable } from './table.js';
 
 const { values: args } = parseArgs({
@@ -177,9 +177,7 @@ try {
 }
 
 function stats(xs: number[]): { median: number; min: number; max: number; samples: number[] } {
-  const s = [...xs].sort((a, b) => a - b);
-  const median = s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-  return { median, min: s[0], max: s.at(-1)!, samples: xs };
+  return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), samples: xs };
 }
 
 function report(samples: Map<string, { wall: number; cpu: number }[]>): void {

@@ -13,7 +13,7 @@ export interface BaseModel {
   graphPath: string;
   /**
    * The base graph (src/model/graph-cache.ts), which workers run beside the full one for rows without
-   * BitFit, LoRA or IA3; null for weights from BASE_GRAPH_BELOW_BYTES up, where it would not pay.
+   * BitFit, LoRA or IA3; null from graph-cache.ts's BASE_GRAPH_BELOW_BYTES up, where it would not pay.
    */
   baseGraphPath: string | null;
   graphBuilt: boolean;
@@ -23,14 +23,6 @@ export interface BaseModel {
 
 /** Above this, workers share the mapped weights instead of each prepacking its own copy. */
 const SHARE_WEIGHTS_FROM_BYTES = 1 << 30;
-
-/**
- * Below this, each worker also opens the base graph. It saves a fixed cost per step (the If and 31
- * inputs on GPT-2: about 0.09 ms on the demo model, 12 % of a batch-1 decode step), which matters
- * only for small models; its session prepacks its own copy of the weights, which large ones should
- * not pay.
- */
-const BASE_GRAPH_BELOW_BYTES = 256 * 1024 * 1024;
 
 function shared(data: Float32Array): Float32Array {
   const out = new Float32Array(new SharedArrayBuffer(data.byteLength));
@@ -55,7 +47,7 @@ export function loadBaseModel(dir: string, cacheDir: string, tokenizerOptions: T
     tokenizer,
     hash: ckpt.hash,
     graphPath: path,
-    baseGraphPath: weightBytes < BASE_GRAPH_BELOW_BYTES ? basePath : null,
+    baseGraphPath: basePath,
     graphBuilt: built,
     tensors: { config: ckpt.config, wte: shared(ckpt.weights.read(ckpt.arch.embedding)), biases, shareWeights: weightBytes >= SHARE_WEIGHTS_FROM_BYTES },
   };

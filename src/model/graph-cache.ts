@@ -3,7 +3,22 @@ import { basename, join } from 'node:path';
 import type { Checkpoint } from './checkpoint.js';
 import { branchOnAdapters } from './adapter-ops.js';
 import { ExternalData, GraphBuilder } from './onnx-builder.js';
+import type { RowParams } from './architectures/architecture.js';
 import type { HeadMode } from './sampling-head.js';
+
+/**
+ * The base graph is built (and opened by each worker) only below this many bytes of float32 weights.
+ * It saves a fixed cost per step (the If and 31 inputs on GPT-2), which matters only for small
+ * models, where op dispatch is a large part of a step; each worker's session of it
+ * prepacks its own copy of the weights, and building it reads every weight once more.
+ */
+export const BASE_GRAPH_BELOW_BYTES = 256 * 1024 * 1024;
+
+function float32Bytes(ckpt: Checkpoint): number {
+  let n = 0;
+  for (const shape of ckpt.arch.weightShapes(ckpt.config).values()) n += shape.reduce((a, b) => a * b, 1);
+  return 4 * n;
+}
 
 /**
  * 'branched' (the full graph): an If on `lora_ia3_rows` between two bodies, with and without the
@@ -17,7 +32,7 @@ export type GraphVariant = 'branched' | 'base' | 'adapted' | 'plain';
 /** The serialized graph; with `external`, its weights go there (each once, every body refers to it). */
 export function buildGraph(ckpt: Checkpoint, variant: GraphVariant, external?: ExternalData, head: HeadMode = 'graph'): Uint8Array {
   const doc = `${ckpt.config.modelType} ${variant} graph built by softprompt-server ${ckpt.arch.graphVersion} from checkpoint ${ckpt.hash}`;
-  const body = (rows: 'lora-ia3' | 'bias' | 'none') => {
+  const body = (rows: RowParams) => {
     const g = new GraphBuilder(external);
     const opset = ckpt.arch.build(ckpt.config, ckpt.weights, g, rows, head);
     return { opset, bytes: g.serialize(opset, doc) };
@@ -31,8 +46,8 @@ export function buildGraph(ckpt: Checkpoint, variant: GraphVariant, external?: E
 export interface GraphPaths {
   /** The full graph: every row kind. */
   path: string;
-  /** The base graph (rows without BitFit, LoRA or IA3), beside it; both read the same weights file. */
-  basePath: string;
+  /** The base graph (rows without BitFit, LoRA or IA3), beside it, reading the same weights file; null from BASE_GRAPH_BELOW_BYTES up. */
+  basePath: string | null;
   built: boolean;
 }
 
@@ -47,25 +62,26 @@ export interface GraphPaths {
 export function cachedGraphPath(ckpt: Checkpoint, cacheDir: string, head: HeadMode = 'graph'): GraphPaths {
   const path = join(cacheDir, `${ckpt.arch.graphVersion}${head === 'host' ? '-hosthead' : ''}-${ckpt.hash.slice(0, 16)}.onnx`);
   const basePath = path.replace(/\.onnx$/, '.base.onnx');
-  if (existsSync(path)) return { path, basePath, built: false };
+  if (existsSync(path)) return { path, basePath: existsSync(basePath) ? basePath : null, built: false };
+  const withBase = float32Bytes(ckpt) < BASE_GRAPH_BELOW_BYTES;
   mkdirSync(cacheDir, { recursive: true });
   const dataPath = `${path}.data`;
   const tmp = `.${process.pid}.tmp`;
   const fd = openSync(dataPath + tmp, 'w');
   let full: Uint8Array;
-  let base: Uint8Array;
+  let base: Uint8Array | null;
   try {
     const external = new ExternalData(fd, basename(dataPath));
     full = buildGraph(ckpt, 'branched', external, head);
-    base = buildGraph(ckpt, 'base', external, head);
+    base = withBase ? buildGraph(ckpt, 'base', external, head) : null;
   } finally {
     closeSync(fd);
   }
   writeFileSync(path + tmp, full);
-  writeFileSync(basePath + tmp, base);
+  if (base) writeFileSync(basePath + tmp, base);
   // The full graph's file appears last and atomically: a reader that sees it sees the other two whole.
   renameSync(dataPath + tmp, dataPath);
-  renameSync(basePath + tmp, basePath);
+  if (base) renameSync(basePath + tmp, basePath);
   renameSync(path + tmp, path);
-  return { path, basePath, built: true };
+  return { path, basePath: base ? basePath : null, built: true };
 }

@@ -35,10 +35,10 @@ t.test('the graph is built once, its weights in a side file, and then read from 
   t.ok(first.built);
   t.ok(statSync(`${first.path}.data`).size > statSync(first.path).size * 10, 'weights are external data, the graph only references them');
   // The base graph beside it reads the same side file: the weights are stored once for both.
-  const baseGraph = readFileSync(first.basePath);
+  const baseGraph = readFileSync(first.basePath!);
   t.ok(statSync(`${first.path}.data`).size > baseGraph.length * 10, 'the base graph only references weights too');
   t.ok(baseGraph.includes(Buffer.from(basename(`${first.path}.data`))), 'in the full graph\'s side file');
-  t.notOk(existsSync(`${first.basePath}.data`), 'which is the only one');
+  t.notOk(existsSync(`${first.basePath!}.data`), 'which is the only one');
   const mtime = statSync(first.path).mtimeMs;
   const second = cachedGraphPath(ckpt, dir);
   t.notOk(second.built);

@@ -53,7 +53,8 @@ export type ModelConfig = Gpt2Config | LlamaConfig;
  * - 'lora-ia3': a bias input per bias vector (BitFit) and the packed LoRA/IA3 inputs;
  * - 'bias': a bias input per bias vector;
  * - 'none': the checkpoint's biases as constants (the base graph, for runs whose rows carry no
- *   BitFit, LoRA or IA3: fewer inputs and ops, and the biases fold into LayerNormalization and Gelu).
+ *   BitFit, LoRA or IA3: fewer inputs, no If), computed in the same order as the per-row biases so
+ *   that both graphs give the same logits bit for bit.
  */
 export type RowParams = 'lora-ia3' | 'bias' | 'none';
 
