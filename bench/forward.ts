@@ -121,15 +121,16 @@ for (const prepack of args.prepack!.split(',')) {
   const sessions = new Map<GraphSet, ModelSessions>();
   for (const set of graphSets) sessions.set(set, await open(set, { ...options, extra: { session: { disable_prepacking: prepack === 'off' ? '1' : '0' } } }));
   for (const B of args.batches!.split(',').map(Number)) {
-    for (const samplingName of args.sampling!.split(',')) {
-      const sampling = SAMPLINGS[samplingName];
-      if (!sampling) throw new Error(`--sampling: one of ${Object.keys(SAMPLINGS).join(', ')}`);
-      const runs = new Map(graphSets.map((g) => [g, [] as Awaited<ReturnType<typeof measure>>[]]));
-      for (const set of graphSets) await measure(sessions.get(set)!, B, sampling); // warm-up
-      // Interleaved rounds (served full host served …): the machine's load drifts alike for every variant.
-      for (let round = 0; round < ROUNDS; round++) for (const set of graphSets) runs.get(set)!.push(await measure(sessions.get(set)!, B, sampling));
+    const samplingNames = args.sampling!.split(',');
+    for (const name of samplingNames) if (!SAMPLINGS[name]) throw new Error(`--sampling: one of ${Object.keys(SAMPLINGS).join(', ')}`);
+    const variants = samplingNames.flatMap((samplingName) => graphSets.map((set) => ({ samplingName, set })));
+    const runsOf = new Map(variants.map((v) => [`${v.samplingName}/${v.set}`, [] as Awaited<ReturnType<typeof measure>>[]]));
+    for (const v of variants) await measure(sessions.get(v.set)!, B, SAMPLINGS[v.samplingName]); // warm-up
+    // Interleaved rounds (every sampling × graph set once per round): the machine's load drifts alike for every variant.
+    for (let round = 0; round < ROUNDS; round++) for (const v of variants) runsOf.get(`${v.samplingName}/${v.set}`)!.push(await measure(sessions.get(v.set)!, B, SAMPLINGS[v.samplingName]));
+    for (const samplingName of samplingNames) {
       for (const set of graphSets) {
-        const r = runs.get(set)!;
+        const r = runsOf.get(`${samplingName}/${set}`)!;
         const decodeTps = r.map((x) => (B * DECODE_STEPS) / (x.decodeMs / 1000));
         const prefillTps = r.map((x) => (B * PROMPT) / (x.prefillMs / 1000));
         const stepMs = r.map((x) => x.decodeMs / DECODE_STEPS);

@@ -169,6 +169,15 @@ export async function streamGenerate(url: string, task: string, body: object): P
   return { latency: performance.now() - t0, ttft, tokens };
 }
 
+/** One generate request, not streamed: total latency and the tokens in its response. */
+export async function generate(url: string, task: string, body: object): Promise<{ latency: number; tokens: number }> {
+  const t0 = performance.now();
+  const res = await fetch(`${url}/v1/tasks/${task}/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: false }) });
+  if (res.status !== 200) throw new Error(`generate ${task}: ${res.status} ${await res.text()}`);
+  const json = (await res.json()) as { usage: { completion_tokens: number } };
+  return { latency: performance.now() - t0, tokens: json.usage.completion_tokens };
+}
+
 export const POLICIES = [
   { name: '(a) one at a time', env: { MAX_BATCH_SIZE: '1', WORKERS: '1' } as Record<string, string> },
   { name: '(b) same-task batching', env: { BATCH_POLICY: 'same-task' } as Record<string, string> },
@@ -199,11 +208,12 @@ export function benchPrompts(fixtures: string, n: number): string[] {
 
 /**
  * One fixed workload against a fresh server process: `prompts.length` streamed generate requests of
- * `tokens` new tokens, `clients` at a time, spread over `tasks` (adapter folders in `adapterDir`).
+ * `tokens` new tokens, `clients` at a time, spread over `tasks` (adapter folders in `adapterDir`);
+ * greedy unless `sampling` gives request i other sampling fields.
  */
-export async function runWorkload(o: { policy: (typeof POLICIES)[number]; adapterDir: string; tasks: string[]; clients: number; prompts: string[]; tokens: number }): Promise<WorkloadRow> {
+export async function runWorkload(o: { policy: (typeof POLICIES)[number]; adapterDir: string; tasks: string[]; clients: number; prompts: string[]; tokens: number; sampling?: (i: number) => object }): Promise<WorkloadRow> {
   const server = await startServerProcess({ ADAPTERS_DIR: o.adapterDir, MAX_QUEUE: '4096', ...o.policy.env });
-  const body = (i: number) => ({ prompt: o.prompts[i], raw: true, max_tokens: o.tokens, temperature: 0, ignore_eos: true });
+  const body = (i: number) => ({ prompt: o.prompts[i], raw: true, max_tokens: o.tokens, temperature: 0, ignore_eos: true, ...o.sampling?.(i) });
   await Promise.all(o.tasks.slice(0, 8).map((t, i) => streamGenerate(server.url, t, body(i)))); // warm-up
   const probe = healthProbe(server.url);
   const results: { latency: number; ttft: number; tokens: number }[] = [];

@@ -7,7 +7,9 @@
  * table gives each policy's median and the min–max of its rounds, and the ratios are of medians.
  * Then, with (c): 64 tasks of all six adapter kinds (prompt, P-tuning,
  * prefix, BitFit, LoRA, IA3) against 64 prompt-tuning tasks, interleaved in rounds (medians).
- * Also: resident bytes per adapter and RSS with 1,000 adapters.
+ * Also: resident bytes per adapter and RSS with 1,000 adapters. `--sampling greedy,top_p,logprobs`
+ * (off by default) runs (c) at 1 task with each way of choosing tokens, interleaved in rounds
+ * (`--sampling-rounds`): what sampling and log-probabilities cost against greedy through HTTP.
  *   npm run bench:mixed [-- --requests 512 --clients 32 --rounds 3 --kinds-rounds 3] (--tasks '' runs only the kinds workload)
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -28,6 +30,8 @@ const { values: args } = parseArgs({
     adapters: { type: 'string', default: '1000' },
     rounds: { type: 'string', default: '3' },
     'kinds-rounds': { type: 'string', default: '3' },
+    sampling: { type: 'string', default: '' },
+    'sampling-rounds': { type: 'string', default: '3' },
     fixtures: { type: 'string', default: 'test/fixtures' },
     out: { type: 'string', default: 'bench/results/mixed-batching.json' },
   },
@@ -91,6 +95,38 @@ console.log(`\nadapter kinds: ${KIND_TASKS} tasks with mixed-task batching, medi
 printTable(['tasks', 'gen tok/s', 'p50 ms', 'p99 ms', 'each round tok/s'], kindRows.map((r) => [r.name, f(r.tokPerS, 0), f(r.p50, 0), f(r.p99, 0), r.each.join(' / ')]));
 const kindRatio = kindRows[0].tokPerS / kindRows[1].tokPerS;
 console.log(`all six kinds / prompt tuning only: ${f(kindRatio, 2)}×`);
+
+// Sampling through HTTP: each variant's fields on top of greedy; a seed per request, so requests differ.
+const SAMPLINGS: Record<string, (i: number) => object> = {
+  greedy: () => ({}),
+  top_p: (i) => ({ temperature: 1, top_p: 0.9, seed: i }),
+  temperature: (i) => ({ temperature: 1, seed: i }),
+  top_k: (i) => ({ temperature: 1, top_k: 1000, seed: i }),
+  logprobs: () => ({ logprobs: 5 }),
+};
+const samplingNames = args.sampling!.split(',').filter(Boolean);
+const samplingRuns = new Map(samplingNames.map((name) => [name, [] as WorkloadRow[]]));
+if (samplingNames.length > 0) {
+  const dir = join(work, 'sampling');
+  const tasks = writeAdapters(dir, 1);
+  for (let round = 0; round < Number(args['sampling-rounds']); round++) {
+    for (const name of samplingNames) {
+      if (!SAMPLINGS[name]) throw new Error(`--sampling: one of ${Object.keys(SAMPLINGS).join(', ')}`);
+      samplingRuns.get(name)!.push(await runWorkload({ policy: mixed, adapterDir: dir, tasks, clients: CLIENTS, prompts, tokens: TOKENS, sampling: SAMPLINGS[name] }));
+      console.error(`sampling round ${round + 1}, ${name}: ${samplingRuns.get(name)!.at(-1)!.tokPerS.toFixed(0)} tok/s`);
+    }
+  }
+  const greedy = median(samplingRuns.get('greedy')?.map((r) => r.tokPerS) ?? [NaN]);
+  console.log(`\nsampling: (c) mixed-task batching, 1 task, ${CLIENTS} clients, ${REQUESTS} requests × ${TOKENS} tokens; medians of ${args['sampling-rounds']} interleaved rounds (top_p: temperature 1, top_p 0.9; top_k: temperature 1, top_k 1000; logprobs: greedy, logprobs 5)`);
+  printTable(
+    ['sampling', 'gen tok/s', 'tok/s min–max', 'of greedy', 'p50 ms', 'TTFT p50 ms'],
+    samplingNames.map((name) => {
+      const runs = samplingRuns.get(name)!;
+      const tps = median(runs.map((r) => r.tokPerS));
+      return [name, f(tps, 0), spread(runs.map((r) => r.tokPerS)), `${f((100 * tps) / greedy, 0)}%`, f(median(runs.map((r) => r.p50)), 0), f(median(runs.map((r) => r.ttftP50)), 0)];
+    }),
+  );
+}
 const tensorBytes = (name: string) => [...parseSafetensors(readFileSync(join('adapters', name, 'adapter_model.safetensors'))).tensors.values()].reduce((n, t) => n + t.data.byteLength, 0);
 
 // Memory: what an adapter costs resident, and a server holding 1,000 of them.
@@ -119,5 +155,5 @@ if (Number(args.adapters) > 0) {
   console.log(`RSS with 7 adapters: ${(memory.rss7 / 2 ** 20).toFixed(1)} MiB; with ${args.adapters}: ${(memory.rssMany / 2 ** 20).toFixed(1)} MiB; ${(memory.perAdapter / 1024).toFixed(1)} KiB per added adapter`);
 }
 mkdirSync(join(args.out!, '..'), { recursive: true });
-writeFileSync(args.out!, JSON.stringify({ machine: machineInfo(), requests: REQUESTS, clients: CLIENTS, tokens: TOKENS, rounds: ROUNDS, rows, runs, kinds: { rows: kindRows, ratio: kindRatio }, memory }, null, 2) + '\n');
+writeFileSync(args.out!, JSON.stringify({ machine: machineInfo(), requests: REQUESTS, clients: CLIENTS, tokens: TOKENS, rounds: ROUNDS, rows, runs, kinds: { rows: kindRows, ratio: kindRatio }, sampling: Object.fromEntries(samplingRuns), memory }, null, 2) + '\n');
 rmSync(work, { recursive: true, force: true });

@@ -2,7 +2,9 @@
  * The server against llama.cpp on the same weights: the demo GPT-2 written as GGUF
  * (src/tools/gguf.ts) and run by node-llama-cpp in this process, the server through HTTP in a
  * child process. Workload: N concurrent sequences × 32 greedy tokens (end-of-text ignored), the
- * same prompts for both, N = 1, 8, 32, 64. Each engine runs at each of its thread settings, in
+ * same prompts for both, N = 1, 8, 32, 64. Ours streamed (an SSE event per token) with 2 workers ×
+ * 1 thread and 1 × 2, and not streamed (one response per sequence) with 2 × 1; llama.cpp with 1 and
+ * 2 threads. Each engine runs at each of its settings, in
  * interleaved rounds (every variant once per N per round, the order rotating between rounds), so a
  * noisy machine hits all of them alike; the table gives the median and min–max of tokens/s (and of
  * tokens per CPU-second, which load from others disturbs less), each engine at its best setting,
@@ -20,7 +22,7 @@ import { getLlama, LlamaLogLevel, type LlamaModel, type Token } from 'node-llama
 import { gpt2ToGguf } from '../src/tools/gguf.js';
 import { Tokenizer } from '../src/tokenizer/tokenizer.js';
 import { type ServerProcess } from '../src/tools/server-process.js';
-import { benchPrompts, machineInfo, median, startServerProcess, streamGenerate } from './harness.js';
+import { benchPrompts, generate, machineInfo, median, startServerProcess, streamGenerate } from './harness.js';
 import { printTable } from './table.js';
 
 const { values: args } = parseArgs({
@@ -80,13 +82,17 @@ function cpuSecondsOf(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100; // fields 14 and 15 of proc(5), after pid and comm
 }
 
-/** Ours: the server's process does the work; the HTTP client here is not counted in `cpu`. */
-function oursRun(server: ServerProcess): Run {
+/**
+ * Ours: the server's process does the work; the HTTP client here is not counted in `cpu`. Streamed
+ * (an event per token) or not (one JSON response per sequence, as a batch job would ask).
+ */
+function oursRun(server: ServerProcess, stream: boolean): Run {
   return async (n) => {
     const body = (i: number) => ({ prompt: prompts[i], raw: true, max_tokens: TOKENS, temperature: 0, ignore_eos: true });
     const cpu0 = cpuSecondsOf(server.pid);
     const t0 = performance.now();
-    const results = await Promise.all(Array.from({ length: n }, (_, i) => streamGenerate(server.url, 'base', body(i))));
+    const one = (i: number) => (stream ? streamGenerate(server.url, 'base', body(i)) : generate(server.url, 'base', body(i)));
+    const results = await Promise.all(Array.from({ length: n }, (_, i) => one(i)));
     return rates(results.map((r) => r.tokens), (performance.now() - t0) / 1000, cpuSecondsOf(server.pid) - cpu0);
   };
 }
@@ -139,8 +145,9 @@ const serve = async (env: Record<string, string>) => {
   return s;
 };
 const variants: { engine: 'ours' | 'llama.cpp'; setting: string; run: Run }[] = [
-  { engine: 'ours', setting: 'WORKERS=2 × 1 thread', run: oursRun(await serve({ WORKERS: '2', INTRA_OP_THREADS: '1' })) },
-  { engine: 'ours', setting: 'WORKERS=1 × 2 threads', run: oursRun(await serve({ WORKERS: '1', INTRA_OP_THREADS: '2' })) },
+  { engine: 'ours', setting: 'WORKERS=2 × 1 thread, streamed', run: oursRun(await serve({ WORKERS: '2', INTRA_OP_THREADS: '1' }), true) },
+  { engine: 'ours', setting: 'WORKERS=1 × 2 threads, streamed', run: oursRun(await serve({ WORKERS: '1', INTRA_OP_THREADS: '2' }), true) },
+  { engine: 'ours', setting: 'WORKERS=2 × 1 thread, not streamed', run: oursRun(await serve({ WORKERS: '2', INTRA_OP_THREADS: '1' }), false) },
   { engine: 'llama.cpp', setting: 'threads: 1', run: peerRun(model, 1) },
   { engine: 'llama.cpp', setting: 'threads: 2', run: peerRun(model, 2) },
 ];
@@ -194,7 +201,7 @@ function report(samples: Map<string, { wall: number; cpu: number }[]>): void {
   // Each engine at its best setting: the one with the highest median tokens/s at that N.
   const best = (engine: string, n: number) => rows.filter((r) => r.engine === engine && r.n === n).sort((a, b) => b.wall.median - a.wall.median)[0];
   const summary = SIZES.map((n) => ({ n, ours: best('ours', n), peer: best('llama.cpp', n) }));
-  console.log(`\nours (HTTP, streamed) against llama.cpp (node-llama-cpp 3.21.1, in-process), same F32 weights: N sequences × ${TOKENS} greedy tokens (repeated to ${MIN_SEQUENCES} sequences at least);`);
+  console.log(`\nours (HTTP) against llama.cpp (node-llama-cpp 3.21.1, in-process), same F32 weights: N sequences × ${TOKENS} greedy tokens (repeated to ${MIN_SEQUENCES} sequences at least);`);
   console.log(`median (min–max) of ${ROUNDS} interleaved rounds; ${m.date}, ${m.cpu}, ${m.cores} cores, ${load} (a shared machine: wall numbers are noisy)\n`);
   printTable(
     ['N', 'ours tok/s', 'ours setting', 'llama.cpp tok/s', 'llama.cpp setting', 'ours / llama.cpp', 'ours tok/CPU-s', 'llama.cpp tok/CPU-s', 'ratio per CPU-s'],

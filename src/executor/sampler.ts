@@ -70,7 +70,7 @@ export function sample(seq: number, logits: Float32Array, s: Sampling, step: num
     token = 0;
     for (let i = 1; i < logits.length; i++) if (logits[i] > logits[token]) token = i;
   } else {
-    token = sampleTemperature(logits, s, uniform(s.seed, step));
+    token = drawWeighted(weightsOf(logits, s.temperature), s.topK, s.topP, uniform(s.seed, step));
   }
   const choice: TokenChoice = { seq, token };
   // log-softmax costs an exp per vocabulary entry: paid only by requests that ask for logprobs.
@@ -82,84 +82,159 @@ export function sample(seq: number, logits: Float32Array, s: Sampling, step: num
   return choice;
 }
 
-function sampleTemperature(logits: Float32Array, s: Sampling, u: number): number {
-  if (s.topK === 0 && s.topP >= 1) return sampleFull(logits, s.temperature, u);
-  // Candidates by probability; top-k then top-p cut the tail before renormalising.
-  const { order, probs, total } = s.topK > 0 && s.topK < logits.length ? topK(logits, s.topK, s.temperature) : topP(logits, s.topP, s.temperature);
-  return pickCandidate(order, probs, total, s.topP, u);
-}
-
 /**
- * The draw among candidates (most likely first, `probs` unnormalised, `total` the mass they are a
- * share of): top-p keeps the shortest prefix holding `topP` of `total`, then `u` picks in its mass.
- * The graph head (src/executor/head.ts) calls it with TopK's candidates, so both paths draw alike.
+ * exp(l / T − max) of every token (l / T rounded to float32 first), in float32: the host's
+ * counterpart of the graph head's softmax(logits / T) (src/model/sampling-head.ts). Only ratios
+ * matter to drawWeighted, so the two differ by rounding alone (a few 1e-8 relative).
  */
-export function pickCandidate(order: ArrayLike<number>, probs: number[], total: number, topP: number, u: number): number {
-  const keep = nucleusSize(probs, total, topP);
-  const kept = probs.slice(0, keep).reduce((a, b) => a + b, 0);
-  let target = u * kept;
-  for (let i = 0; i < keep; i++) {
-    target -= probs[i];
-    if (target < 0) return order[i];
-  }
-  return order[keep - 1];
-}
-
-/** How many of the candidates top-p keeps: the shortest prefix holding `topP` of `total` (all of them if none does). */
-export function nucleusSize(probs: number[], total: number, topP: number): number {
-  if (topP >= 1) return probs.length;
-  let mass = 0;
-  for (let i = 0; i < probs.length; i++) {
-    mass += probs[i] / total;
-    if (mass >= topP) return i + 1;
-  }
-  return probs.length;
-}
-
-/** exp((v − max) / T) of candidates in order, max the first (the row's largest): their unnormalised probabilities. */
-export function candidateWeights(values: ArrayLike<number>, count: number, temperature: number): number[] {
-  const probs = new Array<number>(count);
-  for (let i = 0; i < count; i++) probs[i] = Math.exp((values[i] - values[0]) / temperature);
-  return probs;
-}
-
-/** The k most likely tokens in order, their unnormalised probabilities and their sum. */
-function topK(logits: Float32Array, k: number, temperature: number) {
-  const order = topIndices(logits, k);
-  const probs = candidateWeights(Float32Array.from(order, (t) => logits[t]), order.length, temperature);
-  return { order, probs, total: probs.reduce((a, b) => a + b, 0) };
-}
-
-/**
- * Top-p over the whole vocabulary without sorting it: the total comes from one pass, then the
- * most likely m, 4m, 16m... tokens are selected (one pass each) until they hold `p` of the mass.
- */
-function topP(logits: Float32Array, p: number, temperature: number) {
+export function weightsOf(logits: Float32Array, temperature: number): Float32Array {
+  const w = new Float32Array(logits.length);
   let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
-  let total = 0;
-  for (let i = 0; i < logits.length; i++) total += Math.exp((logits[i] - max) / temperature);
-  // Each token holds at most 1 of `total` (the top one, relative to itself): fewer than p · total
-  // tokens cannot hold p of the mass, so the search starts there (a flat row goes straight to a sort).
-  for (let m = Math.max(64, Math.ceil(p * total)); ; m *= 4) {
-    // A flat row whose nucleus is most of the vocabulary: one sort beats a heap that large.
-    const order = m * 4 >= logits.length ? Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b) : topIndices(logits, m);
-    const probs = order.map((t) => Math.exp((logits[t] - max) / temperature));
-    if (order.length === logits.length || probs.reduce((a, b) => a + b, 0) / total >= p) return { order, probs, total };
-  }
-}
-
-/** Plain temperature sampling: no order is needed, so no sort. */
-function sampleFull(logits: Float32Array, temperature: number, u: number): number {
-  let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
-  const probs = new Float64Array(logits.length);
-  let total = 0;
-  for (let i = 0; i < logits.length; i++) total += probs[i] = Math.exp((logits[i] - max) / temperature);
-  let target = u * total;
   for (let i = 0; i < logits.length; i++) {
-    target -= probs[i];
-    if (target < 0) return i;
+    w[i] = logits[i] / temperature;
+    if (w[i] > max) max = w[i];
   }
-  return logits.length - 1;
+  for (let i = 0; i < logits.length; i++) w[i] = Math.exp(w[i] - max);
+  return w;
+}
+
+/** Buckets of weights by their top 11 bits (a non-negative float32's sign 0, exponent, 2 mantissa bits): heavier buckets have higher numbers. */
+const BUCKET_SHIFT = 21;
+const BUCKETS = 1 << (32 - BUCKET_SHIFT - 1);
+/**
+ * Scratch for drawWeighted, reused (a worker thread draws one row at a time): masses and counts per
+ * bucket in four interleaved copies (token i adds to copy i % 4), so that neighbours falling in the
+ * same bucket do not wait on each other's add; the copies are summed per bucket after the pass.
+ */
+const COPIES = 4;
+const partMass = new Float64Array(BUCKETS * COPIES);
+const partCount = new Int32Array(BUCKETS * COPIES);
+const bucketMass = new Float64Array(BUCKETS);
+const bucketCount = new Int32Array(BUCKETS);
+
+/**
+ * The draw of temperature sampling with top-k and top-p, from a row of non-negative weights (their
+ * scale does not matter). Exact definition (test/executor/sampler.test.ts checks it against a full
+ * sort): rank the tokens by weight, largest first, ties by lower id; keep the first `topK` (all if
+ * 0); then top-p keeps the shortest ranked prefix of those whose weights sum (float64) to at least
+ * `topP` × the kept total; then `u` × the kept mass is walked through the kept tokens in vocabulary
+ * order, and the token where it runs out is drawn. Walking in vocabulary order rather than rank
+ * order gives the same distribution without sorting: the cuts need only a threshold, found from the
+ * masses of the weights' float-bit buckets (one pass) and a sort of the one bucket it falls in.
+ * About three passes over the row where a sort of a flat 50k-token row takes milliseconds.
+ */
+export function drawWeighted(w: Float32Array, topK: number, topP: number, u: number): number {
+  return (topK > 0 && topK < w.length) || topP < 1 ? drawCut(w, topK, topP, u) : walk(w, u * sum(w), -1, w.length);
+}
+
+/** drawWeighted with a top-k or top-p cut. */
+function drawCut(w: Float32Array, topK: number, topP: number, u: number): number {
+  const V = w.length;
+  if (V >= 2 ** 21) throw new Error(`a vocabulary of ${V} is over drawWeighted's 2^21`);
+  const cutK = topK > 0 && topK < V;
+  const bits = new Int32Array(w.buffer, w.byteOffset, V); // a non-negative float's bits order as ints
+  histogram(w, bits);
+  let keepId = -1; // the last kept token in rank order; -1: all are
+  let kept = 0; // the kept tokens' total weight
+  let edge = -1; // with top-k, the bucket of the k-th ranked token: only `members` of it are kept
+  let members: number[] = [];
+  if (cutK) {
+    for (let b = BUCKETS - 1, n = 0; b >= 0; b--) {
+      if (n + bucketCount[b] >= topK) {
+        edge = b;
+        members = rankedMembers(bits, b).slice(0, topK - n);
+        break;
+      }
+      n += bucketCount[b];
+      kept += bucketMass[b];
+    }
+    for (const i of members) kept += w[i];
+    keepId = members[members.length - 1];
+  } else for (let b = BUCKETS - 1; b >= 0; b--) kept += bucketMass[b];
+  if (topP < 1) {
+    // The kept buckets from the top until they hold topP of the kept total, then the ranked members
+    // of the bucket where that is reached, one by one. (Rounding may leave `need` unreached by a
+    // hair: then the cut falls at the last token looked at.)
+    const need = topP * kept;
+    let mass = 0;
+    let b = BUCKETS - 1;
+    for (; b > edge; b--) {
+      if (mass + bucketMass[b] >= need && bucketMass[b] > 0) break;
+      mass += bucketMass[b];
+    }
+    for (const i of b === edge ? members : rankedMembers(bits, b)) {
+      mass += w[i];
+      keepId = i;
+      if (mass >= need) break;
+    }
+    kept = mass;
+  }
+  return keepId < 0 ? walk(w, u * kept, -1, V) : walk(w, u * kept, w[keepId], keepId);
+}
+
+/** Σ w in float64, in two running sums (halves the add chain's latency). */
+function sum(w: Float32Array): number {
+  const n = w.length;
+  let a = 0;
+  let b = 0;
+  let i = 0;
+  for (; i + 1 < n; i += 2) {
+    a += w[i];
+    b += w[i + 1];
+  }
+  if (i < n) a += w[i];
+  return a + b;
+}
+
+/**
+ * Walks `target` through the kept tokens (weight above `keepW`, or equal to it at an id ≤ `keepId`;
+ * every token when `keepW` is −1) in vocabulary order: the first where it runs out. Rounding may
+ * leave a sliver: then the last kept token that has weight.
+ */
+function walk(w: Float32Array, target: number, keepW: number, keepId: number): number {
+  const n = w.length;
+  if (keepW < 0) {
+    for (let i = 0; i < n; i++) if ((target -= w[i]) < 0) return i;
+  } else {
+    for (let i = 0; i < n; i++) {
+      const x = w[i];
+      if (x < keepW || (x === keepW && i > keepId)) continue;
+      if ((target -= x) < 0) return i;
+    }
+  }
+  const kept = (i: number) => w[i] > 0 && (keepW < 0 || w[i] > keepW || (w[i] === keepW && i <= keepId));
+  let last = n - 1;
+  while (last > 0 && !kept(last)) last--;
+  return last;
+}
+
+/** bucketMass and bucketCount of a row, in one pass. */
+function histogram(w: Float32Array, bits: Int32Array): void {
+  partMass.fill(0);
+  partCount.fill(0);
+  const n = w.length;
+  for (let i = 0; i < n; i++) {
+    const at = ((bits[i] >>> BUCKET_SHIFT) << 2) | (i & 3);
+    partMass[at] += w[i];
+    partCount[at]++;
+  }
+  for (let b = 0; b < BUCKETS; b++) {
+    const at = b << 2;
+    bucketMass[b] = partMass[at] + partMass[at + 1] + (partMass[at + 2] + partMass[at + 3]);
+    bucketCount[b] = partCount[at] + partCount[at + 1] + partCount[at + 2] + partCount[at + 3];
+  }
+}
+
+/** The ids whose weights fall in bucket `b`, in rank order (larger weight first, ties by lower id). */
+function rankedMembers(bits: Int32Array, b: number): number[] {
+  // Each member as one number, (2^31 − bits) · 2^21 + id (exact below 2^53): a plain numeric sort
+  // of them is the rank order, and runs natively, with no comparator called back.
+  const count = bucketCount[b];
+  const keys = new Float64Array(count);
+  const n = bits.length;
+  for (let i = 0, k = 0; k < count && i < n; i++) if (bits[i] >>> BUCKET_SHIFT === b) keys[k++] = (2 ** 31 - bits[i]) * 2 ** 21 + i;
+  keys.sort();
+  const ids = new Array<number>(count);
+  for (let k = 0; k < count; k++) ids[k] = keys[k] % 2 ** 21;
+  return ids;
 }

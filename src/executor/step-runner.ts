@@ -16,8 +16,6 @@ export class StepRunner {
   private readonly sampling = new Map<number, Sampling>();
   /** Ensemble members by seq: their rows share one token per step. */
   private readonly groups = new Map<number, EnsembleGroup>();
-  /** Top-p rows' last nucleus size, by seq: sizes their TopK candidates in the graph head. */
-  private readonly nucleus = new Map<number, number>();
   /** Per running seq: the token its next decode feeds (the one chosen for it last) and that decode's step. */
   private readonly next = new Map<number, { token: number; step: number }>();
   private readonly batch: KvBatch;
@@ -47,7 +45,7 @@ export class StepRunner {
   ) {
     this.sessions = { session, base: opts.base ?? null };
     this.batch = new KvBatch(ctx.base.config);
-    this.graphHead = session.inputNames.includes('sample_rows');
+    this.graphHead = session.inputNames.includes('draw_rows');
     this.pastKv = new PastKvCache(ctx, opts.promptKv ?? true);
     this.padEmpty = opts.padEmpty ?? false;
   }
@@ -58,7 +56,6 @@ export class StepRunner {
       this.batch.clear();
       this.sampling.clear();
       this.groups.clear();
-      this.nucleus.clear();
       this.next.clear();
     }
     for (const a of plan.adapters) this.adapters.set(a.key, a);
@@ -84,7 +81,6 @@ export class StepRunner {
     for (const seq of dropped) {
       this.sampling.delete(seq);
       this.groups.delete(seq);
-      this.nucleus.delete(seq);
       this.next.delete(seq);
     }
     const tokens: TokenChoice[] = [];
@@ -102,7 +98,7 @@ export class StepRunner {
       const starting = [...plan.prefill.map((s) => s.adapter), ...plan.score.filter((s) => s.context.length > 0).map((s) => s.adapter)];
       const V = this.ctx.base.config.vocabSize;
       // That run needs no logits: the head is fed with no rows.
-      await this.pastKv.prepare(starting.map((key) => this.adapter(key)), (f) => timed({ ...f, ...new StepHead([], V, this.graphHead, this.nucleus, this.padEmpty).feeds() }, []));
+      await this.pastKv.prepare(starting.map((key) => this.adapter(key)), (f) => timed({ ...f, ...new StepHead([], V, this.graphHead, this.padEmpty).feeds() }, []));
       const items: PrefillItem[] = [
         ...plan.prefill.map((s) => this.prefillItem(s.adapter, s.tokens)),
         ...plan.score.map((s) => this.scoreItem(s.adapter, s.context, s.targets)),
@@ -117,7 +113,7 @@ export class StepRunner {
       });
       const scoreTargets = plan.score.map((s, k) => s.targets.slice(s.targets.length - items[plan.prefill.length + k].logitAt.length));
       for (const targets of scoreTargets) headRows.push(...targets.map((target) => ({ target })));
-      const head = new StepHead(headRows, V, this.graphHead, this.nucleus, this.padEmpty);
+      const head = new StepHead(headRows, V, this.graphHead, this.padEmpty);
       const out = await timed({ ...layout.feeds, ...head.feeds() }, items.map((it) => it.adapter));
       const read = head.read(out);
       tokens.push(...read.chosen);
@@ -187,7 +183,7 @@ export class StepRunner {
     };
     // Live rows are packed in the first B slots: every computed row needs its logits.
     const headRows: HeadRow[] = live.map((row) => ({ seq: row.seq, sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq) }));
-    const head = new StepHead(headRows, V, this.graphHead, this.nucleus, this.padEmpty);
+    const head = new StepHead(headRows, V, this.graphHead, this.padEmpty);
     const out = await run({
       inputs_embeds: new ort.Tensor('float32', embeds, [B, 1, D]),
       position_ids: positions,

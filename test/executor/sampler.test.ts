@@ -1,5 +1,5 @@
 import t from 'tap';
-import { logSumExp, nucleusSize, sample, topIndices, uniform } from '../../src/executor/sampler.js';
+import { drawWeighted, logSumExp, sample, topIndices, uniform, weightsOf } from '../../src/executor/sampler.js';
 import type { Sampling } from '../../src/protocol.js';
 
 /** Deterministic pseudo-random logits, with deliberate ties. */
@@ -14,27 +14,26 @@ function sortedIndices(x: Float32Array): number[] {
   return Array.from(x.keys()).sort((a, b) => x[b] - x[a] || a - b);
 }
 
-/** The sampler as first written (full sort, O(V log V)): what the fast one must agree with. */
-function referenceSample(x: Float32Array, sorted: number[], s: Sampling, u: number): number {
-  const order = sorted.slice(0, s.topK > 0 ? s.topK : x.length);
-  const max = x[order[0]];
-  const probs = order.map((t) => Math.exp((x[t] - max) / s.temperature));
-  const total = probs.reduce((a, b) => a + b, 0);
-  let keep = probs.length;
-  let mass = 0;
-  for (let i = 0; i < probs.length && s.topP < 1; i++) {
-    mass += probs[i] / total;
-    if (mass >= s.topP) {
-      keep = i + 1;
-      break;
-    }
+/**
+ * drawWeighted's definition, done the obvious way (O(V log V)): rank by weight, largest first, ties
+ * by lower id; keep the first topK; keep the shortest ranked prefix holding topP of their weight;
+ * walk u × the kept mass through the kept tokens in vocabulary order.
+ */
+const rankings = new WeakMap<Float32Array, number[]>(); // a row's ranking, sorted once
+function referenceDraw(w: Float32Array, topK: number, topP: number, u: number): number {
+  if (!rankings.has(w)) rankings.set(w, Array.from(w.keys()).sort((a, b) => w[b] - w[a] || a - b));
+  const ranked = rankings.get(w)!;
+  let kept = ranked.slice(0, topK > 0 ? topK : w.length);
+  const total = kept.reduce((a, i) => a + w[i], 0);
+  if (topP < 1) {
+    let mass = 0;
+    const n = kept.findIndex((i) => (mass += w[i]) >= topP * total);
+    kept = kept.slice(0, n < 0 ? kept.length : n + 1);
   }
-  let target = u * probs.slice(0, keep).reduce((a, b) => a + b, 0);
-  for (let i = 0; i < keep; i++) {
-    target -= probs[i];
-    if (target < 0) return order[i];
-  }
-  return order[keep - 1];
+  const order = kept.sort((a, b) => a - b);
+  let target = u * order.reduce((a, i) => a + w[i], 0);
+  for (const i of order) if ((target -= w[i]) < 0) return i;
+  return order.filter((i) => w[i] > 0).at(-1)!;
 }
 
 t.test('topIndices: the k largest in order, ties by lower index, for every k', async (t) => {
@@ -47,18 +46,40 @@ t.test('topIndices: the k largest in order, ties by lower index, for every k', a
   t.same(topIndices(new Float32Array([1, 2, 3]), 0), []);
 });
 
-t.test('top-k and top-p sampling choose what a full sort would, for many seeds', async (t) => {
-  const x = logits(50257, 11);
-  const sorted = sortedIndices(x);
-  const cases: Partial<Sampling>[] = [{ topK: 1 }, { topK: 50 }, { topK: 1000 }, { topP: 0.9 }, { topP: 0.3 }, { topK: 200, topP: 0.95 }, { topP: 0.999 }];
-  for (const c of cases) {
-    const s: Sampling = { temperature: 0.8, topP: 1, topK: 0, seed: 0, logprobs: 0, ...c };
-    let same = 0;
-    for (let seed = 1; seed <= 40; seed++) {
-      const got = sample(0, x, { ...s, seed }, 3).token;
-      if (got === referenceSample(x, sorted, s, uniform(seed, 3))) same++;
+t.test('drawWeighted draws what a full sort would: top-k, top-p, both, neither; ties, zeros, flat and peaked rows', async (t) => {
+  const rows: [string, Float32Array][] = [
+    ['50k, ties', weightsOf(logits(50257, 11), 0.8)],
+    ['4096, peaked', weightsOf(logits(4096, 5), 0.2)],
+    ['4096, flat', weightsOf(logits(4096, 6), 8)],
+    ['all equal', new Float32Array(1000).fill(0.25)],
+    ['zeros', Float32Array.from({ length: 3000 }, (_, i) => (i % 3 === 0 ? 0 : uniform(9, i)))],
+    ['one token', Float32Array.of(1)],
+    ['two', Float32Array.of(0.5, 1)],
+  ];
+  const cases: [number, number][] = [[0, 1], [1, 1], [2, 1], [50, 1], [1000, 1], [2048, 1], [0, 0.9], [0, 0.3], [0, 0.999], [0, 1e-9], [200, 0.95], [1000, 0.5], [5000, 0.9], [3, 0.99]];
+  for (const [name, w] of rows) {
+    for (const [topK, topP] of cases) {
+      let same = 0;
+      for (let seed = 1; seed <= 30; seed++) {
+        const u = uniform(seed, 3);
+        if (drawWeighted(w, topK, topP, u) === referenceDraw(w, topK, topP, u)) same++;
+      }
+      t.equal(same, 30, `${name}: top_k ${topK}, top_p ${topP}`);
     }
-    t.equal(same, 40, JSON.stringify(c));
+  }
+  // u close to 1 lands on the last kept token with weight, not past it.
+  const w = Float32Array.of(0.1, 0.7, 0, 0.2, 0);
+  t.equal(drawWeighted(w, 0, 1, 1 - 2 ** -40), 3);
+  t.equal(drawWeighted(w, 2, 1, 1 - 2 ** -40), 3, 'top-2 keeps ids 1 and 3');
+  t.equal(drawWeighted(w, 2, 1, 0.1), 1, 'top-2: id 0 is not kept');
+  t.equal(drawWeighted(w, 0, 0.6, 0.99), 1, 'top-p 0.6 keeps id 1 alone');
+});
+
+t.test('sample: temperature rows draw from the float32 weights exp((l − max) / T)', async (t) => {
+  const x = logits(5000, 4);
+  for (const c of [{ topK: 0, topP: 1 }, { topK: 40, topP: 1 }, { topK: 0, topP: 0.9 }, { topK: 100, topP: 0.8 }]) {
+    const s: Sampling = { temperature: 0.7, seed: 5, logprobs: 0, ...c };
+    for (let step = 0; step < 10; step++) t.equal(sample(0, x, s, step).token, referenceDraw(weightsOf(x, 0.7), c.topK, c.topP, uniform(5, step)));
   }
 });
 
@@ -75,11 +96,4 @@ t.test('logprobs: the chosen token and the top alternatives, normalised', async 
   const lse = logSumExp(x);
   t.same(c.top!.map((a) => a.token), sortedIndices(x).slice(0, 3));
   t.ok(Math.abs(c.logprob! - (x[c.token] - lse)) < 1e-9);
-});
-
-t.test('nucleusSize: the shortest prefix of candidates holding p of the total', async (t) => {
-  const probs = [4, 3, 2, 1];
-  t.same([0.4, 0.5, 0.7, 0.71, 0.95, 1].map((p) => nucleusSize(probs, 10, p)), [1, 2, 2, 3, 4, 4]);
-  // Candidates holding half of a larger total never reach p = 0.9: all of them, and the caller looks further.
-  t.equal(nucleusSize(probs, 20, 0.9), 4);
 });

@@ -68,7 +68,7 @@ function weightShapes(c: Gpt2Config): Map<string, number[]> {
 }
 
 export const gpt2: Architecture<Gpt2Config> = {
-  graphVersion: 'gpt2-v6',
+  graphVersion: 'gpt2-v7',
   parseConfig,
   // Some exports prefix names with `transformer.`, others do not; normalise to the prefixed form.
   canonicalName: (name) => (name.startsWith('transformer.') || name.startsWith('lm_head') ? name : `transformer.${name}`),

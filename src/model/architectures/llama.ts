@@ -263,7 +263,7 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, rows: RowParams
 }
 
 export const llama: Architecture<LlamaConfig> = {
-  graphVersion: 'llama-v5',
+  graphVersion: 'llama-v6',
   parseConfig,
   canonicalName: (name) => name,
   weightShapes,
