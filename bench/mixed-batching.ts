@@ -91,10 +91,12 @@ for (let round = 0; round < Number(args['kinds-rounds']); round++) {
   }
 }
 const kindRows = Object.entries(kindRuns).map(([name, runs]) => ({ name, tokPerS: median(runs.map((r) => r.tokPerS)), p50: median(runs.map((r) => r.p50)), p99: median(runs.map((r) => r.p99)), each: runs.map((r) => Math.round(r.tokPerS)) }));
-console.log(`\nadapter kinds: ${KIND_TASKS} tasks with mixed-task batching, medians of ${args['kinds-rounds']} interleaved rounds`);
-printTable(['tasks', 'gen tok/s', 'p50 ms', 'p99 ms', 'each round tok/s'], kindRows.map((r) => [r.name, f(r.tokPerS, 0), f(r.p50, 0), f(r.p99, 0), r.each.join(' / ')]));
 const kindRatio = kindRows[0].tokPerS / kindRows[1].tokPerS;
-console.log(`all six kinds / prompt tuning only: ${f(kindRatio, 2)}×`);
+if (Number(args['kinds-rounds']) > 0) {
+  console.log(`\nadapter kinds: ${KIND_TASKS} tasks with mixed-task batching, medians of ${args['kinds-rounds']} interleaved rounds`);
+  printTable(['tasks', 'gen tok/s', 'p50 ms', 'p99 ms', 'each round tok/s'], kindRows.map((r) => [r.name, f(r.tokPerS, 0), f(r.p50, 0), f(r.p99, 0), r.each.join(' / ')]));
+  console.log(`all six kinds / prompt tuning only: ${f(kindRatio, 2)}×`);
+}
 
 // Sampling through HTTP: each variant's fields on top of greedy; a seed per request, so requests differ.
 const SAMPLINGS: Record<string, (i: number) => object> = {
