@@ -8,8 +8,8 @@ export type HeadRow = { seq: number; sampling: Sampling; step: number; group?: E
 
 /**
  * How a row's token is chosen with the graph head (src/model/sampling-head.ts). Each route reads only
- * its outputs; every one draws exactly what sampler.ts's sample() draws from the full row, up to the
- * rounding of the weights (the graph's softmax against the host's exp).
+ * its outputs; every one draws what sampler.ts's sample() draws from the full row, up to the
+ * rounding of the weights (the graph's float32 softmax against the host's exp: see weightsOf).
  * - greedy: `next_greedy`.
  * - draw: temperature, with or without top-k/top-p: `draw_weights` through drawWeighted.
  * - host: the full row through the host sampler: logit_bias and ensemble members (whose mixture is

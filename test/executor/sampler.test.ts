@@ -46,7 +46,7 @@ t.test('topIndices: the k largest in order, ties by lower index, for every k', a
   t.same(topIndices(new Float32Array([1, 2, 3]), 0), []);
 });
 
-t.test('drawWeighted draws what a full sort would: top-k, top-p, both, neither; ties, zeros, flat and peaked rows', async (t) => {
+t.test('drawWeighted draws what a full sort would: top-k, top-p, both, neither; ties, zeros, flat and peaked rows, views, edges', async (t) => {
   const rows: [string, Float32Array][] = [
     ['50k, ties', weightsOf(logits(50257, 11), 0.8)],
     ['4096, peaked', weightsOf(logits(4096, 5), 0.2)],
@@ -67,6 +67,24 @@ t.test('drawWeighted draws what a full sort would: top-k, top-p, both, neither; 
       t.equal(same, 30, `${name}: top_k ${topK}, top_p ${topP}`);
     }
   }
+  // Rows as the head passes them: views into a larger buffer, at an offset.
+  const buffer = new Float32Array(4100);
+  buffer.set(rows[1][1], 3);
+  for (const [topK, topP] of cases) t.equal(drawWeighted(buffer.subarray(3, 4099), topK, topP, 0.37), referenceDraw(rows[1][1], topK, topP, 0.37), `a view at offset 3: top_k ${topK}, top_p ${topP}`);
+  // Edges: a bucket's mass exactly at top-p's need; a target exactly at a running sum (runs out only below 0).
+  t.equal(drawWeighted(Float32Array.of(0.5, 1), 0, 2 / 3, 0.1), 1, 'id 1 alone holds exactly 2/3');
+  t.equal(drawWeighted(Float32Array.of(1, 1, 1, 1), 0, 1, 0.5), 2);
+  t.equal(drawWeighted(Float32Array.of(1, 1, 1, 1), 3, 1, 2 / 3), 2);
+  // u = 1 walks the whole kept mass: the last kept token that has weight.
+  const ends = Float32Array.of(0.1, 0.7, 0, 0.2, 0);
+  t.same([drawWeighted(ends, 0, 1, 1), drawWeighted(ends, 2, 1, 1), drawWeighted(ends, 0, 0.95, 1)], [3, 3, 3]);
+  // Ids above 2^20 in the bucket that is sorted (the packed sort keys keep 21 bits of id).
+  const wide = new Float32Array(2 ** 20 + 8);
+  wide[7] = 0.5;
+  wide[2 ** 20 + 3] = 1;
+  wide[2 ** 20 + 5] = 1;
+  t.equal(drawWeighted(wide, 2, 1, 0.9), 2 ** 20 + 5);
+  t.equal(drawWeighted(wide, 2, 1, 0.4), 2 ** 20 + 3);
   // u close to 1 lands on the last kept token with weight, not past it.
   const w = Float32Array.of(0.1, 0.7, 0, 0.2, 0);
   t.equal(drawWeighted(w, 0, 1, 1 - 2 ** -40), 3);
