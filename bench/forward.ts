@@ -115,14 +115,14 @@ async function open(set: GraphSet, o: ort.InferenceSession.SessionOptions): Prom
   const s = await openSessions(model, o);
   return set === 'served' ? s : { session: s.session, base: null };
 }
+const samplingNames = args.sampling!.split(',');
+for (const name of samplingNames) if (!SAMPLINGS[name]) throw new Error(`--sampling: one of ${Object.keys(SAMPLINGS).join(', ')}`);
 const rows: (string | number)[][] = [];
 const results: Record<string, unknown>[] = [];
 for (const prepack of args.prepack!.split(',')) {
   const sessions = new Map<GraphSet, ModelSessions>();
   for (const set of graphSets) sessions.set(set, await open(set, { ...options, extra: { session: { disable_prepacking: prepack === 'off' ? '1' : '0' } } }));
   for (const B of args.batches!.split(',').map(Number)) {
-    const samplingNames = args.sampling!.split(',');
-    for (const name of samplingNames) if (!SAMPLINGS[name]) throw new Error(`--sampling: one of ${Object.keys(SAMPLINGS).join(', ')}`);
     const variants = samplingNames.flatMap((samplingName) => graphSets.map((set) => ({ samplingName, set })));
     const runsOf = new Map(variants.map((v) => [`${v.samplingName}/${v.set}`, [] as Awaited<ReturnType<typeof measure>>[]]));
     for (const v of variants) await measure(sessions.get(v.set)!, B, SAMPLINGS[v.samplingName]); // warm-up

@@ -86,9 +86,9 @@ export function sample(seq: number, logits: Float32Array, s: Sampling, step: num
  * exp(l / T − max) of every token (l / T rounded to float32 first), in float32: the host's
  * counterpart of the graph head's softmax(logits / T) (src/model/sampling-head.ts). Only ratios
  * matter to drawWeighted, so the two differ by rounding alone: the graph subtracts and exponentiates
- * in float32, which at l / T near 70 moves a weight by up to about 2e-5 relative. A draw differs
- * only if its target falls that close to a boundary between tokens (none did in 12,800 seeded
- * draws compared in a review; the head test compares every route on every reference prompt).
+ * in float32, so a weight moves by a few float32 ulps of l / T (more relative error the larger
+ * l / T is). A draw differs only if its target falls that close to a boundary between tokens
+ * (test/executor/sampling-head.test.ts compares every route on every reference prompt).
  */
 export function weightsOf(logits: Float32Array, temperature: number): Float32Array {
   const w = new Float32Array(logits.length);
@@ -109,7 +109,7 @@ const BUCKETS = 1 << (32 - BUCKET_SHIFT - 1);
  * bucket in four interleaved copies (token i adds to copy i % 4), so that neighbours falling in the
  * same bucket do not wait on each other's add; the copies are summed per bucket after the pass.
  */
-const COPIES = 4;
+const COPIES = 4; // the index below is (bucket << 2) | (i & 3)
 const partMass = new Float64Array(BUCKETS * COPIES);
 const partCount = new Int32Array(BUCKETS * COPIES);
 const bucketMass = new Float64Array(BUCKETS);

@@ -59,7 +59,7 @@ async function main(): Promise<void> {
     parentPort!.postMessage({ fatal: `cannot create the ${init.provider} session: ${why}${hint}` });
     return;
   }
-  const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu', base: sessions.base, promptKv: init.promptKv ?? true });
+  const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu', base: sessions.base, promptKv: init.promptKv });
   const rows = new RowCheck(init.base.config);
   parentPort!.postMessage({ ready: true, providers: [init.provider] });
   // Steps are processed one at a time, in order: the runner's KV state is sequential by nature.
