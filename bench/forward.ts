@@ -8,6 +8,7 @@
  * or IA3), the full graph alone, and the graph before either (plain logits sampled on the host), and
  * `--sampling greedy,top_p,logprobs` what the rows ask (temperature, top_k also), in interleaved rounds.
  * `--provider cpu|webgpu` picks ONNX Runtime's execution provider (the ceiling runs on it too).
+ * `--min-ms` (300): each round repeats its prefill + 32 decode steps until the steps took this long.
  */
 import ort from 'onnxruntime-node';
 import { cpus } from 'node:os';
@@ -32,6 +33,7 @@ const { values: args } = parseArgs({
     graphs: { type: 'string', default: 'served,full,host' },
     sampling: { type: 'string', default: 'greedy,top_p,logprobs' },
     rounds: { type: 'string', default: '3' },
+    'min-ms': { type: 'string', default: '300' },
     provider: { type: 'string', default: 'cpu' },
     out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'forward.json') },
   },
@@ -40,6 +42,8 @@ const THREADS = Number(process.env.INTRA_OP_THREADS ?? cpus().length);
 const PROMPT = 64;
 const DECODE_STEPS = 32;
 const ROUNDS = Number(args.rounds);
+/** A measurement repeats its workload until its decode steps have taken this long: 32 steps at batch 1 take a few ms, far too short to outlast a noisy machine's jitter. */
+const MIN_MS = Number(args['min-ms']);
 const options: ort.InferenceSession.SessionOptions = { executionProviders: [args.provider!], graphOptimizationLevel: 'all', intraOpNumThreads: THREADS, interOpNumThreads: 1 };
 /** What a step's rows ask of the head: greedy; temperature 1 with top_p 0.9; greedy with `logprobs: 5`. */
 const SAMPLINGS: Record<string, Sampling> = {
@@ -84,25 +88,34 @@ const empty = (): StepPlan => ({ drop: [], decode: [], prefill: [], score: [], a
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
 
-/** One measurement: B sequences prefilled with a 64-token prompt into a fresh batch, then 32 decode steps. */
+/**
+ * One measurement: B sequences prefilled with a 64-token prompt into a fresh batch, then 32 decode
+ * steps; repeated until the decode steps add up to MIN_MS. Prefill time is the median of the repeats.
+ */
 async function measure(sessions: ModelSessions, B: number, sampling: Sampling) {
-  const runner = new StepRunner(sessions.session, new FeedContext(model.tensors), { padEmpty: args.provider === 'webgpu', base: sessions.base });
   const tokens = Array.from({ length: PROMPT }, (_, i) => 100 + ((i * 37) % 3000));
-  const plan = empty();
-  plan.prefill = Array.from({ length: B }, (_, i) => ({ seq: i, adapter: null, tokens, sampling: { ...sampling, seed: i + 1 } }));
-  const first = await runner.step(plan);
-  const last = new Map(first.tokens.map((x) => [x.seq, x.token]));
+  const prefills: number[] = [];
   let decodeMs = 0;
   let sessionMs = 0;
-  for (let step = 1; step <= DECODE_STEPS; step++) {
-    const next = empty();
-    next.decode = Array.from({ length: B }, (_, i) => ({ seq: i, token: last.get(i)!, step }));
-    const r = await runner.step(next);
-    decodeMs += r.ms.total;
-    sessionMs += r.ms.run;
-    for (const x of r.tokens) last.set(x.seq, x.token);
+  let steps = 0;
+  while (decodeMs < MIN_MS || steps === 0) {
+    const runner = new StepRunner(sessions.session, new FeedContext(model.tensors), { padEmpty: args.provider === 'webgpu', base: sessions.base });
+    const plan = empty();
+    plan.prefill = Array.from({ length: B }, (_, i) => ({ seq: i, adapter: null, tokens, sampling: { ...sampling, seed: i + 1 } }));
+    const first = await runner.step(plan);
+    prefills.push(first.ms.total);
+    const last = new Map(first.tokens.map((x) => [x.seq, x.token]));
+    for (let step = 1; step <= DECODE_STEPS; step++) {
+      const next = empty();
+      next.decode = Array.from({ length: B }, (_, i) => ({ seq: i, token: last.get(i)!, step }));
+      const r = await runner.step(next);
+      decodeMs += r.ms.total;
+      sessionMs += r.ms.run;
+      steps++;
+      for (const x of r.tokens) last.set(x.seq, x.token);
+    }
   }
-  return { prefillMs: first.ms.total, decodeMs, hostMsPerStep: (decodeMs - sessionMs) / DECODE_STEPS };
+  return { prefillMs: median(prefills), decodeMs, steps, hostMsPerStep: (decodeMs - sessionMs) / steps };
 }
 
 type GraphSet = 'served' | 'full' | 'host';
@@ -131,13 +144,12 @@ for (const prepack of args.prepack!.split(',')) {
     for (const samplingName of samplingNames) {
       for (const set of graphSets) {
         const r = runsOf.get(`${samplingName}/${set}`)!;
-        const decodeTps = r.map((x) => (B * DECODE_STEPS) / (x.decodeMs / 1000));
+        const decodeTps = r.map((x) => (B * x.steps) / (x.decodeMs / 1000));
         const prefillTps = r.map((x) => (B * PROMPT) / (x.prefillMs / 1000));
-        const stepMs = r.map((x) => x.decodeMs / DECODE_STEPS);
+        const stepMs = r.map((x) => x.decodeMs / x.steps);
         const hostMs = r.map((x) => x.hostMsPerStep);
         const avgT = PROMPT + DECODE_STEPS / 2;
-        const decodeFlops = DECODE_STEPS * B * (matmulFlopsPerToken + attnFlops(avgT) + headFlops);
-        const ofCeiling = r.map((x) => (100 * (decodeFlops / (x.decodeMs / 1000) / 1e9)) / ceiling);
+        const ofCeiling = r.map((x) => (100 * ((x.steps * B * (matmulFlopsPerToken + attnFlops(avgT) + headFlops)) / (x.decodeMs / 1000) / 1e9)) / ceiling);
         const row = {
           prepack,
           graphs: set,
@@ -155,7 +167,7 @@ for (const prepack of args.prepack!.split(',')) {
     }
   }
 }
-console.log(`\nTimes are whole worker steps (feeds, session.run, sampling, KV append); "host ms/step" is the part outside session.run. Median (min–max) of ${ROUNDS} interleaved rounds per variant.`);
+console.log(`\nTimes are whole worker steps (feeds, session.run, sampling, KV append); "host ms/step" is the part outside session.run. Median (min–max) of ${ROUNDS} interleaved rounds per variant; each round repeats prefill + ${DECODE_STEPS} decode steps until its decode steps took ${MIN_MS} ms.`);
 console.log(`forward pass of ${model.dir} (${c.modelType}, ${(layerWeights / 1e6).toFixed(1)}M layer weights), ${c.layers} layers × ${c.hidden} wide, prompt ${PROMPT} tokens, ${DECODE_STEPS} decode steps, provider ${args.provider}, ${THREADS} intra-op threads, cpu: ${cpus()[0]?.model}`);
 console.log(`ceiling: one 1024×1024×1024 MatMul through onnxruntime-node ${ort.env.versions.common} = ${ceiling.toFixed(1)} GFLOP/s\n`);
 printTable(['prepack', 'graphs', 'batch', 'sampling', 'decode tok/s', 'decode ms/step', 'host ms/step', 'prefill tok/s', 'decode % of ceiling'], rows);

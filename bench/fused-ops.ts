@@ -4,9 +4,9 @@
  * contrib ops — MultiHeadAttention with past_key/past_value and attention_bias,
  * SkipLayerNormalization, FastGelu — in the layouts those ops need:
  *   plain          today's graph (src/model/architectures/gpt2.ts, no LoRA/IA3 inputs): keys cached
- *                  transposed [B, H, hd, P], biases fed [R, 1, n] (per-row BitFit).
+ *                  [B, H, P, hd] like values, biases fed [R, 1, n] (per-row BitFit).
  *   fused          MHA + SkipLayerNormalization (beta and the projection bias inside) + FastGelu
- *                  (bias inside): keys cached [B, H, P, hd] as MHA wants, biases fed 1-D, so one set
+ *                  (bias inside): the same KV layout, biases fed 1-D, so one set
  *                  of biases for the whole batch (no per-row BitFit).
  *   fused-rowbias  the same kernels, biases still fed [R, 1, n] and added by plain Adds, because
  *                  the contrib ops take only 1-D biases: what keeping per-row BitFit would cost.
@@ -103,7 +103,7 @@ function buildFused(w: WeightSource, { mha, rowBias }: { mha: boolean; rowBias: 
   const pastK: string[] = [];
   const pastV: string[] = [];
   for (let l = 0; l < c.layers; l++) {
-    pastK.push(g.input(`past_key_${l}`, 'float', mha ? ['batch', H, 'past', hd] : ['batch', H, hd, 'past']));
+    pastK.push(g.input(`past_key_${l}`, 'float', ['batch', H, 'past', hd]));
     pastV.push(g.input(`past_value_${l}`, 'float', ['batch', H, 'past', hd]));
   }
   const headsShape = g.ints('shape_heads', [0, 0, H, hd]);
@@ -116,16 +116,17 @@ function buildFused(w: WeightSource, { mha, rowBias }: { mha: boolean; rowBias: 
   const zero = g.ints('zero', [0]);
   const mergedShape = g.ints('shape_merged', [0, 0, D]);
 
-  /** Today's attention, as in src/model/architectures/gpt2.ts: past keys [B, H, hd, P], scores joined, cache never copied. */
+  /** Today's attention, as in src/model/architectures/gpt2.ts: QK^T reads the keys transposed, scores joined, cache never copied. */
+  const keysT = (x: string) => g.one('Transpose', [x], { perm: [0, 1, 3, 2] });
   const plainAttention = (l: number, q: string, k: string, v: string) => {
-    const kNew = g.one('Transpose', [g.one('Reshape', [k, headsShape])], { perm: [0, 2, 3, 1] });
+    const kNew = splitHeads(k);
     const vNew = splitHeads(v);
-    g.output(kNew, `new_key_${l}`, ['batch', H, hd, 'seq']);
+    g.output(kNew, `new_key_${l}`, ['batch', H, 'seq', hd]);
     g.output(vNew, `new_value_${l}`, ['batch', H, 'seq', hd]);
     const qh = g.one('Mul', [splitHeads(q), qScale]);
-    const scores = g.one('Concat', [g.one('MatMul', [qh, pastK[l]]), g.one('MatMul', [qh, kNew])], { axis: 3 });
+    const scores = g.one('Concat', [g.one('MatMul', [qh, keysT(pastK[l])]), g.one('MatMul', [qh, keysT(kNew)])], { axis: 3 });
     const probs = g.one('Softmax', [g.one('Add', [scores, attnBias])], { axis: -1 });
-    const P = g.one('Shape', [pastK[l]], { start: 3, end: 4 });
+    const P = g.one('Shape', [pastK[l]], { start: 2, end: 3 });
     const ctx = g.one('Add', [
       g.one('MatMul', [g.one('Slice', [probs, zero, P, axisLast]), pastV[l]]),
       g.one('MatMul', [g.one('Slice', [probs, P, bigEnd, axisLast]), vNew]),
@@ -293,11 +294,7 @@ function feedsFor(k: Case, wte: Float32Array) {
   for (let l = 0; l < c.layers; l++) {
     const keys = noise(b * KVH * P * hd, 1 + l, 2); // [B, KVH, P, hd]
     const values = noise(b * KVH * P * hd, 101 + l, 1);
-    const keysT = new Float32Array(keys.length); // [B, KVH, hd, P]
-    for (let m = 0; m < b * KVH; m++) keysT.set(transpose(keys.subarray(m * P * hd, (m + 1) * P * hd), P, hd), m * P * hd);
-    for (const v of VARIANTS) {
-      byVariant[v][`past_key_${l}`] = v !== 'plain' && SPECS[v].mha ? new ort.Tensor('float32', keys, [b, KVH, P, hd]) : new ort.Tensor('float32', keysT, [b, KVH, hd, P]);
-    }
+    for (const v of VARIANTS) byVariant[v][`past_key_${l}`] = new ort.Tensor('float32', keys, [b, KVH, P, hd]);
     for (const v of VARIANTS) byVariant[v][`past_value_${l}`] = new ort.Tensor('float32', values, [b, KVH, P, hd]);
   }
   for (const { name, size } of ckpt.arch.biases(c)) {
@@ -306,15 +303,6 @@ function feedsFor(k: Case, wte: Float32Array) {
   }
   const head = { h: new ort.Tensor('float32', noise(b * D, 7, 1), [b, D]) };
   return { byVariant, head };
-}
-
-/** plain's new keys [B, H, hd, S] in the fused layout [B, H, S, hd]. */
-function untransposeKeys(t: ort.Tensor): Float32Array {
-  const [b, h, d, s] = t.dims;
-  const src = t.data as Float32Array;
-  const out = new Float32Array(src.length);
-  for (let m = 0; m < b * h; m++) out.set(transpose(src.subarray(m * d * s, (m + 1) * d * s), d, s), m * d * s);
-  return out;
 }
 
 const median = (xs: number[]) => {
@@ -366,7 +354,7 @@ for (const k of cases) {
     const logits = relErr(out[v].logits.data as Float32Array, out.plain.logits.data as Float32Array);
     let kv = 0;
     for (let l = 0; l < c.layers; l++) {
-      const plainKeys = SPECS[v].mha ? untransposeKeys(out.plain[`new_key_${l}`]) : (out.plain[`new_key_${l}`].data as Float32Array);
+      const plainKeys = out.plain[`new_key_${l}`].data as Float32Array;
       kv = Math.max(kv, relErr(out[v][`new_key_${l}`].data as Float32Array, plainKeys));
       kv = Math.max(kv, relErr(out[v][`new_value_${l}`].data as Float32Array, out.plain[`new_value_${l}`].data as Float32Array));
     }

@@ -1,5 +1,6 @@
 import { startServerProcess } from '../src/tools/server-process.js';
 import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
@@ -145,26 +146,50 @@ export function healthProbe(url: string, everyMs = 50): { stop: () => number[] }
   };
 }
 
-/** One streamed generate request: total latency, time to first token, tokens received. */
+/**
+ * The load generator's HTTP client: node:http with keep-alive, reading only what it counts. It shares
+ * the machine's cores with the server it measures, so it must be cheap: undici's `fetch` parses a
+ * web stream per response, which is CPU the server then lacks. runWorkload reports the CPU of both.
+ */
+const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+
+/** POSTs `body` as JSON; resolves with the response once its headers arrive (status checked by the caller). */
+function post(url: string, path: string, body: object): Promise<http.IncomingMessage> {
+  const u = new URL(path, url);
+  const payload = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } }, resolve);
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+async function text(res: http.IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of res) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+const TOKEN_EVENT = Buffer.from('data: {"token_id"');
+
+/** One streamed generate request: total latency, time to first token, tokens received (server-sent events that carry a token). */
 export async function streamGenerate(url: string, task: string, body: object): Promise<{ latency: number; ttft: number; tokens: number }> {
   const t0 = performance.now();
-  const res = await fetch(`${url}/v1/tasks/${task}/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) });
-  if (res.status !== 200) throw new Error(`generate ${task}: ${res.status} ${await res.text()}`);
+  const res = await post(url, `/v1/tasks/${task}/generate`, { ...body, stream: true });
+  if (res.statusCode !== 200) throw new Error(`generate ${task}: ${res.statusCode} ${await text(res)}`);
   let ttft = NaN;
   let tokens = 0;
-  let rest = '';
-  const decoder = new TextDecoder();
-  for await (const chunk of res.body!) {
-    rest += decoder.decode(chunk as Uint8Array, { stream: true });
-    let at: number;
-    while ((at = rest.indexOf('\n\n')) >= 0) {
-      const event = rest.slice(0, at);
-      rest = rest.slice(at + 2);
-      if (event.startsWith('data: {"token_id"')) {
+  let rest: Buffer = Buffer.alloc(0);
+  for await (const chunk of res) {
+    const buf = rest.length > 0 ? Buffer.concat([rest, chunk as Buffer]) : (chunk as Buffer);
+    let at = 0;
+    for (let end; (end = buf.indexOf('\n\n', at)) >= 0; at = end + 2) {
+      if (end - at >= TOKEN_EVENT.length && buf.compare(TOKEN_EVENT, 0, TOKEN_EVENT.length, at, at + TOKEN_EVENT.length) === 0) {
         if (tokens === 0) ttft = performance.now() - t0;
         tokens++;
       }
     }
+    rest = buf.subarray(at);
   }
   return { latency: performance.now() - t0, ttft, tokens };
 }
@@ -172,10 +197,10 @@ export async function streamGenerate(url: string, task: string, body: object): P
 /** One generate request, not streamed: total latency and the tokens in its response. */
 export async function generate(url: string, task: string, body: object): Promise<{ latency: number; tokens: number }> {
   const t0 = performance.now();
-  const res = await fetch(`${url}/v1/tasks/${task}/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: false }) });
-  if (res.status !== 200) throw new Error(`generate ${task}: ${res.status} ${await res.text()}`);
-  const json = (await res.json()) as { usage: { completion_tokens: number } };
-  return { latency: performance.now() - t0, tokens: json.usage.completion_tokens };
+  const res = await post(url, `/v1/tasks/${task}/generate`, { ...body, stream: false });
+  const json = await text(res);
+  if (res.statusCode !== 200) throw new Error(`generate ${task}: ${res.statusCode} ${json}`);
+  return { latency: performance.now() - t0, tokens: (JSON.parse(json) as { usage: { completion_tokens: number } }).usage.completion_tokens };
 }
 
 export const POLICIES = [
@@ -198,6 +223,20 @@ export interface WorkloadRow {
   healthP99: number;
   /** KV cache bytes the workers copied, per generated token (joins into slots and compactions). */
   kvBytesPerToken: number;
+  /** CPU time over the run, in cores: the server process (event loop, workers) and this load generator. */
+  serverCores: number;
+  clientCores: number;
+}
+
+/** CPU seconds a process has used (user + system), from /proc (Linux); NaN elsewhere. */
+export function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100 on Linux)
+  } catch {
+    return NaN;
+  }
 }
 
 /** Prompts: the start of training-split verses and fortunes, 4 to 12 words. */
@@ -214,11 +253,15 @@ export function benchPrompts(fixtures: string, n: number): string[] {
 export async function runWorkload(o: { policy: (typeof POLICIES)[number]; adapterDir: string; tasks: string[]; clients: number; prompts: string[]; tokens: number; sampling?: (i: number) => object }): Promise<WorkloadRow> {
   const server = await startServerProcess({ ADAPTERS_DIR: o.adapterDir, MAX_QUEUE: '4096', ...o.policy.env });
   const body = (i: number) => ({ prompt: o.prompts[i], raw: true, max_tokens: o.tokens, temperature: 0, ignore_eos: true, ...o.sampling?.(i) });
-  await Promise.all(o.tasks.slice(0, 8).map((t, i) => streamGenerate(server.url, t, body(i)))); // warm-up
+  // Warm-up: two waves at the measured concurrency, so that V8 has compiled the server's hot paths
+  // (its optimising compiler otherwise runs on background threads during the timed run of a fresh process).
+  const wave = Math.min(o.clients, o.prompts.length);
+  for (let w = 0; w < 2; w++) await Promise.all(Array.from({ length: wave }, (_, i) => streamGenerate(server.url, o.tasks[i % o.tasks.length], body(i))));
   const probe = healthProbe(server.url);
   const results: { latency: number; ttft: number; tokens: number }[] = [];
   let next = 0;
   const t0 = performance.now();
+  const cpu0 = { server: cpuSeconds(server.pid), client: process.cpuUsage() };
   await Promise.all(
     Array.from({ length: o.clients }, async () => {
       while (next < o.prompts.length) {
@@ -228,6 +271,8 @@ export async function runWorkload(o: { policy: (typeof POLICIES)[number]; adapte
     }),
   );
   const seconds = (performance.now() - t0) / 1000;
+  const client = process.cpuUsage(cpu0.client);
+  const serverCores = (cpuSeconds(server.pid) - cpu0.server) / seconds;
   const health = probe.stop();
   const metrics = await (await fetch(`${server.url}/metrics`)).text();
   const kvCopied = Number(/^sps_kv_copied_bytes_total (\S+)/m.exec(metrics)?.[1] ?? NaN);
@@ -246,5 +291,7 @@ export async function runWorkload(o: { policy: (typeof POLICIES)[number]; adapte
     healthP50: percentile(health, 50),
     healthP99: percentile(health, 99),
     kvBytesPerToken: kvCopied / results.reduce((s, r) => s + r.tokens, 0),
+    serverCores,
+    clientCores: (client.user + client.system) / 1e6 / seconds,
   };
 }

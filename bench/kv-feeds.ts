@@ -20,7 +20,7 @@ const c = { layers: 4, heads: 4, kvHeads: 4, headDim: 64, nPositions: 1024 } as 
 /** A batch of `rows` live rows, `count` columns each. */
 function batch(rows: number, count: number): KvBatch {
   const b = new KvBatch(c);
-  const kv: LayerKv[] = Array.from({ length: c.layers }, () => ({ keys: new Float32Array(c.kvHeads * c.headDim * count), values: new Float32Array(c.kvHeads * count * c.headDim) }));
+  const kv: LayerKv[] = Array.from({ length: c.layers }, () => ({ keys: new Float32Array(c.kvHeads * count * c.headDim), values: new Float32Array(c.kvHeads * count * c.headDim) }));
   const entries: Entry[] = Array.from({ length: rows }, (_, i) => ({ keep: { seq: i, adapter: null, position: count }, segments: [{ kv, cols: count, row: 0, from: 0, to: count }] }));
   b.place(entries);
   return b;
@@ -37,7 +37,7 @@ function rebuilt(b: KvBatch, slots: number): ort.Tensor[] {
     positions[r] = BigInt(Math.min(row?.position ?? 0, c.nPositions - 1));
   }
   const past = b.layers.flatMap((kv) => [
-    new ort.Tensor('float32', kv.keys, [slots, c.kvHeads, c.headDim, b.capacity]),
+    new ort.Tensor('float32', kv.keys, [slots, c.kvHeads, b.capacity, c.headDim]),
     new ort.Tensor('float32', kv.values, [slots, c.kvHeads, b.capacity, c.headDim]),
   ]);
   return [new ort.Tensor('float32', bias, [slots, 1, 1, T]), new ort.Tensor('int64', positions, [slots, 1]), ...past];

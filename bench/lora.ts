@@ -77,7 +77,7 @@ function baseFeeds(B: number, S: number, P: number): Record<string, ort.Tensor> 
     ...ctx.adapterFeeds(new Array(B).fill(null)),
   };
   for (let l = 0; l < c.layers; l++) {
-    f[`past_key_${l}`] = new ort.Tensor('float32', new Float32Array(B * c.hidden * P).fill(0.01), [B, c.heads, c.headDim, P]);
+    f[`past_key_${l}`] = new ort.Tensor('float32', new Float32Array(B * c.hidden * P).fill(0.01), [B, c.heads, P, c.headDim]);
     f[`past_value_${l}`] = new ort.Tensor('float32', new Float32Array(B * c.hidden * P).fill(0.01), [B, c.heads, P, c.headDim]);
   }
   // Full logits for every picked row, as before the sampling head: the same work in every variant.

@@ -64,10 +64,11 @@ const rows = TASK_COUNTS.flatMap((n) => POLICIES.map((p) => medianRow(runsOf(p.n
 const f = (x: number, d = 1) => x.toFixed(d);
 if (TASK_COUNTS.length > 0) {
   console.log('\nKV copied B/token: cache bytes the workers copied per generated token (a prompt written into a free slot, compactions); decode steps append in place and copy nothing else. A token\'s own keys and values take 8 KiB.');
+  console.log('server / client cores: CPU time of the server process and of this load generator over the run, in cores (both share the machine).');
   console.log(`\nmixed-task batching: ${REQUESTS} requests × ${TOKENS} new tokens, ${CLIENTS} concurrent clients, streamed over HTTP; medians of ${ROUNDS} interleaved rounds (gen tok/s: min–max too); ${machineInfo().cpu}, ${machineInfo().cores} cores\n`);
   printTable(
-    ['policy', 'tasks', 'req/s', 'gen tok/s', 'tok/s min–max', 'p50 ms', 'p99 ms', 'TTFT p50 ms', 'TTFT p99 ms', 'healthz p50 ms', 'healthz p99 ms', 'KV copied B/token'],
-    rows.map((r) => [r.policy, r.tasks, f(r.reqPerS, 2), f(r.tokPerS, 0), spread(runsOf(r.policy, r.tasks).map((x) => x.tokPerS)), f(r.p50, 0), f(r.p99, 0), f(r.ttftP50, 0), f(r.ttftP99, 0), f(r.healthP50), f(r.healthP99), f(r.kvBytesPerToken, 0)]),
+    ['policy', 'tasks', 'req/s', 'gen tok/s', 'tok/s min–max', 'p50 ms', 'p99 ms', 'TTFT p50 ms', 'TTFT p99 ms', 'healthz p50 ms', 'healthz p99 ms', 'KV copied B/token', 'server cores', 'client cores'],
+    rows.map((r) => [r.policy, r.tasks, f(r.reqPerS, 2), f(r.tokPerS, 0), spread(runsOf(r.policy, r.tasks).map((x) => x.tokPerS)), f(r.p50, 0), f(r.p99, 0), f(r.ttftP50, 0), f(r.ttftP99, 0), f(r.healthP50), f(r.healthP99), f(r.kvBytesPerToken, 0), f(r.serverCores, 2), f(r.clientCores, 2)]),
   );
   const tput = (p: string, n: number) => rows.find((r) => r.policy.startsWith(p) && r.tasks === n)?.tokPerS ?? NaN;
   console.log('\nratios of medians');

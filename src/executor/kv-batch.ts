@@ -12,7 +12,7 @@ export interface RunningRow {
   count: number;
 }
 
-/** Keys [rows, H, hd, cols] and values [rows, H, cols, hd] of one layer, in host memory (H: key/value heads). */
+/** Keys and values [rows, H, cols, hd] of one layer, in host memory (H: key/value heads): a column is hd contiguous floats. */
 export interface LayerKv {
   keys: Float32Array;
   values: Float32Array;
@@ -154,7 +154,7 @@ export class KvBatch {
   private resize(slots: number, capacity: number): number {
     const { kvHeads: H, headDim: hd, layers: L } = this.c;
     const old = { layers: this.layers, cols: this.capacity };
-    this.layers = Array.from({ length: L }, () => ({ keys: new Float32Array(slots * H * hd * capacity), values: new Float32Array(slots * H * capacity * hd) }));
+    this.layers = Array.from({ length: L }, () => ({ keys: new Float32Array(slots * H * capacity * hd), values: new Float32Array(slots * H * capacity * hd) }));
     this.slots = slots;
     this.capacity = capacity;
     this.bias = new Float32Array(slots * (capacity + 1));
@@ -183,12 +183,9 @@ export class KvBatch {
     const n = this.rows[from].count;
     for (const { keys, values } of this.layers) {
       for (let h = 0; h < H; h++) {
-        const v = (from * H + h) * cap * hd;
-        values.copyWithin((to * H + h) * cap * hd, v, v + n * hd);
-        for (let d = 0; d < hd; d++) {
-          const k = ((from * H + h) * hd + d) * cap;
-          keys.copyWithin(((to * H + h) * hd + d) * cap, k, k + n);
-        }
+        const src = (from * H + h) * cap * hd;
+        keys.copyWithin((to * H + h) * cap * hd, src, src + n * hd);
+        values.copyWithin((to * H + h) * cap * hd, src, src + n * hd);
       }
     }
     const T = cap + 1;
@@ -207,14 +204,10 @@ export class KvBatch {
       this.layers.forEach((dst, l) => {
         const src = s.kv[l];
         for (let h = 0; h < H; h++) {
-          const vSrc = ((s.row * H + h) * s.cols + s.from) * hd;
-          dst.values.set(src.values.subarray(vSrc, vSrc + n * hd), ((slot * H + h) * cap + at) * hd);
-          // Keys are [hd, cols]: one short run per dim; a plain loop beats allocating a subarray for each.
-          for (let d = 0; d < hd; d++) {
-            const kSrc = ((s.row * H + h) * hd + d) * s.cols + s.from;
-            const kDst = ((slot * H + h) * hd + d) * cap + at;
-            for (let j = 0; j < n; j++) dst.keys[kDst + j] = src.keys[kSrc + j];
-          }
+          const from = ((s.row * H + h) * s.cols + s.from) * hd;
+          const to = ((slot * H + h) * cap + at) * hd;
+          dst.keys.set(src.keys.subarray(from, from + n * hd), to);
+          dst.values.set(src.values.subarray(from, from + n * hd), to);
         }
       });
       at += n;
@@ -233,7 +226,7 @@ export class KvBatch {
     const T = cap + 1;
     const past: Record<string, ort.Tensor> = {};
     this.layers.forEach((kv, l) => {
-      past[`past_key_${l}`] = new ort.Tensor('float32', kv.keys.subarray(0, B * H * hd * cap), [B, H, hd, cap]);
+      past[`past_key_${l}`] = new ort.Tensor('float32', kv.keys.subarray(0, B * H * cap * hd), [B, H, cap, hd]);
       past[`past_value_${l}`] = new ort.Tensor('float32', kv.values.subarray(0, B * H * cap * hd), [B, H, cap, hd]);
     });
     return {
@@ -243,7 +236,7 @@ export class KvBatch {
     };
   }
 
-  /** Appends a decode step's keys [B, H, hd, 1] and values [B, H, 1, hd] (B: the live rows), each row at its own next column. */
+  /** Appends a decode step's keys and values [B, H, 1, hd] (B: the live rows), each row at its own next column. */
   append(newKv: LayerKv[]): number {
     const { kvHeads: H, headDim: hd } = this.c;
     // Full: double the columns (one copy, amortised over as many steps as it adds).
@@ -256,8 +249,8 @@ export class KvBatch {
         const t = row.count;
         for (let h = 0; h < H; h++) {
           const bh = b * H + h;
+          keys.set(kv.keys.subarray(bh * hd, (bh + 1) * hd), (bh * cap + t) * hd);
           values.set(kv.values.subarray(bh * hd, (bh + 1) * hd), (bh * cap + t) * hd);
-          for (let d = 0; d < hd; d++) keys[(bh * hd + d) * cap + t] = kv.keys[bh * hd + d];
         }
       });
     });

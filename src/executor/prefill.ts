@@ -81,19 +81,22 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
     logit_index: new ort.Tensor('int64', BigInt64Array.from(logitIndex), [logitIndex.length]),
   };
   for (let l = 0; l < L; l++) {
-    const keys = new Float32Array(B * H * hd * P); // [B, H, hd, P]
-    const values = new Float32Array(B * H * P * hd); // [B, H, P, hd]
-    pasts.forEach((past, r) => past && copyPast(past.layers[l], past.n, r, H, hd, P, keys, values));
-    feeds[`past_key_${l}`] = new ort.Tensor('float32', keys, [B, H, hd, P]);
+    const keys = new Float32Array(B * H * P * hd); // [B, H, P, hd]
+    const values = new Float32Array(B * H * P * hd);
+    pasts.forEach((past, r) => {
+      if (!past) return;
+      copyPast(past.layers[l].keys, past.n, r, H, hd, P, keys);
+      copyPast(past.layers[l].values, past.n, r, H, hd, P, values);
+    });
+    feeds[`past_key_${l}`] = new ort.Tensor('float32', keys, [B, H, P, hd]);
     feeds[`past_value_${l}`] = new ort.Tensor('float32', values, [B, H, P, hd]);
   }
   return { feeds, P, S, prefix, length };
 }
 
-/** One layer of a row's past (keys [H, hd, n], values [H, n, hd]) into row r of past feeds of P columns. */
-function copyPast(src: LayerKv, n: number, r: number, H: number, hd: number, P: number, keys: Float32Array, values: Float32Array): void {
-  for (let k = 0; k < H * hd; k++) keys.set(src.keys.subarray(k * n, (k + 1) * n), (r * H * hd + k) * P);
-  for (let h = 0; h < H; h++) values.set(src.values.subarray(h * n * hd, (h + 1) * n * hd), (r * H + h) * P * hd);
+/** One layer's keys or values of a row's past ([H, n, hd]) into row r of a past feed [B, H, P, hd]. */
+function copyPast(src: Float32Array, n: number, r: number, H: number, hd: number, P: number, dst: Float32Array): void {
+  for (let h = 0; h < H; h++) dst.set(src.subarray(h * n * hd, (h + 1) * n * hd), (r * H + h) * P * hd);
 }
 
 /** A prefix adapter's keys/values in a past's layout. PEFT's prefix layout: E[t, (2l)·KVD + h·hd + d] is the key, E[t, (2l+1)·KVD + h·hd + d] the value. */
@@ -105,13 +108,13 @@ export function prefixPast(c: ModelConfig, a: AdapterTensors): PastKv {
   const stride = 2 * L * KVD;
   const layers: LayerKv[] = [];
   for (let l = 0; l < L; l++) {
-    const keys = new Float32Array(H * hd * n);
+    const keys = new Float32Array(H * n * hd);
     const values = new Float32Array(H * n * hd);
     for (let h = 0; h < H; h++) {
       for (let t = 0; t < n; t++) {
         const src = t * stride + h * hd;
+        keys.set(E.subarray(src + 2 * l * KVD, src + 2 * l * KVD + hd), (h * n + t) * hd);
         values.set(E.subarray(src + (2 * l + 1) * KVD, src + (2 * l + 1) * KVD + hd), (h * n + t) * hd);
-        for (let d = 0; d < hd; d++) keys[(h * hd + d) * n + t] = E[src + 2 * l * KVD + d];
       }
     }
     layers.push({ keys, values });

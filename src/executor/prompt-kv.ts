@@ -5,7 +5,7 @@ import type { LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
 import { prefillFeeds, prefixPast, type PrefillItem } from './prefill.js';
 
-/** Keys [H, hd, n] and values [H, n, hd] per layer (H: key/value heads): what precedes a row's own tokens. */
+/** Keys and values [H, n, hd] per layer (H: key/value heads): what precedes a row's own tokens. */
 export interface PastKv {
   n: number;
   layers: LayerKv[];
@@ -118,19 +118,19 @@ export class PastKvCache {
   }
 }
 
-/** Row `r`'s first `n` columns of a run's new keys [B, H, hd, S] and values [B, H, S, hd], copied out. */
+/** Row `r`'s first `n` columns of a run's new keys and values [B, H, S, hd], copied out. */
 function rowPast(c: ModelConfig, out: ort.InferenceSession.OnnxValueMapType, S: number, r: number, n: number): PastKv {
   const { kvHeads: H, headDim: hd } = c;
   const layers: LayerKv[] = [];
   for (let l = 0; l < c.layers; l++) {
     const srcK = out[`new_key_${l}`].data as Float32Array;
     const srcV = out[`new_value_${l}`].data as Float32Array;
-    const keys = new Float32Array(H * hd * n);
+    const keys = new Float32Array(H * n * hd);
     const values = new Float32Array(H * n * hd);
     for (let h = 0; h < H; h++) {
       const bh = r * H + h;
+      keys.set(srcK.subarray(bh * S * hd, (bh * S + n) * hd), h * n * hd);
       values.set(srcV.subarray(bh * S * hd, (bh * S + n) * hd), h * n * hd);
-      for (let d = 0; d < hd; d++) keys.set(srcK.subarray((bh * hd + d) * S, (bh * hd + d) * S + n), (h * hd + d) * n);
     }
     layers.push({ keys, values });
   }

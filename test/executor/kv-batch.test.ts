@@ -6,18 +6,18 @@ import type { ModelConfig } from '../../src/model/checkpoint.js';
 const c = { layers: 2, heads: 4, kvHeads: 2, headDim: 2, nPositions: 256 } as ModelConfig;
 const { layers: L, kvHeads: H, headDim: hd } = c;
 
-/** The value a row's cache holds at (layer, head, dim, column): distinct per row, so mix-ups show. */
+/** The key a row's cache holds at (layer, head, dim, column): distinct per row, so mix-ups show; its value is the negative. */
 const val = (id: number, l: number, h: number, d: number, j: number) => id * 10000 + l * 1000 + h * 100 + d * 10 + j;
 
 /** A joining row `id` with `n` columns of known keys and values. */
 function entry(id: number, n: number): Entry {
   const kv: LayerKv[] = [];
   for (let l = 0; l < L; l++) {
-    const keys = new Float32Array(H * hd * n);
+    const keys = new Float32Array(H * n * hd);
     const values = new Float32Array(H * n * hd);
     for (let h = 0; h < H; h++) for (let d = 0; d < hd; d++) for (let j = 0; j < n; j++) {
-      keys[(h * hd + d) * n + j] = val(id, l, h, d, j);
-      values[(h * n + j) * hd + d] = val(id, l, h, d, j);
+      keys[(h * n + j) * hd + d] = val(id, l, h, d, j);
+      values[(h * n + j) * hd + d] = -val(id, l, h, d, j);
     }
     kv.push({ keys, values });
   }
@@ -31,7 +31,12 @@ function step(b: KvBatch): LayerKv[] {
     const keys = new Float32Array(B * H * hd);
     const values = new Float32Array(B * H * hd);
     b.rows.forEach((row, s) => {
-      for (let h = 0; h < H; h++) for (let d = 0; d < hd; d++) keys[(s * H + h) * hd + d] = values[(s * H + h) * hd + d] = val(row.seq, l, h, d, row.count);
+      for (let h = 0; h < H; h++) {
+        for (let d = 0; d < hd; d++) {
+          keys[(s * H + h) * hd + d] = val(row.seq, l, h, d, row.count);
+          values[(s * H + h) * hd + d] = -val(row.seq, l, h, d, row.count);
+        }
+      }
     });
     return { keys, values };
   });
@@ -44,8 +49,8 @@ function mismatches(b: KvBatch): string[] {
   b.rows.forEach((row, s) => {
     for (let l = 0; l < L; l++) for (let h = 0; h < H; h++) for (let d = 0; d < hd; d++) for (let j = 0; j < row.count; j++) {
       const want = val(row.seq, l, h, d, j);
-      if (b.layers[l].keys[((s * H + h) * hd + d) * cap + j] !== want) bad.push(`key seq ${row.seq} l${l} h${h} d${d} col ${j}`);
-      if (b.layers[l].values[((s * H + h) * cap + j) * hd + d] !== want) bad.push(`value seq ${row.seq} l${l} h${h} d${d} col ${j}`);
+      if (b.layers[l].keys[((s * H + h) * cap + j) * hd + d] !== want) bad.push(`key seq ${row.seq} l${l} h${h} d${d} col ${j}`);
+      if (b.layers[l].values[((s * H + h) * cap + j) * hd + d] !== -want) bad.push(`value seq ${row.seq} l${l} h${h} d${d} col ${j}`);
     }
   });
   return bad;
@@ -109,9 +114,9 @@ t.test('decode feeds cover only the live rows, not the spare slots', async (t) =
   const { attnBias, positions, past } = b.stepFeeds();
   t.same(attnBias.dims, [3, 1, 1, b.capacity + 1]);
   t.same(positions.dims, [3, 1]);
-  t.same(past.past_key_0.dims, [3, H, hd, b.capacity]);
+  t.same(past.past_key_0.dims, [3, H, b.capacity, hd]);
   t.same(past.past_value_1.dims, [3, H, b.capacity, hd]);
-  t.equal((past.past_key_0.data as Float32Array).length, 3 * H * hd * b.capacity);
+  t.equal((past.past_key_0.data as Float32Array).length, 3 * H * b.capacity * hd);
   t.equal(b.stats.rows, 3);
   t.equal(b.stats.bytes, b.slots * b.capacity * L * 2 * H * hd * 4);
 });

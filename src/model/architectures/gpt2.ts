@@ -68,7 +68,7 @@ function weightShapes(c: Gpt2Config): Map<string, number[]> {
 }
 
 export const gpt2: Architecture<Gpt2Config> = {
-  graphVersion: 'gpt2-v7',
+  graphVersion: 'gpt2-v8',
   parseConfig,
   // Some exports prefix names with `transformer.`, others do not; normalise to the prefixed form.
   canonicalName: (name) => (name.startsWith('transformer.') || name.startsWith('lm_head') ? name : `transformer.${name}`),
@@ -87,8 +87,12 @@ export const gpt2: Architecture<Gpt2Config> = {
  * - `position_ids` [B, S]: explicit per row, since virtual tokens shift the real tokens' positions.
  * - `attn_bias` [B, 1, S, T] (T = P + S): additive mask, 0 or -1e9. It encodes causality, padding and
  *   ragged per-row pasts, and covers a prefix adapter's key/value prefix.
- * - `past_key_l` [B, H, hd, P] (keys stored transposed, so QK^T needs no transpose of the cache) and
- *   `past_value_l` [B, H, P, hd]: the KV cache, or a prefix adapter's prefix as initial past.
+ * - `past_key_l` and `past_value_l`, both [B, H, P, hd]: the KV cache, or a prefix adapter's prefix
+ *   as initial past. Keys are stored like values, a column being hd contiguous floats, so the host
+ *   appends a step's keys with one short copy per row and head (keys stored [B, H, hd, P] took one
+ *   scattered write per float, a cache miss each in a large batch). QK^T reads the cache through a
+ *   Transpose that ONNX Runtime's CPU optimiser folds into the MatMul (FusedMatMul transB): no copy,
+ *   and the graph's own time measured the same as with the old layout (bench/fused-ops.ts, plain).
  * - one input per bias vector, named as in the checkpoint, [R, 1, n] with R = 1 (broadcast, the base
  *   model's values) or R = B (per-row values, for BitFit rows). Feeding absolute biases rather than
  *   deltas costs no extra Add in the graph. In the base graph (`rows` 'none', src/model/graph-cache.ts)
@@ -97,8 +101,8 @@ export const gpt2: Architecture<Gpt2Config> = {
  *   without their ops (src/model/adapter-ops.ts).
  * - `logit_index` [N]: rows of the flattened [B*S] hidden states that need logits. The LM head is a
  *   quarter of the FLOPs per token; prefill of a generate request needs it at one position only.
- * Outputs: the sampling head's (src/model/sampling-head.ts: `logits` [N, V] in 'host' mode), and only this step's keys/values, `new_key_l` [B, H, hd, S] and
- * `new_value_l` [B, H, S, hd]. Attention reads past and new keys separately and joins the scores
+ * Outputs: the sampling head's (src/model/sampling-head.ts: `logits` [N, V] in 'host' mode), and only this step's keys/values, `new_key_l` and
+ * `new_value_l`, [B, H, S, hd]. Attention reads past and new keys separately and joins the scores
  * ([B, H, S, P+S], small) instead of concatenating the cache: the cache is read once per step and
  * never copied inside the graph, and the host appends S columns to its own buffer.
  *
@@ -120,7 +124,7 @@ function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, rows: R
   const pastK: string[] = [];
   const pastV: string[] = [];
   for (let l = 0; l < c.layers; l++) {
-    pastK.push(g.input(`past_key_${l}`, 'float', ['batch', c.heads, c.headDim, 'past']));
+    pastK.push(g.input(`past_key_${l}`, 'float', ['batch', c.heads, 'past', c.headDim]));
     pastV.push(g.input(`past_value_${l}`, 'float', ['batch', c.heads, 'past', c.headDim]));
   }
 
@@ -148,20 +152,21 @@ function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, rows: R
       ? adaptedLinear(g, x, adapterInputs.get(prefix)!, W(`${prefix}.weight`), bias.get(`${prefix}.bias`)!)
       : g.one('Add', [g.one('MatMul', [x, W(`${prefix}.weight`)]), bias.get(`${prefix}.bias`)!]);
   const splitHeads = (x: string) => g.one('Transpose', [g.one('Reshape', [x, headsShape])], { perm: [0, 2, 1, 3] });
+  const keysT = (x: string) => g.one('Transpose', [x], { perm: [0, 1, 3, 2] }); // fused into QK^T's MatMul
 
   let x = g.one('Add', [embeds, g.one('Gather', [W('transformer.wpe.weight'), positions], { axis: 0 })]);
   for (let l = 0; l < c.layers; l++) {
     const p = `transformer.h.${l}`;
     const qkv = linear(layerNorm(x, `${p}.ln_1`), `${p}.attn.c_attn`); // [B, S, 3D]
     const [q, k, v] = g.op('Split', [qkv], { axis: 2, num_outputs: 3 }, 3);
-    const kNew = g.one('Transpose', [g.one('Reshape', [k, headsShape])], { perm: [0, 2, 3, 1] }); // [B, H, hd, S]
+    const kNew = splitHeads(k); // [B, H, S, hd]
     const vNew = splitHeads(v); // [B, H, S, hd]
-    g.output(kNew, `new_key_${l}`, ['batch', c.heads, c.headDim, 'seq']);
+    g.output(kNew, `new_key_${l}`, ['batch', c.heads, 'seq', c.headDim]);
     g.output(vNew, `new_value_${l}`, ['batch', c.heads, 'seq', c.headDim]);
     const qh = g.one('Mul', [splitHeads(q), qScale]);
-    const scores = g.one('Concat', [g.one('MatMul', [qh, pastK[l]]), g.one('MatMul', [qh, kNew])], { axis: 3 }); // [B, H, S, P+S]
+    const scores = g.one('Concat', [g.one('MatMul', [qh, keysT(pastK[l])]), g.one('MatMul', [qh, keysT(kNew)])], { axis: 3 }); // [B, H, S, P+S]
     const probs = g.one('Softmax', [g.one('Add', [scores, attnBias])], { axis: -1 });
-    const P = g.one('Shape', [pastK[l]], { start: 3, end: 4 });
+    const P = g.one('Shape', [pastK[l]], { start: 2, end: 3 });
     const probsPast = g.one('Slice', [probs, zero, P, axisLast]);
     const probsNew = g.one('Slice', [probs, P, bigEnd, axisLast]);
     const ctx = g.one('Add', [g.one('MatMul', [probsPast, pastV[l]]), g.one('MatMul', [probsNew, vNew])]); // [B, H, S, hd]

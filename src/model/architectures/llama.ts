@@ -167,7 +167,7 @@ function ropeTables(c: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
 
 /**
  * Llama, Mistral and Qwen2 with the same I/O contract as GPT-2 (see gpt2.ts): inputs_embeds,
- * position_ids, attn_bias, past_key_l [B, KVH, hd, P] (transposed keys), past_value_l
+ * position_ids, attn_bias, past_key_l and past_value_l
  * [B, KVH, P, hd], one input per bias vector, logit_index and the sampling head's inputs; outputs the sampling head's (src/model/sampling-head.ts), new_key_l, new_value_l.
  * - RoPE from position_ids through a Gather of precomputed cos/sin tables. Keys enter the cache
  *   already rotated, so a prefix adapter's keys (fed as past) are used as they are, as PEFT does.
@@ -187,7 +187,7 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, rows: RowParams
   const pastK: string[] = [];
   const pastV: string[] = [];
   for (let l = 0; l < L; l++) {
-    pastK.push(g.input(`past_key_${l}`, 'float', ['batch', KVH, hd, 'past']));
+    pastK.push(g.input(`past_key_${l}`, 'float', ['batch', KVH, 'past', hd]));
     pastV.push(g.input(`past_value_${l}`, 'float', ['batch', KVH, 'past', hd]));
   }
 
@@ -232,21 +232,22 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, rows: RowParams
     return g.one('Add', [g.one('Mul', [x, cosB]), g.one('Mul', [g.one('Concat', [x2, x1], { axis: -1 }), sinB])]);
   };
   const heads = (x: string, shape: string) => g.one('Transpose', [g.one('Reshape', [x, shape])], { perm: [0, 2, 1, 3] });
+  const keysT = (x: string) => g.one('Transpose', [x], { perm: [0, 1, 3, 2] }); // fused into QK^T's MatMul (see gpt2.ts)
 
   let x = embeds;
   for (let l = 0; l < L; l++) {
     const p = layer(l);
     const h = rmsNorm(x, `${p}.input_layernorm.weight`);
     const q = rope(heads(linear(h, `${p}.self_attn.q_proj`), qHeads)); // [B, H, S, hd]
-    const kNew = g.one('Transpose', [rope(heads(linear(h, `${p}.self_attn.k_proj`), kvHeadsShape))], { perm: [0, 1, 3, 2] }); // [B, KVH, hd, S]
+    const kNew = rope(heads(linear(h, `${p}.self_attn.k_proj`), kvHeadsShape)); // [B, KVH, S, hd]
     const vNew = heads(linear(h, `${p}.self_attn.v_proj`), kvHeadsShape); // [B, KVH, S, hd]
-    g.output(kNew, `new_key_${l}`, ['batch', KVH, hd, 'seq']);
+    g.output(kNew, `new_key_${l}`, ['batch', KVH, 'seq', hd]);
     g.output(vNew, `new_value_${l}`, ['batch', KVH, 'seq', hd]);
     const qg = g.one('Reshape', [g.one('Mul', [q, qScale]), grouped]);
-    const scores = g.one('Concat', [g.one('MatMul', [qg, pastK[l]]), g.one('MatMul', [qg, kNew])], { axis: 3 }); // [B, KVH, G·S, P+S]
+    const scores = g.one('Concat', [g.one('MatMul', [qg, keysT(pastK[l])]), g.one('MatMul', [qg, keysT(kNew)])], { axis: 3 }); // [B, KVH, G·S, P+S]
     const probs = g.one('Softmax', [g.one('Add', [g.one('Reshape', [scores, scoresPerHead]), attnBias])], { axis: -1 });
     const probsG = g.one('Reshape', [probs, scoresGrouped]);
-    const P = g.one('Shape', [pastK[l]], { start: 3, end: 4 });
+    const P = g.one('Shape', [pastK[l]], { start: 2, end: 3 });
     const ctx = g.one('Add', [g.one('MatMul', [g.one('Slice', [probsG, zero, P, axisLast]), pastV[l]]), g.one('MatMul', [g.one('Slice', [probsG, P, bigEnd, axisLast]), vNew])]);
     const merged = g.one('Reshape', [g.one('Transpose', [g.one('Reshape', [ctx, perHead])], { perm: [0, 2, 1, 3] }), mergedShape]);
     x = g.one('Add', [x, linear(merged, `${p}.self_attn.o_proj`)]);
@@ -263,7 +264,7 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, rows: RowParams
 }
 
 export const llama: Architecture<LlamaConfig> = {
-  graphVersion: 'llama-v6',
+  graphVersion: 'llama-v7',
   parseConfig,
   canonicalName: (name) => name,
   weightShapes,
