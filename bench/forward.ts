@@ -172,4 +172,4 @@ console.log(`forward pass of ${model.dir} (${c.modelType}, ${(layerWeights / 1e6
 console.log(`ceiling: one 1024×1024×1024 MatMul through onnxruntime-node ${ort.env.versions.common} = ${ceiling.toFixed(1)} GFLOP/s\n`);
 printTable(['prepack', 'graphs', 'batch', 'sampling', 'decode tok/s', 'decode ms/step', 'host ms/step', 'prefill tok/s', 'decode % of ceiling'], rows);
 mkdirSync(join(args.out!, '..'), { recursive: true });
-writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));
+writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, rounds: ROUNDS, minMs: MIN_MS, promptTokens: PROMPT, decodeSteps: DECODE_STEPS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));

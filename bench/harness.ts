@@ -1,4 +1,4 @@
-import { startServerProcess } from '../src/tools/server-process.js';
+import { startServerProcess, type ServerProcess } from '../src/tools/server-process.js';
 import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { cpus } from 'node:os';
@@ -159,6 +159,8 @@ function post(url: string, path: string, body: object): Promise<http.IncomingMes
   const payload = JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const req = http.request({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } }, resolve);
+    // A server that stops answering fails the benchmark rather than hanging it (fetch gave up after 300 s too).
+    req.setTimeout(300_000, () => req.destroy(new Error(`POST ${path}: no data for 300 s`)));
     req.on('error', reject);
     req.end(payload);
   });
@@ -252,11 +254,26 @@ export function benchPrompts(fixtures: string, n: number): string[] {
  */
 export async function runWorkload(o: { policy: (typeof POLICIES)[number]; adapterDir: string; tasks: string[]; clients: number; prompts: string[]; tokens: number; sampling?: (i: number) => object }): Promise<WorkloadRow> {
   const server = await startServerProcess({ ADAPTERS_DIR: o.adapterDir, MAX_QUEUE: '4096', ...o.policy.env });
+  try {
+    return await timedWorkload(server, o);
+  } finally {
+    await server.stop(); // also when a request failed: no server left running beside the next one
+  }
+}
+
+/** The server's KV-copied counter: it runs from the server's start, so the timed part is a difference. */
+async function kvCopiedBytes(url: string): Promise<number> {
+  const metrics = await (await fetch(`${url}/metrics`)).text();
+  return Number(/^sps_kv_copied_bytes_total (\S+)/m.exec(metrics)?.[1] ?? NaN);
+}
+
+async function timedWorkload(server: ServerProcess, o: Parameters<typeof runWorkload>[0]): Promise<WorkloadRow> {
   const body = (i: number) => ({ prompt: o.prompts[i], raw: true, max_tokens: o.tokens, temperature: 0, ignore_eos: true, ...o.sampling?.(i) });
   // Warm-up: two waves at the measured concurrency, so that V8 has compiled the server's hot paths
   // (its optimising compiler otherwise runs on background threads during the timed run of a fresh process).
   const wave = Math.min(o.clients, o.prompts.length);
   for (let w = 0; w < 2; w++) await Promise.all(Array.from({ length: wave }, (_, i) => streamGenerate(server.url, o.tasks[i % o.tasks.length], body(i))));
+  const kv0 = await kvCopiedBytes(server.url);
   const probe = healthProbe(server.url);
   const results: { latency: number; ttft: number; tokens: number }[] = [];
   let next = 0;
@@ -274,23 +291,22 @@ export async function runWorkload(o: { policy: (typeof POLICIES)[number]; adapte
   const client = process.cpuUsage(cpu0.client);
   const serverCores = (cpuSeconds(server.pid) - cpu0.server) / seconds;
   const health = probe.stop();
-  const metrics = await (await fetch(`${server.url}/metrics`)).text();
-  const kvCopied = Number(/^sps_kv_copied_bytes_total (\S+)/m.exec(metrics)?.[1] ?? NaN);
-  await server.stop();
+  const kvCopied = (await kvCopiedBytes(server.url)) - kv0;
   const col = (k: 'latency' | 'ttft') => results.map((r) => r[k]);
+  const tokens = results.reduce((s, r) => s + r.tokens, 0);
   return {
     policy: o.policy.name,
     tasks: o.tasks.length,
     clients: o.clients,
     reqPerS: o.prompts.length / seconds,
-    tokPerS: results.reduce((s, r) => s + r.tokens, 0) / seconds,
+    tokPerS: tokens / seconds,
     p50: percentile(col('latency'), 50),
     p99: percentile(col('latency'), 99),
     ttftP50: percentile(col('ttft'), 50),
     ttftP99: percentile(col('ttft'), 99),
     healthP50: percentile(health, 50),
     healthP99: percentile(health, 99),
-    kvBytesPerToken: kvCopied / results.reduce((s, r) => s + r.tokens, 0),
+    kvBytesPerToken: kvCopied / tokens,
     serverCores,
     clientCores: (client.user + client.system) / 1e6 / seconds,
   };

@@ -93,6 +93,8 @@ export const gpt2: Architecture<Gpt2Config> = {
  *   scattered write per float, a cache miss each in a large batch). QK^T reads the cache through a
  *   Transpose that ONNX Runtime's CPU optimiser folds into the MatMul (FusedMatMul transB): no copy,
  *   and the graph's own time measured the same as with the old layout (bench/fused-ops.ts, plain).
+ *   ORT registers that fusion for CPU, CUDA, DML and ROCm only: on WebGPU the Transpose may run as a
+ *   copy of each layer's past keys per step (not measured: no GPU here).
  * - one input per bias vector, named as in the checkpoint, [R, 1, n] with R = 1 (broadcast, the base
  *   model's values) or R = B (per-row values, for BitFit rows). Feeding absolute biases rather than
  *   deltas costs no extra Add in the graph. In the base graph (`rows` 'none', src/model/graph-cache.ts)
