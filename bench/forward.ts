@@ -24,6 +24,7 @@ import { loadCheckpoint } from '../src/model/checkpoint.js';
 import { cachedGraphPath } from '../src/model/graph-cache.js';
 import { openSessions, type ModelSessions } from '../src/executor/sessions.js';
 import type { Sampling, StepPlan } from '../src/protocol.js';
+import { median } from './harness.js';
 import { printTable } from './table.js';
 
 const { values: args } = parseArgs({
@@ -85,7 +86,6 @@ const matmulFlopsPerToken = 2 * layerWeights;
 const attnFlops = (T: number) => 4 * T * c.heads * c.headDim * c.layers;
 const headFlops = 2 * c.hidden * c.vocabSize;
 const empty = (): StepPlan => ({ drop: [], decode: [], prefill: [], score: [], adapters: [], forget: [] });
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
 
 /**
