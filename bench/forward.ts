@@ -9,6 +9,10 @@
  * `--sampling greedy,top_p,logprobs` what the rows ask (temperature, top_k also), in interleaved rounds.
  * `--provider cpu|webgpu` picks ONNX Runtime's execution provider (the ceiling runs on it too).
  * `--min-ms` (300): each round repeats its prefill + 32 decode steps until the steps took this long.
+ * `--baseline-graph FILE` adds the graph set `baseline`: what a worker runs, with FILE in place of the
+ * base graph — another build's `.cache/<version>-<hash>.base.onnx` (not a `-hosthead-` one), which
+ * must have the same inputs and outputs — so that two builds' graphs are measured in one process,
+ * in interleaved rounds (the rows are greedy and carry no adapter: they run on the base graph).
  */
 import ort from 'onnxruntime-node';
 import { cpus } from 'node:os';
@@ -36,6 +40,7 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '3' },
     'min-ms': { type: 'string', default: '300' },
     provider: { type: 'string', default: 'cpu' },
+    'baseline-graph': { type: 'string' },
     out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'forward.json') },
   },
 });
@@ -118,14 +123,25 @@ async function measure(sessions: ModelSessions, B: number, sampling: Sampling) {
   return { prefillMs: median(prefills), decodeMs, steps, hostMsPerStep: (decodeMs - sessionMs) / steps };
 }
 
-type GraphSet = 'served' | 'full' | 'host';
+type GraphSet = 'served' | 'full' | 'host' | 'baseline';
 const graphSets = args.graphs!.split(',') as GraphSet[];
+if (args['baseline-graph'] && !graphSets.includes('baseline')) graphSets.push('baseline');
+if (graphSets.includes('baseline') && !args['baseline-graph']) throw new Error('--graphs baseline needs --baseline-graph FILE');
 const ckpt = loadCheckpoint(model.dir);
 const hostGraph = cachedGraphPath(ckpt, process.env.CACHE_DIR ?? '.cache', 'host').path;
-/** served: as a worker opens them; full: the full graph only; host: the plain-logits full graph (before the sampling head and the base graph). */
+/** served: as a worker opens them; full: the full graph only; host: the plain-logits full graph (before the sampling head and the base graph); baseline: served with another build's base graph. */
 async function open(set: GraphSet, o: ort.InferenceSession.SessionOptions): Promise<ModelSessions> {
   if (set === 'host') return { session: await ort.InferenceSession.create(hostGraph, o), base: null };
   const s = await openSessions(model, o);
+  if (set === 'baseline') {
+    const baseline = await ort.InferenceSession.create(args['baseline-graph']!, o);
+    const same = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x) => b.includes(x));
+    if (!s.base || !same(baseline.inputNames, s.base.inputNames) || !same(baseline.outputNames, s.base.outputNames)) {
+      throw new Error(`--baseline-graph ${args['baseline-graph']}: its inputs and outputs differ from this build's base graph`);
+    }
+    await s.base.release();
+    return { session: s.session, base: baseline };
+  }
   return set === 'served' ? s : { session: s.session, base: null };
 }
 const samplingNames = args.sampling!.split(',');
@@ -172,4 +188,4 @@ console.log(`forward pass of ${model.dir} (${c.modelType}, ${(layerWeights / 1e6
 console.log(`ceiling: one 1024×1024×1024 MatMul through onnxruntime-node ${ort.env.versions.common} = ${ceiling.toFixed(1)} GFLOP/s\n`);
 printTable(['prepack', 'graphs', 'batch', 'sampling', 'decode tok/s', 'decode ms/step', 'host ms/step', 'prefill tok/s', 'decode % of ceiling'], rows);
 mkdirSync(join(args.out!, '..'), { recursive: true });
-writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, rounds: ROUNDS, minMs: MIN_MS, promptTokens: PROMPT, decodeSteps: DECODE_STEPS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));
+writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, baselineGraph: args['baseline-graph'] ?? null, rounds: ROUNDS, minMs: MIN_MS, promptTokens: PROMPT, decodeSteps: DECODE_STEPS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));

@@ -116,7 +116,7 @@ function buildFused(w: WeightSource, { mha, rowBias }: { mha: boolean; rowBias: 
   const zero = g.ints('zero', [0]);
   const mergedShape = g.ints('shape_merged', [0, 0, D]);
 
-  /** Today's attention, as in src/model/architectures/gpt2.ts: QK^T reads the keys transposed, scores joined, cache never copied. */
+  /** Today's attention, as in src/model/architectures/gpt2.ts: scores over the cache as (K·qᵀ)ᵀ, scores joined, cache never copied. */
   const keysT = (x: string) => g.one('Transpose', [x], { perm: [0, 1, 3, 2] });
   const plainAttention = (l: number, q: string, k: string, v: string) => {
     const kNew = splitHeads(k);
@@ -124,7 +124,7 @@ function buildFused(w: WeightSource, { mha, rowBias }: { mha: boolean; rowBias: 
     g.output(kNew, `new_key_${l}`, ['batch', H, 'seq', hd]);
     g.output(vNew, `new_value_${l}`, ['batch', H, 'seq', hd]);
     const qh = g.one('Mul', [splitHeads(q), qScale]);
-    const scores = g.one('Concat', [g.one('MatMul', [qh, keysT(pastK[l])]), g.one('MatMul', [qh, keysT(kNew)])], { axis: 3 });
+    const scores = g.one('Concat', [keysT(g.one('MatMul', [pastK[l], keysT(qh)])), g.one('MatMul', [qh, keysT(kNew)])], { axis: 3 });
     const probs = g.one('Softmax', [g.one('Add', [scores, attnBias])], { axis: -1 });
     const P = g.one('Shape', [pastK[l]], { start: 2, end: 3 });
     const ctx = g.one('Add', [

@@ -68,7 +68,7 @@ function weightShapes(c: Gpt2Config): Map<string, number[]> {
 }
 
 export const gpt2: Architecture<Gpt2Config> = {
-  graphVersion: 'gpt2-v8',
+  graphVersion: 'gpt2-v9',
   parseConfig,
   // Some exports prefix names with `transformer.`, others do not; normalise to the prefixed form.
   canonicalName: (name) => (name.startsWith('transformer.') || name.startsWith('lm_head') ? name : `transformer.${name}`),
@@ -90,11 +90,16 @@ export const gpt2: Architecture<Gpt2Config> = {
  * - `past_key_l` and `past_value_l`, both [B, H, P, hd]: the KV cache, or a prefix adapter's prefix
  *   as initial past. Keys are stored like values, a column being hd contiguous floats, so the host
  *   appends a step's keys with one short copy per row and head (keys stored [B, H, hd, P] took one
- *   scattered write per float, a cache miss each in a large batch). QK^T reads the cache through a
- *   Transpose that ONNX Runtime's CPU optimiser folds into the MatMul (FusedMatMul transB): no copy,
- *   and the graph's own time measured the same as with the old layout (bench/fused-ops.ts, plain).
- *   ORT registers that fusion for CPU, CUDA, DML and ROCm only: on WebGPU the Transpose may run as a
- *   copy of each layer's past keys per step (not measured: no GPU here).
+ *   scattered write per float, a cache miss each in a large batch). The scores over the cache are
+ *   computed as (K·qᵀ)ᵀ, with the cache as the MatMul's left operand, read as it lies; only q and the
+ *   small scores are transposed. As q·Kᵀ, ONNX Runtime folded the q scaling into the MatMul
+ *   (FusedMatMul, alpha 1/√hd) and MLAS, its CPU GEMM, then transposed and packed every row's and
+ *   head's past keys into a buffer on each step: it skips packing only for one row or one column
+ *   with alpha 1 (sgemm.cpp, x86-64). Now the scaling stays a Mul on q, and a decode step (one query
+ *   per row: N = 1) runs a plain dot product per key. Measured whole worker steps, this graph
+ *   against the one before, one thread (bench/forward.ts --baseline-graph; README, Benchmarks):
+ *   1.2× at batch 32, 1.1× at batch 64, the same at batch 1. No Transpose of the cache is left for a
+ *   provider to fuse or copy.
  * - one input per bias vector, named as in the checkpoint, [R, 1, n] with R = 1 (broadcast, the base
  *   model's values) or R = B (per-row values, for BitFit rows). Feeding absolute biases rather than
  *   deltas costs no extra Add in the graph. In the base graph (`rows` 'none', src/model/graph-cache.ts)
@@ -109,11 +114,11 @@ export const gpt2: Architecture<Gpt2Config> = {
  * never copied inside the graph, and the host appends S columns to its own buffer.
  *
  * Plain ONNX ops rather than com.microsoft contrib ops, so the same graph runs on the CPU and WebGPU
- * providers. Measured with bench/graph-ops.ts (ORT 1.30, level 'all'): LayerNormalization and Gelu
- * are single ops already, the q scaling folds into 8 com.microsoft FusedMatMul, and the MatMul+Add
- * pairs stay apart because their biases are inputs (per-row BitFit), not initializers — the price of
- * one frozen graph for every adapter kind. The forward benchmark puts decode at 2–18 % of the
- * MatMul ceiling: at 256 wide, batching across tasks matters far more than op fusion.
+ * providers. ORT's optimiser (level 'all') keeps LayerNormalization as one op and turns Gelu into
+ * FastGelu with the bias; the MatMul+Add pairs stay apart because their biases are inputs (per-row
+ * BitFit), not initializers — the price of one frozen graph for every adapter kind. At 256 wide a
+ * step of one row is far too narrow to fill the cores: batching across tasks matters far more
+ * than op fusion (bench/fused-ops.ts measured the contrib ops).
  */
 function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, rows: RowParams, head: HeadMode): number {
   const W = (name: string) => g.weight(name, w.shape(name)!, w.read(name));
@@ -154,7 +159,8 @@ function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, rows: R
       ? adaptedLinear(g, x, adapterInputs.get(prefix)!, W(`${prefix}.weight`), bias.get(`${prefix}.bias`)!)
       : g.one('Add', [g.one('MatMul', [x, W(`${prefix}.weight`)]), bias.get(`${prefix}.bias`)!]);
   const splitHeads = (x: string) => g.one('Transpose', [g.one('Reshape', [x, headsShape])], { perm: [0, 2, 1, 3] });
-  const keysT = (x: string) => g.one('Transpose', [x], { perm: [0, 1, 3, 2] }); // fused into QK^T's MatMul
+  const keysT = (x: string) => g.one('Transpose', [x], { perm: [0, 1, 3, 2] });
+  const pastScores = (q: string, past: string) => keysT(g.one('MatMul', [past, keysT(q)])); // (K·qᵀ)ᵀ = q·Kᵀ [B, H, S, P]: see the design note
 
   let x = g.one('Add', [embeds, g.one('Gather', [W('transformer.wpe.weight'), positions], { axis: 0 })]);
   for (let l = 0; l < c.layers; l++) {
@@ -166,7 +172,7 @@ function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, rows: R
     g.output(kNew, `new_key_${l}`, ['batch', c.heads, 'seq', c.headDim]);
     g.output(vNew, `new_value_${l}`, ['batch', c.heads, 'seq', c.headDim]);
     const qh = g.one('Mul', [splitHeads(q), qScale]);
-    const scores = g.one('Concat', [g.one('MatMul', [qh, keysT(pastK[l])]), g.one('MatMul', [qh, keysT(kNew)])], { axis: 3 }); // [B, H, S, P+S]
+    const scores = g.one('Concat', [pastScores(qh, pastK[l]), g.one('MatMul', [qh, keysT(kNew)])], { axis: 3 }); // [B, H, S, P+S]
     const probs = g.one('Softmax', [g.one('Add', [scores, attnBias])], { axis: -1 });
     const P = g.one('Shape', [pastK[l]], { start: 2, end: 3 });
     const probsPast = g.one('Slice', [probs, zero, P, axisLast]);

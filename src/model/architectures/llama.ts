@@ -232,7 +232,11 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, rows: RowParams
     return g.one('Add', [g.one('Mul', [x, cosB]), g.one('Mul', [g.one('Concat', [x2, x1], { axis: -1 }), sinB])]);
   };
   const heads = (x: string, shape: string) => g.one('Transpose', [g.one('Reshape', [x, shape])], { perm: [0, 2, 1, 3] });
-  const keysT = (x: string) => g.one('Transpose', [x], { perm: [0, 1, 3, 2] }); // fused into QK^T's MatMul (see gpt2.ts)
+  // q·Kᵀ through a Transpose that ONNX Runtime's CPU optimiser folds into the MatMul (FusedMatMul transB;
+  // ORT registers that fusion for CPU, CUDA, DML and ROCm, so on WebGPU it may copy the past keys: not measured).
+  // GPT-2 computes (K·qᵀ)ᵀ instead (see gpt2.ts); here, with G·S queries per key/value head, that form
+  // measured no faster (bench/results/issue13-pass5/attention-llama-*-not-adopted.json), so it stays.
+  const keysT = (x: string) => g.one('Transpose', [x], { perm: [0, 1, 3, 2] });
 
   let x = embeds;
   for (let l = 0; l < L; l++) {
