@@ -1,6 +1,8 @@
 /**
  * Forward-pass throughput of the built graph on this machine's provider, against the ceiling of one
- * large MatMul through the same ONNX Runtime: how much of the hardware the model's shapes reach.
+ * large MatMul through the same ONNX Runtime (how much of the arithmetic the model's shapes reach),
+ * and the rate at which one M = 1 MatMul streams as many weight bytes as a step reads (how close a
+ * step comes to the weight reads that bound it at small batches).
  * Any MODEL_DIR (every supported architecture). `--prepack on,off` compares ONNX Runtime's weight
  * prepacking (faster GEMMs, but a private copy of the weights per session) with sessions that read
  * the memory-mapped external data in place (one copy shared by every worker). `--graphs served,full,host`
@@ -68,16 +70,38 @@ async function matmulCeiling(): Promise<number> {
   const w = g.weight('w', [n, n], Float32Array.from({ length: n * n }, (_, i) => ((i * 7919) % 1000) / 1000 - 0.5));
   g.output(g.one('MatMul', [a, w]), 'y', [n, n]);
   const s = await ort.InferenceSession.create(g.serialize(20, 'matmul ceiling'), options);
-  const feeds = { a: new ort.Tensor('float32', new Float32Array(n * n).fill(0.5), [n, n]) };
+  return bestRate(s, { a: new ort.Tensor('float32', new Float32Array(n * n).fill(0.5), [n, n]) }, 10, 2 * n ** 3);
+}
+
+/** The best of 5 rounds of `reps` runs (after a warm-up), in billions of `perRun` units per second. */
+async function bestRate(s: ort.InferenceSession, feeds: Record<string, ort.Tensor>, reps: number, perRun: number): Promise<number> {
   for (let i = 0; i < 3; i++) await s.run(feeds);
   let best = 0;
   for (let round = 0; round < 5; round++) {
-    const reps = 10;
     const t0 = performance.now();
     for (let i = 0; i < reps; i++) await s.run(feeds);
-    best = Math.max(best, (2 * n ** 3 * reps) / ((performance.now() - t0) / 1000) / 1e9);
+    best = Math.max(best, (perRun * reps) / ((performance.now() - t0) / 1000) / 1e9);
   }
+  await s.release();
   return best;
+}
+
+/**
+ * Best of several runs of one M = 1 MatMul whose weight matrix has `bytes` (float32, 1024 rows):
+ * the rate at which this provider streams weights through a matrix-vector product. A decode step
+ * at batch 1 reads every weight once for one token, so its time is bounded below by its weight
+ * bytes at this rate. Pseudo-random values: a periodic fill measured faster than real weights.
+ */
+async function weightReadCeiling(bytes: number): Promise<number> {
+  const k = 1024;
+  const n = Math.ceil(bytes / 4 / k);
+  const g = new GraphBuilder();
+  const a = g.input('a', 'float', [1, k]);
+  let x = 12345;
+  const w = g.weight('w', [k, n], Float32Array.from({ length: k * n }, () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32 - 0.5) / 16));
+  g.output(g.one('MatMul', [a, w]), 'y', [1, n]);
+  const s = await ort.InferenceSession.create(g.serialize(20, 'weight read ceiling'), options);
+  return bestRate(s, { a: new ort.Tensor('float32', new Float32Array(k).fill(0.5), [1, k]) }, 50, 4 * k * n);
 }
 
 const model = loadBaseModel(process.env.MODEL_DIR ?? 'models/demo-gpt2', process.env.CACHE_DIR ?? '.cache');
@@ -88,6 +112,11 @@ const arch = architectureOf(c.modelType);
 let layerWeights = 0;
 for (const [name, shape] of arch.weightShapes(c)) if (shape.length === 2 && name !== arch.embedding && !/wpe|lm_head/.test(name)) layerWeights += shape[0] * shape[1];
 const matmulFlopsPerToken = 2 * layerWeights;
+/** Bytes of weights a decode step reads (the layers' matrices and the LM head), whatever its batch. */
+const stepWeightBytes = 4 * (layerWeights + c.hidden * c.vocabSize);
+// Measured on at most 256 MB (a rate: a larger model's step reads at the same one, and one
+// initializer of its full size would not fit in memory or in a protobuf).
+const readCeiling = await weightReadCeiling(Math.min(stepWeightBytes, 256 * 2 ** 20));
 const attnFlops = (T: number) => 4 * T * c.heads * c.headDim * c.layers;
 const headFlops = 2 * c.hidden * c.vocabSize;
 const empty = (): StepPlan => ({ drop: [], decode: [], prefill: [], score: [], adapters: [], forget: [] });
@@ -166,6 +195,8 @@ for (const prepack of args.prepack!.split(',')) {
         const hostMs = r.map((x) => x.hostMsPerStep);
         const avgT = PROMPT + DECODE_STEPS / 2;
         const ofCeiling = r.map((x) => (100 * ((x.steps * B * (matmulFlopsPerToken + attnFlops(avgT) + headFlops)) / (x.decodeMs / 1000) / 1e9)) / ceiling);
+        // Weights read per second (each step reads them once) against the read ceiling.
+        const ofReadCeiling = r.map((x) => (100 * ((x.steps * stepWeightBytes) / (x.decodeMs / 1000) / 1e9)) / readCeiling);
         const row = {
           prepack,
           graphs: set,
@@ -176,16 +207,18 @@ for (const prepack of args.prepack!.split(',')) {
           hostMsPerStep: { median: +median(hostMs).toFixed(2), min: +Math.min(...hostMs).toFixed(2), max: +Math.max(...hostMs).toFixed(2) },
           prefillTokensPerS: Math.round(median(prefillTps)),
           decodeOfCeiling: +median(ofCeiling).toFixed(1),
+          weightReadsOfCeiling: +median(ofReadCeiling).toFixed(1),
         };
         results.push(row);
-        rows.push([prepack, set, B, samplingName, spread(decodeTps), spread(stepMs, 2), spread(hostMs, 2), Math.round(median(prefillTps)), `${row.decodeOfCeiling}%`]);
+        rows.push([prepack, set, B, samplingName, spread(decodeTps), spread(stepMs, 2), spread(hostMs, 2), Math.round(median(prefillTps)), `${row.decodeOfCeiling}%`, `${row.weightReadsOfCeiling}%`]);
       }
     }
   }
 }
 console.log(`\nTimes are whole worker steps (feeds, session.run, sampling, KV append); "host ms/step" is the part outside session.run. Median (min–max) of ${ROUNDS} interleaved rounds per variant; each round repeats prefill + ${DECODE_STEPS} decode steps until its decode steps took ${MIN_MS} ms.`);
 console.log(`forward pass of ${model.dir} (${c.modelType}, ${(layerWeights / 1e6).toFixed(1)}M layer weights), ${c.layers} layers × ${c.hidden} wide, prompt ${PROMPT} tokens, ${DECODE_STEPS} decode steps, provider ${args.provider}, ${THREADS} intra-op threads, cpu: ${cpus()[0]?.model}`);
-console.log(`ceiling: one 1024×1024×1024 MatMul through onnxruntime-node ${ort.env.versions.common} = ${ceiling.toFixed(1)} GFLOP/s\n`);
-printTable(['prepack', 'graphs', 'batch', 'sampling', 'decode tok/s', 'decode ms/step', 'host ms/step', 'prefill tok/s', 'decode % of ceiling'], rows);
+console.log(`ceiling: one 1024×1024×1024 MatMul through onnxruntime-node ${ort.env.versions.common} = ${ceiling.toFixed(1)} GFLOP/s`);
+console.log(`read ceiling: one 1×1024 by 1024×${Math.ceil(Math.min(stepWeightBytes, 256 * 2 ** 20) / 4 / 1024)} MatMul, as many weight bytes as a decode step reads (${(stepWeightBytes / 1e6).toFixed(1)} MB; 256 MiB at most) = ${readCeiling.toFixed(1)} GB/s; a step's weight reads at that rate take ${((stepWeightBytes / readCeiling / 1e9) * 1000).toFixed(3)} ms\n`);
+printTable(['prepack', 'graphs', 'batch', 'sampling', 'decode tok/s', 'decode ms/step', 'host ms/step', 'prefill tok/s', 'decode % of ceiling', 'weight reads % of read ceiling'], rows);
 mkdirSync(join(args.out!, '..'), { recursive: true });
-writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, baselineGraph: args['baseline-graph'] ?? null, rounds: ROUNDS, minMs: MIN_MS, promptTokens: PROMPT, decodeSteps: DECODE_STEPS, ceilingGflops: +ceiling.toFixed(1), rows: results }, null, 2));
+writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, baselineGraph: args['baseline-graph'] ?? null, rounds: ROUNDS, minMs: MIN_MS, promptTokens: PROMPT, decodeSteps: DECODE_STEPS, ceilingGflops: +ceiling.toFixed(1), stepWeightBytes, readCeilingGBs: +readCeiling.toFixed(1), rows: results }, null, 2));

@@ -12,18 +12,35 @@ import { loadBaseModel } from '../src/model/base-model.js';
 import { printTable } from './table.js';
 
 const model = loadBaseModel(process.env.MODEL_DIR ?? 'models/demo-gpt2', process.env.CACHE_DIR ?? '.cache');
-const optimized = join(mkdtempSync(join(tmpdir(), 'graph-ops-')), 'optimized.onnx');
+const dir = mkdtempSync(join(tmpdir(), 'graph-ops-'));
 ort.env.logLevel = 'error';
-await ort.InferenceSession.create(model.graphPath, { graphOptimizationLevel: 'all', optimizedModelFilePath: optimized });
+/** Ops by type, those of subgraphs (an If's branches) included, each branch counted. */
 const count = (file: string) => {
   const counts = new Map<string, number>();
-  for (const n of onnxProto.onnx.ModelProto.decode(readFileSync(file)).graph!.node!) {
-    const key = `${n.domain ? `${n.domain}:` : ''}${n.opType}`;
-    counts.set(key, (counts.get(key) ?? 0) + 1);
-  }
+  const walk = (g: onnxProto.onnx.IGraphProto) => {
+    for (const n of g.node ?? []) {
+      const key = `${n.domain ? `${n.domain}:` : ''}${n.opType}`;
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+      for (const a of n.attribute ?? []) {
+        if (a.g) walk(a.g);
+        for (const sub of a.graphs ?? []) walk(sub);
+      }
+    }
+  };
+  walk(onnxProto.onnx.ModelProto.decode(readFileSync(file)).graph!);
   return counts;
 };
-const before = count(model.graphPath);
-const after = count(optimized);
-const ops = [...new Set([...before.keys(), ...after.keys()])].sort();
-printTable(['op', 'built', `after ORT ${ort.env.versions.common} 'all'`], ops.map((op) => [op, before.get(op) ?? 0, after.get(op) ?? 0]));
+/** The graph as built and as ONNX Runtime's optimiser leaves it. */
+async function both(path: string, name: string) {
+  const optimized = join(dir, `${name}.onnx`);
+  await ort.InferenceSession.create(path, { graphOptimizationLevel: 'all', optimizedModelFilePath: optimized });
+  return { built: count(path), after: count(optimized) };
+}
+// The full graph (an If: LoRA/IA3 rows or not, both branches counted) and the base graph (rows with no BitFit, LoRA or IA3).
+const graphs = { full: await both(model.graphPath, 'full'), ...(model.baseGraphPath ? { base: await both(model.baseGraphPath, 'base') } : {}) };
+const ops = [...new Set(Object.values(graphs).flatMap((g) => [...g.built.keys(), ...g.after.keys()]))].sort();
+const version = ort.env.versions.common;
+printTable(
+  ['op', ...Object.keys(graphs).flatMap((k) => [`${k}: built`, `${k}: after ORT ${version} 'all'`])],
+  ops.map((op) => [op, ...Object.values(graphs).flatMap((g) => [g.built.get(op) ?? 0, g.after.get(op) ?? 0])]),
+);

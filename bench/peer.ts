@@ -47,7 +47,9 @@ const dropped: string[] = [];
 const ggufPath = join('.cache', 'demo-gpt2-f32.gguf');
 mkdirSync(dirname(ggufPath), { recursive: true });
 writeFileSync(ggufPath, gpt2ToGguf(args.model!));
-const prompts = benchPrompts(args.fixtures!, Math.max(...SIZES));
+/** The warm-up's N (below), also when --sizes asks only for smaller ones. */
+const WARM_N = 8;
+const prompts = benchPrompts(args.fixtures!, Math.max(WARM_N, ...SIZES));
 const tokenizer = Tokenizer.load(args.model!);
 const promptIds = prompts.map((p) => tokenizer.encodeSync(p) as Token[]);
 
@@ -158,12 +160,12 @@ try {
   // behind its engine's best: on a loaded machine llama.cpp's threads: 2 spins at its barriers and
   // runs at a few tokens/s, and would take the whole run.
   const warm: number[] = [];
-  for (const v of variants) warm.push((await measure(v.run, 8)).wall);
+  for (const v of variants) warm.push((await measure(v.run, WARM_N)).wall);
   const bestWarm = (engine: string) => Math.max(...warm.filter((_, j) => variants[j].engine === engine));
   const keep = variants.filter((v, i) => {
     const best = bestWarm(v.engine);
     if (warm[i] >= DROP_BELOW * best) return true;
-    dropped.push(`${v.engine} ${v.setting}: ${warm[i].toFixed(0)} tok/s at warm-up (N=8), against ${best.toFixed(0)}`);
+    dropped.push(`${v.engine} ${v.setting}: ${warm[i].toFixed(0)} tok/s at warm-up (N=${WARM_N}), against ${best.toFixed(0)}`);
     return false;
   });
   variants.splice(0, variants.length, ...keep);

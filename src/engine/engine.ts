@@ -95,7 +95,8 @@ export class Engine {
     if (scored > limit) {
       throw new ServerError('payload_too_large', `this request scores ${scored} tokens (every input with every label); the limit is ${limit} (MAX_SCORE_TOKENS): send fewer or shorter inputs or labels`);
     }
-    for (const job of jobs) place(lanes, jobRows(job)).enqueue(job);
+    const overlapping = this.lanes.some((l) => l.load > 0);
+    for (const job of jobs) place(lanes, jobRows(job)).enqueue(job, overlapping);
   }
 
   private hasWork(): boolean {

@@ -21,8 +21,10 @@ export interface LaneOptions extends SchedulerLimits {
   stepTimeoutMs?: number;
 }
 
-/** Company is likely when the previous request arrived within this many BATCH_WAIT_MS. */
+/** Company is likely when the previous request arrived within this many BATCH_WAIT_MS… */
 const COMPANY_WINDOW = 5;
+/** …and some request arrived within this many ms while another was held: traffic that overlaps. */
+const OVERLAP_WINDOW_MS = 1000;
 
 /** A step posted to the worker, with its plan (for the step observer). */
 interface Posted {
@@ -54,6 +56,8 @@ export class Lane {
   readonly batchWait = { waited: 0, skipped: 0 };
   /** When the last two requests arrived (performance.now()). */
   private arrivals = [-Infinity, -Infinity];
+  /** When a request last arrived here while work was held (queued, running or scoring). */
+  private lastOverlap = -Infinity;
   /** The latest step's view of the worker's KV batch (rows, slots, columns, bytes). */
   kv: NonNullable<StepResult['kv']> = { rows: 0, slots: 0, capacity: 0, bytes: 0 };
 
@@ -91,8 +95,14 @@ export class Lane {
     return this.executor.canRun;
   }
 
-  enqueue(job: Job): void {
-    this.arrivals = [this.arrivals[1], performance.now()];
+  /**
+   * `overlapping`: the job's request arrived while other work was held (the engine asks all lanes
+   * once per request, before its jobs are queued, so that a request's own prompts do not count).
+   */
+  enqueue(job: Job, overlapping = this.scheduler.load > 0): void {
+    const now = performance.now();
+    if (overlapping) this.lastOverlap = now;
+    this.arrivals = [this.arrivals[1], now];
     this.scheduler.enqueue(job);
     this.wake?.();
   }
@@ -167,14 +177,16 @@ export class Lane {
   /**
    * Whether a request that woke the idle lane should wait BATCH_WAIT_MS so that the requests right
    * behind it share its prefill. Only when company is likely: another request arrived within
-   * COMPANY_WINDOW × BATCH_WAIT_MS before it. A lone request (one client, or the first of a quiet
-   * spell) runs at once: waiting would only add latency.
+   * COMPANY_WINDOW × BATCH_WAIT_MS before it, and requests have been overlapping lately. A lone
+   * request runs at once, waiting would only add latency: the first of a quiet spell, and every
+   * request of one client that sends the next as soon as the previous is answered (close together,
+   * but never overlapping).
    */
   private shouldWait(): boolean {
     const wait = this.opts.batchWaitMs;
     if (wait <= 0 || this.scheduler.runningCount > 0) return false;
     const [before, last] = this.arrivals;
-    if (last - before <= COMPANY_WINDOW * wait) return true;
+    if (last - before <= COMPANY_WINDOW * wait && last - this.lastOverlap <= OVERLAP_WINDOW_MS) return true;
     this.batchWait.skipped++;
     return false;
   }

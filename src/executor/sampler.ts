@@ -118,23 +118,217 @@ const bucketCount = new Int32Array(BUCKETS);
 /**
  * The draw of temperature sampling with top-k and top-p, from a row of non-negative weights (their
  * scale does not matter). Definition (test/executor/sampler.test.ts checks it against a full sort;
- * the float64 sums are taken bucket by bucket rather than in rank order, which can move a cut only
- * when top_p lies within about 1e-16 of a running sum): rank the tokens by weight, largest first, ties by lower id; keep the first `topK` (all if
- * 0); then top-p keeps the shortest ranked prefix of those whose weights sum (float64) to at least
+ * the float64 sums are taken bucket by bucket or block by block rather than in rank or vocabulary
+ * order, which can move a cut or the drawn token only when top_p or the walked target lies within
+ * about 1e-16 of a running sum): rank the tokens by weight, largest first, ties by lower id; keep
+ * the first `topK` (all if 0); then top-p keeps the shortest ranked prefix of those whose weights sum (float64) to at least
  * `topP` × the kept total; then `u` × the kept mass is walked through the kept tokens in vocabulary
  * order, and the token where it runs out is drawn. Walking in vocabulary order rather than rank
  * order gives the same distribution without sorting: the cuts need only a threshold, found from the
  * masses of the weights' float-bit buckets (one pass) and a sort of the one bucket it falls in.
- * About three passes over the row where a sort of a flat 50k-token row takes milliseconds.
+ * Passes over the whole row, where a sort of a flat 50k-token row takes milliseconds: one for top-p
+ * alone (drawNucleus), two for top-k alone (drawTopK), three for both (drawCut); the rest looks at
+ * the few ids that can be kept.
  */
 export function drawWeighted(w: Float32Array, topK: number, topP: number, u: number): number {
-  return (topK > 0 && topK < w.length) || topP < 1 ? drawCut(w, topK, topP, u) : walk(w, u * sum(w), -1, w.length);
+  const cutK = topK > 0 && topK < w.length;
+  if (!cutK && topP >= 1) return walk(w, u * sum(w), -1, w.length);
+  if (w.length >= 2 ** 21) throw new Error(`a vocabulary of ${w.length} is over drawWeighted's 2^21`);
+  if (cutK && topP >= 1) return drawTopK(w, topK, u);
+  if (!cutK && topP <= NUCLEUS_TOP_P_BELOW) return drawNucleus(w, topP, u);
+  return drawCut(w, topK, topP, u);
 }
+
+/**
+ * drawNucleus's bound leaves (1 − topP)·T/2 of weight between the ids it collects and the cut; at
+ * this top_p that is still 5e-7 of the total, far above the rounding of a float64 sum of 2^21
+ * weights (about 2^21 · 2^-53 of it). Above it, top-p takes the general path.
+ */
+const NUCLEUS_TOP_P_BELOW = 1 - 1e-6;
+
+/**
+ * The smallest total weight for which drawNucleus's bound holds. The rows drawn from have more:
+ * the graph head's softmax sums to 1, and weightsOf's largest weight is 1.
+ */
+const NUCLEUS_TOTAL_AT_LEAST = 0.9;
+
+/**
+ * drawWeighted with top-p alone: drawCut's draw (up to the order of its float64 sums), from the few
+ * hundred ids that can be in the nucleus. A token of weight w ≤ (1 − topP)·T/V (T the row's total) is never in it: the
+ * tokens ranked before it hold at least T − V·w ≥ topP·T. One pass sums the row and collects the
+ * ids above half that bound (taking T ≥ NUCLEUS_TOTAL_AT_LEAST, checked after; the comparison is
+ * on the float bits, which order as ints, and writes every id, moving the count only for those
+ * kept: no branch to mispredict); the histogram, the cut and the walk then look at those alone.
+ * The margin, (1 − topP)·T/2 of weight, is far beyond any rounding (see NUCLEUS_TOP_P_BELOW).
+ */
+function drawNucleus(w: Float32Array, topP: number, u: number): number {
+  const V = w.length;
+  const bits = new Int32Array(w.buffer, w.byteOffset, V);
+  if (collected.length < V) collected = new Int32Array(V);
+  const ids = collected;
+  const bound = floatBits(((1 - topP) * NUCLEUS_TOTAL_AT_LEAST) / (2 * V));
+  // Four running sums (a quarter of the add chain's latency); the ids counted without a branch.
+  const one = (i: number) => bit(bits[i] > bound);
+  let s0 = 0;
+  let s1 = 0;
+  let s2 = 0;
+  let s3 = 0;
+  let n = 0;
+  let i = 0;
+  for (; i + 3 < V; i += 4) {
+    s0 += w[i];
+    s1 += w[i + 1];
+    s2 += w[i + 2];
+    s3 += w[i + 3];
+    ids[n] = i;
+    n += one(i);
+    ids[n] = i + 1;
+    n += one(i + 1);
+    ids[n] = i + 2;
+    n += one(i + 2);
+    ids[n] = i + 3;
+    n += one(i + 3);
+  }
+  for (; i < V; i++) {
+    s0 += w[i];
+    ids[n] = i;
+    n += one(i);
+  }
+  const total = s0 + s1 + (s2 + s3);
+  if (!(total >= NUCLEUS_TOTAL_AT_LEAST)) return drawCut(w, 0, topP, u); // a row of another scale: the bound does not hold
+  bucketMass.fill(0);
+  bucketCount.fill(0);
+  for (let k = 0; k < n; k++) {
+    const b = bits[ids[k]] >>> BUCKET_SHIFT;
+    bucketMass[b] += w[ids[k]];
+    bucketCount[b]++;
+  }
+  const need = topP * total;
+  let mass = 0;
+  let b = BUCKETS - 1;
+  for (; b > 0; b--) {
+    if (bucketCount[b] === 0) continue;
+    if (mass + bucketMass[b] >= need) break;
+    mass += bucketMass[b];
+  }
+  let keepId = -1;
+  for (const i of rankedMembers(bits, b, n)) {
+    mass += w[i];
+    keepId = i;
+    if (mass >= need) break;
+  }
+  if (!(mass >= need)) return drawCut(w, 0, topP, u); // never, by the margin above: kept as a guard
+  return walkCollected(w, n, u * mass, keepId);
+}
+
+/**
+ * drawWeighted with top-k alone: drawCut's draw, up to the rounding of the float64 sums (taken
+ * block by block here). A count per bucket finds the edge, the bucket of the k-th ranked token.
+ * One more pass, without a branch (with k in the hundreds or thousands a branch on "kept" would be
+ * mispredicted often), sums the weight above the edge in each block of BLOCK ids and
+ * collects the edge's members; their rank order gives the kept ones, whose weight joins their
+ * blocks. The walk then skips whole blocks before stepping through one.
+ */
+function drawTopK(w: Float32Array, topK: number, u: number): number {
+  const V = w.length;
+  const bits = new Int32Array(w.buffer, w.byteOffset, V);
+  bucketCount.fill(0);
+  for (let i = 0; i < V; i++) bucketCount[bits[i] >>> BUCKET_SHIFT]++;
+  let edge = BUCKETS - 1;
+  let before = 0;
+  for (; edge >= 0 && before + bucketCount[edge] < topK; edge--) before += bucketCount[edge];
+  // Weights that are not non-negative numbers (−0's bits fall outside every bucket; NaN's in the
+  // top one): the general path, whose walk compares weights as numbers.
+  if (edge < 0 || edge === BUCKETS - 1) return drawCut(w, topK, 1, u);
+  const aboveMin = (edge + 1) << BUCKET_SHIFT; // the bits of the smallest weight above the edge
+  const blocks = Math.ceil(V / BLOCK);
+  if (blockMass.length < blocks) blockMass = new Float64Array(blocks);
+  if (collected.length < V) collected = new Int32Array(V);
+  const ids = collected;
+  let n = 0; // the edge's members, collected in `ids`
+  for (let b = 0; b < blocks; b++) {
+    const start = b * BLOCK;
+    const end = Math.min(V, start + BLOCK);
+    let m0 = 0; // two running sums: half the add chain's latency
+    let m1 = 0;
+    let i = start;
+    for (; i + 1 < end; i += 2) {
+      m0 += w[i] * bit(bits[i] >= aboveMin);
+      m1 += w[i + 1] * bit(bits[i + 1] >= aboveMin);
+      ids[n] = i;
+      n += bit(bits[i] >>> BUCKET_SHIFT === edge);
+      ids[n] = i + 1;
+      n += bit(bits[i + 1] >>> BUCKET_SHIFT === edge);
+    }
+    if (i < end) {
+      m0 += w[i] * bit(bits[i] >= aboveMin);
+      ids[n] = i;
+      n += bit(bits[i] >>> BUCKET_SHIFT === edge);
+    }
+    blockMass[b] = m0 + m1;
+  }
+  const members = rankedMembers(bits, edge, n).slice(0, topK - before);
+  for (const i of members) blockMass[i >> BLOCK_SHIFT] += w[i];
+  let kept = 0;
+  for (let b = 0; b < blocks; b++) kept += blockMass[b];
+  const keepId = members[members.length - 1];
+  const keepBits = bits[keepId];
+  // Kept: bits above the last kept token's, or equal at an id ≤ its id (the bits of non-negative
+  // floats order as ints): one threshold per id, keepBits up to keepId and keepBits + 1 after it.
+  const min = (i: number) => (i <= keepId ? keepBits : keepBits + 1);
+  let target = u * kept;
+  for (let b = 0; b < blocks; b++) {
+    if (target - blockMass[b] >= 0) {
+      target -= blockMass[b];
+      continue;
+    }
+    for (let i = b * BLOCK, end = Math.min(V, i + BLOCK); i < end; i++) if (bits[i] >= min(i) && (target -= w[i]) < 0) return i;
+  }
+  // A sliver left by rounding: the last kept token that has weight.
+  let last = V - 1;
+  while (last > 0 && !(w[last] > 0 && bits[last] >= min(last))) last--;
+  return last;
+}
+
+/** Ids per block of drawTopK's walk: 2^BLOCK_SHIFT. */
+const BLOCK_SHIFT = 6;
+const BLOCK = 1 << BLOCK_SHIFT;
+/** Scratch: drawTopK's kept weight per block (grown to the longest row seen). */
+let blockMass = new Float64Array(0);
+
+/**
+ * walk() over the first `n` collected ids (ascending), the kept ones being those of weight above
+ * w[keepId], or equal to it at an id ≤ keepId: the first where `target` runs out. Rounding may
+ * leave a sliver: then the last kept token that has weight.
+ */
+function walkCollected(w: Float32Array, n: number, target: number, keepId: number): number {
+  const ids = collected;
+  const keepW = w[keepId];
+  let last = keepId;
+  for (let k = 0; k < n; k++) {
+    const i = ids[k];
+    const x = w[i];
+    if (x < keepW || (x === keepW && i > keepId)) continue;
+    if ((target -= x) < 0) return i;
+    if (x > 0) last = i;
+  }
+  return last;
+}
+
+/** 1 for true, 0 for false, without a branch (`true | 0` is 1). */
+const bit = (b: boolean) => (b as unknown as number) | 0;
+
+/** The bits of a non-negative number as float32 (rounded to nearest). */
+function floatBits(x: number): number {
+  floatScratch[0] = x;
+  return bitsScratch[0];
+}
+const floatScratch = new Float32Array(1);
+const bitsScratch = new Int32Array(floatScratch.buffer);
 
 /** drawWeighted with a top-k or top-p cut. */
 function drawCut(w: Float32Array, topK: number, topP: number, u: number): number {
   const V = w.length;
-  if (V >= 2 ** 21) throw new Error(`a vocabulary of ${V} is over drawWeighted's 2^21`);
   const cutK = topK > 0 && topK < V;
   const bits = new Int32Array(w.buffer, w.byteOffset, V); // a non-negative float's bits order as ints
   histogram(w, bits);
@@ -212,6 +406,9 @@ function walk(w: Float32Array, target: number, keepW: number, keepId: number): n
   return last;
 }
 
+/** Scratch: the ids drawNucleus and drawTopK collect, in vocabulary order (grown to the longest row seen). */
+let collected = new Int32Array(0);
+
 /** bucketMass and bucketCount of a row, in one pass. */
 function histogram(w: Float32Array, bits: Int32Array): void {
   partMass.fill(0);
@@ -229,16 +426,30 @@ function histogram(w: Float32Array, bits: Int32Array): void {
   }
 }
 
-/** The ids whose weights fall in bucket `b`, in rank order (larger weight first, ties by lower id). */
-function rankedMembers(bits: Int32Array, b: number): number[] {
+/**
+ * The ids whose weights fall in bucket `b`, in rank order (larger weight first, ties by lower id):
+ * of the whole row, or with `n`, of the first n `collected` ids (then bucketCount[b] must count
+ * the bucket's collected ids: drawNucleus's histogram is of those, drawTopK collects the whole edge).
+ */
+function rankedMembers(bits: Int32Array, b: number, n = -1): number[] {
   // Each member as one number, (2^31 − bits) · 2^21 + id (exact below 2^53): a plain numeric sort
   // of them is the rank order, and runs natively, with no comparator called back.
-  const count = bucketCount[b];
-  const keys = new Float64Array(count);
-  const n = bits.length;
-  for (let i = 0, k = 0; k < count && i < n; i++) if (bits[i] >>> BUCKET_SHIFT === b) keys[k++] = (2 ** 31 - bits[i]) * 2 ** 21 + i;
-  keys.sort();
-  const ids = new Array<number>(count);
-  for (let k = 0; k < count; k++) ids[k] = keys[k] % 2 ** 21;
+  const keys = new Float64Array(bucketCount[b]);
+  let m = 0;
+  if (n < 0) {
+    for (let i = 0; m < keys.length && i < bits.length; i++) if (bits[i] >>> BUCKET_SHIFT === b) keys[m++] = (2 ** 31 - bits[i]) * 2 ** 21 + i;
+  } else {
+    for (let k = 0; k < n; k++) {
+      const i = collected[k];
+      if (bits[i] >>> BUCKET_SHIFT === b) keys[m++] = (2 ** 31 - bits[i]) * 2 ** 21 + i;
+    }
+  }
+  return idsOfKeys(keys.sort());
+}
+
+/** The ids of sorted rank keys: each key's low 21 bits (computed without a float modulo, a slow call). */
+function idsOfKeys(keys: Float64Array): number[] {
+  const ids = new Array<number>(keys.length);
+  for (let k = 0; k < keys.length; k++) ids[k] = keys[k] - Math.floor(keys[k] / 2 ** 21) * 2 ** 21;
   return ids;
 }

@@ -22,16 +22,31 @@ export async function startServerProcess(env: Record<string, string>, o: { main?
     env: { ...process.env, PORT: '0', LOG_LEVEL: 'info', ...env, HOST: '127.0.0.1' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  const url = await new Promise<string>((resolve, reject) => {
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
+  let buf = ''; // the log's tail until the server listens, for the error when it does not
+  let onData = (_: Buffer) => {};
+  let onExit = (_: number | null) => {};
+  const listening = new Promise<string>((resolve, reject) => {
+    onData = (d) => {
       buf += d.toString();
       const m = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(buf);
       if (m) resolve(m[1]);
-    });
-    child.once('exit', (code) => reject(new Error(`server exited with ${code}: ${buf.slice(-2000)}`)));
+      buf = buf.slice(-8000);
+    };
+    onExit = (code) => reject(new Error(`server exited with ${code}: ${buf.slice(-2000)}`));
   });
-  child.stdout!.resume();
+  child.stdout!.on('data', onData);
+  child.once('exit', onExit);
+  let url: string;
+  try {
+    url = await listening;
+  } finally {
+    // From here the log is drained and dropped: a reader that kept it (and searched it on every
+    // chunk) would cost this process CPU that a benchmark's clients need, and a slow reader stalls
+    // the server's synchronous log writes on a full pipe.
+    child.stdout!.off('data', onData);
+    child.off('exit', onExit);
+    child.stdout!.resume();
+  }
   return {
     url,
     pid: child.pid!,

@@ -96,18 +96,25 @@ t.test('a crashed step fails the rows it held with worker_crashed; queued reques
   t.ok(exec.plans.at(-1)!.reset || exec.plans.some((p) => p.reset), 'the next plan resets the worker batch');
 });
 
-t.test('BATCH_WAIT_MS: a lone request runs at once; a request right behind another waits for company', async (t) => {
+t.test('BATCH_WAIT_MS: a lone request runs at once, also one sent right after the previous answer; a request right behind another waits for company', async (t) => {
   const { l, exec } = lane(new FakeExecutor(), 50);
   const lone = job(2);
   l.enqueue(lone.job);
   t.equal(await lone.outcome, 'ok');
   t.same(l.batchWait, { waited: 0, skipped: 1 }, 'the lone request did not wait');
+  // One client's next request soon after the answer came (the lane has gone idle): close behind
+  // the previous arrival, well inside the 5 × 50 ms window, but alone.
+  await new Promise((r) => setTimeout(r, 20));
+  const next = job(2);
+  l.enqueue(next.job);
+  t.equal(await next.outcome, 'ok');
+  t.same(l.batchWait, { waited: 0, skipped: 2 }, 'a request sent after the previous one was answered did not wait');
   // Idle again long after: still alone.
   await new Promise((r) => setTimeout(r, 300));
   const later = job(2);
   l.enqueue(later.job);
   t.equal(await later.outcome, 'ok');
-  t.same(l.batchWait, { waited: 0, skipped: 2 });
+  t.same(l.batchWait, { waited: 0, skipped: 3 });
   // Two requests arriving together while the lane is idle: the first waits, and both share one prefill.
   await new Promise((r) => setTimeout(r, 300));
   const plans = exec.plans.length;
@@ -116,8 +123,17 @@ t.test('BATCH_WAIT_MS: a lone request runs at once; a request right behind anoth
   l.enqueue(a.job);
   l.enqueue(b.job);
   t.same(await Promise.all([a.outcome, b.outcome]), ['ok', 'ok']);
-  t.same(l.batchWait, { waited: 1, skipped: 2 }, 'company was likely: it waited once');
+  t.same(l.batchWait, { waited: 1, skipped: 3 }, 'company was likely: it waited once');
   t.equal(exec.plans[plans].prefill.length, 2, 'both prefilled in the first step');
+  // Over a second after the last overlap, one client's requests close behind each other do not wait.
+  await new Promise((r) => setTimeout(r, 1100));
+  for (const gapMs of [0, 20]) {
+    await new Promise((r) => setTimeout(r, gapMs));
+    const alone = job(2);
+    l.enqueue(alone.job);
+    t.equal(await alone.outcome, 'ok');
+  }
+  t.same(l.batchWait, { waited: 1, skipped: 5 }, 'the overlap had expired: neither waited');
 });
 
 t.test('the lane keeps the worker\'s latest KV batch stats', async (t) => {

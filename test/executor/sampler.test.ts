@@ -46,6 +46,12 @@ t.test('topIndices: the k largest in order, ties by lower index, for every k', a
   t.same(topIndices(new Float32Array([1, 2, 3]), 0), []);
 });
 
+/** The row times the factor that brings its total to `total`. */
+const scaledTo = (w: Float32Array, total: number) => {
+  const f = total / w.reduce((a, b) => a + b, 0);
+  return w.map((x) => x * f);
+};
+
 t.test('drawWeighted draws what a full sort would: top-k, top-p, both, neither; ties, zeros, flat and peaked rows, views, edges', async (t) => {
   const rows: [string, Float32Array][] = [
     ['50k, ties', weightsOf(logits(50257, 11), 0.8)],
@@ -55,8 +61,12 @@ t.test('drawWeighted draws what a full sort would: top-k, top-p, both, neither; 
     ['zeros', Float32Array.from({ length: 3000 }, (_, i) => (i % 3 === 0 ? 0 : uniform(9, i)))],
     ['one token', Float32Array.of(1)],
     ['two', Float32Array.of(0.5, 1)],
+    // A total under 0.9: top-p alone cannot use its bound (sampler.ts drawNucleus) and takes the histogram's path.
+    ['4096, peaked, total 1e-3', scaledTo(weightsOf(logits(4096, 5), 0.2), 1e-3)],
+    // −0 orders below every bucket by its bits; the draw must still treat it as 0.
+    ['negative zeros', Float32Array.of(1, -0, -0, 0.5, -0, 0.25)],
   ];
-  const cases: [number, number][] = [[0, 1], [1, 1], [2, 1], [50, 1], [1000, 1], [2048, 1], [0, 0.9], [0, 0.3], [0, 0.999], [0, 1e-9], [200, 0.95], [1000, 0.5], [5000, 0.9], [3, 0.99]];
+  const cases: [number, number][] = [[0, 1], [1, 1], [2, 1], [50, 1], [1000, 1], [2048, 1], [0, 0.9], [0, 0.3], [0, 0.999], [0, 1e-9], [200, 0.95], [1000, 0.5], [5000, 0.9], [3, 0.99], [4, 1], [5, 1], [0, 1 - 1e-5], [0, 1 - 1e-7], [0, 1 - 2 ** -53]];
   for (const [name, w] of rows) {
     for (const [topK, topP] of cases) {
       let same = 0;
