@@ -154,8 +154,8 @@ const NUCLEUS_TOTAL_AT_LEAST = 0.9;
 
 /**
  * drawWeighted with top-p alone: drawCut's draw (up to the order of its float64 sums), from the few
- * hundred ids that can be in the nucleus. A token of weight w ≤ (1 − topP)·T/V (T the row's total) is never in it: the
- * tokens ranked before it hold at least T − V·w ≥ topP·T. One pass sums the row and collects the
+ * hundred ids that can be in the nucleus. A token of weight w ≤ (1 − topP)·T/V (T the row's total)
+ * is never in it: the tokens ranked before it hold at least T − V·w ≥ topP·T. One pass sums the row and collects the
  * ids above half that bound (taking T ≥ NUCLEUS_TOTAL_AT_LEAST, checked after; the comparison is
  * on the float bits, which order as ints, and writes every id, moving the count only for those
  * kept: no branch to mispredict); the histogram, the cut and the walk then look at those alone.
@@ -225,9 +225,9 @@ function drawNucleus(w: Float32Array, topP: number, u: number): number {
  * drawWeighted with top-k alone: drawCut's draw, up to the rounding of the float64 sums (taken
  * block by block here). A count per bucket finds the edge, the bucket of the k-th ranked token.
  * One more pass, without a branch (with k in the hundreds or thousands a branch on "kept" would be
- * mispredicted often), sums the weight above the edge in each block of BLOCK ids and
- * collects the edge's members; their rank order gives the kept ones, whose weight joins their
- * blocks. The walk then skips whole blocks before stepping through one.
+ * mispredicted often), sums the weight above the edge in each block of BLOCK ids and collects the
+ * edge's members; their rank order gives the kept ones, whose weight joins their blocks. The walk
+ * then skips whole blocks before stepping through one.
  */
 function drawTopK(w: Float32Array, topK: number, u: number): number {
   const V = w.length;
