@@ -114,9 +114,10 @@ for (const [name, shape] of arch.weightShapes(c)) if (shape.length === 2 && name
 const matmulFlopsPerToken = 2 * layerWeights;
 /** Bytes of weights a decode step reads (the layers' matrices and the LM head), whatever its batch. */
 const stepWeightBytes = 4 * (layerWeights + c.hidden * c.vocabSize);
-// Measured on at most 256 MB (a rate: a larger model's step reads at the same one, and one
+// Measured on at most 256 MiB (a rate: a larger model's step reads at the same one, and one
 // initializer of its full size would not fit in memory or in a protobuf).
-const readCeiling = await weightReadCeiling(Math.min(stepWeightBytes, 256 * 2 ** 20));
+const readCeilingBytes = Math.min(stepWeightBytes, 256 * 2 ** 20);
+const readCeiling = await weightReadCeiling(readCeilingBytes);
 const attnFlops = (T: number) => 4 * T * c.heads * c.headDim * c.layers;
 const headFlops = 2 * c.hidden * c.vocabSize;
 const empty = (): StepPlan => ({ drop: [], decode: [], prefill: [], score: [], adapters: [], forget: [] });
@@ -218,7 +219,7 @@ for (const prepack of args.prepack!.split(',')) {
 console.log(`\nTimes are whole worker steps (feeds, session.run, sampling, KV append); "host ms/step" is the part outside session.run. Median (min–max) of ${ROUNDS} interleaved rounds per variant; each round repeats prefill + ${DECODE_STEPS} decode steps until its decode steps took ${MIN_MS} ms.`);
 console.log(`forward pass of ${model.dir} (${c.modelType}, ${(layerWeights / 1e6).toFixed(1)}M layer weights), ${c.layers} layers × ${c.hidden} wide, prompt ${PROMPT} tokens, ${DECODE_STEPS} decode steps, provider ${args.provider}, ${THREADS} intra-op threads, cpu: ${cpus()[0]?.model}`);
 console.log(`ceiling: one 1024×1024×1024 MatMul through onnxruntime-node ${ort.env.versions.common} = ${ceiling.toFixed(1)} GFLOP/s`);
-console.log(`read ceiling: one 1×1024 by 1024×${Math.ceil(Math.min(stepWeightBytes, 256 * 2 ** 20) / 4 / 1024)} MatMul, as many weight bytes as a decode step reads (${(stepWeightBytes / 1e6).toFixed(1)} MB; 256 MiB at most) = ${readCeiling.toFixed(1)} GB/s; a step's weight reads at that rate take ${((stepWeightBytes / readCeiling / 1e9) * 1000).toFixed(3)} ms\n`);
+console.log(`read ceiling: one 1×1024 by 1024×${Math.ceil(readCeilingBytes / 4 / 1024)} MatMul, as many weight bytes as a decode step reads (${(stepWeightBytes / 1e6).toFixed(1)} MB; 256 MiB at most) = ${readCeiling.toFixed(1)} GB/s; a step's weight reads at that rate take ${((stepWeightBytes / readCeiling / 1e9) * 1000).toFixed(3)} ms\n`);
 printTable(['prepack', 'graphs', 'batch', 'sampling', 'decode tok/s', 'decode ms/step', 'host ms/step', 'prefill tok/s', 'decode % of ceiling', 'weight reads % of read ceiling'], rows);
 mkdirSync(join(args.out!, '..'), { recursive: true });
 writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, baselineGraph: args['baseline-graph'] ?? null, rounds: ROUNDS, minMs: MIN_MS, promptTokens: PROMPT, decodeSteps: DECODE_STEPS, ceilingGflops: +ceiling.toFixed(1), stepWeightBytes, readCeilingGBs: +readCeiling.toFixed(1), rows: results }, null, 2));
