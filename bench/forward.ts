@@ -11,24 +11,23 @@
  * `--sampling greedy,top_p,logprobs` what the rows ask (temperature, top_k also), in interleaved rounds.
  * `--provider cpu|webgpu` picks ONNX Runtime's execution provider (the ceiling runs on it too).
  * `--min-ms` (300): each round repeats its prefill + 32 decode steps until the steps took this long.
- * `--baseline-graph FILE` adds the graph set `baseline`: what a worker runs, with FILE in place of the
- * base graph — another build's `.cache/<version>-<hash>.base.onnx` (not a `-hosthead-` one), which
- * must have the same inputs and outputs — so that two builds' graphs are measured in one process,
- * in interleaved rounds (the rows are greedy and carry no adapter: they run on the base graph).
+ * `--baseline-build DIR` adds the graph sets `baseline` and `baseline-host`: another checkout's
+ * build (its `dist/`, run `npx tsc -p .` there first) — its served graphs or its plain-logits graph,
+ * built by its own code into its own `.cache`, and stepped by its own StepRunner and feeds — so that
+ * two builds' whole worker steps are measured in one process, in interleaved rounds, whatever
+ * their graphs' inputs and outputs. Issue 13's batch-1 target is measured against a fixed
+ * `baseline-host` this way, since this build's `host` graph shares every change to the body.
  */
 import ort from 'onnxruntime-node';
 import { cpus } from 'node:os';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { FeedContext } from '../src/executor/model-constants.js';
-import { StepRunner } from '../src/executor/step-runner.js';
 import { loadBaseModel } from '../src/model/base-model.js';
 import { architectureOf } from '../src/model/architectures/index.js';
 import { GraphBuilder } from '../src/model/onnx-builder.js';
-import { loadCheckpoint } from '../src/model/checkpoint.js';
-import { cachedGraphPath } from '../src/model/graph-cache.js';
-import { openSessions, type ModelSessions } from '../src/executor/sessions.js';
+import type { ModelSessions } from '../src/executor/sessions.js';
 import type { Sampling, StepPlan } from '../src/protocol.js';
 import { median } from './harness.js';
 import { printTable } from './table.js';
@@ -42,7 +41,7 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '3' },
     'min-ms': { type: 'string', default: '300' },
     provider: { type: 'string', default: 'cpu' },
-    'baseline-graph': { type: 'string' },
+    'baseline-build': { type: 'string' },
     out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'forward.json') },
   },
 });
@@ -127,14 +126,14 @@ const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${M
  * One measurement: B sequences prefilled with a 64-token prompt into a fresh batch, then 32 decode
  * steps; repeated until the decode steps add up to MIN_MS. Prefill time is the median of the repeats.
  */
-async function measure(sessions: ModelSessions, B: number, sampling: Sampling) {
+async function measure(v: Variant, B: number, sampling: Sampling) {
   const tokens = Array.from({ length: PROMPT }, (_, i) => 100 + ((i * 37) % 3000));
   const prefills: number[] = [];
   let decodeMs = 0;
   let sessionMs = 0;
   let steps = 0;
   while (decodeMs < MIN_MS || steps === 0) {
-    const runner = new StepRunner(sessions.session, new FeedContext(model.tensors), { padEmpty: args.provider === 'webgpu', base: sessions.base });
+    const runner = new v.build.StepRunner(v.sessions.session, new v.build.FeedContext(v.build.model.tensors), { padEmpty: args.provider === 'webgpu', base: v.sessions.base });
     const plan = empty();
     plan.prefill = Array.from({ length: B }, (_, i) => ({ seq: i, adapter: null, tokens, sampling: { ...sampling, seed: i + 1 } }));
     const first = await runner.step(plan);
@@ -153,33 +152,47 @@ async function measure(sessions: ModelSessions, B: number, sampling: Sampling) {
   return { prefillMs: median(prefills), decodeMs, steps, hostMsPerStep: (decodeMs - sessionMs) / steps };
 }
 
-type GraphSet = 'served' | 'full' | 'host' | 'baseline';
+type GraphSet = 'served' | 'full' | 'host' | 'baseline' | 'baseline-host';
 const graphSets = args.graphs!.split(',') as GraphSet[];
-if (args['baseline-graph'] && !graphSets.includes('baseline')) graphSets.push('baseline');
-if (graphSets.includes('baseline') && !args['baseline-graph']) throw new Error('--graphs baseline needs --baseline-graph FILE');
-const ckpt = loadCheckpoint(model.dir);
-const hostGraph = cachedGraphPath(ckpt, process.env.CACHE_DIR ?? '.cache', 'host').path;
-/** served: as a worker opens them; full: the full graph only; host: the plain-logits full graph (before the sampling head and the base graph); baseline: served with another build's base graph. */
-async function open(set: GraphSet, o: ort.InferenceSession.SessionOptions): Promise<ModelSessions> {
-  if (set === 'host') return { session: await ort.InferenceSession.create(hostGraph, o), base: null };
-  const s = await openSessions(model, o);
-  if (set === 'baseline') {
-    const baseline = await ort.InferenceSession.create(args['baseline-graph']!, o);
-    const same = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x) => b.includes(x));
-    if (!s.base || !same(baseline.inputNames, s.base.inputNames) || !same(baseline.outputNames, s.base.outputNames)) {
-      throw new Error(`--baseline-graph ${args['baseline-graph']}: its inputs and outputs differ from this build's base graph`);
-    }
-    await s.base.release();
-    return { session: s.session, base: baseline };
-  }
-  return set === 'served' ? s : { session: s.session, base: null };
+if (args['baseline-build'] && !graphSets.includes('baseline')) graphSets.push('baseline');
+if (graphSets.some((s) => s.startsWith('baseline')) && !args['baseline-build']) throw new Error('--graphs baseline and baseline-host need --baseline-build DIR');
+
+/** A build's step code and model: this checkout's, or the one at --baseline-build, from its dist/. */
+interface Build {
+  StepRunner: typeof import('../src/executor/step-runner.js').StepRunner;
+  FeedContext: typeof import('../src/executor/model-constants.js').FeedContext;
+  openSessions: typeof import('../src/executor/sessions.js').openSessions;
+  model: ReturnType<typeof loadBaseModel>;
+  hostGraph: string;
+}
+async function loadBuild(dir: string | null): Promise<Build> {
+  const load = (path: string) => import(dir ? pathToFileURL(join(resolve(dir), 'dist', path)).href : new URL(`../${path}`, import.meta.url).href);
+  const [runner, constants, sessions, base, checkpoint, cache] = await Promise.all(
+    ['src/executor/step-runner.js', 'src/executor/model-constants.js', 'src/executor/sessions.js', 'src/model/base-model.js', 'src/model/checkpoint.js', 'src/model/graph-cache.js'].map(load),
+  );
+  const cacheDir = dir ? join(resolve(dir), '.cache') : (process.env.CACHE_DIR ?? '.cache');
+  const m = dir ? base.loadBaseModel(resolve(model.dir), cacheDir) : model;
+  return { StepRunner: runner.StepRunner, FeedContext: constants.FeedContext, openSessions: sessions.openSessions, model: m, hostGraph: cache.cachedGraphPath(checkpoint.loadCheckpoint(m.dir), cacheDir, 'host').path };
+}
+interface Variant {
+  build: Build;
+  sessions: ModelSessions;
+}
+const own = await loadBuild(null);
+const other = args['baseline-build'] ? await loadBuild(args['baseline-build']) : null;
+/** served: as a worker opens them; full: the full graph only; host: the plain-logits full graph (before the sampling head and the base graph); baseline, baseline-host: the same from --baseline-build. */
+async function open(set: GraphSet, o: ort.InferenceSession.SessionOptions): Promise<Variant> {
+  const build = set.startsWith('baseline') ? other! : own;
+  if (set === 'host' || set === 'baseline-host') return { build, sessions: { session: await ort.InferenceSession.create(build.hostGraph, o), base: null } };
+  const s = await build.openSessions(build.model, o);
+  return { build, sessions: set === 'full' ? { session: s.session, base: null } : s };
 }
 const samplingNames = args.sampling!.split(',');
 for (const name of samplingNames) if (!SAMPLINGS[name]) throw new Error(`--sampling: one of ${Object.keys(SAMPLINGS).join(', ')}`);
 const rows: (string | number)[][] = [];
 const results: Record<string, unknown>[] = [];
 for (const prepack of args.prepack!.split(',')) {
-  const sessions = new Map<GraphSet, ModelSessions>();
+  const sessions = new Map<GraphSet, Variant>();
   for (const set of graphSets) sessions.set(set, await open(set, { ...options, extra: { session: { disable_prepacking: prepack === 'off' ? '1' : '0' } } }));
   for (const B of args.batches!.split(',').map(Number)) {
     const variants = samplingNames.flatMap((samplingName) => graphSets.map((set) => ({ samplingName, set })));
@@ -222,4 +235,4 @@ console.log(`ceiling: one 1024×1024×1024 MatMul through onnxruntime-node ${ort
 console.log(`read ceiling: one 1×1024 by 1024×${Math.ceil(readCeilingBytes / 4 / 1024)} MatMul, as many weight bytes as a decode step reads (${(stepWeightBytes / 1e6).toFixed(1)} MB; 256 MiB at most) = ${readCeiling.toFixed(1)} GB/s; a step's weight reads at that rate take ${((stepWeightBytes / readCeiling / 1e9) * 1000).toFixed(3)} ms\n`);
 printTable(['prepack', 'graphs', 'batch', 'sampling', 'decode tok/s', 'decode ms/step', 'host ms/step', 'prefill tok/s', 'decode % of ceiling', 'weight reads % of read ceiling'], rows);
 mkdirSync(join(args.out!, '..'), { recursive: true });
-writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, baselineGraph: args['baseline-graph'] ?? null, rounds: ROUNDS, minMs: MIN_MS, promptTokens: PROMPT, decodeSteps: DECODE_STEPS, ceilingGflops: +ceiling.toFixed(1), stepWeightBytes, readCeilingGBs: +readCeiling.toFixed(1), rows: results }, null, 2));
+writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, onnxruntime: ort.env.versions.common, model: model.dir, modelType: c.modelType, threads: THREADS, baselineBuild: args['baseline-build'] ?? null, rounds: ROUNDS, minMs: MIN_MS, promptTokens: PROMPT, decodeSteps: DECODE_STEPS, ceilingGflops: +ceiling.toFixed(1), stepWeightBytes, readCeilingGBs: +readCeiling.toFixed(1), rows: results }, null, 2));

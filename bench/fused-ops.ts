@@ -10,13 +10,13 @@
  *                  of biases for the whole batch (no per-row BitFit).
  *   fused-rowbias  the same kernels, biases still fed [R, 1, n] and added by plain Adds, because
  *                  the contrib ops take only 1-D biases: what keeping per-row BitFit would cost.
- *   norms-only     today's attention and KV layout, SkipLayerNormalization + FastGelu with the
+ *   norms-only     gpt2-v9's attention and KV layout, SkipLayerNormalization + FastGelu with the
  *                  per-row biases added by plain Adds: the change that keeps every contract.
  * With a Llama-family MODEL_DIR (e.g. test/fixtures/llama/tiny-llama) the variants are `plain` and
  *   skip-norms     the serving graph with each residual Add + RMSNorm rewritten as one
  *                  SkipSimplifiedLayerNormalization (ORT fuses the RMSNorm alone on its own).
  * Every variant outputs the logits of the rows that need them and only this step's keys/values,
- * as the serving graph does; the run checks that logits (and new keys/values) agree with plain's
+ * as the serving graph does (which packs them in one `new_kv`); the run checks that logits (and new keys/values) agree with plain's
  * within 1e-4 relative error before timing (exit code 1 if not). Timed: `session.run` alone (feeds
  * are built once), per case and variant, the variants interleaved in rounds (A B C A B C …); the
  * table gives each one's median and min–max over the rounds, in wall-clock and in process CPU time
@@ -38,6 +38,7 @@ import { parseArgs } from 'node:util';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import type { Gpt2Config, LlamaConfig, WeightSource } from '../src/model/architectures/architecture.js';
 import { GraphBuilder, transpose } from '../src/model/onnx-builder.js';
+import { KV_OUTPUT, layerKv } from '../src/model/kv-output.js';
 import { relErr } from './reference.js';
 import { printTable } from './table.js';
 
@@ -68,7 +69,7 @@ const HEAD_WEIGHT = isGpt2 || (c as LlamaConfig).tieWordEmbeddings ? ckpt.arch.e
 
 type Fused = 'fused' | 'fused-rowbias' | 'norms-only' | 'skip-norms';
 type Variant = 'plain' | Fused;
-/** mha: MultiHeadAttention (keys cached [B, H, P, hd]) or today's attention; rowBias: biases [R, 1, n] through plain Adds. */
+/** mha: MultiHeadAttention (keys cached [B, H, P, hd]) or gpt2-v9's attention; rowBias: biases [R, 1, n] through plain Adds. */
 const SPECS: Record<Fused, { mha: boolean; rowBias: boolean }> = {
   fused: { mha: true, rowBias: false },
   'fused-rowbias': { mha: true, rowBias: true },
@@ -116,7 +117,7 @@ function buildFused(w: WeightSource, { mha, rowBias }: { mha: boolean; rowBias: 
   const zero = g.ints('zero', [0]);
   const mergedShape = g.ints('shape_merged', [0, 0, D]);
 
-  /** Today's attention, as in src/model/architectures/gpt2.ts: scores over the cache as (K·qᵀ)ᵀ, scores joined, cache never copied. */
+  /** The serving graph's attention as of gpt2-v9 (src/model/architectures/gpt2.ts): scores over the cache as (K·qᵀ)ᵀ, scores joined, cache never copied. */
   const keysT = (x: string) => g.one('Transpose', [x], { perm: [0, 1, 3, 2] });
   const plainAttention = (l: number, q: string, k: string, v: string) => {
     const kNew = splitHeads(k);
@@ -297,9 +298,10 @@ function feedsFor(k: Case, wte: Float32Array) {
     for (const v of VARIANTS) byVariant[v][`past_key_${l}`] = new ort.Tensor('float32', keys, [b, KVH, P, hd]);
     for (const v of VARIANTS) byVariant[v][`past_value_${l}`] = new ort.Tensor('float32', values, [b, KVH, P, hd]);
   }
-  for (const { name, size } of ckpt.arch.biases(c)) {
+  for (const { name, size, inNorm } of ckpt.arch.biases(c)) {
     const data = w.read(name);
-    for (const v of VARIANTS) byVariant[v][name] = new ort.Tensor('float32', data, v === 'plain' || SPECS[v].rowBias ? [1, 1, size] : [size]);
+    // The serving graph holds a norm's bias inside the op and takes each row's difference from it (none here).
+    for (const v of VARIANTS) byVariant[v][name] = new ort.Tensor('float32', v === 'plain' && inNorm ? new Float32Array(size) : data, v === 'plain' || SPECS[v].rowBias ? [1, 1, size] : [size]);
   }
   const head = { h: new ort.Tensor('float32', noise(b * D, 7, 1), [b, D]) };
   return { byVariant, head };
@@ -337,6 +339,12 @@ if (args.ops) {
   printTable(['op', ...VARIANTS], ops.map((op) => [op, ...VARIANTS.map((v) => counts.get(v)!.get(op) ?? 0)]));
 }
 
+/** Layer l's new keys and values: packed in `new_kv` by the serving builder (plain, skip-norms), one output each in buildFused's graphs. */
+function kvOf(out: ort.InferenceSession.ReturnType, l: number): { keys: Float32Array; values: Float32Array } {
+  if (out[KV_OUTPUT]) return layerKv(out[KV_OUTPUT].data as Float32Array, c.layers, l);
+  return { keys: out[`new_key_${l}`].data as Float32Array, values: out[`new_value_${l}`].data as Float32Array };
+}
+
 const cases: Case[] = [];
 const batches = args.batches!.split(',').map(Number);
 for (const past of args.pasts!.split(',').map(Number)) for (const batch of batches) cases.push({ name: `decode P=${past}`, batch, seq: 1, past });
@@ -354,9 +362,8 @@ for (const k of cases) {
     const logits = relErr(out[v].logits.data as Float32Array, out.plain.logits.data as Float32Array);
     let kv = 0;
     for (let l = 0; l < c.layers; l++) {
-      const plainKeys = out.plain[`new_key_${l}`].data as Float32Array;
-      kv = Math.max(kv, relErr(out[v][`new_key_${l}`].data as Float32Array, plainKeys));
-      kv = Math.max(kv, relErr(out[v][`new_value_${l}`].data as Float32Array, out.plain[`new_value_${l}`].data as Float32Array));
+      const [mine, plain] = [kvOf(out[v], l), kvOf(out.plain, l)];
+      kv = Math.max(kv, relErr(mine.keys, plain.keys), relErr(mine.values, plain.values));
     }
     agreement.push([k.name, k.batch, v, logits.toExponential(2), kv.toExponential(2), logits <= TOLERANCE && kv <= TOLERANCE ? 'yes' : 'NO']);
     if (!(logits <= TOLERANCE && kv <= TOLERANCE)) process.exitCode = 1;

@@ -83,10 +83,28 @@ export class StepHead {
     return this.padEmpty ? padHeadFeeds(feeds) : feeds;
   }
 
+  /**
+   * The outputs read() reads, for session.run's fetch list: onnxruntime-node turns each fetched
+   * output into a new JS tensor, about 5 µs apiece here whether it holds anything or not (ad hoc), so
+   * a greedy step fetches `next_greedy` alone of the head's seven.
+   */
+  outputs(): string[] {
+    if (!this.graph) return ['logits'];
+    const routes = new Set(this.routes);
+    const names: string[] = [];
+    if (routes.has('greedy')) names.push('next_greedy');
+    if (this.lp.some((a, n) => a >= 0 && this.routes[n] !== 'score')) names.push('lp_lse', 'top_values', 'top_indices');
+    if (routes.has('score')) names.push('target_logprob');
+    if (this.drawRows.length > 0) names.push('draw_weights');
+    if (this.fullRows.length > 0) names.push('logits');
+    return names;
+  }
+
   /** Chosen tokens (plain rows in order, then one per ensemble group) and score rows' log-probabilities in order. */
   read(out: ort.InferenceSession.OnnxValueMapType): { chosen: TokenChoice[]; scores: number[] } {
     const V = this.V;
-    const logits = out.logits.data as Float32Array;
+    // Outputs outside outputs() were not fetched: each is read only where a row needs it.
+    const logits = out.logits?.data as Float32Array;
     const fullRow = (n: number) => logits.subarray(this.full[n] * V, (this.full[n] + 1) * V);
     const chosen: TokenChoice[] = [];
     const scores: number[] = [];
@@ -100,12 +118,12 @@ export class StepHead {
       });
       return { chosen: chooseTokens(hostRows), scores };
     }
-    const greedy = out.next_greedy.data as BigInt64Array;
-    const lse = out.lp_lse.data as Float32Array;
-    const values = out.top_values.data as Float32Array;
-    const indices = out.top_indices.data as BigInt64Array;
-    const targetLp = out.target_logprob.data as Float32Array;
-    const weights = out.draw_weights.data as Float32Array;
+    const greedy = out.next_greedy?.data as BigInt64Array;
+    const lse = out.lp_lse?.data as Float32Array;
+    const values = out.top_values?.data as Float32Array;
+    const indices = out.top_indices?.data as BigInt64Array;
+    const targetLp = out.target_logprob?.data as Float32Array;
+    const weights = out.draw_weights?.data as Float32Array;
     const k = this.topCount;
     this.rows.forEach((row, n) => {
       if ('target' in row) {

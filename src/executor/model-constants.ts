@@ -1,6 +1,7 @@
 import ort from 'onnxruntime-node';
 import { ADAPTED_FLAG, ADAPTER_INPUTS, adapterLayout, linearModules, type AdapterLayout } from '../model/adapter-ops.js';
 import { biasNames, type ModelConfig } from '../model/checkpoint.js';
+import type { BiasVector } from '../model/architectures/architecture.js';
 import type { AdapterTensors } from '../protocol.js';
 
 /** What the worker needs of the base model beside the graph: the embedding table and base biases. */
@@ -26,8 +27,8 @@ export function needsFullGraph(adapters: (AdapterTensors | null)[]): boolean {
 export const NEG = -1e9; // additive mask value: exp(NEG - max) is exactly 0 in float32, and never NaN
 
 export class FeedContext {
-  readonly biasList: { name: string; size: number }[];
-  /** Broadcast [1, 1, n] tensors of the base biases, reused by every step without a BitFit row. */
+  readonly biasList: BiasVector[];
+  /** Broadcast [1, 1, n] tensors of the base biases (zeros for a norm's: see BiasVector), reused by every step without a BitFit row. */
   private readonly sharedBias: Record<string, ort.Tensor>;
   readonly layout: AdapterLayout;
   /** LoRA/IA3 feeds of a batch with no such row: the plain branch, empty stacks, broadcast ones. */
@@ -38,7 +39,7 @@ export class FeedContext {
   constructor(readonly base: BaseTensors) {
     this.biasList = biasNames(base.config);
     // onnxruntime-node refuses tensors over a SharedArrayBuffer ("Invalid argument"): copy once here.
-    this.sharedBias = Object.fromEntries(this.biasList.map(({ name, size }) => [name, new ort.Tensor('float32', new Float32Array(base.biases[name]), [1, 1, size])]));
+    this.sharedBias = Object.fromEntries(this.biasList.map(({ name, size, inNorm }) => [name, new ort.Tensor('float32', inNorm ? new Float32Array(size) : new Float32Array(base.biases[name]), [1, 1, size])]));
     this.layout = adapterLayout(linearModules(base.config));
     this.plainFeeds = { [ADAPTED_FLAG]: new ort.Tensor('bool', new Uint8Array([0]), []), ...this.loraStacks([]), ...this.ia3Feeds([]) };
   }
@@ -128,9 +129,15 @@ export class FeedContext {
     if (!adapters.some((a) => a?.kind === 'bitfit')) return this.sharedBias;
     const B = adapters.length;
     const feeds: Record<string, ort.Tensor> = {};
-    for (const { name, size } of this.biasList) {
+    for (const { name, size, inNorm } of this.biasList) {
       const data = new Float32Array(B * size);
-      adapters.forEach((a, r) => data.set(a?.kind === 'bitfit' ? a.biases![name] : this.base.biases[name], r * size));
+      const base = this.base.biases[name];
+      adapters.forEach((a, r) => {
+        if (inNorm) {
+          // The graph holds the checkpoint's value inside the norm: a row adds its difference from it.
+          if (a?.kind === 'bitfit') for (let i = 0; i < size; i++) data[r * size + i] = a.biases![name][i] - base[i];
+        } else data.set(a?.kind === 'bitfit' ? a.biases![name] : base, r * size);
+      });
       feeds[name] = new ort.Tensor('float32', data, [B, 1, size]);
     }
     return feeds;

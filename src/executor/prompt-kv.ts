@@ -1,5 +1,6 @@
 import type ort from 'onnxruntime-node';
 import type { ModelConfig } from '../model/checkpoint.js';
+import { KV_OUTPUT, layerKv } from '../model/kv-output.js';
 import type { AdapterTensors } from '../protocol.js';
 import type { LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
@@ -122,9 +123,9 @@ export class PastKvCache {
 function rowPast(c: ModelConfig, out: ort.InferenceSession.OnnxValueMapType, S: number, r: number, n: number): PastKv {
   const { kvHeads: H, headDim: hd } = c;
   const layers: LayerKv[] = [];
+  const data = out[KV_OUTPUT].data as Float32Array;
   for (let l = 0; l < c.layers; l++) {
-    const srcK = out[`new_key_${l}`].data as Float32Array;
-    const srcV = out[`new_value_${l}`].data as Float32Array;
+    const { keys: srcK, values: srcV } = layerKv(data, c.layers, l);
     const keys = new Float32Array(H * n * hd);
     const values = new Float32Array(H * n * hd);
     for (let h = 0; h < H; h++) {

@@ -1,4 +1,5 @@
 import ort from 'onnxruntime-node';
+import { KV_OUTPUT, layerKv } from '../model/kv-output.js';
 import type { AdapterTensors, DecodeRow, EnsembleGroup, NewSequence, Sampling, StepPlan, StepResult, TokenChoice } from '../protocol.js';
 import { padLogitIndex, StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
@@ -67,12 +68,12 @@ export class StepRunner {
     let kvBytes = 0;
     let padded = 0;
     /** One forward pass over rows with `adapters`: on the base graph unless a row needs the full one, with its row feeds. */
-    const timed = async (feeds: Record<string, ort.Tensor>, adapters: (AdapterTensors | null)[], rowFeeds = () => this.ctx.rowFeeds(adapters)) => {
+    const timed = async (feeds: Record<string, ort.Tensor>, adapters: (AdapterTensors | null)[], fetch: string[], rowFeeds = () => this.ctx.rowFeeds(adapters)) => {
       const run = pickGraph(this.sessions, this.ctx, feeds, adapters, rowFeeds);
       this.runs[run.graph]++;
       const t = performance.now();
       // A run that wants no logits (a soft prompt's KV alone) picks one dummy row, for the padded head's index 0.
-      const out = await run.session.run(this.padEmpty ? padLogitIndex(run.feeds) : run.feeds);
+      const out = await run.session.run(this.padEmpty ? padLogitIndex(run.feeds) : run.feeds, fetch);
       runMs += performance.now() - t;
       return out;
     };
@@ -98,7 +99,7 @@ export class StepRunner {
       const starting = [...plan.prefill.map((s) => s.adapter), ...plan.score.filter((s) => s.context.length > 0).map((s) => s.adapter)];
       const V = this.ctx.base.config.vocabSize;
       // That run needs no logits: the head is fed with no rows.
-      await this.pastKv.prepare(starting.map((key) => this.adapter(key)), (f) => timed({ ...f, ...new StepHead([], V, this.graphHead, this.padEmpty).feeds() }, []));
+      await this.pastKv.prepare(starting.map((key) => this.adapter(key)), (f) => timed({ ...f, ...new StepHead([], V, this.graphHead, this.padEmpty).feeds() }, [], [KV_OUTPUT]));
       const items: PrefillItem[] = [
         ...plan.prefill.map((s) => this.prefillItem(s.adapter, s.tokens)),
         ...plan.score.map((s) => this.scoreItem(s.adapter, s.context, s.targets)),
@@ -114,7 +115,9 @@ export class StepRunner {
       const scoreTargets = plan.score.map((s, k) => s.targets.slice(s.targets.length - items[plan.prefill.length + k].logitAt.length));
       for (const targets of scoreTargets) headRows.push(...targets.map((target) => ({ target })));
       const head = new StepHead(headRows, V, this.graphHead, this.padEmpty);
-      const out = await timed({ ...layout.feeds, ...head.feeds() }, items.map((it) => it.adapter));
+      // A run of score rows alone keeps no KV: it fetches the head's outputs only.
+      const fetch = plan.prefill.length > 0 ? [...head.outputs(), KV_OUTPUT] : head.outputs();
+      const out = await timed({ ...layout.feeds, ...head.feeds() }, items.map((it) => it.adapter), fetch);
       const read = head.read(out);
       tokens.push(...read.chosen);
       this.remember(plan.prefill.map((s) => ({ seq: s.seq, step: 0 })), read.chosen);
@@ -162,7 +165,7 @@ export class StepRunner {
   }
 
   /** One decode step over the live rows only (packed in the batch's first slots); spare slots are never computed. */
-  private async decode(plan: StepPlan, run: (f: Record<string, ort.Tensor>, adapters: (AdapterTensors | null)[], rowFeeds: () => Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
+  private async decode(plan: StepPlan, run: (f: Record<string, ort.Tensor>, adapters: (AdapterTensors | null)[], fetch: string[], rowFeeds: () => Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
     const wanted = new Map(plan.decode.map((d) => [d.seq, this.inputOf(d)]));
     const live = this.batch.live;
     if (live.length !== wanted.size || live.some((r) => !wanted.has(r.seq))) {
@@ -191,7 +194,7 @@ export class StepRunner {
       logit_index: new ort.Tensor('int64', BigInt64Array.from(live, (_, r) => BigInt(r)), [B]),
       ...past,
       ...head.feeds(),
-    }, owners, rowFeeds);
+    }, owners, [...head.outputs(), KV_OUTPUT], rowFeeds);
     const { chosen } = head.read(out);
     this.remember(headRows as { seq: number; step: number }[], chosen);
     const kvCopied = this.batch.append(newKv(out, L));
@@ -235,6 +238,7 @@ export class StepRunner {
 
 function newKv(out: ort.InferenceSession.OnnxValueMapType, layers: number): LayerKv[] {
   const kv: LayerKv[] = [];
-  for (let l = 0; l < layers; l++) kv.push({ keys: out[`new_key_${l}`].data as Float32Array, values: out[`new_value_${l}`].data as Float32Array });
+  const data = out[KV_OUTPUT].data as Float32Array;
+  for (let l = 0; l < layers; l++) kv.push(layerKv(data, layers, l));
   return kv;
 }

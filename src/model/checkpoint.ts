@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { FormatError } from '../errors.js';
-import type { Architecture, ModelConfig, WeightSource } from './architectures/architecture.js';
+import type { Architecture, BiasVector, ModelConfig, WeightSource } from './architectures/architecture.js';
 import { architectureOf, parseConfig } from './architectures/index.js';
 import { SafetensorsFile } from './safetensors.js';
 
@@ -22,7 +22,7 @@ export interface Checkpoint {
 }
 
 /** The bias vectors of the model, in HF names: BitFit replaces exactly these, per row. */
-export function biasNames(c: ModelConfig): { name: string; size: number }[] {
+export function biasNames(c: ModelConfig): BiasVector[] {
   return architectureOf(c.modelType).biases(c);
 }
 

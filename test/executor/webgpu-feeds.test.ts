@@ -32,11 +32,11 @@ function strict(s: ort.InferenceSession): { session: ort.InferenceSession; runs:
     session: {
       inputNames: s.inputNames,
       outputNames: s.outputNames,
-      run: async (feeds: Record<string, ort.Tensor>) => {
+      run: async (feeds: Record<string, ort.Tensor>, fetches: string[]) => {
         const zero = Object.entries(feeds).filter(([, x]) => x.dims.includes(0)).map(([k]) => k);
         if (zero.length > 0) throw new Error(`zero-size input: ${zero.join(', ')}`);
         w.runs++;
-        return s.run(feeds);
+        return s.run(feeds, fetches);
       },
     } as unknown as ort.InferenceSession,
   };

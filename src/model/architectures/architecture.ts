@@ -58,6 +58,18 @@ export type ModelConfig = Gpt2Config | LlamaConfig;
  */
 export type RowParams = 'lora-ia3' | 'bias' | 'none';
 
+/**
+ * A bias vector of the model. `inNorm`: a normalisation's bias, which the graph adds inside the
+ * norm op with the checkpoint's value; the full graph's per-row input for it then carries each
+ * row's difference from that value (zeros for rows without BitFit), so that both graphs round alike
+ * (src/executor/model-constants.ts feeds it).
+ */
+export interface BiasVector {
+  name: string;
+  size: number;
+  inNorm?: boolean;
+}
+
 /** Reads a checkpoint's tensors by their canonical names, one at a time, as float32. */
 export interface WeightSource {
   shape(name: string): number[] | undefined;
@@ -79,7 +91,7 @@ export interface Architecture<C extends ModelConfig = ModelConfig> {
   /** Every tensor the graph reads, with its shape (bias vectors included). */
   weightShapes(c: C): Map<string, number[]>;
   /** The bias vectors BitFit may replace per row, by HF name; empty when the model has none. */
-  biases(c: C): { name: string; size: number }[];
+  biases(c: C): BiasVector[];
   /** The token embedding table [V, D], looked up on the host. */
   embedding: string;
   /**

@@ -1,8 +1,9 @@
 import { FormatError } from '../../errors.js';
 import { adaptedLinear, adapterLayout, declareAdapterInputs, linearModules } from '../adapter-ops.js';
 import { transpose, type GraphBuilder } from '../onnx-builder.js';
+import { addKvOutput } from '../kv-output.js';
 import { addSamplingHead, type HeadMode } from '../sampling-head.js';
-import type { Architecture, LlamaConfig, RopeScaling, RowParams, WeightSource } from './architecture.js';
+import type { Architecture, BiasVector, LlamaConfig, RopeScaling, RowParams, WeightSource } from './architecture.js';
 
 const OPSET = 20;
 
@@ -85,7 +86,7 @@ function parseConfig(raw: Record<string, unknown>): LlamaConfig {
 
 const layer = (l: number) => `model.layers.${l}`;
 
-function biases(c: LlamaConfig): { name: string; size: number }[] {
+function biases(c: LlamaConfig): BiasVector[] {
   const out: { name: string; size: number }[] = [];
   const { hidden: D, heads: H, kvHeads: KVH, headDim: hd, inner: I } = c;
   for (let l = 0; l < c.layers; l++) {
@@ -168,7 +169,7 @@ function ropeTables(c: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
 /**
  * Llama, Mistral and Qwen2 with the same I/O contract as GPT-2 (see gpt2.ts): inputs_embeds,
  * position_ids, attn_bias, past_key_l and past_value_l
- * [B, KVH, P, hd], one input per bias vector, logit_index and the sampling head's inputs; outputs the sampling head's (src/model/sampling-head.ts), new_key_l, new_value_l.
+ * [B, KVH, P, hd], one input per bias vector, logit_index and the sampling head's inputs; outputs the sampling head's (src/model/sampling-head.ts) and `new_kv` (src/model/kv-output.ts).
  * - RoPE from position_ids through a Gather of precomputed cos/sin tables. Keys enter the cache
  *   already rotated, so a prefix adapter's keys (fed as past) are used as they are, as PEFT does.
  * - Grouped-query attention without repeating the cache: queries [B, H, S, hd] reshape (no copy) to
@@ -238,6 +239,7 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, rows: RowParams
   // measured no faster (bench/results/issue13-pass5/attention-llama-*-not-adopted.json), so it stays.
   const keysT = (x: string) => g.one('Transpose', [x], { perm: [0, 1, 3, 2] });
 
+  const newKv: [string, string][] = [];
   let x = embeds;
   for (let l = 0; l < L; l++) {
     const p = layer(l);
@@ -245,8 +247,7 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, rows: RowParams
     const q = rope(heads(linear(h, `${p}.self_attn.q_proj`), qHeads)); // [B, H, S, hd]
     const kNew = rope(heads(linear(h, `${p}.self_attn.k_proj`), kvHeadsShape)); // [B, KVH, S, hd]
     const vNew = heads(linear(h, `${p}.self_attn.v_proj`), kvHeadsShape); // [B, KVH, S, hd]
-    g.output(kNew, `new_key_${l}`, ['batch', KVH, 'seq', hd]);
-    g.output(vNew, `new_value_${l}`, ['batch', KVH, 'seq', hd]);
+    newKv.push([kNew, vNew]);
     const qg = g.one('Reshape', [g.one('Mul', [q, qScale]), grouped]);
     const scores = g.one('Concat', [g.one('MatMul', [qg, keysT(pastK[l])]), g.one('MatMul', [qg, keysT(kNew)])], { axis: 3 }); // [B, KVH, G·S, P+S]
     const probs = g.one('Softmax', [g.one('Add', [g.one('Reshape', [scores, scoresPerHead]), attnBias])], { axis: -1 });
@@ -260,6 +261,7 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, rows: RowParams
     const act = g.one('Mul', [g.one('Mul', [gate, g.one('Sigmoid', [gate])]), linear(h2, `${p}.mlp.up_proj`)]); // SwiGLU: silu(gate) · up
     x = g.one('Add', [x, linear(act, `${p}.mlp.down_proj`)]);
   }
+  addKvOutput(g, newKv, KVH, hd);
   const picked = g.one('Gather', [g.one('Reshape', [rmsNorm(x, 'model.norm.weight'), flatShape]), logitIndex], { axis: 0 }); // [N, D]
   const head = c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
   const lmHead = g.weight('lm_head_t', [D, c.vocabSize], transpose(w.read(head), c.vocabSize, D));
@@ -268,7 +270,7 @@ function build(c: LlamaConfig, w: WeightSource, g: GraphBuilder, rows: RowParams
 }
 
 export const llama: Architecture<LlamaConfig> = {
-  graphVersion: 'llama-v7',
+  graphVersion: 'llama-v8',
   parseConfig,
   canonicalName: (name) => name,
   weightShapes,

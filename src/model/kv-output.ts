@@ -1,0 +1,31 @@
+import type { GraphBuilder } from './onnx-builder.js';
+
+/**
+ * A step's new keys and values leave the graph as one output, `new_kv` [2L·B, KVH, S, hd]: block 2l
+ * holds layer l's keys [B, KVH, S, hd], block 2l + 1 its values. onnxruntime-node turns every
+ * fetched output into a new JS tensor, about 5 µs apiece here (ad hoc), so 2L outputs cost a decode
+ * step of the 4-layer demo model some 40 µs (5 % at batch 1), and 44 outputs a 22-layer model
+ * 200 µs; the Concat that packs them copies only this step's columns.
+ */
+export const KV_OUTPUT = 'new_kv';
+
+/** Inputs of one Concat: with its output, WebGPU's limit of 16 storage buffers per shader. */
+const MAX_CONCAT = 15;
+
+/** Adds `new_kv` from each layer's [keys, values], both [B, KVH, S, hd]. */
+export function addKvOutput(g: GraphBuilder, layers: [string, string][], kvHeads: number, headDim: number): void {
+  const concat = (parts: string[]): string => {
+    if (parts.length <= MAX_CONCAT) return g.one('Concat', parts, { axis: 0 });
+    const per = Math.ceil(parts.length / MAX_CONCAT);
+    const groups: string[] = [];
+    for (let i = 0; i < parts.length; i += per) groups.push(concat(parts.slice(i, i + per)));
+    return concat(groups);
+  };
+  g.output(concat(layers.flat()), KV_OUTPUT, ['kv_rows', kvHeads, 'seq', headDim]);
+}
+
+/** Layer `l`'s keys and values in a fetched `new_kv` of `layers` layers: views, no copy. */
+export function layerKv(data: Float32Array, layers: number, l: number): { keys: Float32Array; values: Float32Array } {
+  const block = data.length / (2 * layers);
+  return { keys: data.subarray(2 * l * block, (2 * l + 1) * block), values: data.subarray((2 * l + 1) * block, (2 * l + 2) * block) };
+}
