@@ -11,9 +11,10 @@
  * `--sampling greedy,top_p,logprobs` what the rows ask (temperature, top_k also), in interleaved rounds.
  * `--provider cpu|webgpu` picks ONNX Runtime's execution provider (the ceiling runs on it too).
  * `--min-ms` (300): each round repeats its prefill + 32 decode steps until the steps took this long.
- * `--baseline-build DIR` adds the graph sets `baseline` and `baseline-host`: another checkout's
+ * `--baseline-build DIR` adds the graph set `baseline` and allows `baseline-host`: another checkout's
  * build (its `dist/`, run `npx tsc -p .` there first) — its served graphs or its plain-logits graph,
- * built by its own code into its own `.cache`, and stepped by its own StepRunner and feeds — so that
+ * built by its own code into its own `.cache`, and stepped by its own StepRunner and feeds (run by
+ * this checkout's onnxruntime-node) — so that
  * two builds' whole worker steps are measured in one process, in interleaved rounds, whatever
  * their graphs' inputs and outputs. Issue 13's batch-1 target is measured against a fixed
  * `baseline-host` this way, since this build's `host` graph shares every change to the body.
@@ -163,7 +164,8 @@ interface Build {
   FeedContext: typeof import('../src/executor/model-constants.js').FeedContext;
   openSessions: typeof import('../src/executor/sessions.js').openSessions;
   model: ReturnType<typeof loadBaseModel>;
-  hostGraph: string;
+  /** Builds the plain-logits graph on first use: only the `host` sets need it. */
+  hostGraph: () => string;
 }
 async function loadBuild(dir: string | null): Promise<Build> {
   const load = (path: string) => import(dir ? pathToFileURL(join(resolve(dir), 'dist', path)).href : new URL(`../${path}`, import.meta.url).href);
@@ -172,7 +174,7 @@ async function loadBuild(dir: string | null): Promise<Build> {
   );
   const cacheDir = dir ? join(resolve(dir), '.cache') : (process.env.CACHE_DIR ?? '.cache');
   const m = dir ? base.loadBaseModel(resolve(model.dir), cacheDir) : model;
-  return { StepRunner: runner.StepRunner, FeedContext: constants.FeedContext, openSessions: sessions.openSessions, model: m, hostGraph: cache.cachedGraphPath(checkpoint.loadCheckpoint(m.dir), cacheDir, 'host').path };
+  return { StepRunner: runner.StepRunner, FeedContext: constants.FeedContext, openSessions: sessions.openSessions, model: m, hostGraph: () => cache.cachedGraphPath(checkpoint.loadCheckpoint(m.dir), cacheDir, 'host').path };
 }
 interface Variant {
   build: Build;
@@ -183,7 +185,7 @@ const other = args['baseline-build'] ? await loadBuild(args['baseline-build']) :
 /** served: as a worker opens them; full: the full graph only; host: the plain-logits full graph (before the sampling head and the base graph); baseline, baseline-host: the same from --baseline-build. */
 async function open(set: GraphSet, o: ort.InferenceSession.SessionOptions): Promise<Variant> {
   const build = set.startsWith('baseline') ? other! : own;
-  if (set === 'host' || set === 'baseline-host') return { build, sessions: { session: await ort.InferenceSession.create(build.hostGraph, o), base: null } };
+  if (set === 'host' || set === 'baseline-host') return { build, sessions: { session: await ort.InferenceSession.create(build.hostGraph(), o), base: null } };
   const s = await build.openSessions(build.model, o);
   return { build, sessions: set === 'full' ? { session: s.session, base: null } : s };
 }

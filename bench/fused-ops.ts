@@ -4,7 +4,8 @@
  * contrib ops — MultiHeadAttention with past_key/past_value and attention_bias,
  * SkipLayerNormalization, FastGelu — in the layouts those ops need:
  *   plain          today's graph (src/model/architectures/gpt2.ts, no LoRA/IA3 inputs): keys cached
- *                  [B, H, P, hd] like values, biases fed [R, 1, n] (per-row BitFit).
+ *                  [B, H, P, hd] like values, biases fed [R, 1, n] (per-row BitFit; a LayerNorm's
+ *                  as the row's difference from the checkpoint's, zeros here).
  *   fused          MHA + SkipLayerNormalization (beta and the projection bias inside) + FastGelu
  *                  (bias inside): the same KV layout, biases fed 1-D, so one set
  *                  of biases for the whole batch (no per-row BitFit).

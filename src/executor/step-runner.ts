@@ -115,17 +115,18 @@ export class StepRunner {
       const scoreTargets = plan.score.map((s, k) => s.targets.slice(s.targets.length - items[plan.prefill.length + k].logitAt.length));
       for (const targets of scoreTargets) headRows.push(...targets.map((target) => ({ target })));
       const head = new StepHead(headRows, V, this.graphHead, this.padEmpty);
-      // A run of score rows alone keeps no KV: it fetches the head's outputs only.
+      // A run of score rows alone keeps no KV: it fetches the head's outputs only, and is skipped
+      // when there are none (a row's one target with no predictor: no context, no soft prompt).
       const fetch = plan.prefill.length > 0 ? [...head.outputs(), KV_OUTPUT] : head.outputs();
-      const out = await timed({ ...layout.feeds, ...head.feeds() }, items.map((it) => it.adapter), fetch);
-      const read = head.read(out);
+      const out = fetch.length > 0 ? await timed({ ...layout.feeds, ...head.feeds() }, items.map((it) => it.adapter), fetch) : null;
+      const read = out ? head.read(out) : { chosen: [], scores: [] };
       tokens.push(...read.chosen);
       this.remember(plan.prefill.map((s) => ({ seq: s.seq, step: 0 })), read.chosen);
       let at = 0;
       plan.score.forEach((s, k) => {
         scores.push({ id: s.id, logprobs: read.scores.slice(at, (at += scoreTargets[k].length)) });
       });
-      if (plan.prefill.length > 0) kvBytes += this.batch.place(this.joining(plan.prefill, out, layout));
+      if (plan.prefill.length > 0) kvBytes += this.batch.place(this.joining(plan.prefill, out!, layout));
     }
     const promptKv = { hits: this.pastKv.hits - before.hits, misses: this.pastKv.misses - before.misses };
     return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes, promptKv, paddedTokens: padded, kv: this.batch.stats };

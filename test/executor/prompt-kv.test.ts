@@ -207,6 +207,10 @@ t.test('GPT-2 demo', async (t) => {
       const [cached, plain] = [(await on.score(row))[0], (await off.score(row))[0]];
       t.ok(cached.length === c.ids.length && cached.every((x, k) => close(x, plain[k])), `no context: ${label(c)}`);
     }
+    // Without a soft prompt the first target has no predictor: one target alone leaves nothing to
+    // compute, and the step (which fetches no output then) still answers, with no log-probabilities.
+    const base = cases.find((c) => c.adapter === null)!;
+    for (const d of [on, off]) t.same(await d.score([{ adapter: null, context: [], targets: [base.ids[0]] }]), [[]], 'no context, no soft prompt, one target: empty');
   });
 
   t.test('ensembles with soft-prompt members, and soft prompts beside every other kind: same as uncached', async (t) => {

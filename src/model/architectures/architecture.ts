@@ -50,8 +50,9 @@ export type ModelConfig = Gpt2Config | LlamaConfig;
 
 /**
  * What a graph body takes per row beyond embeddings, positions, mask and KV:
- * - 'lora-ia3': a bias input per bias vector (BitFit) and the packed LoRA/IA3 inputs;
- * - 'bias': a bias input per bias vector;
+ * - 'lora-ia3': a bias input per bias vector (BitFit; a norm's as the row's difference from the
+ *   checkpoint's: see BiasVector) and the packed LoRA/IA3 inputs;
+ * - 'bias': a bias input per bias vector, as above;
  * - 'none': the checkpoint's biases as constants (the base graph, for runs whose rows carry no
  *   BitFit, LoRA or IA3: fewer inputs, no If), computed in the same order as the per-row biases so
  *   that both graphs give the same logits bit for bit.

@@ -117,11 +117,11 @@ export const gpt2: Architecture<Gpt2Config> = {
  * ([B, H, S, P+S], small) instead of concatenating the cache: the cache is read once per step and
  * never copied inside the graph, and the host appends S columns to its own buffer.
  *
- * Ops per step count at small batches: ONNX Runtime spends about 1 µs dispatching each here (ad
- * hoc), and a decode step of one row takes well under a millisecond. So q, k and v come out of one
- * Reshape, Transpose and Split, one Shape serves every layer, and the base graph's LayerNorms take
- * their biases inside the op: 145 ops after ONNX Runtime's optimiser, from 178 (gpt2-v9;
- * bench/graph-ops.ts).
+ * Ops per step count at small batches: ONNX Runtime spends 0.5–0.9 µs dispatching each here (ad
+ * hoc), and a decode step of one row takes 1–2 ms. So q, k and v come out of one Reshape, Transpose
+ * and Split, the [P, S] split of the scores is computed once for all layers, and the base graph's
+ * LayerNorms take their biases inside the op: 145 ops after ONNX Runtime's optimiser, from 178
+ * (gpt2-v9; bench/graph-ops.ts).
  *
  * Plain ONNX ops rather than com.microsoft contrib ops, so the same graph runs on the CPU and WebGPU
  * providers. ORT's optimiser (level 'all') keeps LayerNormalization as one op and turns Gelu into
@@ -196,8 +196,9 @@ function buildGpt2Graph(c: Gpt2Config, w: WeightSource, g: GraphBuilder, rows: R
   const pick = (v: string) => g.one('Gather', [g.one('Reshape', [v, flatShape]), logitIndex], { axis: 0 }); // [N, D]
   // The base graph picks the positions that need logits before the final norm, which then normalises
   // N rows rather than B·S (a prefill needs one position per row), and no residual Add feeds it
-  // directly: ONNX Runtime would fuse that pair into SkipLayerNormalization, which rounds
-  // differently, in the base graph but not inside the full graph's If. The full graph normalises
+  // directly: ONNX Runtime fused that pair into SkipLayerNormalization, which rounds differently,
+  // in the base graph but not in the full graph (whose Add takes a per-row input; the bit-for-bit
+  // test in test/executor/prefill.test.ts caught it). The full graph normalises
   // first, since its per-row bias inputs are laid out by batch row; LayerNormalization treats each
   // row alone, so both give the same bits.
   const picked = rows === 'none' ? layerNorm(pick(x), 'transformer.ln_f') : pick(layerNorm(x, 'transformer.ln_f'));
