@@ -15,6 +15,7 @@ mkdirSync(out, { recursive: true });
 const smoke = (full: string[], small: string[]) => (args.smoke ? small : full);
 const steps: { name: string; script: string; args: string[] }[] = [
   { name: 'Forward pass', script: 'forward.js', args: smoke([], ['--batches', '1,8', '--rounds', '1', '--min-ms', '0', '--sampling', 'greedy,logprobs,top_p']) },
+  { name: 'Prefill: one padded run against runs of similar length', script: 'prefill-runs.js', args: smoke([], ['--batches', '8', '--rounds', '1', '--min-ms', '0']) },
   { name: 'Graph ops before and after ONNX Runtime optimisation', script: 'graph-ops.js', args: [] },
   { name: 'Mixed-task batching', script: 'mixed-batching.js', args: [...smoke(['--sampling', 'greedy,top_p,logprobs'], ['--requests', '16', '--tasks', '1,8', '--adapters', '20', '--rounds', '1', '--kinds-rounds', '1', '--sampling', 'greedy,top_p', '--sampling-rounds', '1']), '--out', join(out, 'mixed-batching.json')] },
   { name: 'Burst of short mixed-task requests', script: 'burst.js', args: [...smoke([], ['--requests', '10', '--tokens', '4', '--rounds', '1']), '--out', join(out, 'burst.json')] },

@@ -1,10 +1,10 @@
 import ort from 'onnxruntime-node';
 import { KV_OUTPUT, layerKv } from '../model/kv-output.js';
-import type { AdapterTensors, DecodeRow, EnsembleGroup, NewSequence, Sampling, StepPlan, StepResult, TokenChoice } from '../protocol.js';
+import type { AdapterTensors, DecodeRow, EnsembleGroup, NewSequence, Sampling, ScoreRow, StepPlan, StepResult, TokenChoice } from '../protocol.js';
 import { padLogitIndex, StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
-import { fedPrompt, prefillFeeds, type PrefillItem, type PrefillLayout } from './prefill.js';
+import { fedPrompt, lengthRuns, prefillFeeds, RUN_COST, type PrefillItem, type PrefillLayout } from './prefill.js';
 import { PastKvCache } from './prompt-kv.js';
 import { pickGraph, type ModelSessions } from './sessions.js';
 
@@ -33,22 +33,26 @@ export class StepRunner {
   readonly pastKv: PastKvCache;
   /** No zero-size feeds: empty index inputs get one dummy row (see padHeadFeeds). */
   private readonly padEmpty: boolean;
+  /** What one more prefill run costs, in padded positions (prefill.ts lengthRuns); Infinity: one run per step. */
+  private readonly prefillRunCost: number;
 
   /**
    * `promptKv` false (PROMPT_KV_CACHE=off): soft prompts are prefilled with every request, for benchmarks; on by default.
    * `padEmpty`: for the WebGPU provider, which crashes on any zero-size input; the CPU keeps empty feeds (cheaper).
    * `base`: the base graph's session (src/model/graph-cache.ts), beside the full graph's `session`.
+   * `prefillRunCost`: see prefill.ts RUN_COST (its default); Infinity pads every new row of a step into one run.
    */
   constructor(
     session: ort.InferenceSession,
     private readonly ctx: FeedContext,
-    opts: { promptKv?: boolean; padEmpty?: boolean; base?: ort.InferenceSession | null } = {},
+    opts: { promptKv?: boolean; padEmpty?: boolean; base?: ort.InferenceSession | null; prefillRunCost?: number } = {},
   ) {
     this.sessions = { session, base: opts.base ?? null };
     this.batch = new KvBatch(ctx.base.config);
     this.graphHead = session.inputNames.includes('draw_rows');
     this.pastKv = new PastKvCache(ctx, opts.promptKv ?? true);
     this.padEmpty = opts.padEmpty ?? false;
+    this.prefillRunCost = opts.prefillRunCost ?? RUN_COST;
   }
 
   async step(plan: StepPlan): Promise<StepResult> {
@@ -68,7 +72,7 @@ export class StepRunner {
     let kvBytes = 0;
     let padded = 0;
     /** One forward pass over rows with `adapters`: on the base graph unless a row needs the full one, with its row feeds. */
-    const timed = async (feeds: Record<string, ort.Tensor>, adapters: (AdapterTensors | null)[], fetch: string[], rowFeeds = () => this.ctx.rowFeeds(adapters)) => {
+    const timed: Timed = async (feeds, adapters, fetch, rowFeeds = () => this.ctx.rowFeeds(adapters)) => {
       const run = pickGraph(this.sessions, this.ctx, feeds, adapters, rowFeeds);
       this.runs[run.graph]++;
       const t = performance.now();
@@ -104,29 +108,16 @@ export class StepRunner {
         ...plan.prefill.map((s) => this.prefillItem(s.adapter, s.tokens)),
         ...plan.score.map((s) => this.scoreItem(s.adapter, s.context, s.targets)),
       ];
-      const layout = prefillFeeds(this.ctx, items);
-      padded = layout.S * items.length - layout.length.reduce((n, l) => n + l, 0);
-      // Logit rows in logit_index order: one per new sequence, then each score row's targets.
-      const headRows: HeadRow[] = plan.prefill.map((s) => {
-        this.sampling.set(s.seq, s.sampling);
-        if (s.group) this.groups.set(s.seq, s.group);
-        return { seq: s.seq, sampling: s.sampling, step: 0, group: s.group };
-      });
-      const scoreTargets = plan.score.map((s, k) => s.targets.slice(s.targets.length - items[plan.prefill.length + k].logitAt.length));
-      for (const targets of scoreTargets) headRows.push(...targets.map((target) => ({ target })));
-      const head = new StepHead(headRows, V, this.graphHead, this.padEmpty);
-      // A run of score rows alone keeps no KV: it fetches the head's outputs only, and is skipped
-      // when there are none (a row's one target with no predictor: no context, no soft prompt).
-      const fetch = plan.prefill.length > 0 ? [...head.outputs(), KV_OUTPUT] : head.outputs();
-      const out = fetch.length > 0 ? await timed({ ...layout.feeds, ...head.feeds() }, items.map((it) => it.adapter), fetch) : null;
-      const read = out ? head.read(out) : { chosen: [], scores: [] };
-      tokens.push(...read.chosen);
-      this.remember(plan.prefill.map((s) => ({ seq: s.seq, step: 0 })), read.chosen);
-      let at = 0;
-      plan.score.forEach((s, k) => {
-        scores.push({ id: s.id, logprobs: read.scores.slice(at, (at += scoreTargets[k].length)) });
-      });
-      if (plan.prefill.length > 0) kvBytes += this.batch.place(this.joining(plan.prefill, out!, layout));
+      // The runs' new sequences join the batch together: one resize at most.
+      const joining: Entry[] = [];
+      for (const run of prefillRuns(plan, items, this.prefillRunCost)) {
+        const done = await this.prefill(run, timed);
+        tokens.push(...done.chosen);
+        scores.push(...done.scores);
+        joining.push(...done.joining);
+        padded += done.padded;
+      }
+      kvBytes += this.batch.place(joining);
     }
     const promptKv = { hits: this.pastKv.hits - before.hits, misses: this.pastKv.misses - before.misses };
     return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes, promptKv, paddedTokens: padded, kv: this.batch.stats };
@@ -137,6 +128,31 @@ export class StepRunner {
     const a = this.adapters.get(key);
     if (!a) throw new Error(`adapter ${key} was never sent to the worker`);
     return a;
+  }
+
+  /** One prefill run: new sequences (their first token chosen, their KV as batch entries) and score rows. */
+  private async prefill(run: PrefillRun, timed: Timed): Promise<{ chosen: TokenChoice[]; scores: StepResult['scores']; joining: Entry[]; padded: number }> {
+    const { seqs, score, items } = run;
+    const layout = prefillFeeds(this.ctx, items);
+    const padded = layout.S * items.length - layout.length.reduce((n, l) => n + l, 0);
+    // Logit rows in logit_index order: one per new sequence, then each score row's targets.
+    const headRows: HeadRow[] = seqs.map((s) => {
+      this.sampling.set(s.seq, s.sampling);
+      if (s.group) this.groups.set(s.seq, s.group);
+      return { seq: s.seq, sampling: s.sampling, step: 0, group: s.group };
+    });
+    const scoreTargets = score.map((s, k) => s.targets.slice(s.targets.length - items[seqs.length + k].logitAt.length));
+    for (const targets of scoreTargets) headRows.push(...targets.map((target) => ({ target })));
+    const head = new StepHead(headRows, this.ctx.base.config.vocabSize, this.graphHead, this.padEmpty);
+    // A run of score rows alone keeps no KV: it fetches the head's outputs only, and is skipped
+    // when there are none (a row's one target with no predictor: no context, no soft prompt).
+    const fetch = seqs.length > 0 ? [...head.outputs(), KV_OUTPUT] : head.outputs();
+    const out = fetch.length > 0 ? await timed({ ...layout.feeds, ...head.feeds() }, items.map((it) => it.adapter), fetch) : null;
+    const read = out ? head.read(out) : { chosen: [], scores: [] };
+    this.remember(seqs.map((s) => ({ seq: s.seq, step: 0 })), read.chosen);
+    let at = 0;
+    const scores = score.map((s, k) => ({ id: s.id, logprobs: read.scores.slice(at, (at += scoreTargets[k].length)) }));
+    return { chosen: read.chosen, scores, joining: seqs.length > 0 ? this.joining(seqs, out!, layout) : [], padded };
   }
 
   /** A new sequence: it starts after its adapter's past where it has one; its last position's logits are wanted. */
@@ -166,7 +182,7 @@ export class StepRunner {
   }
 
   /** One decode step over the live rows only (packed in the batch's first slots); spare slots are never computed. */
-  private async decode(plan: StepPlan, run: (f: Record<string, ort.Tensor>, adapters: (AdapterTensors | null)[], fetch: string[], rowFeeds: () => Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>) {
+  private async decode(plan: StepPlan, run: Timed) {
     const wanted = new Map(plan.decode.map((d) => [d.seq, this.inputOf(d)]));
     const live = this.batch.live;
     if (live.length !== wanted.size || live.some((r) => !wanted.has(r.seq))) {
@@ -235,6 +251,39 @@ export class StepRunner {
       ],
     }));
   }
+}
+
+/** One forward pass over rows with `adapters` (StepRunner.step's `timed`): the outputs named in `fetch`. */
+type Timed = (feeds: Record<string, ort.Tensor>, adapters: (AdapterTensors | null)[], fetch: string[], rowFeeds?: () => Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>;
+
+/** A prefill run's rows: new sequences, then score rows, and their items in that order. */
+interface PrefillRun {
+  seqs: NewSequence[];
+  score: ScoreRow[];
+  items: PrefillItem[];
+}
+
+/**
+ * A step's new rows (`items`: the plan's prefill rows, then its score rows) in runs of similar
+ * length (prefill.ts lengthRuns). An ensemble's members stay in one run: its head mixes them.
+ */
+function prefillRuns(plan: StepPlan, items: PrefillItem[], runCost: number): PrefillRun[] {
+  const units: number[][] = [];
+  const ensembles = new Map<number, number[]>();
+  plan.prefill.forEach((s, i) => {
+    if (!s.group) return void units.push([i]);
+    const members = ensembles.get(s.group.leader);
+    if (members) return void members.push(i);
+    ensembles.set(s.group.leader, [i]);
+    units.push(ensembles.get(s.group.leader)!);
+  });
+  plan.score.forEach((_, k) => units.push([plan.prefill.length + k]));
+  const width = (i: number) => fedPrompt(items[i]) + items[i].tokens.length;
+  const n = plan.prefill.length;
+  return lengthRuns(units.map((u) => ({ rows: u.length, width: Math.max(...u.map(width)) })), runCost).map((run) => {
+    const rows = run.flatMap((u) => units[u]).sort((a, b) => a - b);
+    return { seqs: rows.filter((i) => i < n).map((i) => plan.prefill[i]), score: rows.filter((i) => i >= n).map((i) => plan.score[i - n]), items: rows.map((i) => items[i]) };
+  });
 }
 
 function newKv(out: ort.InferenceSession.OnnxValueMapType, layers: number): LayerKv[] {

@@ -59,7 +59,9 @@ async function main(): Promise<void> {
     parentPort!.postMessage({ fatal: `cannot create the ${init.provider} session: ${why}${hint}` });
     return;
   }
-  const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu', base: sessions.base, promptKv: init.promptKv });
+  // On WebGPU a run's fixed cost (dispatches) dwarfs a position's, and it has not been measured: one prefill run per step there.
+  const webgpu = init.provider === 'webgpu';
+  const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: webgpu, base: sessions.base, promptKv: init.promptKv, prefillRunCost: webgpu ? Infinity : undefined });
   const rows = new RowCheck(init.base.config);
   parentPort!.postMessage({ ready: true, providers: [init.provider] });
   // Steps are processed one at a time, in order: the runner's KV state is sequential by nature.

@@ -3,7 +3,7 @@ import t from 'tap';
 import { adapterParser } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
 import { FeedContext, needsFullGraph } from '../../src/executor/model-constants.js';
-import { virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
+import { lengthRuns, virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
 import { openSessions, type ModelSessions } from '../../src/executor/sessions.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
 import { prefillLogits, reference, refLogits, relErr, ROOT, SUPPORTED } from '../helpers.js';
@@ -83,4 +83,34 @@ t.test('two LoRA adapters and an IA3 one in one batch: each row applies only its
     const err = relErr(all[i], refLogits(c));
     t.ok(err < 1e-4, `${c.adapter ?? 'base'} ${JSON.stringify(c.text)}: ${err.toExponential(2)}`);
   });
+});
+
+/** Every way to split `n` units into runs (set partitions; Bell(7) = 877 at most here). */
+function partitions(n: number): number[][][] {
+  if (n === 0) return [[]];
+  return partitions(n - 1).flatMap((p) => [...p.map((_, k) => p.map((run, j) => (j === k ? [...run, n - 1] : run))), [...p, [n - 1]]]);
+}
+
+t.test('lengthRuns: the cheapest split of the rows into runs, by exhaustive search', async (t) => {
+  const costOf = (units: { rows: number; width: number }[], runs: number[][], runCost: number) =>
+    runs.reduce((sum, run) => sum + runCost + run.reduce((r, u) => r + units[u].rows, 0) * Math.max(...run.map((u) => units[u].width)), 0);
+  let seed = 7;
+  const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+  for (let trial = 0; trial < 60; trial++) {
+    const units = Array.from({ length: 1 + (trial % 7) }, () => ({ rows: 1 + rand(3), width: 1 + rand(40) }));
+    const runCost = [0, 8, 24, 100][trial % 4];
+    const runs = lengthRuns(units, runCost);
+    t.same(runs.flat().sort((a, b) => a - b), units.map((_, i) => i), `trial ${trial}: every unit in one run`);
+    const best = Math.min(...partitions(units.length).map((p) => costOf(units, p, runCost)));
+    t.equal(costOf(units, runs, runCost), best, `trial ${trial}: ${JSON.stringify(units)}, run cost ${runCost}`);
+  }
+});
+
+t.test('lengthRuns: equal lengths share a run; far apart, they split; Infinity keeps one run; none, none', async (t) => {
+  const u = (...widths: number[]) => widths.map((width) => ({ rows: 1, width }));
+  t.same(lengthRuns(u(9, 9, 9, 9)), [[0, 1, 2, 3]]);
+  t.same(lengthRuns(u(60, 5, 60, 5, 5, 60, 5, 60)), [[1, 3, 4, 6], [0, 2, 5, 7]], '4 × 5 + 4 × 60 + 2 × 24 = 308 positions, against 8 × 60 + 24 = 504');
+  t.same(lengthRuns(u(6, 5, 7), 24), [[1, 0, 2]], 'two padded positions do not pay for a run');
+  t.same(lengthRuns(u(60, 5, 5), Infinity), [[1, 2, 0]]);
+  t.same(lengthRuns([]), []);
 });

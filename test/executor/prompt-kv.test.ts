@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import { adapterParser } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
 import { FeedContext } from '../../src/executor/model-constants.js';
-import type { PrefillItem } from '../../src/executor/prefill.js';
+import { lengthRuns, type PrefillItem } from '../../src/executor/prefill.js';
 import { PastKvCache, pastKvBytes } from '../../src/executor/prompt-kv.js';
 import { openSessions, type ModelSessions } from '../../src/executor/sessions.js';
 import { StepRunner } from '../../src/executor/step-runner.js';
@@ -48,8 +48,14 @@ class Driver {
   readonly counts = { hits: 0, misses: 0 };
   readonly runner: StepRunner;
 
-  constructor(m: Model, promptKv: boolean) {
-    this.runner = new StepRunner(m.sessions.session, m.ctx, { promptKv, base: m.sessions.base });
+  /** `prefillRunCost`: StepRunner's; Infinity prefills a step's new rows in one padded run. */
+  constructor(m: Model, promptKv: boolean, prefillRunCost?: number) {
+    this.runner = new StepRunner(m.sessions.session, m.ctx, { promptKv, base: m.sessions.base, prefillRunCost });
+  }
+
+  /** Forward passes so far, on either graph. */
+  get runs(): number {
+    return this.runner.runs.base + this.runner.runs.full;
   }
 
   async step(plan: Partial<StepPlan>, adapters: (AdapterTensors | null)[] = []): Promise<StepResult> {
@@ -174,6 +180,39 @@ async function referenceChecks(t: Test, m: Model) {
       t.same(d.counts, { hits: before.hits + soft.length - misses, misses: before.misses + misses }, `${what}: ${misses} misses`);
       t.equal(d.runner.pastKv.size, softAdapters.size + new Set(m.cases.filter((c) => m.adapter(c.adapter)?.kind === 'prefix').map((c) => c.adapter)).size, `${what}: one past per soft prompt and prefix`);
     }
+  });
+
+  t.test("a step's new rows in runs of similar length: the runs lengthRuns gives, and the same tokens and log-probabilities as one padded run", async (t) => {
+    const split = new Driver(m, true);
+    const one = new Driver(m, true, Infinity);
+    const rows = m.cases.map((c) => ({ adapter: m.adapter(c.adapter), ids: c.ids }));
+    // Warm, so that every soft prompt's KV is held: the step below is the rows' runs alone.
+    for (const d of [split, one]) await d.generate(rows);
+    const want = lengthRuns(m.cases.map((c) => ({ rows: 1, width: c.ids.length }))).length;
+    t.ok(want > 1, `the cases' lengths (${Math.min(...m.cases.map((c) => c.ids.length))} to ${Math.max(...m.cases.map((c) => c.ids.length))}) make ${want} runs`);
+    const prefill = m.cases.map((c, i) => ({ seq: 1000 + i, adapter: m.adapter(c.adapter)?.key ?? null, tokens: c.ids, sampling: GREEDY }));
+    const stepOf = async (d: Driver) => {
+      const before = d.runs;
+      const res = await d.step({ prefill }, rows.map((r) => r.adapter));
+      const next = await d.step({ decode: res.tokens.map((c) => ({ seq: c.seq, token: c.token, step: 1 })) });
+      const bySeq = (r: StepResult) => [...r.tokens].sort((a, b) => a.seq - b.seq);
+      return { runs: d.runs - before, first: bySeq(res), second: bySeq(next) };
+    };
+    const [a, b] = [await stepOf(split), await stepOf(one)];
+    t.same([a.runs, b.runs], [want + 1, 2], 'split: its runs and one decode step; unsplit: one run and the decode step');
+    // Only each row's own padding differs, which the mask hides: the very same numbers.
+    t.same(a.first, b.first, 'first tokens and top-5 log-probabilities');
+    t.same(a.second, b.second, 'the next token, decoded from the KV the runs placed');
+  });
+
+  t.test('an ensemble stays in one run whatever its members\' lengths', async (t) => {
+    const [shortest, longest] = [...m.cases].sort((a, b) => a.ids.length - b.ids.length).filter((_, i, all) => i === 0 || i === all.length - 1);
+    const member = (c: RefCase, group?: number) => ({ adapter: m.adapter(c.adapter), ids: c.ids, group, weight: 0.5 });
+    // Two ensembles of a short and a long member, between single rows of both lengths.
+    const rows = [member(shortest), member(shortest, 0), member(longest, 0), member(longest, 1), member(shortest, 1), member(longest)];
+    const [a, b] = [await new Driver(m, true).generate(rows), await new Driver(m, true, Infinity).generate(rows)];
+    t.same(a.tokens, b.tokens, 'tokens as in one run');
+    t.same(a.top, b.top, 'first-token top-5 log-probabilities as in one run');
   });
 }
 

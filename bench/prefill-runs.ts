@@ -1,0 +1,84 @@
+/**
+ * A step's new rows prefilled in one padded run against runs of similar length (src/executor/prefill.ts
+ * lengthRuns), at several costs per run: how much padding the split saves and what its extra runs
+ * cost. The rows are the mixed-batching benchmark's prompts (4 to 12 words), tokenized: B requests
+ * arriving together, as when a wave of clients sends at once. In-process, one StepRunner per variant
+ * on one session (intra-op threads: INTRA_OP_THREADS, default 1, a worker's on 2 cores), interleaved
+ * in rounds; each round repeats the prefill step (into an empty batch) until it took --min-ms.
+^ *   node dist/bench/prefill-runs.js [--batches 8,32,64 --costs Infinity,8,24,64 --rounds 5]
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { FeedContext } from '../src/executor/model-constants.js';
+import { RUN_COST } from '../src/executor/prefill.js';
+import { openSessions } from '../src/executor/sessions.js';
+import { StepRunner } from '../src/executor/step-runner.js';
+import { loadBaseModel } from '../src/model/base-model.js';
+import type { StepPlan } from '../src/protocol.js';
+import { benchPrompts, machineInfo, median } from './harness.js';
+import { printTable } from './table.js';
+
+const { values: args } = parseArgs({
+  options: {
+    batches: { type: 'string', default: '8,32,64' },
+    costs: { type: 'string', default: `Infinity,8,${RUN_COST},64` },
+    rounds: { type: 'string', default: '5' },
+    'min-ms': { type: 'string', default: '300' },
+    fixtures: { type: 'string', default: 'test/fixtures' },
+    out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'prefill-runs.json') },
+  },
+});
+const THREADS = Number(process.env.INTRA_OP_THREADS ?? 1);
+const BATCHES = args.batches!.split(',').map(Number);
+const COSTS = args.costs!.split(',').map(Number);
+const ROUNDS = Number(args.rounds);
+const MIN_MS = Number(args['min-ms']);
+
+const model = loadBaseModel(process.env.MODEL_DIR ?? 'models/demo-gpt2', process.env.CACHE_DIR ?? '.cache');
+const sessions = await openSessions(model, { executionProviders: ['cpu'], graphOptimizationLevel: 'all', intraOpNumThreads: THREADS, interOpNumThreads: 1 });
+const ctx = new FeedContext(model.tensors);
+const prompts = benchPrompts(args.fixtures!, Math.max(...BATCHES)).map((p) => model.tokenizer.encodeSync(p));
+const sampling = { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 0 };
+const plan = (B: number): StepPlan => ({ reset: true, drop: [], decode: [], score: [], adapters: [], forget: [], prefill: prompts.slice(0, B).map((tokens, seq) => ({ seq, adapter: null, tokens, sampling })) });
+const runners = new Map(COSTS.map((cost) => [cost, new StepRunner(sessions.session, ctx, { base: sessions.base, prefillRunCost: cost })]));
+const name = (cost: number) => (cost === Infinity ? 'one padded run' : `runs, cost ${cost}${cost === RUN_COST ? ' (default)' : ''}`);
+
+/** One round of one variant: ms per prefill step, and (the same every time) runs and positions computed. */
+async function measure(B: number, cost: number) {
+  const runner = runners.get(cost)!;
+  let ms = 0;
+  let steps = 0;
+  let runs = 0;
+  let padded = 0;
+  while (ms < MIN_MS || steps === 0) {
+    const before = runner.runs.base + runner.runs.full;
+    const res = await runner.step(plan(B));
+    ms += res.ms.total;
+    steps++;
+    runs = runner.runs.base + runner.runs.full - before;
+    padded = res.paddedTokens ?? 0;
+  }
+  return { ms: ms / steps, runs, padded };
+}
+
+const results: { batch: number; cost: number; ms: number[]; runs: number; padded: number }[] = [];
+for (const B of BATCHES) for (const cost of COSTS) results.push({ batch: B, cost, ms: [], runs: 0, padded: 0 });
+for (const B of BATCHES) await measure(B, COSTS[0]); // warm-up
+for (let round = 0; round < ROUNDS; round++) {
+  for (const r of results) {
+    const m = await measure(r.batch, r.cost);
+    r.ms.push(m.ms);
+    r.runs = m.runs;
+    r.padded = m.padded;
+  }
+}
+
+const real = (B: number) => prompts.slice(0, B).reduce((n, p) => n + p.length, 0);
+const oneRun = (B: number) => median(results.find((r) => r.batch === B && r.cost === Infinity)?.ms ?? [NaN]);
+console.log(`\nprefill of B requests arriving together (the mixed-batching prompts, ${Math.min(...prompts.map((p) => p.length))}–${Math.max(...prompts.map((p) => p.length))} tokens), ${model.config.modelType}, ${THREADS} intra-op thread(s), median (min–max) of ${ROUNDS} interleaved rounds; ${machineInfo().cpu}, ${machineInfo().cores} cores\n`);
+printTable(
+  ['batch', 'split', 'runs', 'positions (real + padding)', 'ms per prefill step', 'speed-up against one run'],
+  results.map((r) => [r.batch, name(r.cost), r.runs, `${real(r.batch) + r.padded} (${real(r.batch)} + ${r.padded})`, `${median(r.ms).toFixed(2)} (${Math.min(...r.ms).toFixed(2)}–${Math.max(...r.ms).toFixed(2)})`, (oneRun(r.batch) / median(r.ms)).toFixed(2)]),
+);
+writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), machine: machineInfo(), threads: THREADS, rounds: ROUNDS, results }, null, 2));
