@@ -62,8 +62,8 @@ async function measure(B: number, cost: number) {
   return { ms: ms / steps, runs, padded };
 }
 
-const results: { batch: number; cost: number; ms: number[]; runs: number; padded: number }[] = [];
-for (const B of BATCHES) for (const cost of COSTS) results.push({ batch: B, cost, ms: [], runs: 0, padded: 0 });
+const results: { batch: number; cost: number; split: string; ms: number[]; runs: number; padded: number }[] = [];
+for (const B of BATCHES) for (const cost of COSTS) results.push({ batch: B, cost, split: name(cost), ms: [], runs: 0, padded: 0 });
 for (const B of BATCHES) await measure(B, COSTS[0]); // warm-up
 for (let round = 0; round < ROUNDS; round++) {
   for (const r of results) {
@@ -79,6 +79,6 @@ const oneRun = (B: number) => median(results.find((r) => r.batch === B && r.cost
 console.log(`\nprefill of B requests arriving together (the mixed-batching prompts, ${Math.min(...prompts.map((p) => p.length))}–${Math.max(...prompts.map((p) => p.length))} tokens), ${model.config.modelType}, ${THREADS} intra-op thread(s), median (min–max) of ${ROUNDS} interleaved rounds; ${machineInfo().cpu}, ${machineInfo().cores} cores\n`);
 printTable(
   ['batch', 'split', 'runs', 'positions (real + padding)', 'ms per prefill step', 'speed-up against one run'],
-  results.map((r) => [r.batch, name(r.cost), r.runs, `${real(r.batch) + r.padded} (${real(r.batch)} + ${r.padded})`, `${median(r.ms).toFixed(2)} (${Math.min(...r.ms).toFixed(2)}–${Math.max(...r.ms).toFixed(2)})`, (oneRun(r.batch) / median(r.ms)).toFixed(2)]),
+  results.map((r) => [r.batch, r.split, r.runs, `${real(r.batch) + r.padded} (${real(r.batch)} + ${r.padded})`, `${median(r.ms).toFixed(2)} (${Math.min(...r.ms).toFixed(2)}–${Math.max(...r.ms).toFixed(2)})`, (oneRun(r.batch) / median(r.ms)).toFixed(2)]),
 );
 writeFileSync(args.out!, JSON.stringify({ date: new Date().toISOString(), machine: machineInfo(), threads: THREADS, rounds: ROUNDS, results }, null, 2));

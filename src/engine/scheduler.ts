@@ -157,7 +157,8 @@ export class Scheduler {
     let tokens = 0;
     let rows = 0;
     let widest = 0;
-    // Padded cost: the worker pads every prefill row to the longest one.
+    // Every new row counted at the longest one's length: a bound on what the worker computes (it
+    // splits a step's rows into runs of similar length, src/executor/prefill.ts lengthRuns).
     const fits = (t: number, count = 1) => rows === 0 || (rows + count) * Math.max(widest, t) <= this.limits.maxBatchTokens;
     const take = (t: number) => {
       rows++;

@@ -4,7 +4,7 @@ import type { AdapterTensors, DecodeRow, EnsembleGroup, NewSequence, Sampling, S
 import { padLogitIndex, StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
-import { fedPrompt, lengthRuns, prefillFeeds, RUN_COST, type PrefillItem, type PrefillLayout } from './prefill.js';
+import { fedLength, fedPrompt, lengthRuns, prefillFeeds, RUN_COST, type PrefillItem, type PrefillLayout } from './prefill.js';
 import { PastKvCache } from './prompt-kv.js';
 import { pickGraph, type ModelSessions } from './sessions.js';
 
@@ -134,7 +134,6 @@ export class StepRunner {
   private async prefill(run: PrefillRun, timed: Timed): Promise<{ chosen: TokenChoice[]; scores: StepResult['scores']; joining: Entry[]; padded: number }> {
     const { seqs, score, items } = run;
     const layout = prefillFeeds(this.ctx, items);
-    const padded = layout.S * items.length - layout.length.reduce((n, l) => n + l, 0);
     // Logit rows in logit_index order: one per new sequence, then each score row's targets.
     const headRows: HeadRow[] = seqs.map((s) => {
       this.sampling.set(s.seq, s.sampling);
@@ -152,6 +151,7 @@ export class StepRunner {
     this.remember(seqs.map((s) => ({ seq: s.seq, step: 0 })), read.chosen);
     let at = 0;
     const scores = score.map((s, k) => ({ id: s.id, logprobs: read.scores.slice(at, (at += scoreTargets[k].length)) }));
+    const padded = out ? layout.S * items.length - layout.length.reduce((n, l) => n + l, 0) : 0;
     return { chosen: read.chosen, scores, joining: seqs.length > 0 ? this.joining(seqs, out!, layout) : [], padded };
   }
 
@@ -271,16 +271,17 @@ function prefillRuns(plan: StepPlan, items: PrefillItem[], runCost: number): Pre
   const units: number[][] = [];
   const ensembles = new Map<number, number[]>();
   plan.prefill.forEach((s, i) => {
-    if (!s.group) return void units.push([i]);
-    const members = ensembles.get(s.group.leader);
-    if (members) return void members.push(i);
-    ensembles.set(s.group.leader, [i]);
-    units.push(ensembles.get(s.group.leader)!);
+    const members = s.group && ensembles.get(s.group.leader);
+    if (members) members.push(i);
+    else {
+      const unit = [i];
+      units.push(unit);
+      if (s.group) ensembles.set(s.group.leader, unit);
+    }
   });
   plan.score.forEach((_, k) => units.push([plan.prefill.length + k]));
-  const width = (i: number) => fedPrompt(items[i]) + items[i].tokens.length;
   const n = plan.prefill.length;
-  return lengthRuns(units.map((u) => ({ rows: u.length, width: Math.max(...u.map(width)) })), runCost).map((run) => {
+  return lengthRuns(units.map((u) => ({ rows: u.length, width: Math.max(...u.map((i) => fedLength(items[i]))) })), runCost).map((run) => {
     const rows = run.flatMap((u) => units[u]).sort((a, b) => a - b);
     return { seqs: rows.filter((i) => i < n).map((i) => plan.prefill[i]), score: rows.filter((i) => i >= n).map((i) => plan.score[i - n]), items: rows.map((i) => items[i]) };
   });

@@ -59,7 +59,7 @@ async function main(): Promise<void> {
     parentPort!.postMessage({ fatal: `cannot create the ${init.provider} session: ${why}${hint}` });
     return;
   }
-  // On WebGPU a run's fixed cost (dispatches) dwarfs a position's, and it has not been measured: one prefill run per step there.
+  // On WebGPU the cost of one more prefill run has not been measured: a step keeps one run there.
   const webgpu = init.provider === 'webgpu';
   const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: webgpu, base: sessions.base, promptKv: init.promptKv, prefillRunCost: webgpu ? Infinity : undefined });
   const rows = new RowCheck(init.base.config);

@@ -188,29 +188,39 @@ async function referenceChecks(t: Test, m: Model) {
     const rows = m.cases.map((c) => ({ adapter: m.adapter(c.adapter), ids: c.ids }));
     // Warm, so that every soft prompt's KV is held: the step below is the rows' runs alone.
     for (const d of [split, one]) await d.generate(rows);
-    const want = lengthRuns(m.cases.map((c) => ({ rows: 1, width: c.ids.length }))).length;
-    t.ok(want > 1, `the cases' lengths (${Math.min(...m.cases.map((c) => c.ids.length))} to ${Math.max(...m.cases.map((c) => c.ids.length))}) make ${want} runs`);
-    const prefill = m.cases.map((c, i) => ({ seq: 1000 + i, adapter: m.adapter(c.adapter)?.key ?? null, tokens: c.ids, sampling: GREEDY }));
+    const key = (c: RefCase) => m.adapter(c.adapter)?.key ?? null;
+    const prefill = m.cases.map((c, i) => ({ seq: 1000 + i, adapter: key(c), tokens: c.ids, sampling: GREEDY }));
+    // Score rows beside them (each case's last two tokens after the rest): they join the runs by their own width.
+    const score = m.cases.filter((c) => c.ids.length > 2).map((c, i) => ({ id: 2000 + i, adapter: key(c), context: c.ids.slice(0, -2), targets: c.ids.slice(-2) }));
     const stepOf = async (d: Driver) => {
       const before = d.runs;
-      const res = await d.step({ prefill }, rows.map((r) => r.adapter));
+      const res = await d.step({ prefill, score }, rows.map((r) => r.adapter));
       const next = await d.step({ decode: res.tokens.map((c) => ({ seq: c.seq, token: c.token, step: 1 })) });
       const bySeq = (r: StepResult) => [...r.tokens].sort((a, b) => a.seq - b.seq);
-      return { runs: d.runs - before, first: bySeq(res), second: bySeq(next) };
+      return { runs: d.runs - before, first: bySeq(res), scores: [...res.scores].sort((a, b) => a.id - b.id), second: bySeq(next) };
     };
     const [a, b] = [await stepOf(split), await stepOf(one)];
+    const width = (c: RefCase) => c.ids.length;
+    const want = lengthRuns([...m.cases.map((c) => ({ rows: 1, width: width(c) })), ...score.map((s) => ({ rows: 1, width: s.context.length + 1 }))]).length;
+    t.ok(want > 1, `the cases' lengths (${Math.min(...m.cases.map(width))} to ${Math.max(...m.cases.map(width))}) make ${want} runs`);
     t.same([a.runs, b.runs], [want + 1, 2], 'split: its runs and one decode step; unsplit: one run and the decode step');
     // Only each row's own padding differs, which the mask hides: the very same numbers.
     t.same(a.first, b.first, 'first tokens and top-5 log-probabilities');
+    t.equal(a.scores.length, score.length, 'every score row answered');
+    t.same(a.scores, b.scores, 'score rows: the targets\' log-probabilities');
     t.same(a.second, b.second, 'the next token, decoded from the KV the runs placed');
   });
 
   t.test('an ensemble stays in one run whatever its members\' lengths', async (t) => {
     const [shortest, longest] = [...m.cases].sort((a, b) => a.ids.length - b.ids.length).filter((_, i, all) => i === 0 || i === all.length - 1);
     const member = (c: RefCase, group?: number) => ({ adapter: m.adapter(c.adapter), ids: c.ids, group, weight: 0.5 });
-    // Two ensembles of a short and a long member, between single rows of both lengths.
+    // Two ensembles of a short and a long member, between single rows of both lengths. At no cost
+    // per run every length would run apart: the members must not.
     const rows = [member(shortest), member(shortest, 0), member(longest, 0), member(longest, 1), member(shortest, 1), member(longest)];
-    const [a, b] = [await new Driver(m, true).generate(rows), await new Driver(m, true, Infinity).generate(rows)];
+    const [split, one] = [new Driver(m, true, 0), new Driver(m, true, Infinity)];
+    const [a, b] = [await split.generate(rows), await one.generate(rows)];
+    t.ok(shortest.ids.length < longest.ids.length, `members of ${shortest.ids.length} and ${longest.ids.length} tokens`);
+    t.equal(split.runs, one.runs + 1, 'the prefill step made two runs: the short single row, and the rest');
     t.same(a.tokens, b.tokens, 'tokens as in one run');
     t.same(a.top, b.top, 'first-token top-5 log-probabilities as in one run');
   });
