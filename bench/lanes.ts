@@ -3,15 +3,16 @@
  * HTTP (streamed). Each variant is a server process (its own build and environment); the variants
  * run interleaved in rounds (A B C, B C A, C A B …) at each client count, and the table reports the
  * median and min–max of generated tokens/s and of the median request latency.
- *   node dist/bench/lanes.js [--rounds 3] [--clients 1,32] [--tokens 32] [--per-client 4] [--variants W2T1,W2T2,W1T2] [--baseline /path/to/other/checkout]
+ *   node dist/bench/lanes.js [--rounds 3] [--clients 1,32] [--tokens 32] [--per-client 4] [--variants W2T1,W2T2,W1T2,W1T2:1] [--baseline /path/to/other/checkout]
+ * `W1T2:1` sets ORT_SPIN too (0 or 1: intra-op threads that sleep or spin while waiting for work).
  * `--baseline` adds the build of another checkout (its dist/src/main.js) with its defaults, e.g.
  * the code before this change, so that old and new are measured in the same run.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { benchPrompts, machineInfo, percentile, startServerProcess, streamGenerate, writeAdapters } from './harness.js';
+import { benchPrompts, cpuSeconds, machineInfo, percentile, startServerProcess, streamGenerate, writeAdapters } from './harness.js';
 import { printTable } from './table.js';
 
 const { values: args } = parseArgs({
@@ -24,6 +25,7 @@ const { values: args } = parseArgs({
     /** Requests per client in a run (at least 16 requests in all). */
     'per-client': { type: 'string', default: '4' },
     fixtures: { type: 'string', default: 'test/fixtures' },
+    out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'lanes.json') },
   },
 });
 const ROUNDS = Number(args.rounds);
@@ -37,11 +39,12 @@ interface Variant {
   cwd?: string;
 }
 
-/** `W<workers>T<threads>`: WORKERS and INTRA_OP_THREADS of this build. */
+/** `W<workers>T<threads>[:<spin>]`: WORKERS, INTRA_OP_THREADS and ORT_SPIN (0 or 1) of this build. */
 const variants: Variant[] = args.variants!.split(',').map((v) => {
-  const m = /^W(\d+)T(\d+)$/.exec(v);
-  if (!m) throw new Error(`variant ${v} is not W<workers>T<threads>`);
-  return { name: `this build, WORKERS=${m[1]} INTRA_OP_THREADS=${m[2]}`, env: { WORKERS: m[1], INTRA_OP_THREADS: m[2] } };
+  const m = /^W(\d+)T(\d+)(?::(0|1))?$/.exec(v);
+  if (!m) throw new Error(`variant ${v} is not W<workers>T<threads>[:0|1]`);
+  const spin: Record<string, string> = m[3] ? { ORT_SPIN: m[3] } : {};
+  return { name: `this build, WORKERS=${m[1]} INTRA_OP_THREADS=${m[2]}${m[3] ? ` ORT_SPIN=${m[3]}` : ''}`, env: { WORKERS: m[1], INTRA_OP_THREADS: m[2], ...spin } };
 });
 if (args.baseline) {
   const dir = resolve(args.baseline);
@@ -56,7 +59,15 @@ const CACHE_DIR = resolve('.cache');
 /** Requests per run: enough for a few seconds at each client count. */
 const requestsFor = (clients: number) => Math.max(16, clients * Number(args['per-client']));
 
-async function run(v: Variant, clients: number): Promise<{ tokPerS: number; p50: number; ttft: number }> {
+interface Sample {
+  tokPerS: number;
+  p50: number;
+  ttft: number;
+  /** CPU time of the server process over the run, in cores: what spinning threads cost. */
+  serverCores: number;
+}
+
+async function run(v: Variant, clients: number): Promise<Sample> {
   const prompts = benchPrompts(args.fixtures!, requestsFor(clients));
   const server = await startServerProcess({ ADAPTERS_DIR: join(work, 'tasks'), MODEL_DIR, CACHE_DIR, MAX_QUEUE: '4096', ...v.env }, { main: v.main, cwd: v.cwd });
   try {
@@ -65,6 +76,7 @@ async function run(v: Variant, clients: number): Promise<{ tokPerS: number; p50:
     const results: { latency: number; ttft: number; tokens: number }[] = [];
     let next = 0;
     const t0 = performance.now();
+    const cpu0 = cpuSeconds(server.pid);
     await Promise.all(
       Array.from({ length: clients }, async () => {
         while (next < prompts.length) {
@@ -74,7 +86,9 @@ async function run(v: Variant, clients: number): Promise<{ tokPerS: number; p50:
       }),
     );
     const seconds = (performance.now() - t0) / 1000;
+    const serverCores = (cpuSeconds(server.pid) - cpu0) / seconds;
     return {
+      serverCores,
       tokPerS: results.reduce((s, r) => s + r.tokens, 0) / seconds,
       p50: percentile(results.map((r) => r.latency), 50),
       ttft: percentile(results.map((r) => r.ttft), 50),
@@ -84,7 +98,7 @@ async function run(v: Variant, clients: number): Promise<{ tokPerS: number; p50:
   }
 }
 
-const samples = new Map<string, { tokPerS: number; p50: number; ttft: number }[]>();
+const samples = new Map<string, Sample[]>();
 for (let r = 0; r < ROUNDS; r++) {
   for (const clients of CLIENTS) {
     // Each round starts at the next variant, so that no variant always runs first or last.
@@ -104,11 +118,13 @@ const span = (xs: number[], d = 0) => `${med(xs).toFixed(d)} (${Math.min(...xs).
 const info = machineInfo();
 console.log(`\nlanes and threads: ${TOKENS} greedy tokens per request, 8 tasks, ${ROUNDS} interleaved rounds, median (min–max); ${info.cpu}, ${info.cores} cores\n`);
 printTable(
-  ['variant', 'clients', 'gen tok/s', 'p50 latency ms', 'TTFT p50 ms'],
+  ['variant', 'clients', 'gen tok/s', 'p50 latency ms', 'TTFT p50 ms', 'server cores'],
   CLIENTS.flatMap((c) =>
     variants.map((v) => {
       const xs = samples.get(`${v.name}\n${c}`)!;
-      return [v.name, c, span(xs.map((x) => x.tokPerS)), span(xs.map((x) => x.p50)), span(xs.map((x) => x.ttft), 1)];
+      return [v.name, c, span(xs.map((x) => x.tokPerS)), span(xs.map((x) => x.p50)), span(xs.map((x) => x.ttft), 1), med(xs.map((x) => x.serverCores)).toFixed(2)];
     }),
   ),
 );
+mkdirSync(join(args.out!, '..'), { recursive: true });
+writeFileSync(args.out!, JSON.stringify({ ...info, rounds: ROUNDS, tokens: TOKENS, runs: Object.fromEntries(samples) }, null, 2));

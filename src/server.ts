@@ -11,6 +11,7 @@ import type { Config } from './config.js';
 import { Engine } from './engine/engine.js';
 import { Inference } from './engine/inference.js';
 import { Executor } from './executor/executor.js';
+import { prefillRunCost } from './executor/prefill.js';
 import { buildApp } from './http/app.js';
 import { Metrics } from './metrics.js';
 import { loadBaseModel, type BaseModel } from './model/base-model.js';
@@ -48,7 +49,8 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   const executors = Array.from({ length: config.workers }, () => new Executor({ graphPath: model.graphPath, baseGraphPath: model.baseGraphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads, spin: config.spinThreads, promptKv: config.promptKvCache }));
   await Promise.all(executors.map((e) => e.ready()));
   log.info({ provider: config.executionProvider, workers: config.workers, threads: config.intraOpThreads, ms: Math.round(performance.now() - t0) }, 'inference workers ready');
-  const engine = new Engine(executors, { ...config, maxWorkerAdapters: 512 }, log);
+  // The scheduler budgets a step's prefill by what the workers compute, which depends on their runs.
+  const engine = new Engine(executors, { ...config, maxWorkerAdapters: 512, prefillRunCost: prefillRunCost(config.executionProvider) }, log);
   for (const e of executors) e.on('error', (err: Error) => log.error({ err: err.message }, 'inference worker failed to restart'));
   engine.start();
   const metrics = new Metrics(config.metricsMaxTasks, {

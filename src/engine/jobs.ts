@@ -50,8 +50,8 @@ export function rowTokens(adapter: AdapterTensors | null, tokens: number): numbe
 }
 
 /**
- * A row's width in its step's prefill run, which the worker pads to the widest row: the step's token
- * budget counts this. With the soft-prompt KV cache (`softPromptCached`) a prompt-tuning row starts
+ * A row's width in its step's prefill run, which the worker pads to that run's widest row: the
+ * step's token budget (prefill-budget.ts) counts this. With the soft-prompt KV cache (`softPromptCached`) a prompt-tuning row starts
  * after its soft prompt's keys/values, computed once per adapter version in a run of their own, so
  * only its own tokens are fed; otherwise its soft prompt is fed with it.
  */

@@ -1,6 +1,7 @@
 import { ServerError } from '../errors.js';
 import type { AdapterTensors, RejectedRow, StepPlan, StepResult, TokenChoice } from '../protocol.js';
 import { prefillWidth, type GenerateJob, type Job, type ScoreJob } from './jobs.js';
+import { PrefillBudget } from './prefill-budget.js';
 
 export interface SchedulerLimits {
   maxBatchSize: number;
@@ -14,6 +15,12 @@ export interface SchedulerLimits {
   batchPolicy?: 'mixed' | 'same-task';
   /** The workers keep soft prompts' KV (PROMPT_KV_CACHE, on by default): a prompt-tuning row's prefill is its own tokens only. */
   promptKvCache?: boolean;
+  /**
+   * The workers' cost of one more prefill run (src/executor/prefill.ts prefillRunCost), which
+   * bounds what they compute for a step's new rows (prefill-budget.ts). Absent: Infinity, every
+   * new row counted at the widest one's length.
+   */
+  prefillRunCost?: number;
 }
 
 interface Running {
@@ -154,17 +161,7 @@ export class Scheduler {
       plan.decode.push({ seq });
       useAdapter(r.job.adapter);
     }
-    let tokens = 0;
-    let rows = 0;
-    let widest = 0;
-    // Every new row counted at the longest one's length: a bound on what the worker computes (it
-    // splits a step's rows into runs of similar length, src/executor/prefill.ts lengthRuns).
-    const fits = (t: number, count = 1) => rows === 0 || (rows + count) * Math.max(widest, t) <= this.limits.maxBatchTokens;
-    const take = (t: number) => {
-      rows++;
-      widest = Math.max(widest, t);
-      tokens += t;
-    };
+    const budget = new PrefillBudget(this.limits.maxBatchTokens, this.limits.prefillRunCost ?? Infinity);
     // Score jobs in progress continue first, but each takes at most a chunk of the budget before
     // admission: a large classify cannot hold a lane while other requests wait. They fill what is
     // left after admission.
@@ -174,7 +171,7 @@ export class Scheduler {
         this.scoring.delete(p.job.id);
         this.forgetScoreRows(p);
         this.dropCancelled(p.job);
-      } else this.planScoreRows(p, plan, fits, take, useAdapter, chunk);
+      } else this.planScoreRows(p, plan, budget, useAdapter, chunk);
     }
     let slots = this.limits.maxBatchSize - this.running.size;
     // same-task: while rows of one task run, only that task may join them.
@@ -193,12 +190,12 @@ export class Scheduler {
         const job = onlyTask === null || task === onlyTask ? q[0] : undefined;
         let admitted = false;
         if (job && job.type === 'generate' && job.members) {
-          admitted = this.admitEnsemble(job, plan, slots, fits, take, useAdapter);
+          admitted = this.admitEnsemble(job, plan, slots, budget, useAdapter);
           if (admitted) slots -= job.members.length;
         } else if (job && job.type === 'generate') {
           const t = prefillWidth(job.adapter, job.tokens.length, this.softPromptCached);
-          if (slots > 0 && fits(t)) {
-            take(t);
+          if (slots > 0 && budget.fits(t)) {
+            budget.take(t);
             slots--;
             const seq = this.nextRowId++;
             this.running.set(seq, { job, planned: 1 });
@@ -209,7 +206,7 @@ export class Scheduler {
           }
         } else if (job && job.type === 'score') {
           const p: ScoreProgress = { job, next: 0, results: new Array(job.rows.length), outstanding: job.rows.length };
-          if (this.planScoreRows(p, plan, fits, take, useAdapter, chunk) > 0 || job.rows.length === 0) {
+          if (this.planScoreRows(p, plan, budget, useAdapter, chunk) > 0 || job.rows.length === 0) {
             this.scoring.set(job.id, p);
             admitted = true;
             if (job.rows.length === 0) this.outbox.push(this.finishScore(p));
@@ -229,22 +226,22 @@ export class Scheduler {
         }
       }
     }
-    for (const p of this.scoring.values()) this.planScoreRows(p, plan, fits, take, useAdapter, Infinity);
+    for (const p of this.scoring.values()) this.planScoreRows(p, plan, budget, useAdapter, Infinity);
     this.forgetUnused(plan, used);
     return plan;
   }
 
   /** An ensemble joins whole or not at all: every member row needs a slot and the token budget. */
-  private admitEnsemble(job: GenerateJob, plan: StepPlan, slots: number, fits: (t: number, count?: number) => boolean, take: (t: number) => void, useAdapter: (a: AdapterTensors | null) => void): boolean {
+  private admitEnsemble(job: GenerateJob, plan: StepPlan, slots: number, budget: PrefillBudget, useAdapter: (a: AdapterTensors | null) => void): boolean {
     const members = job.members!;
     if (slots < members.length) return false;
-    const costs = members.map((m) => prefillWidth(m.adapter, m.tokens.length, this.softPromptCached));
-    // The whole group against the budget, before any of it is taken.
-    if (!fits(Math.max(...costs), members.length)) return false;
+    // The whole group, at its widest member's length (its members share a prefill run), before any of it is taken.
+    const width = Math.max(...members.map((m) => prefillWidth(m.adapter, m.tokens.length, this.softPromptCached)));
+    if (!budget.fits(width, members.length)) return false;
+    budget.take(width, members.length);
     const group = members.map(() => this.nextRowId++);
     job.admittedAt = performance.now();
     members.forEach((m, k) => {
-      take(costs[k]);
       this.running.set(group[k], { job, planned: 1, group });
       plan.prefill.push({ seq: group[k], adapter: m.adapter?.key ?? null, tokens: m.tokens, sampling: job.sampling, group: { leader: group[0], weight: m.weight } });
       useAdapter(m.adapter);
@@ -253,15 +250,15 @@ export class Scheduler {
   }
 
   /** Plans rows of a score job while they fit the step's budget and `most` tokens (at least one row). */
-  private planScoreRows(p: ScoreProgress, plan: StepPlan, fits: (t: number) => boolean, take: (t: number) => void, useAdapter: (a: AdapterTensors | null) => void, most: number): number {
+  private planScoreRows(p: ScoreProgress, plan: StepPlan, budget: PrefillBudget, useAdapter: (a: AdapterTensors | null) => void, most: number): number {
     let planned = 0;
     let used = 0;
     while (p.next < p.job.rows.length && !p.job.cancelled) {
       const row = p.job.rows[p.next];
       // A score row with no context feeds its soft prompt again (its first target is predicted from it).
       const t = prefillWidth(p.job.adapter, row.context.length + row.targets.length, this.softPromptCached && row.context.length > 0);
-      if (!fits(t) || (planned > 0 && used + t > most)) break;
-      take(t);
+      if (!budget.fits(t) || (planned > 0 && used + t > most)) break;
+      budget.take(t);
       used += t;
       const id = this.nextRowId++;
       this.scoreRowOwner.set(id, { progress: p, row: p.next });

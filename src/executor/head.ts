@@ -90,11 +90,10 @@ export class StepHead {
    */
   outputs(): string[] {
     if (!this.graph) return ['logits'];
-    const routes = new Set(this.routes);
     const names: string[] = [];
-    if (routes.has('greedy')) names.push('next_greedy');
+    if (this.routes.includes('greedy')) names.push('next_greedy');
     if (this.lp.some((a, n) => a >= 0 && this.routes[n] !== 'score')) names.push('lp_lse', 'top_values', 'top_indices');
-    if (routes.has('score')) names.push('target_logprob');
+    if (this.routes.includes('score')) names.push('target_logprob');
     if (this.drawRows.length > 0) names.push('draw_weights');
     if (this.fullRows.length > 0) names.push('logits');
     return names;

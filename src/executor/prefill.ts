@@ -107,6 +107,11 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[]): PrefillLay
  */
 export const RUN_COST = 24;
 
+/** The cost of one more run on a provider. On WebGPU it has not been measured: a step keeps one run there. */
+export function prefillRunCost(provider: 'cpu' | 'webgpu'): number {
+  return provider === 'webgpu' ? Infinity : RUN_COST;
+}
+
 /**
  * Splits a step's new rows into runs of similar length, so that short prompts are not padded to
  * the longest: 64 of the benchmarks' prompts (4 to 26 tokens) arriving together made one run of

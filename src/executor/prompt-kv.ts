@@ -1,6 +1,6 @@
 import type ort from 'onnxruntime-node';
 import type { ModelConfig } from '../model/checkpoint.js';
-import { KV_OUTPUT, layerKv } from '../model/kv-output.js';
+import { fetchedKv } from '../model/kv-output.js';
 import type { AdapterTensors } from '../protocol.js';
 import type { LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
@@ -122,18 +122,17 @@ export class PastKvCache {
 /** Row `r`'s first `n` columns of a run's new keys and values [B, H, S, hd], copied out. */
 function rowPast(c: ModelConfig, out: ort.InferenceSession.OnnxValueMapType, S: number, r: number, n: number): PastKv {
   const { kvHeads: H, headDim: hd } = c;
-  const layers: LayerKv[] = [];
-  const data = out[KV_OUTPUT].data as Float32Array;
-  for (let l = 0; l < c.layers; l++) {
-    const { keys: srcK, values: srcV } = layerKv(data, c.layers, l);
-    const keys = new Float32Array(H * n * hd);
-    const values = new Float32Array(H * n * hd);
-    for (let h = 0; h < H; h++) {
-      const bh = r * H + h;
-      keys.set(srcK.subarray(bh * S * hd, (bh * S + n) * hd), h * n * hd);
-      values.set(srcV.subarray(bh * S * hd, (bh * S + n) * hd), h * n * hd);
-    }
-    layers.push({ keys, values });
-  }
-  return { n, layers };
+  return {
+    n,
+    layers: fetchedKv(out, c.layers).map(({ keys: srcK, values: srcV }) => {
+      const keys = new Float32Array(H * n * hd);
+      const values = new Float32Array(H * n * hd);
+      for (let h = 0; h < H; h++) {
+        const bh = r * H + h;
+        keys.set(srcK.subarray(bh * S * hd, (bh * S + n) * hd), h * n * hd);
+        values.set(srcV.subarray(bh * S * hd, (bh * S + n) * hd), h * n * hd);
+      }
+      return { keys, values };
+    }),
+  };
 }

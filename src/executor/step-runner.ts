@@ -1,5 +1,5 @@
 import ort from 'onnxruntime-node';
-import { KV_OUTPUT, layerKv } from '../model/kv-output.js';
+import { fetchedKv, KV_OUTPUT } from '../model/kv-output.js';
 import type { AdapterTensors, DecodeRow, EnsembleGroup, NewSequence, Sampling, ScoreRow, StepPlan, StepResult, TokenChoice } from '../protocol.js';
 import { padLogitIndex, StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
@@ -214,7 +214,7 @@ export class StepRunner {
     }, owners, [...head.outputs(), KV_OUTPUT], rowFeeds);
     const { chosen } = head.read(out);
     this.remember(headRows as { seq: number; step: number }[], chosen);
-    const kvCopied = this.batch.append(newKv(out, L));
+    const kvCopied = this.batch.append(fetchedKv(out, L));
     return { chosen, kvCopied };
   }
 
@@ -242,7 +242,7 @@ export class StepRunner {
     const L = this.ctx.base.config.layers;
     const past: LayerKv[] = [];
     for (let l = 0; l < L; l++) past.push({ keys: feeds[`past_key_${l}`].data as Float32Array, values: feeds[`past_value_${l}`].data as Float32Array });
-    const fresh = newKv(out, L);
+    const fresh = fetchedKv(out, L);
     return seqs.map((s, r) => ({
       keep: { seq: s.seq, adapter: this.adapter(s.adapter), position: prefix[r] + length[r] },
       segments: [
@@ -285,11 +285,4 @@ function prefillRuns(plan: StepPlan, items: PrefillItem[], runCost: number): Pre
     const rows = run.flatMap((u) => units[u]).sort((a, b) => a - b);
     return { seqs: rows.filter((i) => i < n).map((i) => plan.prefill[i]), score: rows.filter((i) => i >= n).map((i) => plan.score[i - n]), items: rows.map((i) => items[i]) };
   });
-}
-
-function newKv(out: ort.InferenceSession.OnnxValueMapType, layers: number): LayerKv[] {
-  const kv: LayerKv[] = [];
-  const data = out[KV_OUTPUT].data as Float32Array;
-  for (let l = 0; l < layers; l++) kv.push(layerKv(data, layers, l));
-  return kv;
 }

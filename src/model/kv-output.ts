@@ -28,3 +28,9 @@ export function layerKv(data: Float32Array, layers: number, l: number): { keys: 
   const block = data.length / (2 * layers);
   return { keys: data.subarray(2 * l * block, (2 * l + 1) * block), values: data.subarray((2 * l + 1) * block, (2 * l + 2) * block) };
 }
+
+/** Every layer's keys and values in a run's fetched `new_kv`: views, no copy. */
+export function fetchedKv(out: Record<string, { data: unknown }>, layers: number): { keys: Float32Array; values: Float32Array }[] {
+  const data = out[KV_OUTPUT].data as Float32Array;
+  return Array.from({ length: layers }, (_, l) => layerKv(data, layers, l));
+}

@@ -69,6 +69,19 @@ t.test('the batch token budget bounds a prefill, padded to its longest row', asy
   t.equal(s.plan().prefill.length, 3, '3 rows × 3 tokens fit in 10');
 });
 
+t.test('with the workers splitting runs, short prompts join a long one in the same prefill step', async (t) => {
+  const admitted = (prefillRunCost?: number) => {
+    const s = new Scheduler({ maxBatchSize: 64, maxBatchTokens: 4096, maxWorkerAdapters: 8, prefillRunCost });
+    const long = gen('long', 1);
+    long.tokens = Array(2000).fill(1);
+    s.enqueue(long);
+    for (let i = 0; i < 100; i++) s.enqueue({ ...gen(`short${i % 8}`, 1), tokens: Array(20).fill(1) });
+    return s.plan().prefill.length;
+  };
+  t.equal(admitted(24), 64, 'the long row and 63 short ones (the batch is full): 2,000 + 63 × 20 + 24 ≤ 4,096');
+  t.equal(admitted(), 2, 'one padded run: 2 × 2,000 fit, 3 do not');
+});
+
 t.test('score jobs are split across steps and reassembled in order', async (t) => {
   const s = new Scheduler({ maxBatchSize: 64, maxBatchTokens: 8, maxWorkerAdapters: 8 });
   let got: number[][] | null = null;

@@ -87,7 +87,7 @@ function parseConfig(raw: Record<string, unknown>): LlamaConfig {
 const layer = (l: number) => `model.layers.${l}`;
 
 function biases(c: LlamaConfig): BiasVector[] {
-  const out: { name: string; size: number }[] = [];
+  const out: BiasVector[] = [];
   const { hidden: D, heads: H, kvHeads: KVH, headDim: hd, inner: I } = c;
   for (let l = 0; l < c.layers; l++) {
     const p = layer(l);
