@@ -4,7 +4,7 @@ import { FormatError } from '../errors.js';
 import { biasNames, type ModelConfig } from '../model/checkpoint.js';
 import { parseSafetensors, type Tensor } from '../model/safetensors.js';
 import type { AdapterTensors } from '../protocol.js';
-import { parseIa3, parseLora, tensorBytes } from './lora.js';
+import { MAX_ADAPTER_VALUE, parseIa3, parseLora, tensorBytes } from './lora.js';
 import { firstSchemaError } from './schema-check.js';
 import { checkServable, parseTaskSpec, type TaskSpec } from './task-spec.js';
 
@@ -106,7 +106,10 @@ export function parseAdapter(task: string, files: AdapterFiles, base: ParseBase,
   const { tensors: raw } = parseSafetensors(files.weights);
   for (const [name, t] of raw) {
     for (let i = 0; i < t.data.length; i++) {
-      if (!Number.isFinite(t.data[i])) fail('non_finite', `tensor '${name}' has a non-finite value at flat index ${i}`);
+      const v = t.data[i];
+      if (Math.abs(v) <= MAX_ADAPTER_VALUE) continue;
+      if (!Number.isFinite(v)) fail('non_finite', `tensor '${name}' has a non-finite value at flat index ${i}`);
+      fail('value_too_large', `tensor '${name}' has ${v} at flat index ${i}; adapter values are limited to ±${MAX_ADAPTER_VALUE} (the forward pass would overflow float32)`);
     }
   }
   const type = peftType as PeftType;

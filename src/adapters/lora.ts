@@ -4,6 +4,14 @@ import type { Tensor } from '../model/safetensors.js';
 import type { AdapterTensors } from '../protocol.js';
 
 /**
+ * The largest magnitude an adapter value may have. Trained adapters stay far below it (the demo's
+ * and the test fixtures' largest is 11.3); values near float32's limit (an upload had biases of
+ * 1e38) pass the finiteness check but overflow in the forward pass, which then gives NaN logits:
+ * an empty completion, or a 500 for scores.
+ */
+export const MAX_ADAPTER_VALUE = 1e4;
+
+/**
  * PEFT's LORA and IA3 formats, checked against the linear modules of the loaded base model
  * (src/model/adapter-ops.ts). Tensor names are PEFT's: `base_model.model.<module>.lora_A.weight`
  * [r, in], `…lora_B.weight` [out, r], `…ia3_l` ([out, 1], or [1, in] for a feedforward module).
@@ -95,6 +103,7 @@ export function parseLora(cfg: Record<string, unknown>, raw: Map<string, Tensor>
   if (typeof (cfg.fan_in_fan_out ?? false) !== 'boolean') fail('invalid_config', 'fan_in_fan_out must be a boolean');
   const rank = r as number;
   const scale = (alpha as number) / (cfg.use_rslora ? Math.sqrt(rank) : rank);
+  if (!(Math.abs(scale) <= MAX_ADAPTER_VALUE)) fail('value_too_large', `lora_alpha / r is ${scale}; it is limited to ±${MAX_ADAPTER_VALUE} (the forward pass would overflow float32)`);
   const chosen = targets(cfg, linearModules(base));
   const tensors = byModule('LORA', raw, chosen, ['lora_A.weight', 'lora_B.weight']);
   const modules: Record<string, { a: Float32Array; b: Float32Array }> = {};

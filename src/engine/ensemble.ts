@@ -24,9 +24,11 @@ export function labelProbabilities(scores: Record<string, number>, labels: strin
 export function normaliseWeights(n: number, weights?: number[]): number[] {
   if (!weights) return new Array(n).fill(1 / n);
   if (weights.length !== n) throw new ServerError('invalid_request', `weights has ${weights.length} entries for ${n} tasks`);
-  const sum = weights.reduce((a, b) => a + b, 0);
-  if (!(sum > 0) || weights.some((w) => !(w >= 0) || !Number.isFinite(w))) throw new ServerError('invalid_request', 'weights must be finite, non-negative and not all zero');
-  return weights.map((w) => w / sum);
+  if (weights.some((w) => !(w >= 0) || !Number.isFinite(w)) || !weights.some((w) => w > 0)) throw new ServerError('invalid_request', 'weights must be finite, non-negative and not all zero');
+  // Scaled by the largest first: the sum of weights near the largest double would overflow to Infinity.
+  const max = Math.max(...weights);
+  const sum = weights.reduce((a, w) => a + w / max, 0);
+  return weights.map((w) => w / max / sum);
 }
 
 /**

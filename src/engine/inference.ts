@@ -39,19 +39,30 @@ export interface GenerateResult {
   token_ids: number[];
   finish_reason: 'stop' | 'length';
   usage: { prompt_tokens: number; completion_tokens: number };
-  logprobs?: { token_id: number; logprob: number; top: { token_id: number; logprob: number }[] }[];
+  logprobs?: TokenLogprob[];
+}
+
+/** A generated token's log-probability and the `logprobs` most likely tokens at its step. */
+export interface TokenLogprob {
+  token_id: number;
+  logprob: number;
+  top: { token_id: number; logprob: number }[];
 }
 
 export interface RequestControl {
   signal?: AbortSignal;
-  /** Streaming: called with each token and the text it completes (whole UTF-8 characters only). */
-  onToken?: (tokenId: number, text: string) => void;
+  /**
+   * Streaming: called with each token and the text it completes (whole UTF-8 characters only), and
+   * its log-probabilities when the request asks for them. tokenId -1: text held back for stop
+   * strings, with no token of its own.
+   */
+  onToken?: (tokenId: number, text: string, logprob?: TokenLogprob) => void;
 }
 
 /** Control of a request with several prompts: `index` says which prompt a token belongs to. */
 export interface BatchControl {
   signal?: AbortSignal;
-  onToken?: (index: number, tokenId: number, text: string) => void;
+  onToken?: (index: number, tokenId: number, text: string, logprob?: TokenLogprob) => void;
 }
 
 /**
@@ -129,7 +140,7 @@ export class Inference {
 
   async generate(task: string, p: GenerateParams, ctl: RequestControl = {}): Promise<GenerateResult> {
     const onToken = ctl.onToken;
-    const [r] = await this.generateAll(task, [p], { signal: ctl.signal, onToken: onToken && ((_i, id, text) => onToken(id, text)) });
+    const [r] = await this.generateAll(task, [p], { signal: ctl.signal, onToken: onToken && ((_i, id, text, lp) => onToken(id, text, lp)) });
     return r;
   }
 
@@ -140,7 +151,7 @@ export class Inference {
   async generateAll(task: string, prompts: GenerateParams[], ctl: BatchControl = {}): Promise<GenerateResult[]> {
     const t: ResolvedTask = await this.registry.resolve(task);
     const jobs: Tracked<GenerateResult>[] = [];
-    for (const [i, p] of prompts.entries()) jobs.push(await this.prepareGenerate(t, p, ctl.onToken && ((id, text) => ctl.onToken!(i, id, text))));
+    for (const [i, p] of prompts.entries()) jobs.push(await this.prepareGenerate(t, p, ctl.onToken && ((id, text, lp) => ctl.onToken!(i, id, text, lp))));
     return this.run(ctl, jobs);
   }
 
@@ -163,7 +174,7 @@ export class Inference {
     return { ...r, tasks, adapter_versions: resolved.map((t) => t.version) };
   }
 
-  private async prepareGenerate(t: ResolvedTask, p: GenerateParams, onText?: (tokenId: number, text: string) => void, members?: EnsembleMember[]): Promise<Tracked<GenerateResult>> {
+  private async prepareGenerate(t: ResolvedTask, p: GenerateParams, onText?: RequestControl['onToken'], members?: EnsembleMember[]): Promise<Tracked<GenerateResult>> {
     const task = t.task;
     const adapter = t.adapter?.tensors ?? null;
     const maxTokens = p.max_tokens ?? 64;
@@ -175,7 +186,7 @@ export class Inference {
     const stops = p.stop ?? [];
     const holdBack = stops.length ? Math.max(...stops.map((s) => s.length)) - 1 : 0;
     const ids: number[] = [];
-    const logprobs: NonNullable<GenerateResult['logprobs']> = [];
+    const logprobs: TokenLogprob[] = [];
     const stream = this.model.tokenizer.stream(tokens);
     let out = '';
     let emitted = 0;
@@ -185,7 +196,7 @@ export class Inference {
     const emit = (tokenId: number, final: boolean) => {
       if (!onText) return;
       const upTo = final ? out.length : Math.max(emitted, out.length - holdBack);
-      onText(tokenId, out.slice(emitted, upTo));
+      onText(tokenId, out.slice(emitted, upTo), tokenId >= 0 ? logprobs.at(-1) : undefined);
       emitted = upTo;
     };
     const onToken = (c: TokenChoice): 'continue' | 'stop' | 'length' => {
@@ -228,7 +239,7 @@ export class Inference {
         tokens,
         maxTokens,
         sampling: {
-          temperature: p.temperature ?? 1,
+          temperature: effectiveTemperature(p.temperature ?? 1),
           topP: p.top_p ?? 1,
           topK: p.top_k ?? 0,
           seed: p.seed ?? randomInt(2 ** 47),
@@ -317,11 +328,22 @@ export class Inference {
     }
     const lp = await this.scoreRows(t, rows, ctl);
     const results = inputs.map((_, i) => {
-      const scores: Record<string, number> = {};
-      labels.forEach((w, j) => (scores[w] = lp[i * labels.length + j].reduce((a, b) => a + b, 0)));
+      // Own properties whatever the label: assigning scores['__proto__'] would set the prototype instead.
+      const scores: Record<string, number> = Object.fromEntries(labels.map((w, j) => [w, lp[i * labels.length + j].reduce((a, b) => a + b, 0)]));
       const label = labels.reduce((best, w) => (scores[w] > scores[best] ? w : best), labels[0]);
       return { label, scores };
     });
     return { task, adapter_version: t.version, results };
   }
+}
+
+/**
+ * Temperatures below this sample greedily: logits divided by less would leave float32's range in
+ * the graph's head (1e-40 gave Infinity, then NaN weights and end-of-text), and the limit of
+ * sampling as the temperature falls is the greedy choice.
+ */
+export const MIN_TEMPERATURE = 1e-6;
+
+function effectiveTemperature(t: number): number {
+  return t < MIN_TEMPERATURE ? 0 : t;
 }

@@ -188,6 +188,7 @@ export class KvBatch {
         values.copyWithin((to * H + h) * cap * hd, src, src + n * hd);
       }
     }
+    this.clearFrom(to, n);
     const T = cap + 1;
     this.bias.copyWithin(to * T, from * T, (from + 1) * T);
     this.positions[to] = this.positions[from];
@@ -212,7 +213,26 @@ export class KvBatch {
       });
       at += n;
     }
+    this.clearFrom(slot, at);
     return at * this.layers.length * 2 * H * hd * 4;
+  }
+
+  /**
+   * Zeroes `slot`'s columns from `n` on, which its previous owner may have left. They are masked,
+   * but a mask is added to the scores: a key of Inf or NaN there (an adapter with huge values gave
+   * them) would still turn this row's attention into NaN. So a row's result never depends on who
+   * held its slot before.
+   */
+  private clearFrom(slot: number, n: number): void {
+    const { kvHeads: H, headDim: hd } = this.c;
+    const cap = this.capacity;
+    for (const { keys, values } of this.layers) {
+      for (let h = 0; h < H; h++) {
+        const row = (slot * H + h) * cap * hd;
+        keys.fill(0, row + n * hd, row + cap * hd);
+        values.fill(0, row + n * hd, row + cap * hd);
+      }
+    }
   }
 
   /**

@@ -85,7 +85,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // Errors raised before a route runs keep the contract's shape too.
     frameworkErrors: (err: FastifyError, _req, reply) => {
       const tooLong = err.code === 'FST_ERR_MAX_PARAM_LENGTH';
-      return (reply as FastifyReply).code(tooLong ? 414 : 400).send(errorBody(tooLong ? 'uri_too_long' : 'invalid_request', tooLong ? 'a path parameter is too long (task ids have at most 100 characters)' : err.message));
+      return (reply as FastifyReply).code(tooLong ? 414 : 400).send(errorBody(tooLong ? 'uri_too_long' : 'invalid_request', tooLong ? 'a path parameter is too long (task ids have at most 64 characters)' : err.message));
     },
     clientErrorHandler,
   });

@@ -2,12 +2,19 @@ import { Type, type Static } from '@sinclair/typebox';
 
 const ErrorBody = Type.Object({ error: Type.Object({ code: Type.String(), message: Type.String() }) }, { $id: 'Error' });
 
+/**
+ * A response object of numbers keyed by arbitrary strings (labels, token texts). Not Type.Record:
+ * its pattern `^(.*)$` does not match a key with a newline, and the response serializer silently
+ * dropped such keys (a token text "\n" vanished from `top_logprobs`).
+ */
+export const NumbersByKey = () => Type.Object({}, { additionalProperties: Type.Number() });
+
 export const TaskParams = Type.Object({ task: Type.String({ maxLength: 128 }) });
 export type TaskParams = Static<typeof TaskParams>;
 
 export const GenerateBody = Type.Object(
   {
-    prompt: Type.String({ maxLength: 100_000 }),
+    prompt: Type.String(),
     raw: Type.Optional(Type.Boolean({ default: false })),
     max_tokens: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096, default: 64 })),
     temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 100, default: 1 })),
@@ -36,7 +43,7 @@ export const GenerateResponse = Type.Object({
 
 export const ClassifyBody = Type.Object(
   {
-    input: Type.Union([Type.String({ maxLength: 100_000 }), Type.Array(Type.String({ maxLength: 100_000 }), { minItems: 1, maxItems: 64 })]),
+    input: Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1, maxItems: 64 })]),
     labels: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { minItems: 2, maxItems: 64 })),
     prompt_template: Type.Optional(Type.String({ maxLength: 10_000 })),
   },
@@ -47,13 +54,13 @@ export type ClassifyBody = Static<typeof ClassifyBody>;
 export const ClassifyResponse = Type.Object({
   task: Type.String(),
   adapter_version: Type.String(),
-  results: Type.Array(Type.Object({ label: Type.String(), scores: Type.Record(Type.String(), Type.Number()) })),
+  results: Type.Array(Type.Object({ label: Type.String(), scores: NumbersByKey() })),
 });
 
 export const ScoreBody = Type.Object(
   {
-    prompt: Type.String({ maxLength: 100_000 }),
-    completion: Type.String({ maxLength: 100_000 }),
+    prompt: Type.String(),
+    completion: Type.String(),
     raw: Type.Optional(Type.Boolean({ default: false })),
     eos: Type.Optional(Type.Boolean({ default: false })),
     max_length: Type.Optional(Type.Integer({ minimum: 1, description: 'Score only the first max_length tokens of prompt + completion (+ end-of-text), as a tokenizer with max_length truncates a training example.' })),

@@ -65,6 +65,9 @@ t.test('each validation failure names its check', async (t) => {
   const inf = emb(4, 256);
   inf.data[3] = Infinity;
   t.equal(failure(promptFiles({}, { prompt_embeddings: inf })), 'non_finite', 'Infinity');
+  const huge = emb(4, 256);
+  huge.data[5] = -2e4;
+  t.equal(failure(promptFiles({}, { prompt_embeddings: huge })), 'value_too_large', 'finite, but beyond ±1e4: the forward pass would overflow');
   t.equal(failure(promptFiles({ peft_type: 'LOHA' }, good)), 'unsupported_peft_type', 'LoHa');
   t.equal(failure(promptFiles({ peft_type: 'NOPE' }, good)), 'unsupported_peft_type', 'unknown type');
   t.equal(failure(promptFiles({ task_type: 'SEQ_CLS' }, good)), 'unsupported_task_type', 'task_type');

@@ -50,6 +50,8 @@ const MUTATIONS: [string, AdapterFiles, RegExp][] = [
   ['target_modules a bad regex', files({ ...lora, target_modules: '(' }, loraT), /^invalid_config: target_modules is not a valid/],
   ['IA3 vector of the wrong side', files({ ...ia3, feedforward_modules: [] }, ia3T), /^wrong_shape: .*mlp\.c_proj\.ia3_l.*\[256,1\]/],
   ['IA3 feedforward module not targeted', files({ ...ia3, feedforward_modules: ['mlp.c_fc'] }, ia3T), /^invalid_config: feedforward_modules must be a subset/],
+  ['lora_alpha huge (1e30): the scale would overflow the forward pass', files({ ...lora, lora_alpha: 1e30 }, loraT), /^value_too_large: lora_alpha \/ r is 1\.25e\+29/],
+  ['IA3 scales near float32\'s limit', files(ia3, { ...ia3T, [`${P}.0.mlp.c_proj.ia3_l`]: { shape: ia3T[`${P}.0.mlp.c_proj.ia3_l`].shape, data: ia3T[`${P}.0.mlp.c_proj.ia3_l`].data.map(() => 3e38) } }), /^value_too_large: tensor .*h\.0\.mlp\.c_proj\.ia3_l/],
   ['IA3 unknown tensor', files(ia3, { ...ia3T, [`${P}.0.attn.c_attn.lora_A.weight`]: { shape: [8, 256], data: new Float32Array(8 * 256) } }), /^unexpected_tensors: /],
 ];
 

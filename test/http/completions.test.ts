@@ -39,6 +39,24 @@ t.test('the official openai client, streaming: the same text, chunk by chunk', a
   t.equal(finish, 'length');
 });
 
+t.test('streamed with logprobs: each token\'s chunk carries its log-probabilities, and together they equal the non-streamed ones', async (t) => {
+  const c = reference.cases.find((x) => x.adapter === 'kjv-prompt' && x.greedy.length === 20)!;
+  const body = { model: 'kjv-prompt', prompt: c.text, max_tokens: 20, temperature: 0, logprobs: 2 } as const;
+  const whole = (await client.completions.create(body)).choices[0].logprobs!;
+  const streamed = { tokens: [] as string[], token_logprobs: [] as number[], top_logprobs: [] as Record<string, number>[], text_offset: [] as number[] };
+  for await (const chunk of await client.completions.create({ ...body, stream: true })) {
+    for (const ch of chunk.choices) {
+      if (!ch.logprobs) continue;
+      streamed.tokens.push(...ch.logprobs.tokens!);
+      streamed.token_logprobs.push(...ch.logprobs.token_logprobs!);
+      streamed.top_logprobs.push(...(ch.logprobs.top_logprobs as Record<string, number>[]));
+      streamed.text_offset.push(...ch.logprobs.text_offset!);
+    }
+  }
+  t.equal(streamed.tokens.length, 20);
+  t.same(streamed, whole);
+});
+
 t.test('an array prompt gives one choice per prompt; unknown model is 404', async (t) => {
   const res = await client.completions.create({ model: 'base', prompt: ['love', 'In the beginning'], max_tokens: 3, temperature: 0 });
   t.same(res.choices.map((c) => c.index), [0, 1]);

@@ -129,3 +129,20 @@ t.test('ensemble generate streams the same tokens', async (t) => {
   t.same(events.filter((e) => e.token_id !== undefined).map((e) => e.token_id), plain.token_ids);
   t.equal(events.map((e) => e.text ?? '').join(''), plain.text);
 });
+
+t.test('weights near the largest double mean what equal weights mean; labels named __proto__ or with a newline are scored like any other', async (t) => {
+  const tasks = ['pos-prefix', 'pos-bitfit'];
+  const equal = (await post('/v1/ensembles/classify', { tasks, input: 'ocean' })).json().results[0];
+  const huge = await post('/v1/ensembles/classify', { tasks, input: 'ocean', weights: [9e307, 9e307] });
+  t.equal(huge.statusCode, 200);
+  t.same(huge.json().results[0].probabilities, equal.probabilities, 'their sum would overflow to Infinity');
+  const labels = ['__proto__', 'noun', 'two\nlines'];
+  const single = await post('/v1/tasks/pos-prefix/classify', { input: 'ocean', labels });
+  t.equal(single.statusCode, 200);
+  t.same(Object.keys(single.json().results[0].scores).sort(), labels.sort());
+  const ensemble = await post('/v1/ensembles/classify', { tasks, input: 'ocean', labels });
+  t.equal(ensemble.statusCode, 200);
+  const p = ensemble.json().results[0].probabilities;
+  t.same(Object.keys(p).sort(), labels.sort());
+  t.ok(Math.abs(p.__proto__ + p.noun + p['two\nlines'] - 1) < 1e-9, 'every label has a probability, summing to 1');
+});

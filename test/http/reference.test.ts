@@ -80,3 +80,14 @@ t.test('classify scores equal the reference label_logprobs', async (t) => {
     }
   }
 });
+
+t.test('a temperature too small for float32 (below 1e-6) samples greedily: the reference tokens, not an empty completion', async (t) => {
+  for (const c of cases.filter((x) => x.greedy[0] !== 0).slice(0, 4)) {
+    for (const temperature of [1e-40, 1e-7]) {
+      const res = await server.app.inject({ method: 'POST', url: `/v1/tasks/${c.adapter ?? 'base'}/generate`, payload: { prompt: c.text, raw: true, max_tokens: 20, temperature, seed: 1 } });
+      t.equal(res.statusCode, 200);
+      const ended = c.greedy.at(-1) === 0;
+      t.same(res.json().token_ids, ended ? c.greedy.slice(0, -1) : c.greedy, `${c.adapter ?? 'base'} at temperature ${temperature}`);
+    }
+  }
+});

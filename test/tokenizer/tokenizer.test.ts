@@ -124,3 +124,25 @@ t.test('over HTTP: 413 prompt_too_long beyond MAX_PROMPT_CHARS, and /healthz ans
   t.notOk(done, '/healthz answered while the long prompt was still being tokenized');
   t.equal((await long).statusCode, 413, 'over the context');
 });
+
+t.test('MAX_PROMPT_CHARS governs every text field, above the default too: 413 on each route beyond it, none below', async (t) => {
+  const server = await startServer({ MAX_PROMPT_CHARS: '120000' });
+  t.teardown(() => server.close());
+  const text = (n: number) => 'a '.repeat(n / 2);
+  const bodies = (s: string): [string, object][] => [
+    ['/v1/tasks/base/generate', { prompt: s, max_tokens: 1 }],
+    ['/v1/tasks/pos-prefix/classify', { input: [s] }],
+    ['/v1/tasks/base/score', { prompt: 'x', completion: s }],
+    ['/v1/completions', { model: 'base', prompt: s, max_tokens: 1 }],
+    ['/v1/tokenize', { model: 'base', prompt: s }],
+  ];
+  for (const [url, payload] of bodies(text(120_002))) {
+    const res = await server.app.inject({ method: 'POST', url, payload });
+    t.equal(res.statusCode, 413, `${url}: over the limit`);
+    t.equal(res.json().error.code, 'prompt_too_long');
+  }
+  // Above the old fixed schema limit of 100,000 and within MAX_PROMPT_CHARS: tokenized, then over the context (413) or counted.
+  const res = await server.app.inject({ method: 'POST', url: '/v1/tokenize', payload: { model: 'base', prompt: text(110_000) } });
+  t.equal(res.statusCode, 200, '110,000 characters are tokenized');
+  t.equal(res.json().tokens.length > 50_000, true);
+});

@@ -1,15 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
-import type { GenerateResult, Inference } from '../../engine/inference.js';
+import type { GenerateResult, Inference, TokenLogprob } from '../../engine/inference.js';
 import { ServerError } from '../../errors.js';
 import { clientGone, openEventStream } from '../sse.js';
-import { errorResponses } from '../schemas.js';
+import { errorResponses, NumbersByKey } from '../schemas.js';
 
 const CompletionBody = Type.Object(
   {
     model: Type.String({ maxLength: 128, description: 'A task id, or base' }),
-    prompt: Type.Union([Type.String({ maxLength: 100_000 }), Type.Array(Type.String({ maxLength: 100_000 }), { minItems: 1, maxItems: 64 })]),
+    prompt: Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1, maxItems: 64 })]),
     max_tokens: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096, default: 16 })),
     temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2, default: 1 })),
     top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
@@ -37,7 +37,7 @@ const Logprobs = Type.Union([
   Type.Object({
     tokens: Type.Array(Type.String()),
     token_logprobs: Type.Array(Type.Number()),
-    top_logprobs: Type.Array(Type.Record(Type.String(), Type.Number())),
+    top_logprobs: Type.Array(NumbersByKey()),
     text_offset: Type.Array(Type.Integer()),
   }),
 ]);
@@ -61,12 +61,10 @@ function refuseUnsupported(body: Record<string, unknown>): void {
   }
 }
 
-/** OpenAI's completions logprobs layout, from ours. */
-function openaiLogprobs(r: GenerateResult, tokenText: (id: number) => string) {
-  if (!r.logprobs) return null;
-  let offset = 0;
+/** OpenAI's completions logprobs layout, from ours: `offset` is the text offset of the first token. */
+function openaiLogprobs(logprobs: TokenLogprob[], tokenText: (id: number) => string, offset = 0) {
   const text_offset: number[] = [];
-  const tokens = r.logprobs.map((l) => {
+  const tokens = logprobs.map((l) => {
     const t = tokenText(l.token_id);
     text_offset.push(offset);
     offset += t.length;
@@ -74,8 +72,8 @@ function openaiLogprobs(r: GenerateResult, tokenText: (id: number) => string) {
   });
   return {
     tokens,
-    token_logprobs: r.logprobs.map((l) => l.logprob),
-    top_logprobs: r.logprobs.map((l) => Object.fromEntries(l.top.map((x) => [tokenText(x.token_id), x.logprob]))),
+    token_logprobs: logprobs.map((l) => l.logprob),
+    top_logprobs: logprobs.map((l) => Object.fromEntries(l.top.map((x) => [tokenText(x.token_id), x.logprob]))),
     text_offset,
   };
 }
@@ -121,18 +119,26 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
         const results = await inference.generateAll(b.model, all, { signal });
         return {
           ...head,
-          choices: results.map((r, index) => ({ index, text: text(index, r.text), finish_reason: r.finish_reason, logprobs: openaiLogprobs(r, (t) => inference.tokenText(t)) })),
+          choices: results.map((r, index) => ({ index, text: text(index, r.text), finish_reason: r.finish_reason, logprobs: r.logprobs ? openaiLogprobs(r.logprobs, (t) => inference.tokenText(t)) : null })),
           usage: usage(results),
         };
       }
       const echoed = new Set<number>();
       const echoOnce = (index: number, chunk: string) => (echoed.has(index) ? chunk : (echoed.add(index), text(index, chunk)));
+      // Each token's chunk carries its log-probabilities, in the non-streamed layout: text_offset counts on across chunks.
+      const offsets = new Array<number>(all.length).fill(0);
+      const chunkLogprobs = (index: number, lp: TokenLogprob | undefined) => {
+        if (!lp) return null;
+        const l = openaiLogprobs([lp], (t) => inference.tokenText(t), offsets[index]);
+        offsets[index] += l.tokens[0].length;
+        return l;
+      };
       const stream = openEventStream(reply);
       try {
         const results = await inference.generateAll(b.model, all, {
           signal,
           // Echo: a choice's prompt goes out with its first chunk, once the request was admitted.
-          onToken: (index, _tokenId, chunk) => stream.send({ ...head, choices: [{ index, text: echoOnce(index, chunk), finish_reason: null, logprobs: null }] }),
+          onToken: (index, _tokenId, chunk, lp) => stream.send({ ...head, choices: [{ index, text: echoOnce(index, chunk), finish_reason: null, logprobs: chunkLogprobs(index, lp) }] }),
         });
         results.forEach((r, index) => stream.send({ ...head, choices: [{ index, text: echoOnce(index, ''), finish_reason: r.finish_reason, logprobs: null }] }));
         stream.send({ ...head, choices: [], usage: usage(results) });

@@ -2,7 +2,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { Ensembles } from '../../engine/ensemble.js';
 import { clientGone, streamGeneration } from '../sse.js';
-import { ClassifyBody, errorResponses, GenerateBody, GenerateResponse } from '../schemas.js';
+import { ClassifyBody, errorResponses, GenerateBody, GenerateResponse, NumbersByKey } from '../schemas.js';
 
 const Members = Type.Array(Type.String({ maxLength: 128 }), { minItems: 2, maxItems: 16, uniqueItems: true, description: 'The member tasks (2 to 16)' });
 const Weights = Type.Array(Type.Number({ minimum: 0 }), { minItems: 2, maxItems: 16, description: 'One per task; default equal' });
@@ -23,7 +23,7 @@ const EnsembleGenerateResponse = Type.Composite([
   Type.Object({ tasks: Type.Array(Type.String()), adapter_versions: Type.Array(Type.String({ description: "Each member's version; task and adapter_version are the first member's" })) }),
 ]);
 
-const Probabilities = Type.Record(Type.String(), Type.Number());
+const Probabilities = NumbersByKey();
 const EnsembleClassifyResponse = Type.Object({
   tasks: Type.Array(Type.String()),
   adapter_versions: Type.Array(Type.String()),

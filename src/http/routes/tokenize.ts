@@ -9,7 +9,7 @@ import { errorResponses } from '../schemas.js';
 const TokenizeBody = Type.Object(
   {
     model: Type.String({ maxLength: 128, description: 'A task id, or base' }),
-    prompt: Type.String({ maxLength: 100_000 }),
+    prompt: Type.String(),
     raw: Type.Optional(Type.Boolean({ default: false, description: "false: the task's prompt_template is applied first, as generate does" })),
   },
   { additionalProperties: false, examples: [{ model: 'pos-bitfit', prompt: 'happily' }] },
