@@ -77,6 +77,8 @@ export class KvBatch {
   /** [slots, capacity + 1]: 0 where a row's column holds keys/values (and the step's own column), NEG elsewhere. */
   private bias = new Float32Array(0);
   private positions = new BigInt64Array(0);
+  /** Per slot: columns [0, written) may hold keys/values (of its owner or a previous one); the rest are zero. */
+  private written = new Int32Array(0);
 
   constructor(private readonly c: ModelConfig) {}
 
@@ -96,6 +98,7 @@ export class KvBatch {
     this.capacity = 0;
     this.bias = new Float32Array(0);
     this.positions = new BigInt64Array(0);
+    this.written = new Int32Array(0);
     this.version++;
   }
 
@@ -143,6 +146,7 @@ export class KvBatch {
       const slot = this.rows.length;
       bytes += this.write(slot, e.segments);
       const row = { ...e.keep, count: count(e) };
+      this.clearFrom(slot, row.count);
       this.rows.push(row);
       this.fillRow(slot, row);
     }
@@ -159,9 +163,11 @@ export class KvBatch {
     this.capacity = capacity;
     this.bias = new Float32Array(slots * (capacity + 1));
     this.positions = new BigInt64Array(slots);
+    this.written = new Int32Array(slots);
     let bytes = 0;
     this.rows.forEach((row, r) => {
       bytes += this.write(r, [{ kv: old.layers, cols: old.cols, row: r, from: 0, to: row.count }]);
+      this.written[r] = row.count;
       this.fillRow(r, row);
     });
     return bytes;
@@ -213,26 +219,29 @@ export class KvBatch {
       });
       at += n;
     }
-    this.clearFrom(slot, at);
     return at * this.layers.length * 2 * H * hd * 4;
   }
 
   /**
-   * Zeroes `slot`'s columns from `n` on, which its previous owner may have left. They are masked,
-   * but a mask is added to the scores: a key of Inf or NaN there (an adapter with huge values gave
-   * them) would still turn this row's attention into NaN. So a row's result never depends on who
-   * held its slot before.
+   * `slot` now holds `n` columns of its owner: zeroes the columns after them that a previous owner
+   * wrote. They are masked, but a mask is added to the scores: a key of Inf or NaN there (an
+   * adapter with huge values gave them) would still turn this row's attention into NaN. So a
+   * row's result never depends on who held its slot before.
    */
   private clearFrom(slot: number, n: number): void {
     const { kvHeads: H, headDim: hd } = this.c;
     const cap = this.capacity;
-    for (const { keys, values } of this.layers) {
-      for (let h = 0; h < H; h++) {
-        const row = (slot * H + h) * cap * hd;
-        keys.fill(0, row + n * hd, row + cap * hd);
-        values.fill(0, row + n * hd, row + cap * hd);
+    const end = this.written[slot];
+    if (end > n) {
+      for (const { keys, values } of this.layers) {
+        for (let h = 0; h < H; h++) {
+          const row = (slot * H + h) * cap * hd;
+          keys.fill(0, row + n * hd, row + end * hd);
+          values.fill(0, row + n * hd, row + end * hd);
+        }
       }
     }
+    this.written[slot] = n;
   }
 
   /**
@@ -278,6 +287,7 @@ export class KvBatch {
     this.rows.forEach((row, r) => {
       this.bias[r * T + row.count] = 0;
       row.count += 1;
+      this.written[r] = Math.max(this.written[r], row.count);
       row.position += 1;
       this.positions[r] = BigInt(Math.min(row.position, this.c.nPositions - 1));
     });
