@@ -184,6 +184,8 @@ export class Inference {
     const logitBias = this.logitBias(p.logit_bias);
     const eos = this.model.tokenizer.eosTokenIds;
     const stops = p.stop ?? [];
+    // Half a character would cut one in two, in the text and in a stream.
+    if (stops.some((x) => LONE_SURROGATE.test(x))) throw new ServerError('invalid_request', 'a stop string holds half of a character (a lone UTF-16 surrogate)');
     const holdBack = stops.length ? Math.max(...stops.map((s) => s.length)) - 1 : 0;
     const ids: number[] = [];
     const logprobs: TokenLogprob[] = [];
@@ -195,7 +197,9 @@ export class Inference {
     let lastTokenAt = 0;
     const emit = (tokenId: number, final: boolean) => {
       if (!onText) return;
-      const upTo = final ? out.length : Math.max(emitted, out.length - holdBack);
+      let upTo = final ? out.length : Math.max(emitted, out.length - holdBack);
+      // The hold-back counts UTF-16 units: never end a chunk between the two halves of a character.
+      if (upTo > emitted && upTo < out.length && isHighSurrogate(out.charCodeAt(upTo - 1))) upTo--;
       onText(tokenId, out.slice(emitted, upTo), tokenId >= 0 ? logprobs.at(-1) : undefined);
       emitted = upTo;
     };
@@ -292,8 +296,9 @@ export class Inference {
   async score(task: string, p: { prompt: string; completion: string; raw?: boolean; eos?: boolean; max_length?: number }, ctl: RequestControl = {}) {
     const t = await this.registry.resolve(task);
     const adapter = t.adapter?.tensors ?? null;
-    const context = await this.model.tokenizer.encode(p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), { addBos: true });
-    const targets = await this.model.tokenizer.encode(p.completion);
+    const prompt = p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt);
+    const context = await this.model.tokenizer.encode(prompt, { addBos: true });
+    const targets = await this.model.tokenizer.continuation(prompt, context, p.completion);
     if (p.eos) targets.push(this.model.tokenizer.eosTokenId);
     if (p.max_length !== undefined) targets.splice(Math.max(0, p.max_length - context.length));
     if (targets.length === 0) throw new ServerError('invalid_request', 'completion has no tokens to score');
@@ -317,11 +322,12 @@ export class Inference {
       throw new ServerError('invalid_request', (e as FormatError).message);
     }
     const inputs = Array.isArray(p.input) ? p.input : [p.input];
-    const labelTokens = await Promise.all(labels.map((w) => this.model.tokenizer.encode(' ' + w)));
     const rows: { context: number[]; targets: number[] }[] = [];
     for (const input of inputs) {
-      const context = await this.encodePrompt(applyTemplate(template, input), adapter);
-      for (const targets of labelTokens) {
+      const text = applyTemplate(template, input);
+      const context = await this.encodePrompt(text, adapter);
+      // Each label's tokens as they follow this input (tokenizer.ts continuation).
+      for (const targets of await Promise.all(labels.map((w) => this.model.tokenizer.continuation(text, context, ' ' + w)))) {
         this.checkContext(adapter, context.length + targets.length, 0);
         rows.push({ context, targets });
       }
@@ -346,4 +352,10 @@ export const MIN_TEMPERATURE = 1e-6;
 
 function effectiveTemperature(t: number): number {
   return t < MIN_TEMPERATURE ? 0 : t;
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function isHighSurrogate(code: number): boolean {
+  return code >= 0xd800 && code <= 0xdbff;
 }

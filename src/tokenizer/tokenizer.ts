@@ -132,6 +132,21 @@ export class Tokenizer {
     return this.withBos(ids, opts);
   }
 
+  /**
+   * Ids of `text` as it continues `context`, whose ids (encode's, BOS included) are `contextIds`: the
+   * ids of context + text after the context's, where those are their prefix. Encoded alone, a
+   * SentencePiece tokenizer starts `text` as a new word, so " world" after "Hello" became
+   * ["▁", "▁world"], a double space, where the whole text has ["▁world"]. Where a token spans the
+   * boundary (the context's ids are not a prefix), or the two together are over MAX_PROMPT_CHARS,
+   * `text` is encoded alone.
+   */
+  async continuation(context: string, contextIds: readonly number[], text: string): Promise<number[]> {
+    if (context.length + text.length > this.maxChars) return this.encode(text);
+    const whole = await this.encode(context + text, { addBos: contextIds[0] === this.bosTokenId && this.bosTokenId !== null });
+    const prefix = whole.length > contextIds.length && contextIds.every((id, i) => whole[i] === id);
+    return prefix ? whole.slice(contextIds.length) : this.encode(text);
+  }
+
   private withBos(ids: number[], opts: EncodeOptions): number[] {
     return opts.addBos && this.bosTokenId !== null ? [this.bosTokenId, ...ids] : ids;
   }

@@ -57,3 +57,18 @@ t.test('a request on a poisoned adapter fails alone; the requests batched with i
   t.match(await scoreBad, { code: 'invalid_adapter', status: 400 });
   t.same(await Promise.all(others), ['ok', 'ok', 'ok', 'ok']);
 });
+
+t.test('streamed text held back for stop strings never ends between the two halves of a character; a stop string with half of one is refused', async (t) => {
+  const tokenizer = server.model.tokenizer;
+  const stream = tokenizer.stream.bind(tokenizer);
+  // Every token decodes to "x👧": a hold-back of one UTF-16 unit would end each chunk inside the emoji.
+  tokenizer.stream = () => ({ push: () => 'x👧', flush: () => '' }) as unknown as ReturnType<typeof stream>;
+  t.teardown(() => (tokenizer.stream = stream));
+  const chunks: string[] = [];
+  const r = await inference.generate('base', { prompt: 'hello', max_tokens: 5, temperature: 0, ignore_eos: true, stop: ['zz'] }, { onToken: (_id, text) => chunks.push(text) });
+  const lone = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+  t.same(chunks.filter((c) => lone.test(c)), [], 'no chunk holds half a character');
+  t.equal(chunks.join(''), r.text);
+  t.equal(r.text, 'x👧'.repeat(5));
+  t.equal(await codeOf(inference.generate('base', { prompt: 'hello', max_tokens: 5, stop: ['\udc67'] })), 'invalid_request');
+});

@@ -188,6 +188,14 @@ t.test('logprobs: 0 reports the chosen tokens’ log-probabilities and no altern
   t.equal(none.choices[0].logprobs, null);
 });
 
+t.test('top_logprobs: where alternatives read the same (partial UTF-8 characters), the likeliest keeps the key', async (t) => {
+  // Byte tokens of the demo tokenizer, each half a UTF-8 character: all read U+FFFD on their own.
+  const res = await client.completions.create({ model: 'base', prompt: 'x', max_tokens: 1, temperature: 0, logprobs: 3, logit_bias: { 161: 50, 164: 50, 245: 50 } });
+  const lp = res.choices[0].logprobs!;
+  t.same(Object.keys(lp.top_logprobs![0]), ['\ufffd']);
+  t.equal(lp.top_logprobs![0]['\ufffd'], lp.token_logprobs![0], 'the chosen (likeliest) token\'s log-probability, not a later one\'s');
+});
+
 t.test('echo puts the prompt before the completion, streamed or not', async (t) => {
   const res = await client.completions.create({ model: 'base', prompt: 'In the beginning', max_tokens: 4, temperature: 0, echo: true });
   const plain = await client.completions.create({ model: 'base', prompt: 'In the beginning', max_tokens: 4, temperature: 0 });

@@ -63,3 +63,21 @@ for (const [name, dir] of Object.entries(MODELS)) {
 function same(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
+
+t.test('a continuation has the ids it has after its context, on every tokenizer (SentencePiece encoded " world" alone as ["▁", "▁world"])', async (t) => {
+  for (const [name, dir] of Object.entries(MODELS)) {
+    const tok = Tokenizer.load(dir);
+    for (const [context, text] of [['Hello', ' world'], ['The answer is', ' noun'], ['x', ' 42'], ['Sentiment:', ' positive']]) {
+      const contextIds = tok.encodeSync(context, { addBos: true });
+      const whole = tok.encodeSync(context + text, { addBos: true });
+      const ids = await tok.continuation(context, contextIds, text);
+      t.same([...contextIds, ...ids], whole, `${name}: ${JSON.stringify(context)} + ${JSON.stringify(text)}`);
+    }
+    // A token across the boundary: the text alone, as before.
+    const ctx = tok.encodeSync('Hel', { addBos: true });
+    const whole = tok.encodeSync('Hello', { addBos: true });
+    if (!ctx.every((id, i) => whole[i] === id)) t.same(await tok.continuation('Hel', ctx, 'lo'), tok.encodeSync('lo'), `${name}: merged across the boundary`);
+  }
+  const sp = Tokenizer.load(MODELS.llama2);
+  t.not(sp.encodeSync(' world').length, (await sp.continuation('Hello', sp.encodeSync('Hello', { addBos: true }), ' world')).length, 'SentencePiece: alone, one token more');
+});

@@ -73,9 +73,18 @@ function openaiLogprobs(logprobs: TokenLogprob[], tokenText: (id: number) => str
   return {
     tokens,
     token_logprobs: logprobs.map((l) => l.logprob),
-    top_logprobs: logprobs.map((l) => Object.fromEntries(l.top.map((x) => [tokenText(x.token_id), x.logprob]))),
+    top_logprobs: logprobs.map((l) => topByText(l.top, tokenText)),
     text_offset,
   };
+}
+
+/**
+ * One step's alternatives keyed by their text, most likely first. Where two read the same (every
+ * partial UTF-8 character reads U+FFFD) the likelier keeps the key: a later one overwrote it.
+ */
+function topByText(top: TokenLogprob['top'], tokenText: (id: number) => string): Record<string, number> {
+  const seen = new Set<string>();
+  return Object.fromEntries(top.map((x) => [tokenText(x.token_id), x.logprob] as const).filter(([text]) => !seen.has(text) && !!seen.add(text)));
 }
 
 export function completionsRoutes(app: FastifyInstance, inference: Inference): void {
