@@ -47,6 +47,8 @@ export interface TokenLogprob {
   token_id: number;
   logprob: number;
   top: { token_id: number; logprob: number }[];
+  /** Where the token's text starts in the completion's text (OpenAI's text_offset; not in /generate's response). */
+  offset: number;
 }
 
 export interface RequestControl {
@@ -77,6 +79,11 @@ export class Inference {
     private readonly timeoutMs: number,
     private readonly metrics: Metrics | null = null,
   ) {}
+
+  /** A token's bytes as the decoder gives them (OpenAI names a token that is not whole characters by them). */
+  tokenBytes(id: number): number[] {
+    return this.model.tokenizer.tokenBytes(id);
+  }
 
   /** A token's text on its own (a partial UTF-8 character shows as U+FFFD), for OpenAI-style logprobs. */
   tokenText(id: number): string {
@@ -217,7 +224,7 @@ export class Inference {
         return 'stop';
       }
       ids.push(c.token);
-      if (p.logprobs || p.chosen_logprob) logprobs.push({ token_id: c.token, logprob: c.logprob!, top: (c.top ?? []).map((x) => ({ token_id: x.token, logprob: x.logprob })) });
+      if (p.logprobs || p.chosen_logprob) logprobs.push({ token_id: c.token, logprob: c.logprob!, top: (c.top ?? []).map((x) => ({ token_id: x.token, logprob: x.logprob })), offset: out.length });
       out += stream.push(c.token);
       const hit = stops.map((s) => out.indexOf(s, Math.max(0, emitted - holdBack))).filter((i) => i >= 0);
       if (hit.length > 0) {
@@ -266,7 +273,8 @@ export class Inference {
             finish_reason: finishReason,
             usage: { prompt_tokens: tokens.length, completion_tokens: ids.length },
           };
-          if (p.logprobs || p.chosen_logprob) body.logprobs = logprobs;
+          // A stop string may cut the text before the last tokens' starts.
+          if (p.logprobs || p.chosen_logprob) body.logprobs = logprobs.map((l) => (l.offset > out.length ? { ...l, offset: out.length } : l));
           resolve(body);
         },
       };
@@ -301,11 +309,12 @@ export class Inference {
     const targets = await this.model.tokenizer.continuation(prompt, context, p.completion);
     if (p.eos) targets.push(this.model.tokenizer.eosTokenId);
     if (p.max_length !== undefined) targets.splice(Math.max(0, p.max_length - context.length));
-    if (targets.length === 0) throw new ServerError('invalid_request', 'completion has no tokens to score');
+    // With no context and no soft prompt, nothing predicts the first token: it is not counted.
+    const predicted = context.length === 0 && adapter?.kind !== 'prompt' ? targets.length - 1 : targets.length;
+    if (predicted <= 0) throw new ServerError('invalid_request', targets.length === 0 ? 'completion has no tokens to score' : 'nothing to score: with an empty prompt, nothing predicts the first token');
     this.checkContext(adapter, context.length + targets.length, 0);
     const [lp] = await this.scoreRows(t, [{ context, targets }], ctl);
     const sum = lp.reduce((a, b) => a + b, 0);
-    // With no context and no soft prompt, nothing predicts the first token: it is not counted.
     return { task, adapter_version: t.version, logprob: sum, mean_logprob: lp.length ? sum / lp.length : 0, tokens: lp.length };
   }
 

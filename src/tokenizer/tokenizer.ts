@@ -76,6 +76,8 @@ export class Tokenizer {
   private pool: EncodePool | null = null;
   /** An ordinary token, decoded before another so that the other keeps its leading space. */
   private readonly anchor: number[];
+  /** The decoder maps characters to bytes (ByteLevel): see tokenBytes. */
+  private readonly byteLevel: boolean;
 
   constructor(
     private readonly dir: string,
@@ -103,6 +105,7 @@ export class Tokenizer {
     if (this.eosTokenIds.length === 0) throw new FormatError('invalid_tokenizer', 'no end-of-sequence token: config.json, generation_config.json and tokenizer_config.json name none');
     this.eosTokenId = this.eosTokenIds[0];
     this.anchor = this.plain.encode('a', { add_special_tokens: false }).ids.slice(0, 1);
+    this.byteLevel = JSON.stringify(files.tokenizer.decoder ?? null).includes('"ByteLevel"');
   }
 
   static load(dir: string, opts: TokenizerOptions = {}): Tokenizer {
@@ -155,6 +158,22 @@ export class Tokenizer {
   decode(ids: readonly number[]): string {
     const known = ids.filter((id) => this.full.id_to_token(id) !== undefined);
     return known.length ? this.full.decode(known, { clean_up_tokenization_spaces: false }) : '';
+  }
+
+  /**
+   * One token's bytes as the decoder gives them: a byte-fallback token (`<0xE2>`) its byte, a
+   * ByteLevel token (GPT-2, Llama 3, Qwen) its characters through GPT-2's byte table, any other
+   * the UTF-8 of its text. OpenAI's logprobs name a token that is not whole characters by them.
+   */
+  tokenBytes(id: number): number[] {
+    const token = this.full.id_to_token(id) ?? '';
+    const hex = /^<0x([0-9A-Fa-f]{2})>$/.exec(token);
+    if (hex) return [parseInt(hex[1], 16)];
+    if (this.byteLevel) {
+      const bytes = [...token].map((ch) => BYTE_OF_CHAR.get(ch));
+      if (bytes.every((b) => b !== undefined)) return bytes as number[];
+    }
+    return [...new TextEncoder().encode(this.tokenText(id))];
   }
 
   /** One token's text as it reads after other text (SentencePiece keeps its leading space), for logprobs. */
@@ -220,3 +239,12 @@ function withoutSpecialTokens(full: HfTokenizer): HfTokenizer {
     splitter_normalized: new Splitter(normalized),
   });
 }
+
+/** GPT-2's bytes_to_unicode, inverted: the character a ByteLevel vocabulary writes for each byte, back to the byte. */
+const BYTE_OF_CHAR: Map<string, number> = (() => {
+  const printable = (b: number) => (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+  const map = new Map<string, number>();
+  let n = 0;
+  for (let b = 0; b < 256; b++) map.set(String.fromCharCode(printable(b) ? b : 256 + n++), b);
+  return map;
+})();

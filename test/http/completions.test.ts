@@ -188,12 +188,16 @@ t.test('logprobs: 0 reports the chosen tokens’ log-probabilities and no altern
   t.equal(none.choices[0].logprobs, null);
 });
 
-t.test('top_logprobs: where alternatives read the same (partial UTF-8 characters), the likeliest keeps the key', async (t) => {
-  // Byte tokens of the demo tokenizer, each half a UTF-8 character: all read U+FFFD on their own.
-  const res = await client.completions.create({ model: 'base', prompt: 'x', max_tokens: 1, temperature: 0, logprobs: 3, logit_bias: { 161: 50, 164: 50, 245: 50 } });
-  const lp = res.choices[0].logprobs!;
-  t.same(Object.keys(lp.top_logprobs![0]), ['\ufffd']);
-  t.equal(lp.top_logprobs![0]['\ufffd'], lp.token_logprobs![0], 'the chosen (likeliest) token\'s log-probability, not a later one\'s');
+t.test('logprobs name a token that is not whole characters by its bytes, as OpenAI does; text_offset stays within the text', async (t) => {
+  // Byte tokens of the demo tokenizer (byte-level BPE), each part of a UTF-8 character: all read U+FFFD on their own.
+  const res = await client.completions.create({ model: 'base', prompt: 'x', max_tokens: 4, temperature: 0, logprobs: 3, logit_bias: { 161: 50, 164: 50, 245: 50 } });
+  const choice = res.choices[0];
+  const lp = choice.logprobs!;
+  // Their vocabulary entries 'ä', 'ç' and 'ĸ' (U+0138) are bytes 0xe4, 0xe7 and 0x96 in GPT-2's byte-to-character table.
+  t.same(Object.keys(lp.top_logprobs![0]).sort(), ['bytes:\\x96', 'bytes:\\xe4', 'bytes:\\xe7']);
+  t.match(lp.tokens![0], /^bytes:\\x[0-9a-f]{2}$/);
+  t.equal(lp.top_logprobs![0][lp.tokens![0]], lp.token_logprobs![0], 'the chosen token is among the alternatives, with its own log-probability');
+  t.ok(lp.text_offset!.every((o, i) => o <= choice.text.length && (i === 0 || o >= lp.text_offset![i - 1])), `offsets ${lp.text_offset} within ${JSON.stringify(choice.text)}`);
 });
 
 t.test('echo puts the prompt before the completion, streamed or not', async (t) => {

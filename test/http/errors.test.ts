@@ -106,3 +106,14 @@ t.test('414 and 431 keep the error shape', async (t) => {
   t.equal(bigHeader.body.error.code, 'headers_too_large');
   t.type(bigHeader.body.error.message, 'string');
 });
+
+t.test('score with nothing to score is a 400 whether or not eos is asked; a soft prompt predicts the first token', async (t) => {
+  for (const eos of [false, true]) {
+    const res = await post('/v1/tasks/base/score', { prompt: '', completion: '', raw: true, eos });
+    t.equal(res.statusCode, 400, `empty prompt and completion, eos ${eos}`);
+    t.equal(res.json().error.code, 'invalid_request');
+  }
+  const prompted = await post('/v1/tasks/kjv-prompt/score', { prompt: '', completion: '', raw: true, eos: true });
+  t.equal(prompted.statusCode, 200);
+  t.equal(prompted.json().tokens, 1, 'the soft prompt predicts end-of-text');
+});

@@ -81,3 +81,15 @@ t.test('a continuation has the ids it has after its context, on every tokenizer 
   const sp = Tokenizer.load(MODELS.llama2);
   t.not(sp.encodeSync(' world').length, (await sp.continuation('Hello', sp.encodeSync('Hello', { addBos: true }), ' world')).length, 'SentencePiece: alone, one token more');
 });
+
+t.test("a token's bytes, joined over a text's ids, are the text's UTF-8 (byte-level and byte-fallback tokens included)", async (t) => {
+  const samples = ['Hello world', 'naïve café 👨‍👩‍👧 日本語のテキスト', '\u{1F600} emoji and ∑ math'];
+  for (const [name, dir] of Object.entries(MODELS)) {
+    const tok = Tokenizer.load(dir);
+    for (const text of samples) {
+      const bytes = tok.encodeSync(text).flatMap((id) => tok.tokenBytes(id));
+      // SentencePiece marks a word start with a space, the first word's included.
+      t.equal(new TextDecoder().decode(Uint8Array.from(bytes)).trimStart(), text, `${name}: ${text}`);
+    }
+  }
+});

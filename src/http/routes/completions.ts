@@ -61,30 +61,30 @@ function refuseUnsupported(body: Record<string, unknown>): void {
   }
 }
 
-/** OpenAI's completions logprobs layout, from ours: `offset` is the text offset of the first token. */
-function openaiLogprobs(logprobs: TokenLogprob[], tokenText: (id: number) => string, offset = 0) {
-  const text_offset: number[] = [];
-  const tokens = logprobs.map((l) => {
-    const t = tokenText(l.token_id);
-    text_offset.push(offset);
-    offset += t.length;
-    return t;
-  });
+/**
+ * A token as OpenAI's logprobs name it: its text, or, where it is not whole characters (a partial
+ * UTF-8 character reads U+FFFD), `bytes:` and its bytes, as `bytes:\xe2\x80`.
+ */
+function tokenName(inference: Inference, id: number): string {
+  const text = inference.tokenText(id);
+  if (!text.includes('\ufffd')) return text;
+  return `bytes:${inference.tokenBytes(id).map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join('')}`;
+}
+
+/** OpenAI's completions logprobs layout, from ours. */
+function openaiLogprobs(logprobs: TokenLogprob[], name: (id: number) => string) {
   return {
-    tokens,
+    tokens: logprobs.map((l) => name(l.token_id)),
     token_logprobs: logprobs.map((l) => l.logprob),
-    top_logprobs: logprobs.map((l) => topByText(l.top, tokenText)),
-    text_offset,
+    top_logprobs: logprobs.map((l) => topByName(l.top, name)),
+    text_offset: logprobs.map((l) => l.offset),
   };
 }
 
-/**
- * One step's alternatives keyed by their text, most likely first. Where two read the same (every
- * partial UTF-8 character reads U+FFFD) the likelier keeps the key: a later one overwrote it.
- */
-function topByText(top: TokenLogprob['top'], tokenText: (id: number) => string): Record<string, number> {
+/** One step's alternatives keyed by name, most likely first; where two share a name, the likelier keeps it. */
+function topByName(top: TokenLogprob['top'], name: (id: number) => string): Record<string, number> {
   const seen = new Set<string>();
-  return Object.fromEntries(top.map((x) => [tokenText(x.token_id), x.logprob] as const).filter(([text]) => !seen.has(text) && !!seen.add(text)));
+  return Object.fromEntries(top.map((x) => [name(x.token_id), x.logprob] as const).filter(([n]) => !seen.has(n) && !!seen.add(n)));
 }
 
 export function completionsRoutes(app: FastifyInstance, inference: Inference): void {
@@ -109,6 +109,7 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
         chosen_logprob: typeof b.logprobs === 'number',
         logit_bias: b.logit_bias,
       };
+      const name = (tokenId: number) => tokenName(inference, tokenId);
       const id = `cmpl-${randomUUID()}`;
       const created = Math.floor(Date.now() / 1000);
       const signal = clientGone(reply);
@@ -128,26 +129,20 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
         const results = await inference.generateAll(b.model, all, { signal });
         return {
           ...head,
-          choices: results.map((r, index) => ({ index, text: text(index, r.text), finish_reason: r.finish_reason, logprobs: r.logprobs ? openaiLogprobs(r.logprobs, (t) => inference.tokenText(t)) : null })),
+          choices: results.map((r, index) => ({ index, text: text(index, r.text), finish_reason: r.finish_reason, logprobs: r.logprobs ? openaiLogprobs(r.logprobs, name) : null })),
           usage: usage(results),
         };
       }
       const echoed = new Set<number>();
       const echoOnce = (index: number, chunk: string) => (echoed.has(index) ? chunk : (echoed.add(index), text(index, chunk)));
-      // Each token's chunk carries its log-probabilities, in the non-streamed layout: text_offset counts on across chunks.
-      const offsets = new Array<number>(all.length).fill(0);
-      const chunkLogprobs = (index: number, lp: TokenLogprob | undefined) => {
-        if (!lp) return null;
-        const l = openaiLogprobs([lp], (t) => inference.tokenText(t), offsets[index]);
-        offsets[index] += l.tokens[0].length;
-        return l;
-      };
+      // Each token's chunk carries its log-probabilities, in the non-streamed layout.
+      const chunkLogprobs = (lp: TokenLogprob | undefined) => (lp ? openaiLogprobs([lp], name) : null);
       const stream = openEventStream(reply);
       try {
         const results = await inference.generateAll(b.model, all, {
           signal,
           // Echo: a choice's prompt goes out with its first chunk, once the request was admitted.
-          onToken: (index, _tokenId, chunk, lp) => stream.send({ ...head, choices: [{ index, text: echoOnce(index, chunk), finish_reason: null, logprobs: chunkLogprobs(index, lp) }] }),
+          onToken: (index, _tokenId, chunk, lp) => stream.send({ ...head, choices: [{ index, text: echoOnce(index, chunk), finish_reason: null, logprobs: chunkLogprobs(lp) }] }),
         });
         results.forEach((r, index) => stream.send({ ...head, choices: [{ index, text: echoOnce(index, ''), finish_reason: r.finish_reason, logprobs: null }] }));
         stream.send({ ...head, choices: [], usage: usage(results) });
