@@ -109,7 +109,7 @@ export function parseAdapter(task: string, files: AdapterFiles, base: ParseBase,
       const v = t.data[i];
       if (Math.abs(v) <= MAX_ADAPTER_VALUE) continue;
       if (!Number.isFinite(v)) fail('non_finite', `tensor '${name}' has a non-finite value at flat index ${i}`);
-      fail('value_too_large', `tensor '${name}' has ${v} at flat index ${i}; adapter values are limited to ±${MAX_ADAPTER_VALUE} (the forward pass would overflow float32)`);
+      fail('value_too_large', `tensor '${name}' has ${v} at flat index ${i}; adapter values are limited to ±${MAX_ADAPTER_VALUE}, far beyond trained ones (values near float32's limit overflow the forward pass)`);
     }
   }
   const type = peftType as PeftType;

@@ -4,10 +4,11 @@ import type { Tensor } from '../model/safetensors.js';
 import type { AdapterTensors } from '../protocol.js';
 
 /**
- * The largest magnitude an adapter value may have. Trained adapters stay far below it (the demo's
- * and the test fixtures' largest is 11.3); values near float32's limit (an upload had biases of
- * 1e38) pass the finiteness check but overflow in the forward pass, which then gives NaN logits:
- * an empty completion, or a 500 for scores.
+ * The largest magnitude an adapter value may have: a sanity bound, far beyond trained adapters (the
+ * demo's and the test fixtures' largest is 11.3). Values near float32's limit (an upload had biases
+ * of 1e38) pass the finiteness check but overflow the forward pass into NaN logits. It does not
+ * prove that every adapter within it stays finite (LoRA's update is scale · B·A, summed over the
+ * rank), only that such a row's NaN is its own: the KV batch never lets it reach another row.
  */
 export const MAX_ADAPTER_VALUE = 1e4;
 
@@ -103,7 +104,7 @@ export function parseLora(cfg: Record<string, unknown>, raw: Map<string, Tensor>
   if (typeof (cfg.fan_in_fan_out ?? false) !== 'boolean') fail('invalid_config', 'fan_in_fan_out must be a boolean');
   const rank = r as number;
   const scale = (alpha as number) / (cfg.use_rslora ? Math.sqrt(rank) : rank);
-  if (!(Math.abs(scale) <= MAX_ADAPTER_VALUE)) fail('value_too_large', `lora_alpha / r is ${scale}; it is limited to ±${MAX_ADAPTER_VALUE} (the forward pass would overflow float32)`);
+  if (!(Math.abs(scale) <= MAX_ADAPTER_VALUE)) fail('value_too_large', `lora_alpha / r is ${scale}; it is limited to ±${MAX_ADAPTER_VALUE}, far beyond trained ones (values near float32's limit overflow the forward pass)`);
   const chosen = targets(cfg, linearModules(base));
   const tensors = byModule('LORA', raw, chosen, ['lora_A.weight', 'lora_B.weight']);
   const modules: Record<string, { a: Float32Array; b: Float32Array }> = {};

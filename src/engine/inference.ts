@@ -229,6 +229,8 @@ export class Inference {
       const hit = stops.map((s) => out.indexOf(s, Math.max(0, emitted - holdBack))).filter((i) => i >= 0);
       if (hit.length > 0) {
         out = out.slice(0, Math.min(...hit));
+        // Tokens whose text the stop string cut start at the text's end (those streamed before it was seen went out as they were).
+        for (const l of logprobs) l.offset = Math.min(l.offset, out.length);
         finishReason = 'stop';
         emit(c.token, true);
         return 'stop';
@@ -273,8 +275,7 @@ export class Inference {
             finish_reason: finishReason,
             usage: { prompt_tokens: tokens.length, completion_tokens: ids.length },
           };
-          // A stop string may cut the text before the last tokens' starts.
-          if (p.logprobs || p.chosen_logprob) body.logprobs = logprobs.map((l) => (l.offset > out.length ? { ...l, offset: out.length } : l));
+          if (p.logprobs || p.chosen_logprob) body.logprobs = logprobs;
           resolve(body);
         },
       };
@@ -306,7 +307,7 @@ export class Inference {
     const adapter = t.adapter?.tensors ?? null;
     const prompt = p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt);
     const context = await this.model.tokenizer.encode(prompt, { addBos: true });
-    const targets = await this.model.tokenizer.continuation(prompt, context, p.completion);
+    const targets = await this.model.tokenizer.continuation(prompt, p.completion);
     if (p.eos) targets.push(this.model.tokenizer.eosTokenId);
     if (p.max_length !== undefined) targets.splice(Math.max(0, p.max_length - context.length));
     // With no context and no soft prompt, nothing predicts the first token: it is not counted.
@@ -336,7 +337,7 @@ export class Inference {
       const text = applyTemplate(template, input);
       const context = await this.encodePrompt(text, adapter);
       // Each label's tokens as they follow this input (tokenizer.ts continuation).
-      for (const targets of await Promise.all(labels.map((w) => this.model.tokenizer.continuation(text, context, ' ' + w)))) {
+      for (const targets of await Promise.all(labels.map((w) => this.model.tokenizer.continuation(text, ' ' + w)))) {
         this.checkContext(adapter, context.length + targets.length, 0);
         rows.push({ context, targets });
       }

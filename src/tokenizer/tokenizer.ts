@@ -78,6 +78,8 @@ export class Tokenizer {
   private readonly anchor: number[];
   /** The decoder maps characters to bytes (ByteLevel): see tokenBytes. */
   private readonly byteLevel: boolean;
+  /** continuation()'s results by context tail and text. */
+  private readonly continuations = new LruCache<string, number[]>(CONTINUATION_CACHE_BYTES);
 
   constructor(
     private readonly dir: string,
@@ -136,18 +138,24 @@ export class Tokenizer {
   }
 
   /**
-   * Ids of `text` as it continues `context`, whose ids (encode's, BOS included) are `contextIds`: the
-   * ids of context + text after the context's, where those are their prefix. Encoded alone, a
-   * SentencePiece tokenizer starts `text` as a new word, so " world" after "Hello" became
-   * ["▁", "▁world"], a double space, where the whole text has ["▁world"]. Where a token spans the
-   * boundary (the context's ids are not a prefix), or the two together are over MAX_PROMPT_CHARS,
-   * `text` is encoded alone.
+   * Ids of `text` as it continues `context`: the ids of tail + text after the tail's own, where
+   * those are their prefix; `tail` is the context's end from a whitespace boundary (at most
+   * TAIL_CHARS), which is all that can change how `text` starts. Encoded alone, a SentencePiece
+   * tokenizer starts `text` as a new word, so " world" after "Hello" became ["▁", "▁world"], a
+   * double space, where "Hello world" has ["▁world"]. Where a token spans the boundary (the tail's
+   * ids are not a prefix), `text` is encoded alone. Short texts (labels) are kept in a bounded
+   * cache: a classify asks for every input and label, and its inputs mostly share a template's end.
    */
-  async continuation(context: string, contextIds: readonly number[], text: string): Promise<number[]> {
-    if (context.length + text.length > this.maxChars) return this.encode(text);
-    const whole = await this.encode(context + text, { addBos: contextIds[0] === this.bosTokenId && this.bosTokenId !== null });
-    const prefix = whole.length > contextIds.length && contextIds.every((id, i) => whole[i] === id);
-    return prefix ? whole.slice(contextIds.length) : this.encode(text);
+  async continuation(context: string, text: string): Promise<number[]> {
+    const tail = contextTail(context);
+    const key = text.length <= CACHED_TEXT_CHARS ? `${tail}\u0000${text}` : null;
+    const hit = key === null ? undefined : this.continuations.get(key);
+    if (hit) return [...hit]; // a copy: callers append to it (score's end-of-text)
+    const tailIds = this.encodeSync(tail);
+    const whole = await this.encode(tail + text);
+    const ids = whole.length > tailIds.length && tailIds.every((id, i) => whole[i] === id) ? whole.slice(tailIds.length) : await this.encode(text);
+    if (key !== null) this.continuations.set(key, [...ids], 2 * key.length + 8 * ids.length + 64);
+    return ids;
   }
 
   private withBos(ids: number[], opts: EncodeOptions): number[] {
@@ -248,3 +256,16 @@ const BYTE_OF_CHAR: Map<string, number> = (() => {
   for (let b = 0; b < 256; b++) map.set(String.fromCharCode(printable(b) ? b : 256 + n++), b);
   return map;
 })();
+
+/** How much of a context's end continuation() looks at, and what its cache may hold (texts as long as a label). */
+const TAIL_CHARS = 64;
+const CACHED_TEXT_CHARS = 256;
+const CONTINUATION_CACHE_BYTES = 4 * 1024 * 1024;
+
+/** The context's last characters from a whitespace boundary: at most TAIL_CHARS, all of it when shorter. */
+function contextTail(context: string): string {
+  if (context.length <= TAIL_CHARS) return context;
+  const end = context.slice(-TAIL_CHARS);
+  const cut = end.search(/\s/);
+  return cut > 0 ? end.slice(cut) : end;
+}

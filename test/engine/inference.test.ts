@@ -72,3 +72,20 @@ t.test('streamed text held back for stop strings never ends between the two halv
   t.equal(r.text, 'x👧'.repeat(5));
   t.equal(await codeOf(inference.generate('base', { prompt: 'hello', max_tokens: 5, stop: ['\udc67'] })), 'invalid_request');
 });
+
+t.test("a stop string that cuts tokens' text: their offsets end at the text's end, streamed or not", async (t) => {
+  const tokenizer = server.model.tokenizer;
+  const stream = tokenizer.stream.bind(tokenizer);
+  const pieces = () => {
+    const texts = ['ab\n', '\ncd', 'ef'];
+    let i = 0;
+    return { push: () => texts[i++ % texts.length], flush: () => '' } as unknown as ReturnType<typeof stream>;
+  };
+  tokenizer.stream = pieces;
+  t.teardown(() => (tokenizer.stream = stream));
+  const streamed: number[] = [];
+  const r = await inference.generate('base', { prompt: 'hello', max_tokens: 3, temperature: 0, ignore_eos: true, stop: ['\n\n'], logprobs: 1 }, { onToken: (_id, _text, lp) => lp && streamed.push(lp.offset) });
+  t.equal(r.text, 'ab');
+  t.same(r.logprobs!.map((l) => l.offset), [0, 2], 'the second token starts where the stop string cut the text');
+  t.equal(streamed.at(-1), 2, 'the chunk that found the stop string says so too');
+});

@@ -64,22 +64,31 @@ function same(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
-t.test('a continuation has the ids it has after its context, on every tokenizer (SentencePiece encoded " world" alone as ["▁", "▁world"])', async (t) => {
+t.test('a continuation has the ids it has after its whole context, on every tokenizer (SentencePiece encoded " world" alone as ["▁", "▁world"])', async (t) => {
+  const labels = [' world', ' noun', ' 42', ' positive', ' naïve café', ' 日本'];
   for (const [name, dir] of Object.entries(MODELS)) {
     const tok = Tokenizer.load(dir);
-    for (const [context, text] of [['Hello', ' world'], ['The answer is', ' noun'], ['x', ' 42'], ['Sentiment:', ' positive']]) {
+    let checked = 0;
+    const wrong: string[] = [];
+    // Contexts short and long (past the tail it looks at), each with every label.
+    for (const context of ['Hello', 'The answer is', 'Sentiment:', ...texts.slice(0, 40)]) {
       const contextIds = tok.encodeSync(context, { addBos: true });
-      const whole = tok.encodeSync(context + text, { addBos: true });
-      const ids = await tok.continuation(context, contextIds, text);
-      t.same([...contextIds, ...ids], whole, `${name}: ${JSON.stringify(context)} + ${JSON.stringify(text)}`);
+      for (const label of labels) {
+        const whole = tok.encodeSync(context + label, { addBos: true });
+        if (!contextIds.every((id, i) => whole[i] === id)) continue; // a token spans the boundary: no in-context answer
+        checked++;
+        const ids = await tok.continuation(context, label);
+        if (JSON.stringify([...contextIds, ...ids]) !== JSON.stringify(whole)) wrong.push(`${JSON.stringify(context.slice(-40))} + ${JSON.stringify(label)}`);
+      }
     }
+    t.same(wrong.slice(0, 5), [], `${name}: ${wrong.length} of ${checked} differ from the whole context's ids`);
+    t.ok(checked > 150, `${name}: ${checked} checked`);
     // A token across the boundary: the text alone, as before.
-    const ctx = tok.encodeSync('Hel', { addBos: true });
-    const whole = tok.encodeSync('Hello', { addBos: true });
-    if (!ctx.every((id, i) => whole[i] === id)) t.same(await tok.continuation('Hel', ctx, 'lo'), tok.encodeSync('lo'), `${name}: merged across the boundary`);
+    const ctx = tok.encodeSync('Hel');
+    if (!ctx.every((id, i) => tok.encodeSync('Hello')[i] === id)) t.same(await tok.continuation('Hel', 'lo'), tok.encodeSync('lo'), `${name}: merged across the boundary`);
   }
   const sp = Tokenizer.load(MODELS.llama2);
-  t.not(sp.encodeSync(' world').length, (await sp.continuation('Hello', sp.encodeSync('Hello', { addBos: true }), ' world')).length, 'SentencePiece: alone, one token more');
+  t.equal(sp.encodeSync(' world').length, (await sp.continuation('Hello', ' world')).length + 1, 'SentencePiece: alone, one token more');
 });
 
 t.test("a token's bytes, joined over a text's ids, are the text's UTF-8 (byte-level and byte-fallback tokens included)", async (t) => {
