@@ -140,7 +140,8 @@ export class Tokenizer {
   /**
    * Ids of `text` as it continues `context`: the ids of tail + text after the tail's own, where
    * those are their prefix; `tail` is the context's end from a whitespace boundary (at most
-   * TAIL_CHARS), which is all that can change how `text` starts. Encoded alone, a SentencePiece
+   * TAIL_CHARS): what decides how `text` starts (equal to the whole context's ids on four real
+   * tokenizers, test/tokenizer/real-tokenizers.test.ts). Encoded alone, a SentencePiece
    * tokenizer starts `text` as a new word, so " world" after "Hello" became ["▁", "▁world"], a
    * double space, where "Hello world" has ["▁world"]. Where a token spans the boundary (the tail's
    * ids are not a prefix), `text` is encoded alone. Short texts (labels) are kept in a bounded
