@@ -47,11 +47,15 @@ export class ConfigError extends Error {
   }
 }
 
+/** The largest delay a Node timer takes; beyond it setTimeout fires after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A decimal integer (no hex, exponent or fraction: `1e3` and `0x1F` are typos here, not numbers). */
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
   const v = Number(raw.trim());
-  if (raw.trim() === '' || !Number.isInteger(v) || v < min || v > max) {
+  if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(v) || v < min || v > max) {
     throw new ConfigError(`${name} must be an integer from ${min} to ${max === Number.MAX_SAFE_INTEGER ? '∞' : max}, got '${raw}'`);
   }
   return v;
@@ -92,26 +96,46 @@ function defaultWorkers(env: NodeJS.ProcessEnv): number {
   return int(env, 'WORKERS', Math.min(2, cpus().length), 1);
 }
 
+/**
+ * ADMIN_TOKEN: unset, one is generated at start; set, it must hold a token. Set but blank (a
+ * Kubernetes Secret with an empty value) would otherwise mean a different generated token on
+ * every replica.
+ */
+function adminToken(env: NodeJS.ProcessEnv): string | undefined {
+  if (env.ADMIN_TOKEN === undefined) return undefined;
+  const token = env.ADMIN_TOKEN.trim();
+  if (token === '') throw new ConfigError('ADMIN_TOKEN is set but blank; set a token, or unset it to have one generated');
+  return token;
+}
+
+/** API_TOKENS: unset or empty, inference is open; set to a list, it must name at least one token. */
+function apiTokens(env: NodeJS.ProcessEnv): string[] {
+  const raw = env.API_TOKENS ?? '';
+  const tokens = raw.split(',').map((t) => t.trim()).filter(Boolean);
+  if (raw.trim() !== '' && tokens.length === 0) throw new ConfigError(`API_TOKENS names no token ('${raw}'); unset it to leave inference open`);
+  return tokens;
+}
+
 /** Reads and validates the environment once; the result is frozen and handed out in slices. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
   const provider = oneOf(env, 'EXECUTION_PROVIDER', ['cpu', 'webgpu'], 'cpu');
   return Object.freeze({
     port: int(env, 'PORT', 8080, 0, 65535),
-    host: env.HOST ?? '127.0.0.1',
+    host: env.HOST?.trim() || '127.0.0.1',
     modelDir: env.MODEL_DIR ?? 'models/demo-gpt2',
     adaptersDir: env.ADAPTERS_DIR ?? 'adapters',
     cacheDir: env.CACHE_DIR ?? '.cache',
     redisUrl: env.REDIS_URL || undefined,
-    adminToken: env.ADMIN_TOKEN || undefined,
-    apiTokens: (env.API_TOKENS ?? '').split(',').map((t) => t.trim()).filter(Boolean),
+    adminToken: adminToken(env),
+    apiTokens: apiTokens(env),
     executionProvider: provider,
     logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
     maxBatchSize: int(env, 'MAX_BATCH_SIZE', 64, 1),
     maxBatchTokens: int(env, 'MAX_BATCH_TOKENS', 4096, 16),
     maxQueue: int(env, 'MAX_QUEUE', 1024, 1),
-    batchWaitMs: int(env, 'BATCH_WAIT_MS', 2),
+    batchWaitMs: int(env, 'BATCH_WAIT_MS', 2, 0, 1000),
     batchPolicy: oneOf(env, 'BATCH_POLICY', ['mixed', 'same-task'], 'mixed'),
-    requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 60_000, 1),
+    requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 60_000, 1, MAX_TIMER_MS),
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 1024 * 1024, 1024),
     maxPromptChars: int(env, 'MAX_PROMPT_CHARS', 100_000, 1),
     maxAdapterBytes: int(env, 'MAX_ADAPTER_BYTES', 64 * 1024 * 1024, 1024),
@@ -123,11 +147,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     promptKvCache: oneOf(env, 'PROMPT_KV_CACHE', ['on', 'off'], 'on') === 'on',
     rateLimitPerMinute: int(env, 'RATE_LIMIT_PER_MINUTE', 0),
     trustProxy: trustProxy(env),
-    reconcileIntervalMs: int(env, 'RECONCILE_INTERVAL_MS', 30_000),
+    reconcileIntervalMs: int(env, 'RECONCILE_INTERVAL_MS', 30_000, 0, MAX_TIMER_MS),
     metricsMaxTasks: int(env, 'METRICS_MAX_TASKS', 100, 1),
-    shutdownDeadlineMs: int(env, 'SHUTDOWN_DEADLINE_MS', 30_000),
+    shutdownDeadlineMs: int(env, 'SHUTDOWN_DEADLINE_MS', 30_000, 0, MAX_TIMER_MS),
     // A step this long means a hung worker: it is terminated and restarted (its rows get 503).
-    stepTimeoutMs: int(env, 'STEP_TIMEOUT_MS', 60_000, 100),
+    stepTimeoutMs: int(env, 'STEP_TIMEOUT_MS', 60_000, 100, MAX_TIMER_MS),
     // Tokens one score/classify request may score (inputs × labels × tokens each); 413 beyond.
     maxScoreTokens: int(env, 'MAX_SCORE_TOKENS', 131_072, 1),
   });

@@ -45,7 +45,8 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   }
   registry.follow(config.reconcileIntervalMs);
   const adminToken = config.adminToken ?? randomBytes(24).toString('base64url');
-  if (!config.adminToken) log.warn({ adminToken }, 'ADMIN_TOKEN is not set: generated one for this process (shown once)');
+  // On stderr whatever LOG_LEVEL says: at `error` the warning would hide the only copy of the token.
+  if (!config.adminToken) process.stderr.write(`softprompt-server: ADMIN_TOKEN is not set: generated one for this process (shown once): ${adminToken}\n`);
   const executors = Array.from({ length: config.workers }, () => new Executor({ graphPath: model.graphPath, baseGraphPath: model.baseGraphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads, spin: config.spinThreads, promptKv: config.promptKvCache }));
   await Promise.all(executors.map((e) => e.ready()));
   log.info({ provider: config.executionProvider, workers: config.workers, threads: config.intraOpThreads, ms: Math.round(performance.now() - t0) }, 'inference workers ready');
@@ -109,6 +110,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   /** Graceful: stop admitting (503 shutting_down), let admitted requests finish up to the deadline, then close. */
   const close = async (deadlineMs = 0) => {
     ready = false;
+    registry.refuseWrites();
     const drained = await engine.drain(deadlineMs);
     if (!drained) log.warn({ deadlineMs }, 'shutdown deadline reached with requests still running');
     registry.stop();

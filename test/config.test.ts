@@ -43,6 +43,16 @@ t.test('every invalid variable is a ConfigError that names it', async (t) => {
     [{ PROMPT_KV_CACHE: 'no' }, /PROMPT_KV_CACHE must be one of on, off, got 'no'/],
     [{ TRUST_PROXY: 'yes please' }, /TRUST_PROXY/],
     [{ RECONCILE_INTERVAL_MS: '-1' }, /RECONCILE_INTERVAL_MS/],
+    // Found by an adversarial round: accepted values that broke the server later.
+    [{ PORT: '0x1F' }, /PORT/],
+    [{ MAX_QUEUE: '1e3' }, /MAX_QUEUE/],
+    [{ REQUEST_TIMEOUT_MS: '2147483648' }, /REQUEST_TIMEOUT_MS must be an integer from 1 to 2147483647/],
+    [{ STEP_TIMEOUT_MS: '9999999999' }, /STEP_TIMEOUT_MS/],
+    [{ RECONCILE_INTERVAL_MS: '2147483648' }, /RECONCILE_INTERVAL_MS/],
+    [{ BATCH_WAIT_MS: '20000' }, /BATCH_WAIT_MS must be an integer from 0 to 1000/],
+    [{ ADMIN_TOKEN: '  ' }, /ADMIN_TOKEN is set but blank/],
+    [{ ADMIN_TOKEN: '' }, /ADMIN_TOKEN is set but blank/],
+    [{ API_TOKENS: ' , ' }, /API_TOKENS names no token/],
   ];
   for (const [env, message] of cases) t.match(refused(env), message, JSON.stringify(env));
 });
@@ -53,6 +63,11 @@ t.test('accepted spellings', async (t) => {
   t.same(loadConfig({ TRUST_PROXY: 'loopback, 10.0.0.0/8' }).trustProxy, ['loopback', '10.0.0.0/8']);
   t.equal(loadConfig({ TRUST_PROXY: 'false' }).trustProxy, false);
   t.same(loadConfig({ API_TOKENS: ' a , b\u00a0,,' }).apiTokens, ['a', 'b']);
+  t.same(loadConfig({ API_TOKENS: '' }).apiTokens, [], 'empty: inference open, as unset');
+  t.equal(loadConfig({ HOST: '' }).host, '127.0.0.1', 'an empty HOST is the default, not every interface');
+  t.equal(loadConfig({ ADMIN_TOKEN: ' secret ' }).adminToken, 'secret');
+  t.equal(loadConfig({}).adminToken, undefined);
+  t.equal(loadConfig({ REQUEST_TIMEOUT_MS: '2147483647' }).requestTimeoutMs, 2147483647);
 });
 
 t.test('the server binary prints one line and exits 1 on an invalid variable', async (t) => {

@@ -57,6 +57,7 @@ export class Registry {
   private readonly writing = new Map<string, string | null>();
   /** Tasks held when the shared index was found empty: served from memory until deleted or replaced. */
   private readonly orphans = new Set<string>();
+  private writesRefused = false;
   private reconcileTimer: NodeJS.Timeout | null = null;
   /** The shared store's lifetime id when last read; a different one means it lost its data. */
   private storeEpoch: string | undefined;
@@ -217,6 +218,15 @@ export class Registry {
     this.reconcileTimer = null;
   }
 
+  /** Shutting down: uploads and deletes get 503 shutting_down from now on, as new inference does. */
+  refuseWrites(): void {
+    this.writesRefused = true;
+  }
+
+  private checkWritable(): void {
+    if (this.writesRefused) throw new ServerError('shutting_down', 'the server is shutting down: adapter writes are refused');
+  }
+
   private async resync(): Promise<void> {
     try {
       await this.sync(false);
@@ -266,6 +276,7 @@ export class Registry {
 
   /** Validates fully, then stores, then swaps: an invalid upload changes nothing. */
   async upload(task: string, files: AdapterFiles): Promise<{ info: AdapterInfo; created: boolean }> {
+    this.checkWritable();
     if (task === BASE_TASK) throw new ServerError('reserved_task', "'base' is the frozen model and cannot be replaced");
     if (!TASK_ID.test(task)) throw new ServerError('invalid_request', `task id must match ${TASK_ID.source}`);
     let adapter: Adapter;
@@ -287,6 +298,7 @@ export class Registry {
   }
 
   async remove(task: string): Promise<void> {
+    this.checkWritable();
     if (task === BASE_TASK) throw new ServerError('reserved_task', "'base' is the frozen model and cannot be deleted");
     if (!this.meta.has(task)) throw new ServerError('task_not_found', `no adapter named '${task.slice(0, 80)}'`);
     const n = this.begin(task);

@@ -99,8 +99,9 @@ export class Engine {
     for (const job of jobs) place(lanes, jobRows(job)).enqueue(job, overlapping);
   }
 
+  /** Jobs held by any lane, including score rows in a step in flight (finding: a drain let them fail). */
   private hasWork(): boolean {
-    return this.lanes.some((l) => l.scheduler.hasWork());
+    return this.lanes.some((l) => l.scheduler.holding);
   }
 
   /** Refuses new work with 503 and resolves when what was admitted has finished, or at the deadline. */

@@ -126,6 +126,12 @@ export class Scheduler {
     this.outbox.push({ type: 'cancelled', job });
   }
 
+  /** Whether any job is held, rows in a step in flight included: what a drain waits for. */
+  get holding(): boolean {
+    return this.hasWork() || this.scoring.size > 0;
+  }
+
+  /** Whether the next plan has anything to do (a score job whose rows are all in flight has not). */
   hasWork(): boolean {
     return this.waiting > 0 || this.running.size > 0 || this.pendingDrop.length > 0 || this.outbox.length > 0 || [...this.scoring.values()].some((p) => p.next < p.job.rows.length);
   }

@@ -5,6 +5,9 @@ import type { WorkerInit, WorkerReply } from './worker.js';
 
 export class WorkerCrashedError extends Error {}
 
+/** How long a worker abandoned as hung has to answer a ping before it is presumed stuck in JavaScript. */
+const PING_MS = 1000;
+
 /** Respawn delays after failed starts: 100 ms doubling, at most 30 s. */
 const BACKOFF_MS = { first: 100, max: 30_000 };
 
@@ -12,7 +15,8 @@ const BACKOFF_MS = { first: 100, max: 30_000 };
  * Main-thread side of the executor: posts plans to the worker and resolves their results. When the
  * worker dies, the step in flight fails with WorkerCrashedError and a fresh worker is started; its
  * KV cache is empty, so the engine fails the sequences it had running and goes on.
- * - A step past its deadline means a hung worker: it is terminated, which counts as a crash.
+ * - A step past its deadline means a hung worker: its steps fail as in a crash and a fresh worker
+ *   takes over at once. The old one is terminated only where that is safe (see abandon).
  * - A worker that cannot create its session is respawned with backoff; meanwhile `canRun` is
  *   false. At startup (never ready yet) a failure is final: ready() rejects with the reason.
  */
@@ -23,8 +27,8 @@ export class Executor extends EventEmitter {
   private closing = false;
   private everReady = false;
   private failedStarts = 0;
-  private killReason: string | null = null;
   private respawnTimer: NodeJS.Timeout | null = null;
+  private readonly abandoned = new Set<Worker>();
   private readyPromise!: Promise<void>;
   /** Settles when the last step posted settles: the worker runs steps in order, so a step's clock starts there. */
   private tail: Promise<unknown> = Promise.resolve();
@@ -55,7 +59,7 @@ export class Executor extends EventEmitter {
           this.canRun = true;
           resolve();
         } else if ('fatal' in msg) reject(new Error(msg.fatal));
-        else {
+        else if ('id' in msg) {
           const p = this.pending.get(msg.id);
           this.pending.delete(msg.id);
           if (msg.error !== undefined) p?.reject(new Error(msg.error));
@@ -66,8 +70,7 @@ export class Executor extends EventEmitter {
       worker.on('exit', (code) => {
         reject(new Error(`worker exited with code ${code} before it was ready`));
         if (this.closing || worker !== this.worker) return;
-        const why = this.killReason ?? `inference worker exited with code ${code}`;
-        this.killReason = null;
+        const why = `inference worker exited with code ${code}`;
         const failed = [...this.pending.values()];
         this.pending.clear();
         for (const p of failed) p.reject(new WorkerCrashedError(why));
@@ -136,9 +139,38 @@ export class Executor extends EventEmitter {
 
   private kill(worker: Worker, reason: string): void {
     if (worker !== this.worker || this.closing) return;
-    this.killReason = reason;
     this.emit('hung', reason);
-    void worker.terminate();
+    this.abandon(worker, reason);
+  }
+
+  /**
+   * Fails the hung worker's steps, starts a fresh worker, and terminates the old one only where
+   * that is safe. Terminating a worker while onnxruntime-node's session.run is in flight aborts the
+   * whole process (`terminate called after throwing an instance of 'Napi::Error'`), and that run
+   * goes on natively off the worker's JS thread. So the old worker is asked for a ping: a thread
+   * that answers is waiting on that run and is terminated when the run's result comes back; one
+   * that does not answer within PING_MS is stuck in JavaScript, where terminating is safe. A run
+   * that never returns leaves its worker behind, unreferenced, rather than taking the server down.
+   */
+  private abandon(worker: Worker, reason: string): void {
+    const failed = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of failed) p.reject(new WorkerCrashedError(reason));
+    this.respawns++;
+    this.abandoned.add(worker);
+    this.spawn();
+    worker.unref();
+    let answered = false;
+    const end = () => {
+      this.abandoned.delete(worker);
+      void worker.terminate();
+    };
+    worker.on('message', (msg: WorkerReply) => {
+      if ('pong' in msg) answered = true;
+      else if ('id' in msg) end(); // its step is back: no native run in flight any more
+    });
+    worker.postMessage({ id: 0, ping: true });
+    setTimeout(() => !answered && end(), PING_MS).unref();
   }
 
   /** Kills the worker as a crash would (tests use it to exercise recovery). */
@@ -149,6 +181,11 @@ export class Executor extends EventEmitter {
   /** Makes the worker spin forever, as a hung native call would (tests use it to exercise the watchdog). */
   simulateHang(): void {
     this.worker.postMessage({ id: 0, hang: true });
+  }
+
+  /** Workers abandoned as hung whose native run has not returned (see abandon). */
+  get hungWorkers(): number {
+    return this.abandoned.size;
   }
 
   async close(): Promise<void> {

@@ -22,8 +22,8 @@ export interface WorkerInit {
   promptKv?: boolean;
 }
 
-export type WorkerRequest = { id: number; plan: StepPlan } | { id: number; crash: true } | { id: number; hang: true };
-export type WorkerReply = { id: number; result?: unknown; error?: string } | { ready: true; providers: string[] } | { fatal: string };
+export type WorkerRequest = { id: number; plan: StepPlan } | { id: number; crash: true } | { id: number; hang: true } | { id: number; ping: true };
+export type WorkerReply = { id: number; result?: unknown; error?: string } | { ready: true; providers: string[] } | { fatal: string } | { pong: true };
 
 /**
  * Lowers this thread's scheduling priority (Linux: a thread id works as a pid for setpriority), so
@@ -68,6 +68,8 @@ async function main(): Promise<void> {
   parentPort!.on('message', (msg: WorkerRequest) => {
     if ('crash' in msg) process.exit(3); // test hook: lets the crash-recovery path be exercised for real
     if ('hang' in msg) for (;;); // test hook: a hung step, for the main thread's watchdog
+    // Answered at once, not after the steps queued: the thread is free while session.run runs natively.
+    if ('ping' in msg) return parentPort!.postMessage({ pong: true });
     chain = chain.then(async () => {
       try {
         // Rows that cannot run fail alone: they leave the plan before session.run sees them.

@@ -181,3 +181,12 @@ t.test('startup refuses stored adapters that fail validation, and keeps the rest
   t.equal(skipped.length, 3);
   for (const s of skipped) t.match(s.reason, /invalid_config|unsupported_peft_type/);
 });
+
+t.test('shutting down: uploads and deletes are refused with 503 shutting_down, and nothing changes', async (t) => {
+  const { registry } = await fresh();
+  await registry.upload('kept', files('kjv-prompt'));
+  registry.refuseWrites();
+  await t.rejects(registry.upload('late', files('kjv-prompt')), { code: 'shutting_down', status: 503 });
+  await t.rejects(registry.remove('kept'), { code: 'shutting_down', status: 503 });
+  t.same(registry.list().map((a) => a.task), ['kept']);
+});

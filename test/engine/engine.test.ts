@@ -89,3 +89,30 @@ t.test('cancelled jobs are counted across lanes', async (t) => {
   for (const l of e.lanes) l.scheduler.plan();
   t.equal(e.cancelled, 2);
 });
+
+t.test('a drain waits for score rows in a step still in flight; they finish, not fail', async (t) => {
+  const { e, execs } = engine(1);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  // The worker holds the first step (every row of the score job) until released.
+  const step = execs[0].step.bind(execs[0]);
+  let held = false;
+  execs[0].step = async (plan) => {
+    if (plan.score.length > 0) {
+      held = true;
+      await gate;
+    }
+    return step(plan);
+  };
+  let outcome = 'pending';
+  const job = score(4, 4);
+  job.done = (lp, err) => (outcome = err ? (err as unknown as { code: string }).code : lp ? 'scored' : 'cancelled');
+  e.start();
+  e.submit(job);
+  while (!held) await new Promise((r) => setImmediate(r));
+  const drained = e.drain(2000);
+  setTimeout(release, 100);
+  t.equal(await drained, true, 'drained once the step came back');
+  t.equal(outcome, 'scored');
+  await e.stop();
+});

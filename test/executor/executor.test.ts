@@ -94,6 +94,25 @@ t.test('a hung step: past its deadline the worker is terminated and restarted; t
   t.equal(ok.tokens.length, 1);
 });
 
+t.test('a step past its deadline inside session.run: the process survives, a fresh worker serves, the old one ends when its run returns', async (t) => {
+  // Terminating a worker while onnxruntime-node runs natively aborted the whole process
+  // (Napi::Error in terminate); this file's process is the one that would die.
+  const e = executor();
+  await e.ready();
+  const tokens = Array.from({ length: 400 }, (_, i) => 100 + ((i * 37) % 3000));
+  const heavy = { ...empty, prefill: Array.from({ length: 24 }, (_, seq) => ({ seq, adapter: null, tokens, sampling })) };
+  const err = await e.step(heavy, 5).catch((x: Error) => x);
+  t.type(err, WorkerCrashedError);
+  t.match((err as Error).message, /STEP_TIMEOUT_MS/);
+  t.equal(e.respawns, 1);
+  t.equal(e.hungWorkers, 1, 'the old worker waits for its run');
+  await e.ready();
+  const ok = await e.step({ ...empty, reset: true, prefill: [{ seq: 100, adapter: null, tokens: [464], sampling }] }, 60_000);
+  t.equal(ok.tokens.length, 1, 'the fresh worker serves');
+  for (let i = 0; i < 600 && e.hungWorkers > 0; i++) await sleep(50);
+  t.equal(e.hungWorkers, 0, 'the old worker was terminated once its run came back');
+});
+
 t.test('a worker that cannot create its session is retried with backoff; canRun is false meanwhile', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sps-graph-'));
   // The graph keeps its name: it refers to its weights (ONNX external data) as '<name>.data' beside it.
