@@ -1,7 +1,7 @@
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -107,11 +107,20 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(async (scope) => {
     if (deps.apiTokens.length > 0) scope.addHook('onRequest', bearerGuard(deps.apiTokens, 'inference'));
     await registerRateLimit(scope, deps.rateLimitPerMinute, deps.apiTokens);
-    scope.addHook('onResponse', async (req, reply) => {
+    const counted = new WeakSet<object>();
+    const count = (req: FastifyRequest, status: number, code: string | undefined) => {
+      if (counted.has(req)) return;
+      counted.add(req);
       const named = (req.params as { task?: unknown }).task ?? (req.body as { model?: unknown } | undefined)?.model;
       // Only tasks that exist get a label of their own: made-up ids must not take the bounded label set.
       const task = typeof named === 'string' && taskExists(deps.registry, named) ? named : 'unknown';
-      deps.metrics.request(task, req.routeOptions.url ?? 'unknown', reply.statusCode, reply.statusCode >= 400 ? (req.errorCode ?? String(reply.statusCode)) : undefined);
+      deps.metrics.request(task, req.routeOptions.url ?? 'unknown', status, code);
+    };
+    scope.addHook('onResponse', async (req, reply) => count(req, reply.statusCode, reply.statusCode >= 400 ? (req.errorCode ?? String(reply.statusCode)) : undefined));
+    // A client that leaves before its response ends fires no onResponse (nor onRequestAbort, once its
+    // body was read): counted as 499 client_closed, nginx's code, when the socket closes unfinished.
+    scope.addHook('onRequest', async (req, reply) => {
+      reply.raw.once('close', () => !reply.raw.writableFinished && count(req, 499, 'client_closed'));
     });
     inferenceRoutes(scope, deps.inference);
     completionsRoutes(scope, deps.inference);

@@ -102,6 +102,10 @@ t.test('a client that disconnects mid-stream cancels its row', async (t) => {
   for (let i = 0; i < 400 && server.engine.cancelled === cancelled; i++) await new Promise((r) => setTimeout(r, 5));
   t.equal(server.engine.cancelled, cancelled + 1, 'the scheduler dropped it as cancelled');
   t.equal(server.engine.running, 0, 'the row was freed');
+  // Counted once, as nginx counts a client that left: 499 client_closed.
+  const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  t.match(metrics, /sps_requests_total\{task="base",route="\/v1\/tasks\/:task\/generate",status="499"\} 1\n/);
+  t.match(metrics, /sps_errors_total\{task="base",code="client_closed"\} 1\n/);
 });
 
 /** Counts the prompts that join a batch from now on (a step that only drops a row admits none). */
