@@ -45,20 +45,21 @@ export class PrefillBudget {
 
   /** The bound for the rows taken so far. */
   get positions(): number {
-    const oneRun = this.rows * this.widest;
-    if (this.runCost === Infinity || this.classes.size === 0) return oneRun;
-    return Math.min(oneRun, this.classPositions + this.runCost * (this.classes.size - 1));
+    return this.bound(this.rows, this.widest, this.classPositions, this.classes.size);
   }
 
   /** The bound with `count` more rows of `width`. */
   private positionsWith(width: number, count: number): number {
-    const oneRun = (this.rows + count) * Math.max(this.widest, width);
-    if (this.runCost === Infinity) return oneRun;
     const c = this.classes.get(widthClass(width));
-    const before = c ? c.rows * c.widest : 0;
-    const after = ((c?.rows ?? 0) + count) * Math.max(c?.widest ?? 0, width);
-    const runs = this.classes.size + (c ? 0 : 1);
-    return Math.min(oneRun, this.classPositions - before + after + this.runCost * (runs - 1));
+    const grown = ((c?.rows ?? 0) + count) * Math.max(c?.widest ?? 0, width) - (c ? c.rows * c.widest : 0);
+    return this.bound(this.rows + count, Math.max(this.widest, width), this.classPositions + grown, this.classes.size + (c ? 0 : 1));
+  }
+
+  /** The lesser of one padded run and one run per width class plus runCost per run beyond the first. */
+  private bound(rows: number, widest: number, classPositions: number, classes: number): number {
+    const oneRun = rows * widest;
+    if (this.runCost === Infinity || classes === 0) return oneRun;
+    return Math.min(oneRun, classPositions + this.runCost * (classes - 1));
   }
 }
 

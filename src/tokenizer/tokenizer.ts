@@ -1,5 +1,6 @@
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { LruCache } from '../adapters/lru.js';
+import { MAX_LABEL_CHARS } from '../adapters/task-spec.js';
 import { FormatError, ServerError } from '../errors.js';
 import { EncodePool } from './encode-pool.js';
 import { readTokenizerFiles, templateBosId, tokenName, type TokenizerFiles } from './model-files.js';
@@ -149,7 +150,7 @@ export class Tokenizer {
    */
   async continuation(context: string, text: string): Promise<number[]> {
     const tail = contextTail(context);
-    const key = text.length <= CACHED_TEXT_CHARS ? `${tail}\u0000${text}` : null;
+    const key = text.length <= MAX_LABEL_CHARS ? `${tail}\u0000${text}` : null;
     const hit = key === null ? undefined : this.continuations.get(key);
     if (hit) return [...hit]; // a copy: callers append to it (score's end-of-text)
     const tailIds = this.encodeSync(tail);
@@ -258,9 +259,8 @@ const BYTE_OF_CHAR: Map<string, number> = (() => {
   return map;
 })();
 
-/** How much of a context's end continuation() looks at, and what its cache may hold (texts as long as a label). */
+/** How much of a context's end continuation() looks at, and what its cache may hold. */
 const TAIL_CHARS = 64;
-const CACHED_TEXT_CHARS = 256;
 const CONTINUATION_CACHE_BYTES = 4 * 1024 * 1024;
 
 /** The context's last characters from a whitespace boundary: at most TAIL_CHARS, all of it when shorter. */
