@@ -1,6 +1,45 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import client from 'prom-client';
 
+/** The event-loop delay's p99 covers windows of this length. */
+const LOOP_WINDOW_MS = 10_000;
+
+/**
+ * The event-loop delay over fixed windows, not since the last scrape: a reading that a scrape reset
+ * would give each of two scrapers (a Prometheus pair) half the samples, and a value that depended
+ * on when each scraped.
+ */
+export class LoopDelayWindow {
+  private readonly monitor = monitorEventLoopDelay({ resolution: 10 });
+  /** p99 of the last complete window, in ms; null before the first window ends. */
+  private last: number | null = null;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(windowMs: number) {
+    this.monitor.enable();
+    this.timer = setInterval(() => this.roll(), windowMs).unref();
+  }
+
+  /** Ends the current window: its p99 is what scrapes read until the next one ends. */
+  roll(): void {
+    this.last = this.current();
+    this.monitor.reset();
+  }
+
+  private current(): number {
+    return this.monitor.count > 0 ? this.monitor.percentile(99) / 1e6 : 0;
+  }
+
+  p99Ms(): number {
+    return this.last ?? this.current();
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.monitor.disable();
+  }
+}
+
 /**
  * Prometheus metrics. Task labels are bounded: the first `maxTasks` tasks seen keep their name,
  * later ones are counted as 'other', so thousands of adapters cannot blow up the series count.
@@ -23,7 +62,7 @@ export class Metrics {
   private readonly stepHost: client.Histogram;
   private readonly stepRows: client.Histogram<'kind'>;
   private readonly paddedTokens: client.Counter;
-  private readonly loop = monitorEventLoopDelay({ resolution: 10 });
+  readonly loop: LoopDelayWindow;
 
   constructor(
     private readonly maxTasks: number,
@@ -35,10 +74,12 @@ export class Metrics {
       /** Each worker's KV batch, by worker index (optional: tests may leave it out). */
       kv?: () => { rows: number; slots: number; capacity: number; bytes: number }[];
     },
+    /** The event-loop delay's window (tests shorten it). */
+    loopWindowMs = LOOP_WINDOW_MS,
   ) {
     const r = this.registry;
     client.collectDefaultMetrics({ register: r });
-    this.loop.enable();
+    this.loop = new LoopDelayWindow(loopWindowMs);
     const ms = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
     this.requests = new client.Counter({ name: 'sps_requests_total', help: 'Inference requests by task, route and status', labelNames: ['task', 'route', 'status'], registers: [r] });
     this.tokens = new client.Counter({ name: 'sps_generated_tokens_total', help: 'Generated tokens by task', labelNames: ['task'], registers: [r] });
@@ -65,14 +106,20 @@ export class Metrics {
     new client.Gauge({ name: 'sps_queue_depth', help: 'Requests waiting for admission', registers: [r], collect() { this.set(sources.queueDepth()); } });
     new client.Gauge({ name: 'sps_running_sequences', help: 'Sequences in the running batch', registers: [r], collect() { this.set(sources.running()); } });
     new client.Gauge({ name: 'sps_adapters_registered', help: 'Registered adapters', registers: [r], collect() { this.set(sources.adapters()); } });
-    const cacheGauge = (name: string, help: string, pick: (c: ReturnType<typeof sources.cache>) => number) =>
-      new client.Gauge({ name, help, registers: [r], collect() { this.set(pick(sources.cache())); } });
-    cacheGauge('sps_adapter_cache_hits', 'Adapter cache hits (cumulative)', (c) => c.hits);
-    cacheGauge('sps_adapter_cache_misses', 'Adapter cache misses (cumulative)', (c) => c.misses);
-    cacheGauge('sps_adapter_cache_evictions', 'Adapter cache evictions (cumulative)', (c) => c.evictions);
-    cacheGauge('sps_adapter_cache_bytes', 'Bytes of decoded adapters in memory', (c) => c.bytes);
+    // Counters (rate() and increase() apply), read from the cache's running totals at each scrape.
+    const cacheCounter = (name: string, help: string, pick: (c: ReturnType<typeof sources.cache>) => number) =>
+      new client.Counter({ name, help, registers: [r], collect() { this.reset(); this.inc(pick(sources.cache())); } });
+    cacheCounter('sps_adapter_cache_hits_total', 'Adapter cache hits: a decoded adapter was in memory', (c) => c.hits);
+    cacheCounter('sps_adapter_cache_misses_total', 'Adapter cache misses: an adapter was read and decoded from the store', (c) => c.misses);
+    cacheCounter('sps_adapter_cache_evictions_total', 'Decoded adapters evicted to stay within ADAPTER_CACHE_BYTES', (c) => c.evictions);
+    new client.Gauge({ name: 'sps_adapter_cache_bytes', help: 'Bytes of decoded adapters in memory', registers: [r], collect() { this.set(sources.cache().bytes); } });
     const loop = this.loop;
-    new client.Gauge({ name: 'sps_event_loop_delay_p99_ms', help: 'Event-loop delay, p99 since the last scrape', registers: [r], collect() { this.set(loop.percentile(99) / 1e6); loop.reset(); } });
+    new client.Gauge({ name: 'sps_event_loop_delay_p99_ms', help: `Event-loop delay, p99 over the last ${loopWindowMs / 1000} s window (the current one until a window has ended)`, registers: [r], collect() { this.set(loop.p99Ms()); } });
+  }
+
+  /** Stops the event-loop delay monitor and its window timer. */
+  close(): void {
+    this.loop.close();
   }
 
   /** 'unknown' (requests naming no existing task) is a label of its own, outside the bound. */

@@ -40,7 +40,7 @@ t.test('metrics: queue, batches, latencies, per-task counters folded past the li
   const res = await server.app.inject('/metrics');
   t.equal(res.statusCode, 200);
   const text = res.body;
-  for (const name of ['sps_queue_depth', 'sps_batch_rows_bucket', 'sps_batch_tokens_bucket', 'sps_queue_wait_ms_bucket', 'sps_time_to_first_token_ms_bucket', 'sps_inter_token_ms_bucket', 'sps_adapter_cache_hits', 'sps_adapter_cache_misses', 'sps_adapter_cache_evictions', 'sps_adapters_registered', 'sps_event_loop_delay_p99_ms']) {
+  for (const name of ['sps_queue_depth', 'sps_batch_rows_bucket', 'sps_batch_tokens_bucket', 'sps_queue_wait_ms_bucket', 'sps_time_to_first_token_ms_bucket', 'sps_inter_token_ms_bucket', 'sps_adapter_cache_hits_total', 'sps_adapter_cache_misses_total', 'sps_adapter_cache_evictions_total', 'sps_adapter_cache_bytes', 'sps_adapters_registered', 'sps_event_loop_delay_p99_ms']) {
     t.match(text, new RegExp(`^${name}`, 'm'), name);
   }
   t.match(text, /sps_generated_tokens_total\{task="base"\} 3/);
