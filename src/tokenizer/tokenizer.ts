@@ -81,6 +81,8 @@ export class Tokenizer {
   private readonly byteLevel: boolean;
   /** continuation()'s results by context tail and text. */
   private readonly continuations = new LruCache<string, number[]>(CONTINUATION_CACHE_BYTES);
+  /** tokenText's answers by id. */
+  private readonly tokenTexts = new Map<number, string>();
 
   constructor(
     private readonly dir: string,
@@ -186,9 +188,18 @@ export class Tokenizer {
     return [...new TextEncoder().encode(this.tokenText(id))];
   }
 
-  /** One token's text as it reads after other text (SentencePiece keeps its leading space), for logprobs. */
+  /**
+   * One token's text as it reads after other text (SentencePiece keeps its leading space), for
+   * logprobs. Memoised: a logprobs response asks it for every token and alternative, and each
+   * answer costs two decodes; at most one entry per vocabulary id.
+   */
   tokenText(id: number): string {
-    return this.decode([...this.anchor, id]).slice(this.decode(this.anchor).length);
+    let text = this.tokenTexts.get(id);
+    if (text === undefined) {
+      text = this.decode([...this.anchor, id]).slice(this.decode(this.anchor).length);
+      if (this.full.id_to_token(id) !== undefined) this.tokenTexts.set(id, text);
+    }
+    return text;
   }
 
   /** A streaming decoder for generated ids; `context` (the prompt's ids) decides leading spaces. */
