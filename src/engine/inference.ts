@@ -6,8 +6,20 @@ import { applyTemplate, checkLabels, checkTemplate } from '../adapters/task-spec
 import { FormatError } from '../errors.js';
 import type { AdapterTensors, TokenChoice } from '../protocol.js';
 import type { Metrics } from '../metrics.js';
+import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Engine } from './engine.js';
 import type { EnsembleMember, GenerateJob, Job, ScoreJob } from './jobs.js';
+
+/**
+ * The ids a prompt feeds the model (what generate, score and /v1/tokenize count). An empty prompt
+ * has nothing to condition on: it starts from end-of-text, GPT-2's document separator, unless a
+ * soft prompt precedes it, whose last position then predicts the first token.
+ */
+export async function promptIds(tokenizer: Tokenizer, text: string, adapter: AdapterTensors | null): Promise<number[]> {
+  const tokens = await tokenizer.encode(text, { addBos: true });
+  if (tokens.length === 0 && adapter?.kind !== 'prompt') tokens.push(tokenizer.eosTokenId);
+  return tokens;
+}
 
 /** A job and the promise its completion settles. */
 interface Tracked<T> {
@@ -91,11 +103,8 @@ export class Inference {
   }
 
   /** Tokens of a prompt; async: long texts are tokenised off the event loop. */
-  private async encodePrompt(text: string, adapter: AdapterTensors | null): Promise<number[]> {
-    const tokens = await this.model.tokenizer.encode(text, { addBos: true });
-    // Nothing to condition on: start from end-of-text, GPT-2's document separator.
-    if (tokens.length === 0 && adapter?.kind !== 'prompt') tokens.push(this.model.tokenizer.eosTokenId);
-    return tokens;
+  private encodePrompt(text: string, adapter: AdapterTensors | null): Promise<number[]> {
+    return promptIds(this.model.tokenizer, text, adapter);
   }
 
   /** OpenAI's logit_bias as [id, bias] pairs, every id checked against the vocabulary. */

@@ -53,8 +53,9 @@ export function rowTokens(adapter: AdapterTensors | null, tokens: number): numbe
  * A row's width in its step's prefill run, which the worker pads to that run's widest row: the
  * step's token budget (prefill-budget.ts) counts this. With the soft-prompt KV cache (`softPromptCached`) a prompt-tuning row starts
  * after its soft prompt's keys/values, computed once per adapter version in a run of their own, so
- * only its own tokens are fed; otherwise its soft prompt is fed with it.
+ * only its own tokens are fed; otherwise, or when it has no tokens, its soft prompt is fed with it.
  */
 export function prefillWidth(adapter: AdapterTensors | null, tokens: number, softPromptCached: boolean): number {
-  return softPromptCached ? tokens : rowTokens(adapter, tokens);
+  // A row with no tokens feeds its soft prompt again: its last position predicts the first token (step-runner.ts prefillItem).
+  return softPromptCached && tokens > 0 ? tokens : rowTokens(adapter, tokens);
 }

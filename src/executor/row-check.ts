@@ -39,7 +39,8 @@ export class RowCheck {
         return false;
       }
       const a = key === null ? null : this.adapters.get(key)!;
-      const why = this.tokensProblem(tokens, positions + (a && a.kind !== 'bitfit' ? a.virtualTokens : 0));
+      // A soft prompt predicts its row's first token: such a row may have no tokens of its own.
+      const why = this.tokensProblem(tokens, positions + (a && a.kind !== 'bitfit' ? a.virtualTokens : 0), a?.kind === 'prompt');
       if (why) rejected.push({ row, code: 'invalid_row', reason: why });
       return why === null;
     };
@@ -55,13 +56,13 @@ export class RowCheck {
     return { plan: { ...plan, adapters, decode, prefill, score }, rejected };
   }
 
-  private tokensProblem(parts: number[][], positions: number): string | null {
+  private tokensProblem(parts: number[][], positions: number, softPrompt: boolean): string | null {
     const V = this.c.vocabSize;
     for (const ids of parts) {
       if (!Array.isArray(ids)) return 'token ids are not an array';
       for (const id of ids) if (!Number.isInteger(id) || id < 0 || id >= V) return `token id ${id} is outside the vocabulary (0..${V - 1})`;
     }
-    if (parts[0].length === 0 && parts.length === 1) return 'a row has no tokens';
+    if (parts[0].length === 0 && parts.length === 1 && !softPrompt) return 'a row has no tokens';
     if (positions > this.c.nPositions) return `the row needs ${positions} positions; the context has ${this.c.nPositions}`;
     return null;
   }

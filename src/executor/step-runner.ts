@@ -100,7 +100,7 @@ export class StepRunner {
     const before = { hits: this.pastKv.hits, misses: this.pastKv.misses };
     if (plan.prefill.length > 0 || plan.score.length > 0) {
       // A soft prompt's KV not held yet is computed first, in a run of its own: the rows start after it.
-      const starting = [...plan.prefill.map((s) => s.adapter), ...plan.score.filter((s) => s.context.length > 0).map((s) => s.adapter)];
+      const starting = [...plan.prefill.filter((s) => s.tokens.length > 0).map((s) => s.adapter), ...plan.score.filter((s) => s.context.length > 0).map((s) => s.adapter)];
       const V = this.ctx.base.config.vocabSize;
       // That run needs no logits: the head is fed with no rows.
       await this.pastKv.prepare(starting.map((key) => this.adapter(key)), (f) => timed({ ...f, ...new StepHead([], V, this.graphHead, this.padEmpty).feeds() }, [], [KV_OUTPUT]));
@@ -155,10 +155,16 @@ export class StepRunner {
     return { chosen: read.chosen, scores, joining: seqs.length > 0 ? this.joining(seqs, out!, layout) : [], padded };
   }
 
-  /** A new sequence: it starts after its adapter's past where it has one; its last position's logits are wanted. */
+  /**
+   * A new sequence: it starts after its adapter's past where it has one; its last position's logits
+   * are wanted. A soft-prompt row with no tokens (an empty prompt: the soft prompt predicts the
+   * first token) feeds its soft prompt again, as a score row without context does, rather than the
+   * cache keeping a logits row per adapter.
+   */
   private prefillItem(key: string | null, tokens: number[]): PrefillItem {
     const adapter = this.adapter(key);
-    const it: PrefillItem = { adapter, tokens, logitAt: [], past: this.pastKv.get(adapter) };
+    const past = tokens.length > 0 || adapter?.kind !== 'prompt' ? this.pastKv.get(adapter) : undefined;
+    const it: PrefillItem = { adapter, tokens, logitAt: [], past };
     it.logitAt = [fedPrompt(it) + tokens.length - 1];
     return it;
   }

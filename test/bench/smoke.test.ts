@@ -25,3 +25,14 @@ t.test('npm run bench -- --smoke completes and writes every result', async (t) =
   t.equal(burst.mismatches, 0, 'burst: all-at-once and one-by-one give the same tokens');
   t.ok(burst.speedup > 0, 'burst: a speed-up was measured');
 });
+
+t.test('bench/op-profile.ts: kernel time by op of decode steps, weights and attention MatMuls apart', async (t) => {
+  const out = join(mkdtempSync(join(tmpdir(), 'sps-op-profile-')), 'op-profile.json');
+  const r = spawnSync(process.execPath, [join('dist', 'bench', 'op-profile.js'), '--batches', '2', '--prompt', '8', '--steps', '4', '--reps', '3', '--out', out], { cwd: ROOT, encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr.slice(-2000));
+  const [result] = JSON.parse(readFileSync(out, 'utf8')).results;
+  t.equal(result.decodeRuns, 8, 'the decode runs of the two measured repetitions');
+  const ops = new Map(result.ops.map((o: { op: string; nodesPerRun: number }) => [o.op, o.nodesPerRun]));
+  t.equal(ops.get('MatMul (weights)'), 17, "the demo's 16 layer matrices and its LM head");
+  t.equal(ops.get('MatMul (activations)'), 16, 'two over the cache and two over the new column, in each of 4 layers');
+});

@@ -125,6 +125,33 @@ async function referenceChecks(t: Test, m: Model) {
   const soft = m.cases.filter((c) => isSoft(m, c));
   t.ok(soft.length >= 5, `${m.name}: ${soft.length} soft-prompt cases`);
 
+  t.test('an empty prompt: the soft prompt predicts the first token; each token is the argmax of a prefill of the soft prompt and the tokens before it, cache on and off, alone and mixed', async (t) => {
+    const adapters = [...new Set(soft.map((c) => c.adapter))].map((a) => m.adapter(a)!);
+    // The oracle: one uncached prefill per position (prefillFeeds straight into the graph), its last logits.
+    const expected = async (a: AdapterTensors, tokens: number[]) => {
+      const out: { token: number; logProbs: ArrayLike<number> }[] = [];
+      for (let k = 0; k < tokens.length; k++) {
+        const { rows } = await prefillLogits(m.sessions, m.ctx, [{ adapter: a, tokens: tokens.slice(0, k), logitAt: [a.virtualTokens + k - 1], past: undefined }]);
+        out.push({ token: rows[0].indexOf(Math.max(...rows[0])), logProbs: logSoftmax(rows[0]) });
+      }
+      return out;
+    };
+    for (const promptKv of [true, false]) {
+      const d = new Driver(m, promptKv);
+      const other = m.cases.find((c) => !isSoft(m, c))!;
+      const mixed = await d.generate([...adapters.map((a) => ({ adapter: a, ids: [] })), { adapter: m.adapter(other.adapter), ids: other.ids }]);
+      for (const [i, a] of adapters.entries()) {
+        const alone = await d.generate([{ adapter: a, ids: [] }]);
+        const want = await expected(a, alone.tokens[0]);
+        t.ok(alone.tokens[0].length > 0, `${a.key}: tokens`);
+        t.same(alone.tokens[0], want.map((w) => w.token), `${a.key} (cache ${promptKv ? 'on' : 'off'}): each token the oracle's argmax`);
+        t.ok(alone.top[0].length === 5 && alone.top[0].every((x) => close(x.logprob, want[0].logProbs[x.token])), `${a.key}: first-token top-5 logprobs`);
+        t.same(mixed.tokens[i], alone.tokens[0], `${a.key}: mixed with the other soft prompts and a ${other.adapter ?? 'base'} row, as alone`);
+      }
+      t.same(mixed.tokens[adapters.length], other.greedy.slice(0, mixed.tokens[adapters.length].length), 'the row beside them keeps its reference tokens');
+    }
+  });
+
   t.test('computed past through prefillFeeds: last logits within 1e-4, alone and in one mixed batch', async (t) => {
     const cache = new PastKvCache(m.ctx, true);
     // Every soft prompt in one padded run (the prompts' lengths differ), every other kind's row beside.

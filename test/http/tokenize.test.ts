@@ -32,3 +32,15 @@ t.test('unknown task 404, ids outside the vocabulary 400', async (t) => {
   t.match(bad.json().error.message, /99999/);
   t.equal((await post('/v1/detokenize', { tokens: [-1] })).statusCode, 400);
 });
+
+t.test("an empty prompt: tokenize counts what generate feeds (end-of-text, or nothing before a soft prompt), and generate serves it on every kind", async (t) => {
+  for (const model of ['base', 'pos-bitfit', 'define-prefix', 'kjv-prompt', 'fortune-ptuning']) {
+    const tokenized = (await post('/v1/tokenize', { model, prompt: '', raw: true })).json();
+    const soft = model === 'kjv-prompt' || model === 'fortune-ptuning';
+    t.same(tokenized.tokens, soft ? [] : [server.model.tokenizer.eosTokenId], `${model}: tokenize`);
+    const res = await post(`/v1/tasks/${model}/generate`, { prompt: '', raw: true, max_tokens: 3, temperature: 0, ignore_eos: true });
+    t.equal(res.statusCode, 200, `${model}: ${res.body.slice(0, 200)}`);
+    t.equal(res.json().usage.prompt_tokens, tokenized.count, `${model}: generate's prompt_tokens equal tokenize's count`);
+    t.equal(res.json().token_ids.length, 3);
+  }
+});

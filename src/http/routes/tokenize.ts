@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Registry } from '../../adapters/registry.js';
 import { applyTemplate } from '../../adapters/task-spec.js';
 import { ServerError } from '../../errors.js';
+import { promptIds } from '../../engine/inference.js';
 import type { BaseModel } from '../../model/base-model.js';
 import { errorResponses } from '../schemas.js';
 
@@ -30,7 +31,7 @@ const DetokenizeBody = Type.Object(
 type DetokenizeBody = Static<typeof DetokenizeBody>;
 const DetokenizeResponse = Type.Object({ prompt: Type.String() });
 
-/** vLLM-style tokenizer routes: what a prompt costs in tokens for a task, and ids back to text. */
+/** vLLM-style tokenizer routes: what a prompt costs in tokens for a task (the ids generate feeds), and ids back to text. */
 export function tokenizeRoutes(app: FastifyInstance, registry: Registry, model: BaseModel): void {
   app.post<{ Body: TokenizeBody }>(
     '/v1/tokenize',
@@ -38,8 +39,8 @@ export function tokenizeRoutes(app: FastifyInstance, registry: Registry, model: 
     async (req) => {
       const t = await registry.resolve(req.body.model);
       const text = req.body.raw ? req.body.prompt : applyTemplate(t.spec.promptTemplate, req.body.prompt);
-      const tokens = await model.tokenizer.encode(text, { addBos: true });
       const a = t.adapter?.tensors;
+      const tokens = await promptIds(model.tokenizer, text, a ?? null);
       const virtual = a && (a.kind === 'prompt' || a.kind === 'prefix') ? a.virtualTokens : 0;
       return { model: t.task, adapter_version: t.version, tokens, count: tokens.length, virtual_tokens: virtual, max_model_len: model.config.nPositions };
     },
