@@ -13,7 +13,8 @@ import type { EnsembleMember, GenerateJob, Job, ScoreJob } from './jobs.js';
 /**
  * The ids a prompt feeds the model (what generate, score and /v1/tokenize count). An empty prompt
  * has nothing to condition on: it starts from end-of-text, GPT-2's document separator, unless a
- * soft prompt precedes it, whose last position then predicts the first token.
+ * soft prompt precedes it, whose last position then predicts the first token. Async: long texts
+ * are tokenised off the event loop.
  */
 export async function promptIds(tokenizer: Tokenizer, text: string, adapter: AdapterTensors | null): Promise<number[]> {
   const tokens = await tokenizer.encode(text, { addBos: true });
@@ -102,11 +103,6 @@ export class Inference {
     return this.model.tokenizer.tokenText(id);
   }
 
-  /** Tokens of a prompt; async: long texts are tokenised off the event loop. */
-  private encodePrompt(text: string, adapter: AdapterTensors | null): Promise<number[]> {
-    return promptIds(this.model.tokenizer, text, adapter);
-  }
-
   /** OpenAI's logit_bias as [id, bias] pairs, every id checked against the vocabulary. */
   private logitBias(bias: Record<string, number> | undefined): [number, number][] | undefined {
     if (!bias) return undefined;
@@ -181,7 +177,7 @@ export class Inference {
     const members: EnsembleMember[] = [];
     for (const [k, t] of resolved.entries()) {
       const adapter = t.adapter?.tensors ?? null;
-      const tokens = await this.encodePrompt(p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), adapter);
+      const tokens = await promptIds(this.model.tokenizer, p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), adapter);
       this.checkContext(adapter, tokens.length, p.max_tokens ?? 64);
       members.push({ adapter, tokens, weight: weights[k] });
     }
@@ -195,7 +191,7 @@ export class Inference {
     const adapter = t.adapter?.tensors ?? null;
     const maxTokens = p.max_tokens ?? 64;
     // An ensemble's members were tokenised and checked by the caller; the first stands for the request.
-    const tokens = members ? members[0].tokens : await this.encodePrompt(p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), adapter);
+    const tokens = members ? members[0].tokens : await promptIds(this.model.tokenizer, p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), adapter);
     if (!members) this.checkContext(adapter, tokens.length, maxTokens);
     const logitBias = this.logitBias(p.logit_bias);
     const eos = this.model.tokenizer.eosTokenIds;
@@ -344,7 +340,7 @@ export class Inference {
     const rows: { context: number[]; targets: number[] }[] = [];
     for (const input of inputs) {
       const text = applyTemplate(template, input);
-      const context = await this.encodePrompt(text, adapter);
+      const context = await promptIds(this.model.tokenizer, text, adapter);
       // Each label's tokens as they follow this input (tokenizer.ts continuation).
       for (const targets of await Promise.all(labels.map((w) => this.model.tokenizer.continuation(text, ' ' + w)))) {
         this.checkContext(adapter, context.length + targets.length, 0);
