@@ -95,6 +95,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     trustProxy: config.trustProxy,
     metrics,
     maxAdapterBytes: config.maxAdapterBytes,
+    requestTimeoutMs: config.requestTimeoutMs,
     readiness: () => ({
       ready: ready && (registry.synced || store.name === 'redis'),
       details: {
@@ -109,13 +110,22 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   });
   /** Graceful: stop admitting (503 shutting_down), let admitted requests finish up to the deadline, then close. */
   const close = async (deadlineMs = 0) => {
+    const deadline = performance.now() + deadlineMs;
     ready = false;
     registry.refuseWrites();
     const drained = await engine.drain(deadlineMs);
     if (!drained) log.warn({ deadlineMs }, 'shutdown deadline reached with requests still running');
     registry.stop();
     await engine.stop();
-    await app.close();
+    // Responses still being written get what is left of the deadline; then every connection is
+    // closed. app.close() alone waits for connections in the middle of a request (a body or headers
+    // a client left half-sent), which would keep the process from ever exiting.
+    const closing = app.close();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([closing, new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - performance.now()))))]);
+    clearTimeout(timer);
+    app.server.closeAllConnections();
+    await closing;
     await Promise.all(executors.map((e) => e.close()));
     await store.close();
     await model.tokenizer.close();

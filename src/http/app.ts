@@ -37,8 +37,15 @@ export interface AppDeps {
   /** Fastify's trustProxy: whose X-Forwarded-For to believe for the client address (TRUST_PROXY). */
   trustProxy?: boolean | string[];
   maxAdapterBytes: number;
+  /** REQUEST_TIMEOUT_MS: how long a request may take once received; a silent connection is closed a while after it. */
+  requestTimeoutMs: number;
   readiness: () => { ready: boolean; details: Record<string, unknown> };
 }
+
+/** A whole request (headers and body) must arrive within this: Node's own default, which Fastify turns off. */
+const RECEIVE_TIMEOUT_MS = 300_000;
+/** A connection on which neither side sends a byte for REQUEST_TIMEOUT_MS plus this is closed. */
+const SILENT_GRACE_MS = 30_000;
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -80,6 +87,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     loggerInstance: deps.logger as unknown as FastifyBaseLogger,
     bodyLimit: deps.bodyLimitBytes,
     trustProxy: deps.trustProxy ?? false,
+    // Fastify waits forever by default: a body that stops half-way held its connection open for
+    // good, and kept a graceful shutdown from ending. A request still arriving after
+    // RECEIVE_TIMEOUT_MS gets 408; a connection silent both ways past a request's own time limit
+    // (a stalled body, a client that stopped reading a finished response) is closed, its memory freed.
+    requestTimeout: RECEIVE_TIMEOUT_MS,
+    connectionTimeout: deps.requestTimeoutMs + SILENT_GRACE_MS,
     genReqId: (req) => (typeof req.headers['x-request-id'] === 'string' && req.headers['x-request-id'].length <= 128 ? req.headers['x-request-id'] : crypto.randomUUID()),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true } },
     // Errors raised before a route runs keep the contract's shape too.
@@ -101,6 +114,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   installErrorHandler(app);
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
+  });
+  // A compressed body would reach the JSON parser as bytes: say what is wrong instead of "not valid JSON".
+  app.addHook('onRequest', async (req, reply) => {
+    const encoding = req.headers['content-encoding'];
+    if (encoding && encoding.trim().toLowerCase() !== 'identity') {
+      return reply.code(415).send(errorBody('unsupported_media_type', `Content-Encoding ${JSON.stringify(encoding.slice(0, 64))} is not supported: send the body uncompressed`));
+    }
   });
 
   // Inference: optional API tokens, and a per-identity rate limit (src/http/rate-limit.ts).

@@ -1,3 +1,4 @@
+import { gzipSync } from 'node:zlib';
 import { request } from 'node:http';
 import t from 'tap';
 import { startServer } from '../helpers.js';
@@ -32,6 +33,12 @@ t.test('schema and routing errors use the contract shape', async (t) => {
   t.notOk(JSON.stringify(tooLong.json()).includes('at '), 'no stack trace');
   const big = await post('/v1/tasks/base/generate', { prompt: 'x'.repeat(2 * 1024 * 1024) });
   t.equal(big.statusCode, 413);
+  const gzipped = await server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: gzipSync('{"prompt":"x"}'), headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' } });
+  t.equal(gzipped.statusCode, 415, 'a compressed body');
+  t.equal(gzipped.json().error.code, 'unsupported_media_type');
+  t.match(gzipped.json().error.message, /Content-Encoding "gzip" is not supported/);
+  const identity = await server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: '{"prompt":"x","max_tokens":1}', headers: { 'content-type': 'application/json', 'content-encoding': 'identity' } });
+  t.equal(identity.statusCode, 200, 'identity is no encoding');
 });
 
 t.test('a full queue answers 429 with Retry-After, and the server keeps serving', async (t) => {
