@@ -73,6 +73,8 @@ export class Metrics {
       cache: () => { hits: number; misses: number; evictions: number; bytes: number };
       /** Each worker's KV batch, by worker index (optional: tests may leave it out). */
       kv?: () => { rows: number; slots: number; capacity: number; bytes: number }[];
+      /** Times the shared adapter index was found empty (src/adapters/registry.ts). */
+      storeResets?: () => number;
     },
     /** The event-loop delay's window (tests shorten it). */
     loopWindowMs = LOOP_WINDOW_MS,
@@ -106,12 +108,13 @@ export class Metrics {
     new client.Gauge({ name: 'sps_queue_depth', help: 'Requests waiting for admission', registers: [r], collect() { this.set(sources.queueDepth()); } });
     new client.Gauge({ name: 'sps_running_sequences', help: 'Sequences in the running batch', registers: [r], collect() { this.set(sources.running()); } });
     new client.Gauge({ name: 'sps_adapters_registered', help: 'Registered adapters', registers: [r], collect() { this.set(sources.adapters()); } });
-    // Counters (rate() and increase() apply), read from the cache's running totals at each scrape.
-    const cacheCounter = (name: string, help: string, pick: (c: ReturnType<typeof sources.cache>) => number) =>
-      new client.Counter({ name, help, registers: [r], collect() { this.reset(); this.inc(pick(sources.cache())); } });
-    cacheCounter('sps_adapter_cache_hits_total', 'Adapter cache hits: a decoded adapter was in memory', (c) => c.hits);
-    cacheCounter('sps_adapter_cache_misses_total', 'Adapter cache misses: an adapter was read and decoded from the store', (c) => c.misses);
-    cacheCounter('sps_adapter_cache_evictions_total', 'Decoded adapters evicted to stay within ADAPTER_CACHE_BYTES', (c) => c.evictions);
+    // Counters (rate() and increase() apply) read from running totals kept elsewhere, at each scrape.
+    const total = (name: string, help: string, read: () => number) => new client.Counter({ name, help, registers: [r], collect() { this.reset(); this.inc(read()); } });
+    total('sps_adapter_cache_hits_total', 'Adapter cache hits: a decoded adapter was in memory', () => sources.cache().hits);
+    total('sps_adapter_cache_misses_total', 'Adapter cache misses: an adapter was read and decoded from the store', () => sources.cache().misses);
+    total('sps_adapter_cache_evictions_total', 'Decoded adapters evicted to stay within ADAPTER_CACHE_BYTES', () => sources.cache().evictions);
+    const storeResets = sources.storeResets;
+    if (storeResets) total('sps_adapter_store_resets_total', 'Times the shared adapter index was found empty while this replica held adapters (kept, and re-seeded from ADAPTERS_DIR)', storeResets);
     new client.Gauge({ name: 'sps_adapter_cache_bytes', help: 'Bytes of decoded adapters in memory', registers: [r], collect() { this.set(sources.cache().bytes); } });
     const loop = this.loop;
     new client.Gauge({ name: 'sps_event_loop_delay_p99_ms', help: `Event-loop delay, p99 over the last ${loopWindowMs / 1000} s window (the current one until a window has ended)`, registers: [r], collect() { this.set(loop.p99Ms()); } });

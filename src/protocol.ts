@@ -82,6 +82,15 @@ export interface StepPlan {
   forget: string[];
 }
 
+/**
+ * Whether a new row with `ownTokens` tokens of its own (a prompt, or a score row's context) starts
+ * after its adapter's cached past. A soft-prompt row with none feeds its soft prompt again: the soft
+ * prompt's last position predicts the row's first token, and the cache keeps no logits.
+ */
+export function startsAfterPast(adapter: { kind: string } | null, ownTokens: number): boolean {
+  return ownTokens > 0 || adapter?.kind !== 'prompt';
+}
+
 export interface TokenChoice {
   seq: number;
   token: number;

@@ -1,6 +1,5 @@
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
-import { Counter } from 'prom-client';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { FsStore } from './adapters/fs-store.js';
@@ -60,15 +59,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     adapters: () => registry.size,
     cache: () => registry.cacheStats,
     kv: () => engine.lanes.map((l) => l.kv),
-  });
-  new Counter({
-    name: 'sps_adapter_store_resets_total',
-    help: 'Times the shared adapter index was found empty while this replica held adapters (kept, and re-seeded from ADAPTERS_DIR)',
-    registers: [metrics.registry],
-    collect() {
-      this.reset();
-      this.inc(registry.storeResets);
-    },
+    storeResets: () => registry.storeResets,
   });
   engine.onStep = ({ plan, result }) => {
     metrics.step(
@@ -119,11 +110,14 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     await engine.stop();
     // Responses still being written get what is left of the deadline; then every connection is
     // closed. app.close() alone waits for connections in the middle of a request (a body or headers
-    // a client left half-sent), which would keep the process from ever exiting.
+    // a client left half-sent), which would keep the process from ever exiting. Meanwhile keep-alive
+    // connections that fall idle are closed as they do (Node closes idle ones only once, at close).
     const closing = app.close();
+    const sweep = setInterval(() => app.server.closeIdleConnections(), 100);
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([closing, new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - performance.now()))))]);
     clearTimeout(timer);
+    clearInterval(sweep);
     app.server.closeAllConnections();
     await closing;
     await Promise.all(executors.map((e) => e.close()));

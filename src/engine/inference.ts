@@ -11,10 +11,10 @@ import type { Engine } from './engine.js';
 import type { EnsembleMember, GenerateJob, Job, ScoreJob } from './jobs.js';
 
 /**
- * The ids a prompt feeds the model (what generate, score and /v1/tokenize count). An empty prompt
- * has nothing to condition on: it starts from end-of-text, GPT-2's document separator, unless a
- * soft prompt precedes it, whose last position then predicts the first token. Async: long texts
- * are tokenised off the event loop.
+ * The ids a prompt feeds the model (what generate, score and /v1/tokenize count), with the BOS the
+ * tokenizer prepends where it does (Llama). An empty prompt with none has nothing to condition on:
+ * it starts from end-of-text, GPT-2's document separator, unless a soft prompt precedes it, whose
+ * last position then predicts the first token. Async: long texts are tokenised off the event loop.
  */
 export async function promptIds(tokenizer: Tokenizer, text: string, adapter: AdapterTensors | null): Promise<number[]> {
   const tokens = await tokenizer.encode(text, { addBos: true });

@@ -1,4 +1,4 @@
-import type { AdapterTensors, Sampling, TokenChoice } from '../protocol.js';
+import { startsAfterPast, type AdapterTensors, type Sampling, type TokenChoice } from '../protocol.js';
 
 /** A validated generation request, as the scheduler queues it. */
 export interface GenerateJob {
@@ -53,9 +53,8 @@ export function rowTokens(adapter: AdapterTensors | null, tokens: number): numbe
  * A row's width in its step's prefill run, which the worker pads to that run's widest row: the
  * step's token budget (prefill-budget.ts) counts this. With the soft-prompt KV cache (`softPromptCached`) a prompt-tuning row starts
  * after its soft prompt's keys/values, computed once per adapter version in a run of their own, so
- * only its own tokens are fed; otherwise, or when it has no tokens, its soft prompt is fed with it.
+ * only its own tokens are fed; otherwise, or when it has none (startsAfterPast), its soft prompt is fed with it.
  */
 export function prefillWidth(adapter: AdapterTensors | null, tokens: number, softPromptCached: boolean): number {
-  // A row with no tokens feeds its soft prompt again: its last position predicts the first token (step-runner.ts prefillItem).
-  return softPromptCached && tokens > 0 ? tokens : rowTokens(adapter, tokens);
+  return softPromptCached && startsAfterPast(adapter, tokens) ? tokens : rowTokens(adapter, tokens);
 }

@@ -1,6 +1,6 @@
 import ort from 'onnxruntime-node';
 import { fetchedKv, KV_OUTPUT } from '../model/kv-output.js';
-import type { AdapterTensors, DecodeRow, EnsembleGroup, NewSequence, Sampling, ScoreRow, StepPlan, StepResult, TokenChoice } from '../protocol.js';
+import { startsAfterPast, type AdapterTensors, type DecodeRow, type EnsembleGroup, type NewSequence, type Sampling, type ScoreRow, type StepPlan, type StepResult, type TokenChoice } from '../protocol.js';
 import { padLogitIndex, StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import type { FeedContext } from './model-constants.js';
@@ -100,7 +100,7 @@ export class StepRunner {
     const before = { hits: this.pastKv.hits, misses: this.pastKv.misses };
     if (plan.prefill.length > 0 || plan.score.length > 0) {
       // A soft prompt's KV not held yet is computed first, in a run of its own: the rows start after it.
-      const starting = [...plan.prefill.filter((s) => s.tokens.length > 0).map((s) => s.adapter), ...plan.score.filter((s) => s.context.length > 0).map((s) => s.adapter)];
+      const starting = [...plan.prefill.filter((s) => startsAfterPast(this.adapter(s.adapter), s.tokens.length)).map((s) => s.adapter), ...plan.score.filter((s) => startsAfterPast(this.adapter(s.adapter), s.context.length)).map((s) => s.adapter)];
       const V = this.ctx.base.config.vocabSize;
       // That run needs no logits: the head is fed with no rows.
       await this.pastKv.prepare(starting.map((key) => this.adapter(key)), (f) => timed({ ...f, ...new StepHead([], V, this.graphHead, this.padEmpty).feeds() }, [], [KV_OUTPUT]));
@@ -156,14 +156,12 @@ export class StepRunner {
   }
 
   /**
-   * A new sequence: it starts after its adapter's past where it has one; its last position's logits
-   * are wanted. A soft-prompt row with no tokens (an empty prompt: the soft prompt predicts the
-   * first token) feeds its soft prompt again, as a score row without context does, rather than the
-   * cache keeping a logits row per adapter.
+   * A new sequence: it starts after its adapter's past where it has one (see startsAfterPast: an
+   * empty prompt feeds its soft prompt again); its last position's logits are wanted.
    */
   private prefillItem(key: string | null, tokens: number[]): PrefillItem {
     const adapter = this.adapter(key);
-    const past = tokens.length > 0 || adapter?.kind !== 'prompt' ? this.pastKv.get(adapter) : undefined;
+    const past = startsAfterPast(adapter, tokens.length) ? this.pastKv.get(adapter) : undefined;
     const it: PrefillItem = { adapter, tokens, logitAt: [], past };
     it.logitAt = [fedPrompt(it) + tokens.length - 1];
     return it;
@@ -177,7 +175,7 @@ export class StepRunner {
   private scoreItem(key: string | null, context: number[], targets: number[]): PrefillItem {
     const adapter = this.adapter(key);
     const tokens = [...context, ...targets].slice(0, -1);
-    const past = context.length > 0 || adapter?.kind !== 'prompt' ? this.pastKv.get(adapter) : undefined;
+    const past = startsAfterPast(adapter, context.length) ? this.pastKv.get(adapter) : undefined;
     const vt = fedPrompt({ adapter, tokens, logitAt: [], past });
     const logitAt: number[] = [];
     for (let i = 0; i < targets.length; i++) {

@@ -46,6 +46,8 @@ export interface AppDeps {
 const RECEIVE_TIMEOUT_MS = 300_000;
 /** A connection on which neither side sends a byte for REQUEST_TIMEOUT_MS plus this is closed. */
 const SILENT_GRACE_MS = 30_000;
+/** Node's largest timer. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -92,7 +94,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // RECEIVE_TIMEOUT_MS gets 408; a connection silent both ways past a request's own time limit
     // (a stalled body, a client that stopped reading a finished response) is closed, its memory freed.
     requestTimeout: RECEIVE_TIMEOUT_MS,
-    connectionTimeout: deps.requestTimeoutMs + SILENT_GRACE_MS,
+    connectionTimeout: Math.min(deps.requestTimeoutMs + SILENT_GRACE_MS, MAX_TIMER_MS),
     genReqId: (req) => (typeof req.headers['x-request-id'] === 'string' && req.headers['x-request-id'].length <= 128 ? req.headers['x-request-id'] : crypto.randomUUID()),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true } },
     // Errors raised before a route runs keep the contract's shape too.

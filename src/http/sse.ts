@@ -10,12 +10,12 @@ export function clientGone(reply: FastifyReply): AbortSignal {
 }
 
 /**
- * Output a stream may hold for a client that does not read it. Generation does not wait for the
- * reader (one row of a shared batch), so a client that stopped reading would otherwise have its
- * whole response (megabytes with logprobs) buffered in this process: past this, the connection is
- * closed, which cancels the request and frees its rows, as a client that leaves does. A reader
- * behind by this much is far behind: a stream of 100 tokens/s with 20 logprobs each sends about
- * 100 KB/s.
+ * How far a client may fall behind its stream. Generation does not wait for the reader (its row
+ * shares a batch), so a client that stopped reading would otherwise have its whole response
+ * (megabytes with logprobs) buffered in this process: past this, the connection is closed, which
+ * cancels the request and frees its rows, as a client that leaves does. A client that reads, but
+ * slower than its stream is produced, is cut too once this far behind: about 40 s of a stream of
+ * 100 tokens/s with 20 logprobs each (about 100 KB/s); 100,000 tokens of one without.
  */
 export const STREAM_BUFFER_BYTES = 4 * 1024 * 1024;
 

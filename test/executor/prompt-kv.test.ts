@@ -139,7 +139,9 @@ async function referenceChecks(t: Test, m: Model) {
     for (const promptKv of [true, false]) {
       const d = new Driver(m, promptKv);
       const other = m.cases.find((c) => !isSoft(m, c))!;
-      const mixed = await d.generate([...adapters.map((a) => ({ adapter: a, ids: [] })), { adapter: m.adapter(other.adapter), ids: other.ids }]);
+      // Beside them: a row of another kind, and a row of the first soft prompt with a prompt (it starts after the cached KV).
+      const sameAdapter = soft.find((c) => m.adapter(c.adapter) === adapters[0])!;
+      const mixed = await d.generate([...adapters.map((a) => ({ adapter: a, ids: [] })), { adapter: m.adapter(other.adapter), ids: other.ids }, { adapter: adapters[0], ids: sameAdapter.ids }]);
       for (const [i, a] of adapters.entries()) {
         const alone = await d.generate([{ adapter: a, ids: [] }]);
         const want = await expected(a, alone.tokens[0]);
@@ -148,7 +150,9 @@ async function referenceChecks(t: Test, m: Model) {
         t.ok(alone.top[0].length === 5 && alone.top[0].every((x) => close(x.logprob, want[0].logProbs[x.token])), `${a.key}: first-token top-5 logprobs`);
         t.same(mixed.tokens[i], alone.tokens[0], `${a.key}: mixed with the other soft prompts and a ${other.adapter ?? 'base'} row, as alone`);
       }
-      t.same(mixed.tokens[adapters.length], other.greedy.slice(0, mixed.tokens[adapters.length].length), 'the row beside them keeps its reference tokens');
+      t.same(mixed.tokens[adapters.length], other.greedy.slice(0, mixed.tokens[adapters.length].length), 'the row of another kind keeps its reference tokens');
+      t.same(mixed.tokens[adapters.length + 1], sameAdapter.greedy.slice(0, mixed.tokens[adapters.length + 1].length), `a ${sameAdapter.adapter} row with a prompt, in the same step, keeps its reference tokens`);
+      t.ok(mixed.tokens[adapters.length + 1].length > 0);
     }
   });
 
