@@ -22,6 +22,8 @@ export interface Config {
   maxAdapterBytes: number;
   adapterCacheBytes: number;
   redisPrefix: string;
+  /** A Redis command unanswered this long fails (503 store_unavailable) and marks the store degraded. */
+  redisCommandTimeoutMs: number;
   intraOpThreads: number;
   workers: number;
   spinThreads: boolean;
@@ -141,6 +143,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     maxAdapterBytes: int(env, 'MAX_ADAPTER_BYTES', 64 * 1024 * 1024, 1024),
     adapterCacheBytes: int(env, 'ADAPTER_CACHE_BYTES', 256 * 1024 * 1024, 1),
     redisPrefix: env.REDIS_PREFIX ?? 'sps:',
+    redisCommandTimeoutMs: int(env, 'REDIS_COMMAND_TIMEOUT_MS', 10_000, 100, MAX_TIMER_MS),
     workers: defaultWorkers(env),
     intraOpThreads: int(env, 'INTRA_OP_THREADS', Math.max(1, Math.floor(cpus().length / defaultWorkers(env))), 1),
     spinThreads: env.ORT_SPIN === '1',

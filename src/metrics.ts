@@ -73,7 +73,7 @@ export class Metrics {
       cache: () => { hits: number; misses: number; evictions: number; bytes: number };
       /** Each worker's KV batch, by worker index (optional: tests may leave it out). */
       kv?: () => { rows: number; slots: number; capacity: number; bytes: number }[];
-      /** Times the shared adapter index was found empty (src/adapters/registry.ts). */
+      /** Times the shared adapter store was found to have lost its data (src/adapters/registry.ts). */
       storeResets?: () => number;
     },
     /** The event-loop delay's window (tests shorten it). */
@@ -114,7 +114,7 @@ export class Metrics {
     total('sps_adapter_cache_misses_total', 'Adapter cache misses: an adapter was read and decoded from the store', () => sources.cache().misses);
     total('sps_adapter_cache_evictions_total', 'Decoded adapters evicted to stay within ADAPTER_CACHE_BYTES', () => sources.cache().evictions);
     const storeResets = sources.storeResets;
-    if (storeResets) total('sps_adapter_store_resets_total', 'Times the shared adapter index was found empty while this replica held adapters (kept, and re-seeded from ADAPTERS_DIR)', storeResets);
+    if (storeResets) total('sps_adapter_store_resets_total', 'Times the shared adapter store was found to have lost its data (its epoch changed): the adapters held were kept, and ADAPTERS_DIR re-seeded it', storeResets);
     new client.Gauge({ name: 'sps_adapter_cache_bytes', help: 'Bytes of decoded adapters in memory', registers: [r], collect() { this.set(sources.cache().bytes); } });
     const loop = this.loop;
     new client.Gauge({ name: 'sps_event_loop_delay_p99_ms', help: `Event-loop delay, p99 over the last ${loopWindowMs / 1000} s window (the current one until a window has ended)`, registers: [r], collect() { this.set(loop.p99Ms()); } });

@@ -38,7 +38,9 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   // what an older, laxer version accepted. A bad one is logged and skipped.
   await registry.sync(true);
   if (store.name === 'redis') {
-    await seedFromFolder(registry, store, config.adaptersDir, log);
+    // ADAPTERS_DIR seeds a new registry only: seeding whatever the index lacked at every start put
+    // back, at each restart or scale-up, the shipped adapters an admin had deleted.
+    if (store.createdEpoch) await seedFromFolder(registry, store, config.adaptersDir, log);
     // A Redis that comes back empty: replicas keep what they hold and put ADAPTERS_DIR back.
     registry.onStoreReset = () => seedFromFolder(registry, store, config.adaptersDir, log);
   }
@@ -130,7 +132,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
 
 async function openStore(config: Config, log: Logger): Promise<AdapterStore> {
   if (!config.redisUrl) return new FsStore(config.adaptersDir);
-  const store = new RedisStore(config.redisUrl, config.redisPrefix, log);
+  const store = new RedisStore(config.redisUrl, config.redisPrefix, log, config.redisCommandTimeoutMs);
   await store.connect();
   log.info({ prefix: config.redisPrefix }, 'adapter store: redis');
   return store;

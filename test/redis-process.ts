@@ -35,6 +35,15 @@ export class TestRedis {
     });
   }
 
+  /** SIGSTOP: connected but silent, as a Redis that is paused or swapping. */
+  pause(): void {
+    this.proc?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.proc?.kill('SIGCONT');
+  }
+
   async stop(): Promise<void> {
     const p = this.proc;
     if (!p) return;

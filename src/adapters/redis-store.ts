@@ -17,13 +17,22 @@ export class RedisStore implements AdapterStore {
   private readonly indexKey: string;
   private readonly channel: string;
   private readonly epochKey: string;
+  /** This process created the epoch: the registry in Redis was new (never seeded, or lost its data). */
+  createdEpoch = false;
+  /** A command timed out and no ping has been answered since. */
+  private stalled = false;
+  private closed = false;
 
   constructor(
     url: string,
     private readonly prefix: string,
     private readonly log: Logger,
+    commandTimeoutMs = 10_000,
   ) {
-    const opts = { enableOfflineQueue: false, maxRetriesPerRequest: 1, retryStrategy: (n: number) => Math.min(100 * n, 1000), lazyConnect: false };
+    // A Redis that is connected but does not answer (paused, swapping, a long blocking command)
+    // fails commands after commandTimeoutMs: writes answer 503 instead of hanging, and the store
+    // reports itself degraded until Redis answers again.
+    const opts = { enableOfflineQueue: false, maxRetriesPerRequest: 1, retryStrategy: (n: number) => Math.min(100 * n, 1000), lazyConnect: false, commandTimeout: commandTimeoutMs };
     this.client = new Redis(url, opts);
     this.client.on('error', (e) => this.log.debug({ err: e.message }, 'redis error'));
     this.indexKey = `${prefix}index`;
@@ -48,9 +57,33 @@ export class RedisStore implements AdapterStore {
   }
 
   private guard<T>(p: Promise<T>): Promise<T> {
-    return p.catch((e: Error) => {
-      throw new ServerError('store_unavailable', `the adapter store (redis) is unavailable: ${e.message}`);
-    });
+    return p.then(
+      (v) => {
+        this.stalled = false;
+        return v;
+      },
+      (e: Error) => {
+        if (/timed out/i.test(e.message)) this.stall();
+        throw new ServerError('store_unavailable', `the adapter store (redis) is unavailable: ${e.message}`);
+      },
+    );
+  }
+
+  /** A command timed out: degraded until a ping is answered (retried every 500 ms). */
+  private stall(): void {
+    if (this.stalled) return;
+    this.stalled = true;
+    let pinging = false;
+    const probe = setInterval(() => {
+      if (!this.stalled || this.closed) return clearInterval(probe);
+      if (pinging) return;
+      pinging = true;
+      this.client.ping().then(
+        () => (this.stalled = false),
+        () => {},
+      ).finally(() => (pinging = false));
+    }, 500);
+    probe.unref();
   }
 
   async index(): Promise<StoredMeta[]> {
@@ -88,14 +121,15 @@ export class RedisStore implements AdapterStore {
   }
 
   async epoch(): Promise<string> {
-    await this.guard(this.client.set(this.epochKey, randomBytes(8).toString('hex'), 'NX'));
+    if ((await this.guard(this.client.set(this.epochKey, randomBytes(8).toString('hex'), 'NX'))) === 'OK') this.createdEpoch = true;
     const epoch = await this.guard(this.client.get(this.epochKey));
     if (!epoch) throw new ServerError('store_unavailable', 'the adapter store (redis) lost its epoch key while it was read');
     return epoch;
   }
 
   watch(onChange: (change: StoreChange | null) => void): void {
-    const sub = this.client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null });
+    // No command timeout on the subscriber: it waits for messages, and reconnects on its own.
+    const sub = this.client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, commandTimeout: undefined });
     this.subscriber = sub;
     sub.on('error', (e) => this.log.debug({ err: e.message }, 'redis subscriber error'));
     sub.on('message', (_channel: string, message: string) => {
@@ -113,10 +147,11 @@ export class RedisStore implements AdapterStore {
   }
 
   healthy(): boolean {
-    return this.client.status === 'ready' && (this.subscriber === null || this.subscriber.status === 'ready');
+    return !this.stalled && this.client.status === 'ready' && (this.subscriber === null || this.subscriber.status === 'ready');
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     this.subscriber?.disconnect();
     this.client.disconnect();
   }

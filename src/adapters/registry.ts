@@ -63,7 +63,7 @@ export class Registry {
   private storeEpoch: string | undefined;
   readonly baseVersion: string;
   private inSync = false;
-  /** Times the shared index was found empty while this replica held adapters (a Redis that lost its data). */
+  /** Times the shared store was found to have lost its data (its epoch changed, or an epoch-less store's index empty while this replica held adapters). */
   storeResets = 0;
   /** Called after a store reset was detected, to re-seed the empty index (from ADAPTERS_DIR). */
   onStoreReset: (() => Promise<void>) | null = null;

@@ -41,6 +41,8 @@ export interface AdapterStore {
    * It changes only when the store lost its data (a Redis restarted without persistence).
    */
   epoch?(): Promise<string>;
+  /** True once this process created the epoch: the shared store was new, never seeded. */
+  readonly createdEpoch?: boolean;
   healthy(): boolean;
   close(): Promise<void>;
 }

@@ -8,7 +8,7 @@ const redis = new TestRedis(16379 + Math.floor(Math.random() * 1000));
 await redis.start();
 const prefix = `sps-test-${process.pid}:`;
 // No periodic reconcile: the ordering test below must pass on ordering alone.
-const env = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, ADMIN_TOKEN: 'redis-admin', RECONCILE_INTERVAL_MS: '0' };
+const env = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, ADMIN_TOKEN: 'redis-admin', RECONCILE_INTERVAL_MS: '0', REDIS_COMMAND_TIMEOUT_MS: '1000' };
 const a = await startServerProcess(env);
 const b = await startServerProcess(env);
 t.teardown(async () => {
@@ -118,6 +118,49 @@ t.test('upload then delete in a tight loop on one replica: the other never keeps
   }
   t.same(left, [], 'replica B lists none of the deleted tasks');
   for (const task of tasks.slice(0, 5)) t.equal((await generate(b.url, task, 'love')).status, 404, `${task} is not served by B`);
+});
+
+t.test('a seeded adapter an admin deleted stays deleted when another replica starts (ADAPTERS_DIR seeds a new registry only)', async (t) => {
+  const del = await fetch(`${a.url}/v1/adapters/define-prefix`, { method: 'DELETE', headers: auth });
+  t.equal(del.status, 204);
+  const c = await startServerProcess(env);
+  t.teardown(() => c.stop());
+  for (const url of [a.url, b.url, c.url]) {
+    t.notOk((await listOf(url)).includes('define-prefix'), 'not listed');
+    t.equal((await generate(url, 'define-prefix', 'love')).status, 404, 'not served');
+  }
+  t.ok((await listOf(c.url)).includes('pos-prefix'), 'the new replica holds the rest of the registry');
+  // Put it back for the tests below (the re-seed test expects the whole folder).
+  t.equal((await upload(a.url, 'define-prefix', 'define-prefix')).status, 201);
+});
+
+t.test('a Redis that stops answering (paused): writes get 503 within the command timeout, /readyz says degraded until it answers again, serving goes on', async (t) => {
+  const readyz = async () => ((await (await fetch(`${a.url}/readyz`)).json()) as { degraded: boolean }).degraded;
+  redis.pause();
+  let ms = 0;
+  try {
+    const t0 = performance.now();
+    const res = await upload(a.url, 'paused-task', 'pos-prompt');
+    ms = performance.now() - t0;
+    t.equal(res.status, 503, 'the write fails instead of hanging');
+    t.equal(((await res.json()) as { error: { code: string } }).error.code, 'store_unavailable');
+    t.equal(await readyz(), true, '/readyz reports the degraded state');
+    const r = await generate(a.url, 'pos-prefix', 'happily ->');
+    t.equal(r.status, 200, 'inference goes on from memory');
+  } finally {
+    redis.resume();
+  }
+  t.ok(ms < 4000, `answered after ${ms.toFixed(0)} ms (REDIS_COMMAND_TIMEOUT_MS 1000)`);
+  const t0 = performance.now();
+  while ((await readyz()) && performance.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 100));
+  t.equal(await readyz(), false, 'no longer degraded once Redis answers a ping');
+  // The write was sent before it timed out, so Redis may apply it on waking (a 503 on a write means
+  // "unknown": retry it). Either way the replicas agree.
+  const has = async (url: string) => (await listOf(url)).includes('paused-task');
+  const t1 = performance.now();
+  while ((await has(a.url)) !== (await has(b.url)) && performance.now() - t1 < 3000) await new Promise((r) => setTimeout(r, 50));
+  t.equal(await has(a.url), await has(b.url), 'both replicas agree on the write that timed out');
+  await fetch(`${a.url}/v1/adapters/paused-task`, { method: 'DELETE', headers: auth });
 });
 
 t.test('redis restarted empty under traffic: replicas keep serving and re-seed the index', async (t) => {
