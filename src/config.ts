@@ -50,7 +50,7 @@ export class ConfigError extends Error {
 }
 
 /** The largest delay a Node timer takes; beyond it setTimeout fires after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** A decimal integer (no hex, exponent or fraction: `1e3` and `0x1F` are typos here, not numbers). */
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {

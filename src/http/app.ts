@@ -5,6 +5,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
+import { MAX_TIMER_MS } from '../config.js';
 import type { Registry } from '../adapters/registry.js';
 import type { Engine } from '../engine/engine.js';
 import { Ensembles } from '../engine/ensemble.js';
@@ -46,8 +47,6 @@ export interface AppDeps {
 const RECEIVE_TIMEOUT_MS = 300_000;
 /** A connection on which neither side sends a byte for REQUEST_TIMEOUT_MS plus this is closed. */
 const SILENT_GRACE_MS = 30_000;
-/** Node's largest timer. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 declare module 'fastify' {
   interface FastifyRequest {
