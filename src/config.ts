@@ -4,6 +4,8 @@ export interface Config {
   port: number;
   host: string;
   modelDir: string;
+  /** CHAT_TEMPLATE: a Jinja file that replaces the model's chat template (or gives it one). */
+  chatTemplate: string | undefined;
   adaptersDir: string;
   cacheDir: string;
   redisUrl: string | undefined;
@@ -125,6 +127,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     port: int(env, 'PORT', 8080, 0, 65535),
     host: env.HOST?.trim() || '127.0.0.1',
     modelDir: env.MODEL_DIR ?? 'models/demo-gpt2',
+    chatTemplate: env.CHAT_TEMPLATE || undefined,
     adaptersDir: env.ADAPTERS_DIR ?? 'adapters',
     cacheDir: env.CACHE_DIR ?? '.cache',
     redisUrl: env.REDIS_URL || undefined,

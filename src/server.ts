@@ -14,6 +14,7 @@ import { prefillRunCost } from './executor/prefill.js';
 import { buildApp } from './http/app.js';
 import { Metrics } from './metrics.js';
 import { loadBaseModel, type BaseModel } from './model/base-model.js';
+import { ChatTemplate } from './tokenizer/chat-template.js';
 
 export interface Server {
   app: FastifyInstance;
@@ -73,7 +74,10 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     const { run: runMs, total: totalMs } = result.ms;
     metrics.stepDetail({ runMs, totalMs, decode: plan.decode.length, prefill: plan.prefill.length, score: plan.score.length, paddedTokens: result.paddedTokens ?? 0 });
   };
-  const inference = new Inference(engine, model, registry, config.requestTimeoutMs, metrics);
+  const chat = ChatTemplate.load(config.modelDir, model.tokenizer.config, config.chatTemplate);
+  if (chat.template) log.info({ source: chat.template.source }, 'chat template loaded: /v1/chat/completions is on');
+  else log.info({ reason: chat.reason }, 'no chat template: /v1/chat/completions answers 400');
+  const inference = new Inference(engine, model, registry, config.requestTimeoutMs, metrics, chat);
   let ready = true;
   const app = await buildApp({
     logger: log,

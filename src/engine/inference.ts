@@ -6,18 +6,21 @@ import { applyTemplate, checkLabels, checkTemplate } from '../adapters/task-spec
 import { FormatError } from '../errors.js';
 import type { AdapterTensors, TokenChoice } from '../protocol.js';
 import type { Metrics } from '../metrics.js';
+import type { ChatMessage, ChatTemplate } from '../tokenizer/chat-template.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Engine } from './engine.js';
 import type { EnsembleMember, GenerateJob, Job, ScoreJob } from './jobs.js';
 
 /**
  * The ids a prompt feeds the model (what generate, score and /v1/tokenize count), with the BOS the
- * tokenizer prepends where it does (Llama). An empty prompt with none has nothing to condition on:
+ * tokenizer prepends where it does (Llama); a rendered chat prompt (`chat`) with its special tokens
+ * matched and no BOS added. An empty prompt with none has nothing to condition on:
  * it starts from end-of-text, GPT-2's document separator, unless a soft prompt precedes it, whose
  * last position then predicts the first token. Async: long texts are tokenised off the event loop.
  */
-export async function promptIds(tokenizer: Tokenizer, text: string, adapter: AdapterTensors | null): Promise<number[]> {
-  const tokens = await tokenizer.encode(text, { addBos: true });
+export async function promptIds(tokenizer: Tokenizer, text: string, adapter: AdapterTensors | null, chat = false): Promise<number[]> {
+  // A rendered chat template writes its own special tokens (BOS too), as transformers tokenises it.
+  const tokens = await tokenizer.encode(text, chat ? { special: true } : { addBos: true });
   if (tokens.length === 0 && adapter?.kind !== 'prompt') tokens.push(tokenizer.eosTokenId);
   return tokens;
 }
@@ -31,6 +34,11 @@ interface Tracked<T> {
 export interface GenerateParams {
   prompt: string;
   raw?: boolean;
+  /**
+   * `prompt` is a rendered chat template (renderChat): its special tokens are matched, no BOS or task
+   * template is added, and without `max_tokens` it may run to the end of the context (OpenAI's chat default).
+   */
+  chat?: boolean;
   max_tokens?: number;
   temperature?: number;
   top_p?: number;
@@ -91,7 +99,19 @@ export class Inference {
     private readonly registry: Registry,
     private readonly timeoutMs: number,
     private readonly metrics: Metrics | null = null,
+    private readonly chat: { template: ChatTemplate | null; reason: string } = { template: null, reason: 'no chat template was loaded' },
   ) {}
+
+  /** A conversation as the prompt text of the model's chat template; 400 where the model has none. */
+  renderChat(messages: ChatMessage[], addGenerationPrompt: boolean, kwargs?: Record<string, unknown>): string {
+    if (!this.chat.template) throw new ServerError('invalid_request', this.chat.reason);
+    return this.chat.template.render(messages, addGenerationPrompt, kwargs);
+  }
+
+  /** The ids a generate request's prompt feeds: a chat prompt as it is, a raw one, or through the task's template. */
+  private promptTokens(t: ResolvedTask, p: GenerateParams, adapter: AdapterTensors | null): Promise<number[]> {
+    return promptIds(this.model.tokenizer, p.raw || p.chat ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), adapter, p.chat);
+  }
 
   /** A token's bytes as the decoder gives them (OpenAI names a token that is not whole characters by them). */
   tokenBytes(id: number): number[] {
@@ -113,10 +133,16 @@ export class Inference {
     return pairs.length > 0 ? pairs : undefined;
   }
 
+  /** Positions of the context left after a prompt of `tokens` (and the adapter's virtual tokens). */
+  private contextLeft(adapter: AdapterTensors | null, tokens: number): number {
+    const virtual = adapter && adapter.kind !== 'bitfit' ? adapter.virtualTokens : 0;
+    return this.model.config.nPositions - virtual - tokens;
+  }
+
   private checkContext(adapter: AdapterTensors | null, tokens: number, extra: number): void {
     const virtual = adapter && adapter.kind !== 'bitfit' ? adapter.virtualTokens : 0;
     const limit = this.model.config.nPositions;
-    if (virtual + tokens + extra > limit) {
+    if (this.contextLeft(adapter, tokens) < extra) {
       throw new ServerError('prompt_too_long', `${tokens} prompt tokens + ${virtual} virtual tokens + ${extra} more exceed the ${limit}-token context`);
     }
   }
@@ -177,7 +203,7 @@ export class Inference {
     const members: EnsembleMember[] = [];
     for (const [k, t] of resolved.entries()) {
       const adapter = t.adapter?.tensors ?? null;
-      const tokens = await promptIds(this.model.tokenizer, p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), adapter);
+      const tokens = await this.promptTokens(t, p, adapter);
       this.checkContext(adapter, tokens.length, p.max_tokens ?? 64);
       members.push({ adapter, tokens, weight: weights[k] });
     }
@@ -189,9 +215,9 @@ export class Inference {
   private async prepareGenerate(t: ResolvedTask, p: GenerateParams, onText?: RequestControl['onToken'], members?: EnsembleMember[]): Promise<Tracked<GenerateResult>> {
     const task = t.task;
     const adapter = t.adapter?.tensors ?? null;
-    const maxTokens = p.max_tokens ?? 64;
     // An ensemble's members were tokenised and checked by the caller; the first stands for the request.
-    const tokens = members ? members[0].tokens : await promptIds(this.model.tokenizer, p.raw ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), adapter);
+    const tokens = members ? members[0].tokens : await this.promptTokens(t, p, adapter);
+    const maxTokens = p.max_tokens ?? (p.chat ? Math.max(1, this.contextLeft(adapter, tokens.length)) : 64);
     if (!members) this.checkContext(adapter, tokens.length, maxTokens);
     const logitBias = this.logitBias(p.logit_bias);
     const eos = this.model.tokenizer.eosTokenIds;

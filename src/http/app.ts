@@ -17,6 +17,7 @@ import { bearerGuard } from './auth.js';
 import { installErrorHandler } from './errors.js';
 import { registerRateLimit } from './rate-limit.js';
 import { adminRoutes } from './routes/admin.js';
+import { chatRoutes } from './routes/chat.js';
 import { completionsRoutes } from './routes/completions.js';
 import { ensembleRoutes } from './routes/ensembles.js';
 import { inferenceRoutes } from './routes/inference.js';
@@ -145,6 +146,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     });
     inferenceRoutes(scope, deps.inference);
     completionsRoutes(scope, deps.inference);
+    chatRoutes(scope, deps.inference);
     ensembleRoutes(scope, new Ensembles(deps.inference, deps.registry));
     tokenizeRoutes(scope, deps.registry, deps.model);
     modelsRoutes(scope, deps.registry, Math.floor(Date.now() / 1000));

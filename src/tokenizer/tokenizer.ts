@@ -69,6 +69,8 @@ export class Tokenizer {
   /** The first of `eosTokenIds`, for callers that need one. */
   readonly eosTokenId: number;
   readonly maxChars: number;
+  /** `tokenizer_config.json` (`{}` where the folder has none): special token names, the chat template. */
+  readonly config: Record<string, unknown>;
   private readonly full: HfTokenizer;
   /** The same tokenizer with special tokens unregistered: user text never produces them. */
   private readonly plain: HfTokenizer;
@@ -89,6 +91,7 @@ export class Tokenizer {
     files: TokenizerFiles,
     opts: TokenizerOptions = {},
   ) {
+    this.config = files.tokenizerConfig;
     const type = files.tokenizer.model?.type;
     if (type !== 'BPE') throw new FormatError('unsupported_tokenizer', `unsupported tokenizer: model type '${String(type)}' (supported: BPE)`);
     try {

@@ -4,6 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import type { GenerateResult, Inference, TokenLogprob } from '../../engine/inference.js';
 import { ServerError } from '../../errors.js';
 import { clientGone, openEventStream } from '../sse.js';
+import { refuseUnsupported, tokenName } from '../openai.js';
 import { errorResponses, NumbersByKey } from '../schemas.js';
 
 const CompletionBody = Type.Object(
@@ -53,24 +54,6 @@ const CompletionResponse = Type.Object({
 /** Parameters that change OpenAI's output which this server does not implement, with their neutral values. */
 const UNSUPPORTED: Record<string, unknown[]> = { presence_penalty: [0], frequency_penalty: [0], best_of: [1], suffix: [null, ''] };
 
-function refuseUnsupported(body: Record<string, unknown>): void {
-  for (const [name, neutral] of Object.entries(UNSUPPORTED)) {
-    if (Object.hasOwn(body, name) && body[name] !== undefined && !neutral.includes(body[name])) {
-      throw new ServerError('invalid_request', `${name} is not supported by this server; leave it out`);
-    }
-  }
-}
-
-/**
- * A token as OpenAI's logprobs name it: its text, or, where it is not whole characters (a partial
- * UTF-8 character reads U+FFFD), `bytes:` and its bytes, as `bytes:\xe2\x80`.
- */
-function tokenName(inference: Inference, id: number): string {
-  const text = inference.tokenText(id);
-  if (!text.includes('\ufffd')) return text;
-  return `bytes:${inference.tokenBytes(id).map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join('')}`;
-}
-
 /** OpenAI's completions logprobs layout, from ours. */
 function openaiLogprobs(logprobs: TokenLogprob[], name: (id: number) => string) {
   return {
@@ -93,7 +76,7 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
     { schema: { tags: ['openai'], summary: 'OpenAI-compatible completions; model is a task id', body: CompletionBody, response: { 200: CompletionResponse, ...errorResponses } } },
     async (req, reply) => {
       const b = req.body;
-      refuseUnsupported(b);
+      refuseUnsupported(b, UNSUPPORTED);
       const echo = b.echo ?? false;
       if (echo && typeof b.logprobs === 'number') throw new ServerError('invalid_request', 'echo with logprobs is not supported (the prompt tokens would need log-probabilities)');
       const prompts = Array.isArray(b.prompt) ? b.prompt : [b.prompt];

@@ -1,0 +1,163 @@
+import { randomUUID } from 'node:crypto';
+import { Type, type Static } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import type { GenerateResult, Inference, TokenLogprob } from '../../engine/inference.js';
+import { ServerError } from '../../errors.js';
+import type { ChatMessage } from '../../tokenizer/chat-template.js';
+import { refuseUnsupported } from '../openai.js';
+import { errorResponses } from '../schemas.js';
+import { clientGone, openEventStream } from '../sse.js';
+
+const MaxTokens = Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 1_000_000 }), Type.Null()]));
+const Message = Type.Object(
+  {
+    role: Type.String({ minLength: 1, maxLength: 64 }),
+    // A string, or OpenAI's content parts (text only here), or null (an assistant turn of tool calls).
+    content: Type.Optional(Type.Union([Type.String(), Type.Array(Type.Object({ type: Type.String(), text: Type.Optional(Type.String()) }, { additionalProperties: true }), { maxItems: 256 }), Type.Null()])),
+  },
+  // name, tool_calls, tool_call_id…: passed to the template as they are.
+  { additionalProperties: true },
+);
+const ChatBody = Type.Object(
+  {
+    model: Type.String({ maxLength: 128, description: 'A task id, or base' }),
+    messages: Type.Array(Message, { minItems: 1, maxItems: 4096 }),
+    max_tokens: MaxTokens,
+    max_completion_tokens: { ...MaxTokens, description: "OpenAI's newer name for max_tokens (wins where both are given); without either, up to the end of the context" },
+    temperature: Type.Optional(Type.Union([Type.Number({ minimum: 0, maximum: 2 }), Type.Null()])),
+    top_p: Type.Optional(Type.Union([Type.Number({ exclusiveMinimum: 0, maximum: 1 }), Type.Null()])),
+    stop: Type.Optional(Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { maxItems: 4 }), Type.Null()])),
+    seed: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
+    n: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 16 }), Type.Null()])),
+    logprobs: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
+    top_logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 20 }), Type.Null()])),
+    stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
+    stream_options: Type.Optional(Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: true }), Type.Null()])),
+    logit_bias: Type.Optional(Type.Union([Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ minimum: -100, maximum: 100 }), { maxProperties: 300 }), Type.Null()])),
+    chat_template_kwargs: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: 'Extra variables for the chat template, as vLLM takes them (enable_thinking, …)' })),
+    add_generation_prompt: Type.Optional(Type.Boolean({ default: true, description: "Ends the prompt with the template's assistant header (false: the last message is continued as it is)" })),
+  },
+  { additionalProperties: true, examples: [{ model: 'base', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 16, temperature: 0 }] },
+);
+type ChatBody = Static<typeof ChatBody>;
+
+/** Parameters that change OpenAI's output which this server does not implement, with their neutral values. */
+const UNSUPPORTED: Record<string, unknown[]> = {
+  presence_penalty: [0, null],
+  frequency_penalty: [0, null],
+  tools: [[], null],
+  tool_choice: ['none', null],
+  functions: [[], null],
+  function_call: ['none', null],
+  response_format: [{ type: 'text' }, null],
+  audio: [null],
+  modalities: [['text'], null],
+  prediction: [null],
+};
+
+const TopLogprob = Type.Object({ token: Type.String(), logprob: Type.Number(), bytes: Type.Array(Type.Integer()) });
+const Logprobs = Type.Union([Type.Null(), Type.Object({ content: Type.Array(Type.Object({ ...TopLogprob.properties, top_logprobs: Type.Array(TopLogprob) })) })]);
+const Usage = Type.Object({ prompt_tokens: Type.Integer(), completion_tokens: Type.Integer(), total_tokens: Type.Integer() });
+const ChatResponse = Type.Object({
+  id: Type.String(),
+  object: Type.Literal('chat.completion'),
+  created: Type.Integer(),
+  model: Type.String(),
+  choices: Type.Array(
+    Type.Object({
+      index: Type.Integer(),
+      message: Type.Object({ role: Type.Literal('assistant'), content: Type.String() }),
+      finish_reason: Type.String(),
+      logprobs: Logprobs,
+    }),
+  ),
+  usage: Usage,
+});
+
+/** A message's text: OpenAI's text parts joined by newlines (as vLLM joins them); other parts are refused. */
+function messageText(content: Static<typeof Message>['content'], i: number): string {
+  if (content === undefined || content === null) return '';
+  if (typeof content === 'string') return content;
+  const other = content.find((part) => part.type !== 'text' || typeof part.text !== 'string');
+  if (other) throw new ServerError('invalid_request', `messages[${i}]: content parts of type '${other.type}' are not supported (text only)`);
+  return content.map((part) => part.text).join('\n');
+}
+
+export function chatRoutes(app: FastifyInstance, inference: Inference): void {
+  // OpenAI's chat logprobs: each token by its text and its UTF-8 bytes.
+  const entry = (id: number, logprob: number) => ({ token: inference.tokenText(id), logprob, bytes: inference.tokenBytes(id) });
+  const chatLogprobs = (lps: TokenLogprob[]) => ({ content: lps.map((l) => ({ ...entry(l.token_id, l.logprob), top_logprobs: l.top.map((x) => entry(x.token_id, x.logprob)) })) });
+
+  app.post<{ Body: ChatBody }>(
+    '/v1/chat/completions',
+    {
+      schema: {
+        tags: ['openai'],
+        summary: "OpenAI-compatible chat completions through the model's chat template; model is a task id",
+        body: ChatBody,
+        response: { 200: ChatResponse, ...errorResponses },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body;
+      refuseUnsupported(b, UNSUPPORTED);
+      if (typeof b.top_logprobs === 'number' && b.logprobs !== true) throw new ServerError('invalid_request', 'top_logprobs needs logprobs: true');
+      const messages: ChatMessage[] = b.messages.map((m, i) => ({ ...m, content: messageText(m.content, i) }));
+      const prompt = inference.renderChat(messages, b.add_generation_prompt ?? true, b.chat_template_kwargs);
+      const n = b.n ?? 1;
+      const params = {
+        prompt,
+        chat: true,
+        max_tokens: b.max_completion_tokens ?? b.max_tokens ?? undefined,
+        temperature: b.temperature ?? 1,
+        top_p: b.top_p ?? 1,
+        stop: b.stop === undefined || b.stop === null ? undefined : Array.isArray(b.stop) ? b.stop : [b.stop],
+        logprobs: b.logprobs ? (b.top_logprobs ?? 0) : 0,
+        chosen_logprob: b.logprobs === true,
+        logit_bias: b.logit_bias ?? undefined,
+      };
+      // The n choices are rows of one request, each with its own seed (seed + i where a seed is given).
+      const all = Array.from({ length: n }, (_, i) => ({ ...params, seed: b.seed === undefined || b.seed === null ? undefined : b.seed + i }));
+      const signal = clientGone(reply);
+      const head = { id: `chatcmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: b.model };
+      const usage = (rs: GenerateResult[]) => {
+        const prompt_tokens = rs[0].usage.prompt_tokens; // one conversation, however many choices
+        const completion_tokens = rs.reduce((sum, r) => sum + r.usage.completion_tokens, 0);
+        return { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens };
+      };
+      if (!b.stream) {
+        const results = await inference.generateAll(b.model, all, { signal });
+        return {
+          ...head,
+          object: 'chat.completion' as const,
+          choices: results.map((r, index) => ({ index, message: { role: 'assistant' as const, content: r.text }, finish_reason: r.finish_reason, logprobs: r.logprobs ? chatLogprobs(r.logprobs) : null })),
+          usage: usage(results),
+        };
+      }
+      const stream = openEventStream(reply);
+      const chunk = (index: number, delta: Record<string, string>, finish_reason: string | null = null, logprobs: unknown = null) =>
+        stream.send({ ...head, object: 'chat.completion.chunk', choices: [{ index, delta, logprobs, finish_reason }] });
+      // Each choice opens with its role, as OpenAI's first chunk does, before its first text.
+      const opened = new Set<number>();
+      const open = (index: number) => opened.has(index) || (opened.add(index), chunk(index, { role: 'assistant', content: '' }));
+      try {
+        const results = await inference.generateAll(b.model, all, {
+          signal,
+          onToken: (index, _tokenId, text, lp) => {
+            open(index);
+            // A token whose text is held back (half a character, a possible stop string) still carries its logprobs.
+            if (text !== '' || lp) chunk(index, { content: text }, null, lp ? chatLogprobs([lp]) : null);
+          },
+        });
+        results.forEach((r, index) => {
+          open(index);
+          chunk(index, {}, r.finish_reason);
+        });
+        if (b.stream_options?.include_usage) stream.send({ ...head, object: 'chat.completion.chunk', choices: [], usage: usage(results) });
+        stream.done();
+      } catch (e) {
+        stream.fail(e as Error);
+      }
+    },
+  );
+}
