@@ -27,10 +27,6 @@ const fail = (code: string, message: string): never => {
 const REFUSED: Record<string, string> = {
   use_dora: 'DoRA (use_dora) is not supported',
   modules_to_save: 'modules_to_save (fully trained copies of base modules) is not supported',
-  layers_to_transform: 'layers_to_transform is not supported',
-  layers_pattern: 'layers_pattern is not supported',
-  rank_pattern: 'rank_pattern (per-module ranks) is not supported',
-  alpha_pattern: 'alpha_pattern (per-module alphas) is not supported',
   lora_bias: 'lora_bias (a trained bias on lora_B) is not supported',
   use_qalora: 'use_qalora is not supported',
   layer_replication: 'layer_replication is not supported',
@@ -58,13 +54,49 @@ export function moduleMatcher(field: string, spec: unknown, suffix = '.'): (name
   return (name) => spec.some((s: string) => name === s || name.endsWith(`${suffix}${s}`));
 }
 
-/** The base model's modules that `target_modules` (minus `exclude_modules`) selects; at least one. */
+/** A regular expression from an adapter config (PEFT compiles them with Python's `re`); a bad one is the config's fault. */
+function regex(field: string, source: string): RegExp {
+  try {
+    return new RegExp(source);
+  } catch (e) {
+    return fail('invalid_config', `${field}: ${JSON.stringify(source)} is not a valid regular expression: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * `layers_to_transform` (an index or a list) keeps the modules of those layers only, the layer index
+ * being the number after the first `<name>.` segment of the module's name (PEFT's
+ * check_target_module_exists: `.*?\.[^.]*\.(\d+)\.`), or after a segment `layers_pattern` names.
+ */
+function layerFilter(cfg: Record<string, unknown>): (name: string) => boolean {
+  const indexes = cfg.layers_to_transform;
+  if (indexes === undefined || indexes === null || (Array.isArray(indexes) && indexes.length === 0)) return () => true;
+  const list = typeof indexes === 'number' ? [indexes] : indexes;
+  if (!Array.isArray(list) || !list.every((i) => Number.isInteger(i) && i >= 0)) return fail('invalid_config', `layers_to_transform must be a layer index or a list of them, got ${JSON.stringify(indexes)}`);
+  const raw = cfg.layers_pattern;
+  const patterns = raw === undefined || raw === null || raw === '' || (Array.isArray(raw) && raw.length === 0) ? null : typeof raw === 'string' ? [raw] : raw;
+  if (patterns !== null && !(Array.isArray(patterns) && patterns.every((p) => typeof p === 'string'))) return fail('invalid_config', `layers_pattern must be a string or a list of strings, got ${JSON.stringify(raw)}`);
+  const finders = patterns === null ? [/^.*?\.[^.]*\.(\d+)\./] : patterns.map((p) => regex('layers_pattern', `^.*?\\.${p}\\.(\\d+)\\.`));
+  return (name) => {
+    for (const f of finders) {
+      const m = f.exec(name);
+      if (m) return list.includes(Number(m[1]));
+    }
+    return false;
+  };
+}
+
+/** The base model's modules that `target_modules` (minus `exclude_modules`, within `layers_to_transform`) selects; at least one. */
 function targets(cfg: Record<string, unknown>, modules: LinearModule[]): LinearModule[] {
   if (cfg.target_modules === undefined || cfg.target_modules === null) fail('invalid_config', 'target_modules is required');
   const all = cfg.target_modules === 'all-linear';
   const target = all ? () => true : moduleMatcher('target_modules', cfg.target_modules);
   const exclude = isSet(cfg.exclude_modules) ? moduleMatcher('exclude_modules', cfg.exclude_modules) : () => false;
-  const chosen = modules.filter((m) => target(m.name) && !exclude(m.name));
+  // As in PEFT, layers_to_transform applies to a list of module names matched by suffix (all-linear
+  // is one), not to a regular expression nor to a module the list names in full.
+  const layers = typeof cfg.target_modules === 'string' && !all ? () => true : layerFilter(cfg);
+  const inLayers = (name: string) => (Array.isArray(cfg.target_modules) && cfg.target_modules.includes(name)) || layers(name);
+  const chosen = modules.filter((m) => target(m.name) && !exclude(m.name) && inLayers(m.name));
   if (chosen.length === 0) fail('invalid_config', `target_modules ${JSON.stringify(cfg.target_modules)} matches no linear module of the base model`);
   return chosen;
 }
@@ -93,31 +125,52 @@ function checkRefused(cfg: Record<string, unknown>): void {
   for (const [field, why] of Object.entries(REFUSED)) if (isSet(cfg[field])) fail('unsupported_option', `${why} (${field}: ${JSON.stringify(cfg[field])})`);
 }
 
+/**
+ * `rank_pattern` / `alpha_pattern`: per-module values. The first key (in the file's order) that
+ * matches the module's name or a `.`-suffix of it as a regular expression wins (PEFT's
+ * get_pattern_key: `(.*\.)?(key)$`); `fallback` elsewhere.
+ */
+function perModule(cfg: Record<string, unknown>, field: 'rank_pattern' | 'alpha_pattern', fallback: number, valid: (v: unknown) => boolean, what: string): (name: string) => number {
+  const spec = cfg[field] ?? {};
+  if (typeof spec !== 'object' || spec === null || Array.isArray(spec)) return fail('invalid_config', `${field} must be an object of module patterns to ${what}s`);
+  const entries = Object.entries(spec).map(([key, v]): [RegExp, number] => {
+    if (!valid(v)) fail('invalid_config', `${field}[${JSON.stringify(key)}] must be a ${what}, got ${JSON.stringify(v)}`);
+    return [regex(field, `^(?:.*\\.)?(?:${key})$`), v as number];
+  });
+  return (name) => entries.find(([re]) => re.test(name))?.[1] ?? fallback;
+}
+
 export function parseLora(cfg: Record<string, unknown>, raw: Map<string, Tensor>, base: LinearShape): AdapterTensors {
   checkRefused(cfg);
   if ((cfg.bias ?? 'none') !== 'none') fail('unsupported_option', `bias ${JSON.stringify(cfg.bias)} is not supported (none)`);
-  const r = cfg.r;
-  if (typeof r !== 'number' || !Number.isInteger(r) || r < 1) fail('invalid_config', `r must be a positive integer, got ${JSON.stringify(r)}`);
+  const isRank = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v >= 1;
+  const isAlpha = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
+  if (!isRank(cfg.r)) fail('invalid_config', `r must be a positive integer, got ${JSON.stringify(cfg.r)}`);
   const alpha = cfg.lora_alpha ?? 8;
-  if (typeof alpha !== 'number' || !Number.isFinite(alpha)) fail('invalid_config', `lora_alpha must be a number, got ${JSON.stringify(alpha)}`);
+  if (!isAlpha(alpha)) fail('invalid_config', `lora_alpha must be a number, got ${JSON.stringify(alpha)}`);
   if (typeof (cfg.use_rslora ?? false) !== 'boolean') fail('invalid_config', 'use_rslora must be a boolean');
   if (typeof (cfg.fan_in_fan_out ?? false) !== 'boolean') fail('invalid_config', 'fan_in_fan_out must be a boolean');
-  const rank = r as number;
-  const scale = (alpha as number) / (cfg.use_rslora ? Math.sqrt(rank) : rank);
-  if (!(Math.abs(scale) <= MAX_ADAPTER_VALUE)) fail('value_too_large', `lora_alpha / r is ${scale}; it is limited to ±${MAX_ADAPTER_VALUE}, far beyond trained ones (values near float32's limit overflow the forward pass)`);
+  const rankOf = perModule(cfg, 'rank_pattern', cfg.r as number, isRank, 'positive integer rank');
+  const alphaOf = perModule(cfg, 'alpha_pattern', alpha as number, isAlpha, 'number');
   const chosen = targets(cfg, linearModules(base));
   const tensors = byModule('LORA', raw, chosen, ['lora_A.weight', 'lora_B.weight']);
+  // Every module is stored at the adapter's largest rank, the others padded with zeros (which add
+  // exactly nothing): the graph stacks one rank per adapter (src/model/adapter-ops.ts).
+  const rank = Math.max(...chosen.map((m) => rankOf(m.name)));
   const modules: Record<string, { a: Float32Array; b: Float32Array }> = {};
   for (const m of chosen) {
+    const r = rankOf(m.name);
+    const scale = alphaOf(m.name) / (cfg.use_rslora ? Math.sqrt(r) : r);
+    if (!(Math.abs(scale) <= MAX_ADAPTER_VALUE)) fail('value_too_large', `${m.name}: lora_alpha / r is ${scale}; it is limited to ±${MAX_ADAPTER_VALUE}, far beyond trained ones (values near float32's limit overflow the forward pass)`);
     const A = tensors.get(`${m.name}.lora_A.weight`)!;
     const B = tensors.get(`${m.name}.lora_B.weight`)!;
-    expectShape(`${m.name}.lora_A.weight`, A, [rank, m.in]);
-    expectShape(`${m.name}.lora_B.weight`, B, [m.out, rank]);
-    // Stored as the graph multiplies them: A [in, r], B [r, out] with the scale folded in.
-    const a = sharedFloats(A.data.length);
-    for (let k = 0; k < rank; k++) for (let i = 0; i < m.in; i++) a[i * rank + k] = A.data[k * m.in + i];
-    const b = sharedFloats(B.data.length);
-    for (let o = 0; o < m.out; o++) for (let k = 0; k < rank; k++) b[k * m.out + o] = B.data[o * rank + k] * scale;
+    expectShape(`${m.name}.lora_A.weight`, A, [r, m.in]);
+    expectShape(`${m.name}.lora_B.weight`, B, [m.out, r]);
+    // Stored as the graph multiplies them: A [in, rank], B [rank, out] with the scale folded in.
+    const a = sharedFloats(m.in * rank);
+    for (let k = 0; k < r; k++) for (let i = 0; i < m.in; i++) a[i * rank + k] = A.data[k * m.in + i];
+    const b = sharedFloats(rank * m.out);
+    for (let o = 0; o < m.out; o++) for (let k = 0; k < r; k++) b[k * m.out + o] = B.data[o * r + k] * scale;
     modules[m.name] = { a, b };
   }
   return { key: '', kind: 'lora', virtualTokens: 0, lora: { rank, modules } };

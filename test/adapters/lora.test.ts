@@ -38,10 +38,15 @@ const MUTATIONS: [string, AdapterFiles, RegExp][] = [
   ['a module that target_modules does not select', files({ ...lora, target_modules: ['c_attn'] }, loraT), /^unexpected_tensors: .*c_proj/],
   ['missing tensor', files(lora, without(loraT, `${P}.3.mlp.c_proj.lora_B.weight`)), /^unexpected_tensors: .*no tensor .*h\.3\.mlp\.c_proj\.lora_B/],
   ['DoRA', files({ ...lora, use_dora: true }, loraT), /^unsupported_option: .*use_dora/],
-  ['rank_pattern', files({ ...lora, rank_pattern: { c_attn: 4 } }, loraT), /^unsupported_option: .*rank_pattern/],
-  ['alpha_pattern', files({ ...lora, alpha_pattern: { c_attn: 4 } }, loraT), /^unsupported_option: .*alpha_pattern/],
+  ['rank_pattern naming a rank the tensors do not have', files({ ...lora, rank_pattern: { c_attn: 4 } }, loraT), /^wrong_shape: .*c_attn\.lora_A\.weight.*\[4,256\]/],
+  ['rank_pattern of a fraction', files({ ...lora, rank_pattern: { c_attn: 4.5 } }, loraT), /^invalid_config: rank_pattern\["c_attn"\] must be a positive integer rank/],
+  ['rank_pattern a list', files({ ...lora, rank_pattern: [4] }, loraT), /^invalid_config: rank_pattern must be an object/],
+  ['alpha_pattern of a string', files({ ...lora, alpha_pattern: { c_attn: '4' } }, loraT), /^invalid_config: alpha_pattern\["c_attn"\] must be a number/],
+  ['alpha_pattern key a bad regex', files({ ...lora, alpha_pattern: { '(': 4 } }, loraT), /^invalid_config: alpha_pattern: .* is not a valid regular expression/],
+  ['layers_to_transform leaving out layers the tensors have', files({ ...lora, layers_to_transform: [0] }, loraT), /^unexpected_tensors: .*h\.1\./],
+  ['layers_to_transform of a string', files({ ...lora, layers_to_transform: '0' }, loraT), /^invalid_config: layers_to_transform must be/],
+  ['layers_pattern naming no segment of the model', files({ ...lora, layers_to_transform: [0], layers_pattern: 'layers' }, loraT), /^invalid_config: target_modules .*matches no/],
   ['modules_to_save', files({ ...lora, modules_to_save: ['lm_head'] }, loraT), /^unsupported_option: .*modules_to_save/],
-  ['layers_to_transform', files({ ...lora, layers_to_transform: [0] }, loraT), /^unsupported_option: .*layers_to_transform/],
   ['lora_bias', files({ ...lora, lora_bias: true }, loraT), /^unsupported_option: .*lora_bias/],
   ['bias all', files({ ...lora, bias: 'all' }, loraT), /^unsupported_option: .*bias/],
   ['r differs from the tensors', files({ ...lora, r: 4 }, loraT), /^wrong_shape: /],
@@ -50,7 +55,7 @@ const MUTATIONS: [string, AdapterFiles, RegExp][] = [
   ['target_modules a bad regex', files({ ...lora, target_modules: '(' }, loraT), /^invalid_config: target_modules is not a valid/],
   ['IA3 vector of the wrong side', files({ ...ia3, feedforward_modules: [] }, ia3T), /^wrong_shape: .*mlp\.c_proj\.ia3_l.*\[256,1\]/],
   ['IA3 feedforward module not targeted', files({ ...ia3, feedforward_modules: ['mlp.c_fc'] }, ia3T), /^invalid_config: feedforward_modules must be a subset/],
-  ['lora_alpha huge (1e30): the scale would overflow the forward pass', files({ ...lora, lora_alpha: 1e30 }, loraT), /^value_too_large: lora_alpha \/ r is 1\.25e\+29/],
+  ['lora_alpha huge (1e30): the scale would overflow the forward pass', files({ ...lora, lora_alpha: 1e30 }, loraT), /^value_too_large: transformer\.h\.0\.attn\.c_attn: lora_alpha \/ r is 1\.25e\+29/],
   ['IA3 scales near float32\'s limit', files(ia3, { ...ia3T, [`${P}.0.mlp.c_proj.ia3_l`]: { shape: ia3T[`${P}.0.mlp.c_proj.ia3_l`].shape, data: ia3T[`${P}.0.mlp.c_proj.ia3_l`].data.map(() => 3e38) } }), /^value_too_large: tensor .*h\.0\.mlp\.c_proj\.ia3_l/],
   ['IA3 unknown tensor', files(ia3, { ...ia3T, [`${P}.0.attn.c_attn.lora_A.weight`]: { shape: [8, 256], data: new Float32Array(8 * 256) } }), /^unexpected_tensors: /],
 ];
@@ -88,6 +93,95 @@ t.test('PEFT options: rsLoRA scale, regex and all-linear targets, exclude_module
   const onlyAttn = Object.fromEntries(Object.entries(loraT).filter(([k]) => k.includes('c_attn')));
   t.equal(failure(files({ ...lora, target_modules: ['c_attn', 'c_proj'], exclude_modules: ['c_proj'] }, onlyAttn)), 'ok', 'exclude_modules');
   t.match(failure(files({ ...lora, target_modules: 'all-linear' }, loraT)), /no tensor .*mlp\.c_fc\.lora_A/, 'all-linear includes c_fc');
+});
+
+/** pos-lora's tensors with `change` applied to the A and B of each module whose name matches `module`. */
+function mapModules(module: RegExp, change: (A: Tensors[string], B: Tensors[string]) => [Tensors[string], Tensors[string]] | null): Tensors {
+  const out: Tensors = {};
+  for (const [name, A] of Object.entries(loraT)) {
+    if (!name.endsWith('lora_A.weight')) continue;
+    const stem = name.slice(0, -'lora_A.weight'.length);
+    const B = loraT[`${stem}lora_B.weight`];
+    const changed = module.test(stem) ? change(A, B) : [A, B];
+    if (changed) [out[`${stem}lora_A.weight`], out[`${stem}lora_B.weight`]] = changed;
+  }
+  return out;
+}
+/** The first `r` of a module's 8 ranks: A's first rows, B's first columns (B times `times`). */
+const firstRanks = (r: number, times = 1) => (A: Tensors[string], B: Tensors[string]): [Tensors[string], Tensors[string]] => {
+  const [rows, inF] = A.shape;
+  const out = B.shape[0];
+  return [
+    { shape: [r, inF], data: A.data.slice(0, r * inF) },
+    { shape: [out, r], data: Float32Array.from({ length: out * r }, (_, i) => B.data[Math.floor(i / r) * rows + (i % r)] * times) },
+  ];
+};
+/** The same 8 ranks with all but the first `r` zeroed (B times `times`): what a rank-r module is, padded. */
+const zeroPadded = (r: number, times = 1) => (A: Tensors[string], B: Tensors[string]): [Tensors[string], Tensors[string]] => {
+  const rows = A.shape[0];
+  return [
+    { shape: A.shape, data: A.data.map((v, i) => (Math.floor(i / A.shape[1]) < r ? v : 0)) },
+    { shape: B.shape, data: B.data.map((v, i) => (i % rows < r ? v * times : 0)) },
+  ];
+};
+const scaled = (times: number) => (A: Tensors[string], B: Tensors[string]): [Tensors[string], Tensors[string]] => [A, { shape: B.shape, data: B.data.map((v) => v * times) }];
+const stored = (cfg: Record<string, unknown>, tensors: Tensors) => parse('x', files(cfg, tensors)).tensors.lora!;
+
+t.test("PEFT's per-module options, each against the adapter it is equal to written out in full", async (t) => {
+  // rank_pattern: c_attn at rank 4 is pos-lora's c_attn with its ranks 4..7 zeroed, at its own scale
+  // lora_alpha / 4 (twice / 8: B doubled, exactly). Keys match a name or a `.`-suffix, as regexes.
+  const attn = /c_attn\.$/;
+  const padded = stored(lora, mapModules(attn, zeroPadded(4, 2)));
+  for (const key of ['c_attn', 'attn.c_attn', 'h\\.\\d\\.attn\\.c_attn', 'transformer.h.[0-3].attn.c_attn']) {
+    t.same(stored({ ...lora, rank_pattern: { [key]: 4 } }, mapModules(attn, firstRanks(4))), padded, `rank_pattern key ${key}`);
+  }
+  t.match(failure(files({ ...lora, rank_pattern: { 'ttn.c_attn': 4 } }, mapModules(attn, firstRanks(4)))), /^wrong_shape: /, 'a key matches at a dot, not inside a segment');
+  t.same(stored({ ...lora, rank_pattern: { c_proj: 8, c_attn: 4 } }, mapModules(attn, firstRanks(4))), padded, 'the first matching key wins');
+  // Every module below the adapter's r: the adapter's rank is its largest.
+  const small = stored({ ...lora, r: 16, rank_pattern: { c_attn: 4, c_proj: 8 } }, mapModules(attn, firstRanks(4, 1)));
+  t.equal(small.rank, 8, 'stored at the largest rank a module has');
+  // alpha_pattern: layer 1's mlp.c_proj at lora_alpha 64 (scale 8, not 2) is its B times 4.
+  const proj1 = /h\.1\.mlp\.c_proj\.$/;
+  t.same(stored({ ...lora, alpha_pattern: { 'h.1.mlp.c_proj': 64 } }, loraT), stored(lora, mapModules(proj1, scaled(4))), 'alpha_pattern');
+  // rsLoRA with per-module ranks: lora_alpha / sqrt(r) with each module's own r (c_attn at 4: 16 / 2 = 8, not 16 / sqrt(8)).
+  const rs = stored({ ...lora, use_rslora: true, rank_pattern: { c_attn: 4 } }, mapModules(attn, firstRanks(4)));
+  t.equal(rs.modules['transformer.h.0.attn.c_attn'].b[0], loraT[`${P}.0.attn.c_attn.lora_B.weight`].data[0] * 8);
+  // layers_to_transform keeps those layers' modules only (the others have no tensors); layers_pattern names the segment.
+  const odd = mapModules(/h\.[13]\./, (A, B) => [A, B]);
+  const oddOnly = Object.fromEntries(Object.entries(odd).filter(([k]) => /h\.[13]\./.test(k)));
+  for (const cfg of [{ layers_to_transform: [1, 3] }, { layers_to_transform: [3, 1], layers_pattern: 'h' }, { layers_to_transform: [1, 3], layers_pattern: ['layers', 'h'] }]) {
+    t.same(Object.keys(stored({ ...lora, ...cfg }, oddOnly).modules).sort(), Object.keys(oddOnly).filter((k) => k.endsWith('lora_A.weight')).map((k) => k.slice('base_model.model.'.length, -'.lora_A.weight'.length)).sort(), JSON.stringify(cfg));
+  }
+  t.equal(Object.keys(stored({ ...lora, layers_to_transform: 2 }, Object.fromEntries(Object.entries(loraT).filter(([k]) => k.includes('h.2.')))).modules).length, 3, 'one index');
+  // A regular expression target is not filtered by layer, as in PEFT.
+  t.equal(Object.keys(stored({ ...lora, target_modules: '.*\\.(c_attn|c_proj)', layers_to_transform: [0] }, loraT).modules).length, 12);
+});
+
+t.test('through HTTP: an adapter with per-module options serves exactly what the same adapter written out in full serves', async (t) => {
+  const server = await startServer({ ADAPTERS_DIR: adaptersCopy([]), ADMIN_TOKEN: 'admin' });
+  t.teardown(() => server.close());
+  const upload = async (task: string, cfg: Record<string, unknown>, tensors: Tensors) => {
+    const body = multipart({ 'adapter_config.json': Buffer.from(JSON.stringify(cfg)), 'adapter_model.safetensors': Buffer.from(encodeSafetensors(tensors)) });
+    const res = await server.app.inject({ method: 'PUT', url: `/v1/adapters/${task}`, payload: body.payload, headers: { ...body.headers, authorization: 'Bearer admin' } });
+    t.equal(res.statusCode, 201, `${task}: ${res.body.slice(0, 200)}`);
+  };
+  const attn = /c_attn\.$/;
+  const layer0 = /h\.[02]\./;
+  await upload('patterns', { ...lora, rank_pattern: { c_attn: 4 }, alpha_pattern: { 'mlp.c_proj': 32 }, layers_to_transform: [1, 3] },
+    Object.fromEntries(Object.entries(mapModules(attn, firstRanks(4))).filter(([k]) => !layer0.test(k))));
+  // Written out in full: c_attn zero-padded at twice the B, mlp.c_proj's B doubled (alpha 32 / 16), layers 0 and 2 zero.
+  const full = mapModules(/./, (A, B) => [A, B]);
+  const written = Object.fromEntries(Object.entries(full).map(([k, v]) => [k, layer0.test(k) && k.endsWith('lora_B.weight') ? { shape: v.shape, data: new Float32Array(v.data.length) } : v]));
+  const padded = mapModules(attn, zeroPadded(4, 2));
+  const proj = mapModules(/mlp\.c_proj\.$/, scaled(2));
+  for (const k of Object.keys(written)) if (!layer0.test(k)) written[k] = /c_attn/.test(k) ? padded[k] : /mlp\.c_proj/.test(k) ? proj[k] : written[k];
+  await upload('written-out', lora, written);
+  for (const text of ['In the beginning', 'The quick brown fox', 'love']) {
+    const ask = async (model: string) => (await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { model, prompt: text, max_tokens: 12, temperature: 0, logprobs: 5 } })).json().choices[0];
+    const [a, b, base] = [await ask('patterns'), await ask('written-out'), await ask('base')];
+    t.same(a, b, `${text}: the same tokens and log-probabilities`);
+    t.not(JSON.stringify(a.logprobs.token_logprobs), JSON.stringify(base.logprobs.token_logprobs), `${text}: and not the base model's`);
+  }
 });
 
 t.test('F16 and BF16 tensors are accepted', async (t) => {
