@@ -6,6 +6,8 @@ export interface Config {
   modelDir: string;
   /** CHAT_TEMPLATE: a Jinja file that replaces the model's chat template (or gives it one). */
   chatTemplate: string | undefined;
+  /** CHAT_MESSAGE_SPECIAL_TOKENS=match: a chat message may write special tokens (refused by default). */
+  chatSpecialTokens: boolean;
   adaptersDir: string;
   cacheDir: string;
   redisUrl: string | undefined;
@@ -128,6 +130,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     host: env.HOST?.trim() || '127.0.0.1',
     modelDir: env.MODEL_DIR ?? 'models/demo-gpt2',
     chatTemplate: env.CHAT_TEMPLATE || undefined,
+    chatSpecialTokens: oneOf(env, 'CHAT_MESSAGE_SPECIAL_TOKENS', ['refuse', 'match'], 'refuse') === 'match',
     adaptersDir: env.ADAPTERS_DIR ?? 'adapters',
     cacheDir: env.CACHE_DIR ?? '.cache',
     redisUrl: env.REDIS_URL || undefined,

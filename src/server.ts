@@ -74,7 +74,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     const { run: runMs, total: totalMs } = result.ms;
     metrics.stepDetail({ runMs, totalMs, decode: plan.decode.length, prefill: plan.prefill.length, score: plan.score.length, paddedTokens: result.paddedTokens ?? 0 });
   };
-  const chat = ChatTemplate.load(config.modelDir, model.tokenizer.config, config.chatTemplate);
+  const chat = ChatTemplate.load(config.modelDir, model.tokenizer, { override: config.chatTemplate, allowSpecialTokens: config.chatSpecialTokens });
   if (chat.template) log.info({ source: chat.template.source }, 'chat template loaded: /v1/chat/completions is on');
   else log.info({ reason: chat.reason }, 'no chat template: /v1/chat/completions answers 400');
   const inference = new Inference(engine, model, registry, config.requestTimeoutMs, metrics, chat);

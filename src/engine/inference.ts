@@ -86,6 +86,8 @@ export interface RequestControl {
 export interface BatchControl {
   signal?: AbortSignal;
   onToken?: (index: number, tokenId: number, text: string, logprob?: TokenLogprob) => void;
+  /** Streaming: called as each prompt's generation ends, after its last token (OpenAI sends a choice's finish as it happens). */
+  onFinish?: (index: number, result: GenerateResult) => void;
 }
 
 /**
@@ -102,8 +104,9 @@ export class Inference {
     private readonly chat: { template: ChatTemplate | null; reason: string } = { template: null, reason: 'no chat template was loaded' },
   ) {}
 
-  /** A conversation as the prompt text of the model's chat template; 400 where the model has none. */
-  renderChat(messages: ChatMessage[], addGenerationPrompt: boolean, kwargs?: Record<string, unknown>): string {
+  /** A conversation for `task` as the prompt text of the model's chat template: 404 for an unknown task, then 400 where the model has none. */
+  async renderChat(task: string, messages: ChatMessage[], addGenerationPrompt: boolean, kwargs?: Record<string, unknown>): Promise<string> {
+    await this.registry.resolve(task);
     if (!this.chat.template) throw new ServerError('invalid_request', this.chat.reason);
     return this.chat.template.render(messages, addGenerationPrompt, kwargs);
   }
@@ -127,24 +130,40 @@ export class Inference {
   private logitBias(bias: Record<string, number> | undefined): [number, number][] | undefined {
     if (!bias) return undefined;
     const V = this.model.config.vocabSize;
+    // Keys are decimal token ids: Number() would also read '', ' 5', '1e2' and '0x10' as some other token.
+    const malformed = Object.keys(bias).find((k) => !/^[0-9]{1,10}$/.test(k));
+    if (malformed !== undefined) throw new ServerError('invalid_request', `logit_bias keys are token ids in decimal digits; got ${JSON.stringify(malformed)}`);
     const pairs = Object.entries(bias).map(([k, v]): [number, number] => [Number(k), v]);
-    const bad = pairs.find(([id]) => !(Number.isInteger(id) && id >= 0 && id < V));
-    if (bad) throw new ServerError('invalid_request', `logit_bias names token ${JSON.stringify(String(bad[0]))}, outside the vocabulary (0..${V - 1})`);
+    const bad = pairs.find(([id]) => id >= V);
+    if (bad) throw new ServerError('invalid_request', `logit_bias names token ${bad[0]}, outside the vocabulary (0..${V - 1})`);
     return pairs.length > 0 ? pairs : undefined;
   }
 
-  /** Positions of the context left after a prompt of `tokens` (and the adapter's virtual tokens). */
+  /** Positions of the context left after a prompt of `tokens` and the adapter's virtual tokens (soft prompt, prefix). */
   private contextLeft(adapter: AdapterTensors | null, tokens: number): number {
     const virtual = adapter && adapter.kind !== 'bitfit' ? adapter.virtualTokens : 0;
     return this.model.config.nPositions - virtual - tokens;
   }
 
+  /** 413 unless a prompt of `tokens` and `extra` positions to generate fit the context. */
   private checkContext(adapter: AdapterTensors | null, tokens: number, extra: number): void {
-    const virtual = adapter && adapter.kind !== 'bitfit' ? adapter.virtualTokens : 0;
-    const limit = this.model.config.nPositions;
-    if (this.contextLeft(adapter, tokens) < extra) {
-      throw new ServerError('prompt_too_long', `${tokens} prompt tokens + ${virtual} virtual tokens + ${extra} more exceed the ${limit}-token context`);
+    const left = this.contextLeft(adapter, tokens);
+    if (left < extra) {
+      const limit = this.model.config.nPositions;
+      const virtual = limit - left - tokens;
+      throw new ServerError('prompt_too_long', `${tokens} prompt tokens + ${virtual} virtual tokens${extra > 0 ? ` + ${extra} to generate` : ''} exceed the ${limit}-token context`);
     }
+  }
+
+  /**
+   * A generate request's max_tokens over its prompts (`rows`: one, or an ensemble's members), each
+   * checked against the context: as asked, else a chat's default, up to the end of the context for
+   * the row with least room (OpenAI's), else 64.
+   */
+  private maxTokensFor(p: GenerateParams, rows: { adapter: AdapterTensors | null; tokens: number[] }[]): number {
+    const maxTokens = p.max_tokens ?? (p.chat ? Math.max(1, Math.min(...rows.map((r) => this.contextLeft(r.adapter, r.tokens.length)))) : 64);
+    for (const r of rows) this.checkContext(r.adapter, r.tokens.length, maxTokens);
+    return maxTokens;
   }
 
   /**
@@ -188,8 +207,18 @@ export class Inference {
    */
   async generateAll(task: string, prompts: GenerateParams[], ctl: BatchControl = {}): Promise<GenerateResult[]> {
     const t: ResolvedTask = await this.registry.resolve(task);
+    const adapter = t.adapter?.tensors ?? null;
+    // The same prompt (OpenAI's n, a chat's choices) is tokenised once per request.
+    const ids = new Map<string, Promise<number[]>>();
     const jobs: Tracked<GenerateResult>[] = [];
-    for (const [i, p] of prompts.entries()) jobs.push(await this.prepareGenerate(t, p, ctl.onToken && ((id, text, lp) => ctl.onToken!(i, id, text, lp))));
+    for (const [i, p] of prompts.entries()) {
+      const key = `${p.chat ? 'chat' : p.raw ? 'raw' : 'task'}:${p.prompt}`;
+      if (!ids.has(key)) ids.set(key, this.promptTokens(t, p, adapter));
+      const job = await this.prepareGenerate(t, p, [...(await ids.get(key)!)], ctl.onToken && ((id, text, lp) => ctl.onToken!(i, id, text, lp)));
+      const onFinish = ctl.onFinish;
+      if (onFinish) job.result.then((r) => onFinish(i, r), () => {});
+      jobs.push(job);
+    }
     return this.run(ctl, jobs);
   }
 
@@ -203,22 +232,17 @@ export class Inference {
     const members: EnsembleMember[] = [];
     for (const [k, t] of resolved.entries()) {
       const adapter = t.adapter?.tensors ?? null;
-      const tokens = await this.promptTokens(t, p, adapter);
-      this.checkContext(adapter, tokens.length, p.max_tokens ?? 64);
-      members.push({ adapter, tokens, weight: weights[k] });
+      members.push({ adapter, tokens: await this.promptTokens(t, p, adapter), weight: weights[k] });
     }
-    const onToken = ctl.onToken;
-    const [r] = await this.run(ctl, [await this.prepareGenerate(resolved[0], p, onToken, members)]);
+    const [r] = await this.run(ctl, [await this.prepareGenerate(resolved[0], p, members[0].tokens, ctl.onToken, members)]);
     return { ...r, tasks, adapter_versions: resolved.map((t) => t.version) };
   }
 
-  private async prepareGenerate(t: ResolvedTask, p: GenerateParams, onText?: RequestControl['onToken'], members?: EnsembleMember[]): Promise<Tracked<GenerateResult>> {
+  /** A generate job over `tokens` (the prompt's ids; an ensemble's first member's, which stands for the request). */
+  private async prepareGenerate(t: ResolvedTask, p: GenerateParams, tokens: number[], onText?: RequestControl['onToken'], members?: EnsembleMember[]): Promise<Tracked<GenerateResult>> {
     const task = t.task;
     const adapter = t.adapter?.tensors ?? null;
-    // An ensemble's members were tokenised and checked by the caller; the first stands for the request.
-    const tokens = members ? members[0].tokens : await this.promptTokens(t, p, adapter);
-    const maxTokens = p.max_tokens ?? (p.chat ? Math.max(1, this.contextLeft(adapter, tokens.length)) : 64);
-    if (!members) this.checkContext(adapter, tokens.length, maxTokens);
+    const maxTokens = this.maxTokensFor(p, members ?? [{ adapter, tokens }]);
     const logitBias = this.logitBias(p.logit_bias);
     const eos = this.model.tokenizer.eosTokenIds;
     const stops = p.stop ?? [];

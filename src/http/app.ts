@@ -112,6 +112,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
   // Fields are admitted (a few, small) only so that admin.ts can say "send it as a file" instead of a limit error.
+  // Bodies are JSON or multipart: fastify's own text/plain parser would turn any other text into a string, refused as 'body must be object' (400) instead of 415.
+  app.removeContentTypeParser('text/plain');
   await app.register(multipart, { limits: { fileSize: deps.maxAdapterBytes, files: 3, fields: 3, fieldSize: 64 * 1024, parts: 6, fieldNameSize: 100, headerPairs: 100 } });
   installErrorHandler(app);
   app.addHook('onSend', async (req, reply) => {

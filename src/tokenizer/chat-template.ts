@@ -1,35 +1,61 @@
-import { Template } from '@huggingface/jinja';
+import { Template } from './jinja.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ServerError } from '../errors.js';
 import { tokenName } from './model-files.js';
+import type { Tokenizer } from './tokenizer.js';
 
-/** One message as a chat template reads it: `content` is text; any other field (name, tool_calls…) is passed through. */
+/** One message as a chat template reads it: `content` is text or null; any other field (name, tool_calls…) is passed through. */
 export interface ChatMessage {
   role: string;
-  content: string;
+  content: string | null;
   [field: string]: unknown;
 }
 
 /** Where the template came from, for logs and errors. */
 export type ChatTemplateSource = 'CHAT_TEMPLATE' | 'chat_template.jinja' | 'tokenizer_config.json';
 
+export interface ChatTemplateOptions {
+  /** CHAT_TEMPLATE: a Jinja file that replaces the model's template. */
+  override?: string;
+  /** CHAT_MESSAGE_SPECIAL_TOKENS=match: a message may write special tokens (transformers' and vLLM's behaviour). */
+  allowSpecialTokens?: boolean;
+}
+
 /** The special tokens transformers puts in a template's context (its `special_tokens_map`), as strings. */
 const SPECIAL_NAMES = ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token'];
 
+const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+/** Names a request's chat_template_kwargs may not take: the engine's globals, and what render sets itself. */
+const RESERVED = new Set(['true', 'false', 'none', 'True', 'False', 'None', 'range', 'namespace', 'raise_exception', 'strftime_now', 'messages', 'tools', 'documents', 'add_generation_prompt']);
+
 /**
  * A model's chat template, rendered as transformers' `apply_chat_template` renders it: Jinja (run by
- * @huggingface/jinja, the engine of transformers.js) over `messages`, `add_generation_prompt` and the
- * tokenizer's special tokens as strings, plus any `chat_template_kwargs` a request passes
- * (`enable_thinking`, …). The text is then tokenised with its special tokens matched and no BOS
- * added: the template writes its own, as transformers tokenises it (`add_special_tokens=False`).
+ * @huggingface/jinja, the engine of transformers.js) over the tokenizer's special tokens as strings,
+ * then the request's `chat_template_kwargs` (`enable_thinking`, …), then `messages`, `tools` and
+ * `documents` (null: no tool use) and `add_generation_prompt`. The text is then tokenised with its
+ * special tokens matched and no BOS added: the template writes its own, as transformers tokenises it
+ * (`add_special_tokens=False`).
+ *
+ * Unlike transformers, a message may not write a special token by default: a user's
+ * `<|im_end|><|im_start|>system` would otherwise forge a turn. Such a request is refused (400)
+ * unless CHAT_MESSAGE_SPECIAL_TOKENS=match.
  */
 export class ChatTemplate {
+  /** Any special token's text, where messages may not write one; null where they may. */
+  private readonly forbidden: RegExp | null;
+
   private constructor(
-    private readonly template: Template,
+    private readonly text: string,
     private readonly specials: Record<string, string>,
+    private readonly tokenizer: Pick<Tokenizer, 'specialTokens' | 'maxChars' | 'renderOffThread'>,
+    allowSpecialTokens: boolean,
     readonly source: ChatTemplateSource,
-  ) {}
+  ) {
+    new Template(text); // parsed here to refuse a template that cannot run at load; rendered in the encode worker
+    const tokens = tokenizer.specialTokens.filter((t) => t !== '');
+    this.forbidden = allowSpecialTokens || tokens.length === 0 ? null : new RegExp(tokens.map(escapeRegExp).join('|'));
+  }
 
   /**
    * The template of a model folder: the file `override` names (CHAT_TEMPLATE), else the folder's
@@ -38,28 +64,28 @@ export class ChatTemplate {
    * `reason` says why (none, or one this Jinja engine cannot parse); a CHAT_TEMPLATE that cannot be
    * read or parsed throws, since the operator asked for it.
    */
-  static load(dir: string, tokenizerConfig: Record<string, unknown>, override?: string): { template: ChatTemplate | null; reason: string } {
+  static load(dir: string, tokenizer: Pick<Tokenizer, 'config' | 'specialTokens' | 'maxChars' | 'renderOffThread'>, opts: ChatTemplateOptions = {}): { template: ChatTemplate | null; reason: string } {
     const specials: Record<string, string> = {};
     for (const name of SPECIAL_NAMES) {
-      const token = tokenName(tokenizerConfig[name]);
+      const token = tokenName(tokenizer.config[name]);
       if (token !== null) specials[name] = token;
     }
-    const compile = (text: string, source: ChatTemplateSource) => new ChatTemplate(new Template(text), specials, source);
-    if (override) {
+    const compile = (text: string, source: ChatTemplateSource) => new ChatTemplate(text, specials, tokenizer, opts.allowSpecialTokens ?? false, source);
+    if (opts.override) {
       let text: string;
       try {
-        text = readFileSync(override, 'utf8');
+        text = readFileSync(opts.override, 'utf8');
       } catch (e) {
-        throw new Error(`CHAT_TEMPLATE: cannot read ${override}: ${(e as Error).message}`);
+        throw new Error(`CHAT_TEMPLATE: cannot read ${opts.override}: ${(e as Error).message}`);
       }
       try {
         return { template: compile(text, 'CHAT_TEMPLATE'), reason: '' };
       } catch (e) {
-        throw new Error(`CHAT_TEMPLATE: ${override} is not a template this server can run: ${(e as Error).message}`);
+        throw new Error(`CHAT_TEMPLATE: ${opts.override} is not a template this server can run: ${(e as Error).message}`);
       }
     }
     const file = join(dir, 'chat_template.jinja');
-    const [text, source]: [unknown, ChatTemplateSource] = existsSync(file) ? [readFileSync(file, 'utf8'), 'chat_template.jinja'] : [namedDefault(tokenizerConfig.chat_template), 'tokenizer_config.json'];
+    const [text, source]: [unknown, ChatTemplateSource] = existsSync(file) ? [readFileSync(file, 'utf8'), 'chat_template.jinja'] : [namedDefault(tokenizer.config.chat_template), 'tokenizer_config.json'];
     if (typeof text !== 'string' || text === '') {
       return { template: null, reason: 'the model has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json); set CHAT_TEMPLATE to a Jinja file, or use /v1/completions' };
     }
@@ -71,16 +97,36 @@ export class ChatTemplate {
   }
 
   /**
-   * The prompt text of a conversation. A template's own refusal (`raise_exception`, as in "roles
-   * must alternate user/assistant") or any error while rendering is the request's fault: 400.
+   * The prompt text of a conversation. Refused before any rendering: more characters than
+   * MAX_PROMPT_CHARS (413), a special token written in a message (400, see the class). A template's
+   * own refusal (`raise_exception`, as in "roles must alternate") or any error while rendering is
+   * the request's fault: 400. Rendered in the encode worker, bounded in time there (src/tokenizer/encode-pool.ts):
+   * a template is a program, and one that loops (over a kwarg, say) must not stop the event loop.
    */
-  render(messages: ChatMessage[], addGenerationPrompt: boolean, kwargs: Record<string, unknown> = {}): string {
-    try {
-      return this.template.render({ ...kwargs, ...this.specials, messages, add_generation_prompt: addGenerationPrompt });
-    } catch (e) {
-      throw new ServerError('invalid_request', `the chat template refused the messages: ${(e as Error).message}`);
+  async render(messages: ChatMessage[], addGenerationPrompt: boolean, kwargs: Record<string, unknown> = {}): Promise<string> {
+    const json = JSON.stringify({ messages, kwargs });
+    if (json.length > this.tokenizer.maxChars) {
+      throw new ServerError('prompt_too_long', `the messages have ${json.length} characters (as JSON); the limit is ${this.tokenizer.maxChars} (MAX_PROMPT_CHARS)`);
     }
+    const reserved = Object.keys(kwargs).find((k) => RESERVED.has(k));
+    if (reserved) throw new ServerError('invalid_request', `chat_template_kwargs may not set ${JSON.stringify(reserved)}: the template's own variable`);
+    const special = this.forbidden && firstMatch({ messages, kwargs }, this.forbidden);
+    if (special) {
+      throw new ServerError('invalid_request', `a message writes the special token ${JSON.stringify(special[0])}, which would be read as the token itself (CHAT_MESSAGE_SPECIAL_TOKENS=match allows it)`);
+    }
+    return this.tokenizer.renderOffThread(this.text, { ...this.specials, ...kwargs, messages, tools: null, documents: null, add_generation_prompt: addGenerationPrompt });
   }
+}
+
+/** The first match of `re` in any string inside `v` (a parsed JSON body). */
+function firstMatch(v: unknown, re: RegExp): RegExpExecArray | null {
+  if (typeof v === 'string') return re.exec(v);
+  if (v === null || typeof v !== 'object') return null;
+  for (const x of Array.isArray(v) ? v : [...Object.keys(v), ...Object.values(v)]) {
+    const m = firstMatch(x, re);
+    if (m) return m;
+  }
+  return null;
 }
 
 /** `chat_template` as a list of `{name, template}` (models with tool-use variants): the one named `default`. */

@@ -71,6 +71,8 @@ export class Tokenizer {
   readonly maxChars: number;
   /** `tokenizer_config.json` (`{}` where the folder has none): special token names, the chat template. */
   readonly config: Record<string, unknown>;
+  /** The texts of the special added tokens (`<|endoftext|>`, `<|im_start|>`…). */
+  readonly specialTokens: string[];
   private readonly full: HfTokenizer;
   /** The same tokenizer with special tokens unregistered: user text never produces them. */
   private readonly plain: HfTokenizer;
@@ -113,6 +115,7 @@ export class Tokenizer {
     if (this.eosTokenIds.length === 0) throw new FormatError('invalid_tokenizer', 'no end-of-sequence token: config.json, generation_config.json and tokenizer_config.json name none');
     this.eosTokenId = this.eosTokenIds[0];
     this.anchor = this.plain.encode('a', { add_special_tokens: false }).ids.slice(0, 1);
+    this.specialTokens = (files.tokenizer.added_tokens ?? []).filter((t) => t.special).map((t) => t.content);
     this.byteLevel = JSON.stringify(files.tokenizer.decoder ?? null).includes('"ByteLevel"');
   }
 
@@ -213,6 +216,12 @@ export class Tokenizer {
   /** Bytes held by the word cache (bounded by `cacheBytes`). */
   get cacheBytes(): number {
     return this.cache.lru.bytes;
+  }
+
+  /** A Jinja template rendered in the encode worker (a long conversation must not block the event loop). */
+  renderOffThread(template: string, context: Record<string, unknown>): Promise<string> {
+    this.pool ??= new EncodePool(this.dir);
+    return this.pool.render(template, context);
   }
 
   /** Stops the encode worker, if one was started. */

@@ -7,15 +7,27 @@ import { reference, startServer, SUPPORTED } from '../helpers.js';
 
 // The demo model has no chat template: CHAT_TEMPLATE gives it one. This one renders the last
 // message as it is, so a chat request feeds exactly the reference case's prompt ids, and its
-// greedy answer must be the reference's; `{{ eos_token }}` first where a turn says `sep`.
+// greedy answer must be the reference's. Also: `{{ eos_token }}` first where a turn says `sep`, a
+// refusal where one says `bad`, TOOLS where tools is not none, a `prefix` kwarg before the text,
+// and " the end" after it without a generation prompt.
 const dir = mkdtempSync(join(tmpdir(), 'chat-test-'));
 const templatePath = join(dir, 'passthrough.jinja');
-writeFileSync(templatePath, "{% if messages[0].role == 'sep' %}{{ eos_token }}{% endif %}{% if messages[0].role == 'bad' %}{{ raise_exception('roles must be user or assistant') }}{% endif %}{{ messages[-1]['content'] }}");
+writeFileSync(
+  templatePath,
+  "{% if messages[0].role == 'sep' %}{{ eos_token }}{% endif %}{% if messages[0].role == 'bad' %}{{ raise_exception('roles must be user or assistant') }}{% endif %}" +
+    "{% if tools is not none %}TOOLS{% endif %}{% if prefix is defined %}{{ prefix }}{% endif %}{{ messages[-1]['content'] }}{% if not add_generation_prompt %} the end{% endif %}",
+);
 const server = await startServer({ CHAT_TEMPLATE: templatePath });
 const plain = await startServer();
+// Special tokens allowed in messages.
+const lax = await startServer({ CHAT_TEMPLATE: templatePath, CHAT_MESSAGE_SPECIAL_TOKENS: 'match' });
+// A request timeout that ends a long answer mid-stream.
+const hasty = await startServer({ CHAT_TEMPLATE: templatePath, REQUEST_TIMEOUT_MS: '100' });
 t.teardown(async () => {
   await server.close();
   await plain.close();
+  await lax.close();
+  await hasty.close();
 });
 await server.app.listen({ port: 0, host: '127.0.0.1' });
 const port = (server.app.server.address() as { port: number }).port;
@@ -84,24 +96,77 @@ t.test('logprobs: OpenAI chat layout, the same numbers as /v1/completions for th
   t.same(streamed, content);
 });
 
-t.test('the template writes special tokens: matched as one id each, where user text would not be', async (t) => {
+t.test('the template writes special tokens, one id each; a message may not, unless CHAT_MESSAGE_SPECIAL_TOKENS=match', async (t) => {
   const text = 'In the beginning';
   const res = (await post(server.app, { model: 'base', messages: [{ role: 'sep', content: 'x' }, { role: 'user', content: text }], max_tokens: 1 })).json();
   t.equal(res.usage.prompt_tokens, 1 + (await tok.encode(text)).length, '<|endoftext|> then the text');
+  const forged = await post(server.app, { model: 'base', messages: user(`${text}<|endoftext|>`), max_tokens: 1 });
+  t.equal(forged.statusCode, 400);
+  t.match(forged.json().error.message, /special token "<\|endoftext\|>".*CHAT_MESSAGE_SPECIAL_TOKENS=match/);
+  const allowed = (await post(lax.app, { model: 'base', messages: user(`${text}<|endoftext|>`), max_tokens: 1 })).json();
+  t.equal(allowed.usage.prompt_tokens, (await tok.encode(text)).length + 1, 'matched as the token itself');
 });
 
-t.test('without max_tokens an answer may run to the end of the context', async (t) => {
-  // A prompt a few tokens short of the 512-token context, in a sentence the model will not end.
-  const long = Array.from({ length: 600 }, () => ' the').join('');
-  const ids = await tok.encode(long);
-  const fit = tok.decode(ids.slice(0, 505));
-  const res = (await post(server.app, { model: 'base', messages: user(fit), temperature: 0 })).json();
-  t.equal(res.usage.prompt_tokens, 505);
-  t.ok(res.usage.completion_tokens <= 7, `${res.usage.completion_tokens} tokens`);
-  if (res.choices[0].finish_reason === 'length') t.equal(res.usage.total_tokens, server.model.config.nPositions);
-  const over = await post(server.app, { model: 'base', messages: user(fit), max_tokens: 8 });
+t.test("the request's parameters reach the template and the generation", async (t) => {
+  const c = cases.find((x) => x.adapter === null && x.text === 'In the beginning')!;
+  const want = expected(c.greedy);
+  // chat_template_kwargs: the prefix kwarg and the message make the reference's text.
+  const kw = (await post(server.app, { model: 'base', messages: user(' beginning'), chat_template_kwargs: { prefix: 'In the' }, max_tokens: want.tokens, temperature: 0 })).json();
+  t.equal(kw.choices[0].message.content, want.text);
+  t.equal(kw.usage.prompt_tokens, c.ids.length);
+  // add_generation_prompt false; tools [] is no tools.
+  const closed = (await post(server.app, { model: 'base', messages: user(c.text), add_generation_prompt: false, tools: [], max_tokens: 1 })).json();
+  t.equal(closed.usage.prompt_tokens, (await tok.encode(`${c.text} the end`)).length);
+  // max_completion_tokens wins over max_tokens.
+  const capped = (await post(server.app, { model: 'base', messages: user(c.text), max_tokens: 9, max_completion_tokens: 3, temperature: 0 })).json();
+  t.equal(capped.usage.completion_tokens, 3);
+  // stop and logit_bias: the same answer as /v1/completions gives for the same prompt.
+  for (const extra of [{ stop: [tok.decode(c.greedy.slice(3, 5))] }, { logit_bias: { [c.greedy[0]]: -100 } }]) {
+    const chat = (await post(server.app, { model: 'base', messages: user(c.text), max_tokens: 20, temperature: 0, ...extra })).json();
+    const completion = (await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'base', prompt: c.text, max_tokens: 20, temperature: 0, ...extra } })).json();
+    t.equal(chat.choices[0].message.content, completion.choices[0].text, JSON.stringify(extra));
+    t.equal(chat.choices[0].finish_reason, completion.choices[0].finish_reason);
+    t.not(chat.choices[0].message.content, want.text, 'and it changed the answer');
+  }
+  // seed: choice i draws with seed + i, and the same seed draws the same.
+  const sampled = async (n: number, seed: number) => (await post(server.app, { model: 'kjv-prompt', messages: user('And the LORD said'), max_tokens: 12, temperature: 1, n, seed })).json().choices.map((ch: { message: { content: string } }) => ch.message.content);
+  const three = await sampled(3, 7);
+  t.same(await sampled(3, 7), three, 'reproducible');
+  t.equal(new Set(three).size, 3, 'three different draws');
+  t.same([...(await sampled(1, 7)), ...(await sampled(1, 8)), ...(await sampled(1, 9))], three, 'choice i is the request with seed + i');
+});
+
+t.test("without max_tokens an answer runs to the end of the context, a soft prompt's positions counted", async (t) => {
+  // A prompt a few tokens short of the 512-token context, in a sentence the model does not end (greedy: always the same).
+  const ids = await tok.encode(' the'.repeat(600));
+  const fit = tok.decode(ids.slice(0, 485));
+  for (const model of ['base', 'kjv-prompt']) {
+    const virtual = (await server.app.inject({ method: 'POST', url: '/v1/tokenize', payload: { model, prompt: fit, raw: true } })).json().virtual_tokens;
+    const res = (await post(server.app, { model, messages: user(fit), temperature: 0 })).json();
+    t.equal(res.usage.prompt_tokens, 485);
+    t.equal(res.choices[0].finish_reason, 'length');
+    t.equal(res.usage.total_tokens + virtual, server.model.config.nPositions, `${model}: ${res.usage.completion_tokens} tokens after ${virtual} virtual`);
+  }
+  const over = await post(server.app, { model: 'base', messages: user(fit), max_tokens: 28 });
   t.equal(over.statusCode, 413);
-  t.equal(over.json().error.code, 'prompt_too_long');
+  t.match(over.json().error, { code: 'prompt_too_long', message: /485 prompt tokens \+ 0 virtual tokens \+ 28 to generate exceed the 512-token context/ });
+  const full = await post(server.app, { model: 'base', messages: user(tok.decode(ids.slice(0, 512))) });
+  t.match(full.json().error, { code: 'prompt_too_long', message: /512 prompt tokens \+ 0 virtual tokens \+ 1 to generate/ });
+});
+
+t.test('an error after the stream opened ends it with an error event, which the openai client raises', async (t) => {
+  await hasty.app.listen({ port: 0, host: '127.0.0.1' });
+  const hastyClient = new OpenAI({ baseURL: `http://127.0.0.1:${(hasty.app.server.address() as { port: number }).port}/v1`, apiKey: 'unused', maxRetries: 0 });
+  // 412 tokens of an answer the model does not end (at least 0.4 ms each) against a 100 ms request timeout.
+  const prompt = tok.decode((await tok.encode(' the'.repeat(200))).slice(0, 100));
+  let chunks = 0;
+  const err = await (async () => {
+    for await (const _ of await hastyClient.chat.completions.create({ model: 'base', messages: user(prompt), temperature: 0, stream: true })) chunks++;
+  })().catch((e: Error & { status?: number }) => e);
+  t.ok(err instanceof Error, 'the request failed');
+  // On a slow machine the timeout may come before the first token: then it is a plain 504.
+  if (chunks > 0) t.match((err as Error).message, /did not finish within 100 ms/, `after ${chunks} chunks`);
+  else t.equal((err as { status?: number }).status, 504);
 });
 
 t.test('refusals: 400 with a message naming the cause; the server keeps serving', async (t) => {
@@ -117,9 +182,15 @@ t.test('refusals: 400 with a message naming the cause; the server keeps serving'
   await refused(server.app, { model: 'base', messages: user('Hi'), tools: [{ type: 'function', function: { name: 'f' } }] }, /tools is not supported/);
   await refused(server.app, { model: 'base', messages: user('Hi'), response_format: { type: 'json_object' } }, /response_format/);
   await refused(server.app, { model: 'base', messages: [{ role: 'bad', content: 'x' }] }, /chat template refused.*roles must be user or assistant/);
+  await refused(server.app, { model: 'base', messages: [{ role: 'user', content: [{ type: 'text' }] }] }, /content\[0\]: a text part needs its text/);
+  await refused(server.app, { model: 'base', messages: user('Hi'), seed: 2 ** 53 }, /seed/);
+  await refused(server.app, { model: 'base', messages: user('x'.repeat(100_001)) }, /MAX_PROMPT_CHARS/, 413);
   await refused(server.app, { model: 'nope', messages: user('Hi') }, /nope/, 404);
+  await refused(plain.app, { model: 'nope', messages: user('Hi') }, /nope/, 404);
+  for (const key of ['1e2', ' 5', '', '0x10']) await refused(server.app, { model: 'base', messages: user('Hi'), logit_bias: { [key]: 5 } }, /logit_bias keys are token ids in decimal digits/);
+  await refused(server.app, { model: 'base', messages: user('Hi'), chat_template_kwargs: { range: 3 } }, /chat_template_kwargs may not set "range"/);
   // Neutral values of the parameters this server does not implement, and text parts, are accepted.
-  const ok = await post(server.app, { model: 'base', messages: [{ role: 'user', content: [{ type: 'text', text: 'In the' }, { type: 'text', text: 'beginning' }] }], tools: [], response_format: { type: 'text' }, presence_penalty: 0, max_tokens: 2, temperature: 0 });
+  const ok = await post(server.app, { model: 'base', messages: [{ role: 'user', content: [{ type: 'text', text: 'In the' }, { type: 'text', text: 'beginning' }] }], tools: [], response_format: { type: 'text' }, presence_penalty: 0, chat_template_kwargs: null, add_generation_prompt: null, max_tokens: 2, temperature: 0 });
   t.equal(ok.statusCode, 200);
   t.equal(ok.json().usage.prompt_tokens, (await tok.encode('In the\nbeginning')).length, 'text parts joined by newlines');
 });

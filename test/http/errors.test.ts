@@ -39,6 +39,11 @@ t.test('schema and routing errors use the contract shape', async (t) => {
   t.match(gzipped.json().error.message, /Content-Encoding "gzip" is not supported/);
   const identity = await server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: '{"prompt":"x","max_tokens":1}', headers: { 'content-type': 'application/json', 'content-encoding': 'identity' } });
   t.equal(identity.statusCode, 200, 'identity is no encoding');
+  for (const type of ['text/plain', 'application/xml']) {
+    const other = await server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: '{"prompt":"x"}', headers: { 'content-type': type } });
+    t.equal(other.statusCode, 415, `a ${type} body`);
+    t.equal(other.json().error.code, 'unsupported_media_type');
+  }
 });
 
 t.test('a full queue answers 429 with Retry-After, and the server keeps serving', async (t) => {

@@ -8,7 +8,7 @@ import { refuseUnsupported } from '../openai.js';
 import { errorResponses } from '../schemas.js';
 import { clientGone, openEventStream } from '../sse.js';
 
-const MaxTokens = Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 1_000_000 }), Type.Null()]));
+const maxTokens = (description?: string) => Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 1_000_000 }), Type.Null()], { description }));
 const Message = Type.Object(
   {
     role: Type.String({ minLength: 1, maxLength: 64 }),
@@ -21,21 +21,22 @@ const Message = Type.Object(
 const ChatBody = Type.Object(
   {
     model: Type.String({ maxLength: 128, description: 'A task id, or base' }),
-    messages: Type.Array(Message, { minItems: 1, maxItems: 4096 }),
-    max_tokens: MaxTokens,
-    max_completion_tokens: { ...MaxTokens, description: "OpenAI's newer name for max_tokens (wins where both are given); without either, up to the end of the context" },
+    messages: Type.Array(Message, { minItems: 1, maxItems: 1024 }),
+    max_tokens: maxTokens(),
+    max_completion_tokens: maxTokens("OpenAI's newer name for max_tokens (wins where both are given); without either, up to the end of the context"),
     temperature: Type.Optional(Type.Union([Type.Number({ minimum: 0, maximum: 2 }), Type.Null()])),
     top_p: Type.Optional(Type.Union([Type.Number({ exclusiveMinimum: 0, maximum: 1 }), Type.Null()])),
-    stop: Type.Optional(Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { maxItems: 4 }), Type.Null()])),
-    seed: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
+    stop: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 256 }), Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 4 }), Type.Null()])),
+    // Choice i draws with seed + i: exact integers only.
+    seed: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER - 16 }), Type.Null()])),
     n: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 16 }), Type.Null()])),
     logprobs: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
     top_logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 20 }), Type.Null()])),
     stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
     stream_options: Type.Optional(Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: true }), Type.Null()])),
     logit_bias: Type.Optional(Type.Union([Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ minimum: -100, maximum: 100 }), { maxProperties: 300 }), Type.Null()])),
-    chat_template_kwargs: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: 'Extra variables for the chat template, as vLLM takes them (enable_thinking, …)' })),
-    add_generation_prompt: Type.Optional(Type.Boolean({ default: true, description: "Ends the prompt with the template's assistant header (false: the last message is continued as it is)" })),
+    chat_template_kwargs: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()], { description: 'Extra variables for the chat template, as vLLM takes them (enable_thinking, …)' })),
+    add_generation_prompt: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { default: true, description: "Ends the prompt with the template's assistant header (false: no header; the conversation ends as the template closes it)" })),
   },
   { additionalProperties: true, examples: [{ model: 'base', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 16, temperature: 0 }] },
 );
@@ -53,10 +54,11 @@ const UNSUPPORTED: Record<string, unknown[]> = {
   audio: [null],
   modalities: [['text'], null],
   prediction: [null],
+  web_search_options: [null],
 };
 
 const TopLogprob = Type.Object({ token: Type.String(), logprob: Type.Number(), bytes: Type.Array(Type.Integer()) });
-const Logprobs = Type.Union([Type.Null(), Type.Object({ content: Type.Array(Type.Object({ ...TopLogprob.properties, top_logprobs: Type.Array(TopLogprob) })) })]);
+const Logprobs = Type.Union([Type.Null(), Type.Object({ content: Type.Array(Type.Object({ ...TopLogprob.properties, top_logprobs: Type.Array(TopLogprob) })), refusal: Type.Null() })]);
 const Usage = Type.Object({ prompt_tokens: Type.Integer(), completion_tokens: Type.Integer(), total_tokens: Type.Integer() });
 const ChatResponse = Type.Object({
   id: Type.String(),
@@ -66,7 +68,7 @@ const ChatResponse = Type.Object({
   choices: Type.Array(
     Type.Object({
       index: Type.Integer(),
-      message: Type.Object({ role: Type.Literal('assistant'), content: Type.String() }),
+      message: Type.Object({ role: Type.Literal('assistant'), content: Type.String(), refusal: Type.Null() }),
       finish_reason: Type.String(),
       logprobs: Logprobs,
     }),
@@ -74,19 +76,21 @@ const ChatResponse = Type.Object({
   usage: Usage,
 });
 
-/** A message's text: OpenAI's text parts joined by newlines (as vLLM joins them); other parts are refused. */
-function messageText(content: Static<typeof Message>['content'], i: number): string {
-  if (content === undefined || content === null) return '';
+/** A message's text: OpenAI's text parts joined by newlines (as vLLM joins them); other parts are refused; none stays null (a turn of tool calls). */
+function messageText(content: Static<typeof Message>['content'], i: number): string | null {
+  if (content === undefined || content === null) return null;
   if (typeof content === 'string') return content;
-  const other = content.find((part) => part.type !== 'text' || typeof part.text !== 'string');
+  const other = content.find((part) => part.type !== 'text');
   if (other) throw new ServerError('invalid_request', `messages[${i}]: content parts of type '${other.type}' are not supported (text only)`);
+  const empty = content.findIndex((part) => typeof part.text !== 'string');
+  if (empty >= 0) throw new ServerError('invalid_request', `messages[${i}].content[${empty}]: a text part needs its text`);
   return content.map((part) => part.text).join('\n');
 }
 
 export function chatRoutes(app: FastifyInstance, inference: Inference): void {
   // OpenAI's chat logprobs: each token by its text and its UTF-8 bytes.
   const entry = (id: number, logprob: number) => ({ token: inference.tokenText(id), logprob, bytes: inference.tokenBytes(id) });
-  const chatLogprobs = (lps: TokenLogprob[]) => ({ content: lps.map((l) => ({ ...entry(l.token_id, l.logprob), top_logprobs: l.top.map((x) => entry(x.token_id, x.logprob)) })) });
+  const chatLogprobs = (lps: TokenLogprob[]) => ({ content: lps.map((l) => ({ ...entry(l.token_id, l.logprob), top_logprobs: l.top.map((x) => entry(x.token_id, x.logprob)) })), refusal: null });
 
   app.post<{ Body: ChatBody }>(
     '/v1/chat/completions',
@@ -103,7 +107,7 @@ export function chatRoutes(app: FastifyInstance, inference: Inference): void {
       refuseUnsupported(b, UNSUPPORTED);
       if (typeof b.top_logprobs === 'number' && b.logprobs !== true) throw new ServerError('invalid_request', 'top_logprobs needs logprobs: true');
       const messages: ChatMessage[] = b.messages.map((m, i) => ({ ...m, content: messageText(m.content, i) }));
-      const prompt = inference.renderChat(messages, b.add_generation_prompt ?? true, b.chat_template_kwargs);
+      const prompt = await inference.renderChat(b.model, messages, b.add_generation_prompt ?? true, b.chat_template_kwargs ?? undefined);
       const n = b.n ?? 1;
       const params = {
         prompt,
@@ -130,13 +134,15 @@ export function chatRoutes(app: FastifyInstance, inference: Inference): void {
         return {
           ...head,
           object: 'chat.completion' as const,
-          choices: results.map((r, index) => ({ index, message: { role: 'assistant' as const, content: r.text }, finish_reason: r.finish_reason, logprobs: r.logprobs ? chatLogprobs(r.logprobs) : null })),
+          choices: results.map((r, index) => ({ index, message: { role: 'assistant' as const, content: r.text, refusal: null }, finish_reason: r.finish_reason, logprobs: r.logprobs ? chatLogprobs(r.logprobs) : null })),
           usage: usage(results),
         };
       }
       const stream = openEventStream(reply);
+      // With include_usage, OpenAI's chunks carry `usage: null` until the last one, which carries it alone.
+      const withUsage = b.stream_options?.include_usage === true;
       const chunk = (index: number, delta: Record<string, string>, finish_reason: string | null = null, logprobs: unknown = null) =>
-        stream.send({ ...head, object: 'chat.completion.chunk', choices: [{ index, delta, logprobs, finish_reason }] });
+        stream.send({ ...head, object: 'chat.completion.chunk', choices: [{ index, delta, logprobs, finish_reason }], ...(withUsage && { usage: null }) });
       // Each choice opens with its role, as OpenAI's first chunk does, before its first text.
       const opened = new Set<number>();
       const open = (index: number) => opened.has(index) || (opened.add(index), chunk(index, { role: 'assistant', content: '' }));
@@ -148,12 +154,13 @@ export function chatRoutes(app: FastifyInstance, inference: Inference): void {
             // A token whose text is held back (half a character, a possible stop string) still carries its logprobs.
             if (text !== '' || lp) chunk(index, { content: text }, null, lp ? chatLogprobs([lp]) : null);
           },
+          // Each choice's finish goes out as it ends, not when the last choice does.
+          onFinish: (index, r) => {
+            open(index);
+            chunk(index, {}, r.finish_reason);
+          },
         });
-        results.forEach((r, index) => {
-          open(index);
-          chunk(index, {}, r.finish_reason);
-        });
-        if (b.stream_options?.include_usage) stream.send({ ...head, object: 'chat.completion.chunk', choices: [], usage: usage(results) });
+        if (withUsage) stream.send({ ...head, object: 'chat.completion.chunk', choices: [], usage: usage(results) });
         stream.done();
       } catch (e) {
         stream.fail(e as Error);

@@ -14,8 +14,9 @@ const CompletionBody = Type.Object(
     max_tokens: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096, default: 16 })),
     temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2, default: 1 })),
     top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
-    stop: Type.Optional(Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { maxItems: 4 })])),
-    seed: Type.Optional(Type.Integer({ minimum: 0 })),
+    stop: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 256 }), Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 4 })])),
+    // Completion j draws with seed + j: exact integers only.
+    seed: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER - 16 })),
     logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 20 }), Type.Null()])),
     stream: Type.Optional(Type.Boolean({ default: false })),
     n: Type.Optional(Type.Integer({ minimum: 1, maximum: 16, default: 1, description: 'Completions per prompt: rows of the same batch, each with its own seed (seed + i when a seed is given)' })),
@@ -52,7 +53,7 @@ const CompletionResponse = Type.Object({
 });
 
 /** Parameters that change OpenAI's output which this server does not implement, with their neutral values. */
-const UNSUPPORTED: Record<string, unknown[]> = { presence_penalty: [0], frequency_penalty: [0], best_of: [1], suffix: [null, ''] };
+const UNSUPPORTED: Record<string, unknown[]> = { presence_penalty: [0, null], frequency_penalty: [0, null], best_of: [1, null], suffix: [null, ''] };
 
 /** OpenAI's completions logprobs layout, from ours. */
 function openaiLogprobs(logprobs: TokenLogprob[], name: (id: number) => string) {
@@ -126,8 +127,9 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
           signal,
           // Echo: a choice's prompt goes out with its first chunk, once the request was admitted.
           onToken: (index, _tokenId, chunk, lp) => stream.send({ ...head, choices: [{ index, text: echoOnce(index, chunk), finish_reason: null, logprobs: chunkLogprobs(lp) }] }),
+          // Each choice's finish goes out as it ends, not when the last choice does.
+          onFinish: (index, r) => stream.send({ ...head, choices: [{ index, text: echoOnce(index, ''), finish_reason: r.finish_reason, logprobs: null }] }),
         });
-        results.forEach((r, index) => stream.send({ ...head, choices: [{ index, text: echoOnce(index, ''), finish_reason: r.finish_reason, logprobs: null }] }));
         stream.send({ ...head, choices: [], usage: usage(results) });
         stream.done();
       } catch (e) {
