@@ -150,7 +150,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     completionsRoutes(scope, deps.inference);
     chatRoutes(scope, deps.inference);
     ensembleRoutes(scope, new Ensembles(deps.inference, deps.registry));
-    tokenizeRoutes(scope, deps.registry, deps.model);
+    tokenizeRoutes(scope, deps.registry, deps.model, deps.inference);
     modelsRoutes(scope, deps.registry, Math.floor(Date.now() / 1000));
   });
   adminRoutes(app, deps.registry, deps.adminToken, deps.maxAdapterBytes);

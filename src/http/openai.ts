@@ -1,5 +1,34 @@
+import { Type, type Static } from '@sinclair/typebox';
 import type { Inference } from '../engine/inference.js';
 import { ServerError } from '../errors.js';
+import type { ChatMessage } from '../tokenizer/chat-template.js';
+
+/** OpenAI's chat messages, as /v1/chat/completions and /v1/tokenize take them. */
+export const Messages = Type.Array(
+  Type.Object(
+    {
+      role: Type.String({ minLength: 1, maxLength: 64 }),
+      // A string, or OpenAI's content parts (text only here), or null (an assistant turn of tool calls).
+      content: Type.Optional(Type.Union([Type.String(), Type.Array(Type.Object({ type: Type.String(), text: Type.Optional(Type.String()) }, { additionalProperties: true }), { maxItems: 256 }), Type.Null()])),
+    },
+    // name, tool_calls, tool_call_id…: passed to the template as they are.
+    { additionalProperties: true },
+  ),
+  { minItems: 1, maxItems: 1024 },
+);
+
+/** Messages as a template reads them: text parts joined by newlines (as vLLM joins them), other parts refused, no content null (a turn of tool calls). */
+export function chatMessages(messages: Static<typeof Messages>): ChatMessage[] {
+  return messages.map((m, i) => {
+    const content = m.content;
+    if (content === undefined || content === null || typeof content === 'string') return { ...m, content: content ?? null };
+    const other = content.find((part) => part.type !== 'text');
+    if (other) throw new ServerError('invalid_request', `messages[${i}]: content parts of type '${other.type}' are not supported (text only)`);
+    const empty = content.findIndex((part) => typeof part.text !== 'string');
+    if (empty >= 0) throw new ServerError('invalid_request', `messages[${i}].content[${empty}]: a text part needs its text`);
+    return { ...m, content: content.map((part) => part.text).join('\n') };
+  });
+}
 
 /**
  * Refuses an OpenAI parameter that would change the output and that this server does not

@@ -107,6 +107,19 @@ t.test('the template writes special tokens, one id each; a message may not, unle
   t.equal(allowed.usage.prompt_tokens, (await tok.encode(text)).length + 1, 'matched as the token itself');
 });
 
+t.test("/v1/tokenize takes a conversation too: the ids a chat request feeds", async (t) => {
+  const tokenize = (payload: object) => server.app.inject({ method: 'POST', url: '/v1/tokenize', payload });
+  const text = 'In the beginning';
+  const conversation = [{ role: 'sep', content: 'x' }, { role: 'user', content: text }];
+  const ids = (await tokenize({ model: 'kjv-prompt', messages: conversation })).json();
+  t.same(ids.tokens, [tok.eosTokenId, ...(await tok.encode(text))], 'the template\'s special token, then the text');
+  t.equal(ids.virtual_tokens, 20);
+  t.equal((await post(server.app, { model: 'kjv-prompt', messages: conversation, max_tokens: 1 })).json().usage.prompt_tokens, ids.count);
+  t.equal((await tokenize({ model: 'base', messages: user(text), add_generation_prompt: false })).json().count, (await tok.encode(`${text} the end`)).length);
+  for (const payload of [{ model: 'base' }, { model: 'base', prompt: text, messages: user(text) }]) t.equal((await tokenize(payload)).statusCode, 400, JSON.stringify(payload));
+  t.equal((await tokenize({ model: 'base', messages: user(`${text}<|endoftext|>`) })).statusCode, 400, 'the same refusal as chat');
+});
+
 t.test("the request's parameters reach the template and the generation", async (t) => {
   const c = cases.find((x) => x.adapter === null && x.text === 'In the beginning')!;
   const want = expected(c.greedy);

@@ -3,25 +3,15 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { GenerateResult, Inference, TokenLogprob } from '../../engine/inference.js';
 import { ServerError } from '../../errors.js';
-import type { ChatMessage } from '../../tokenizer/chat-template.js';
-import { refuseUnsupported } from '../openai.js';
+import { chatMessages, Messages, refuseUnsupported } from '../openai.js';
 import { errorResponses } from '../schemas.js';
 import { clientGone, openEventStream } from '../sse.js';
 
 const maxTokens = (description?: string) => Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 1_000_000 }), Type.Null()], { description }));
-const Message = Type.Object(
-  {
-    role: Type.String({ minLength: 1, maxLength: 64 }),
-    // A string, or OpenAI's content parts (text only here), or null (an assistant turn of tool calls).
-    content: Type.Optional(Type.Union([Type.String(), Type.Array(Type.Object({ type: Type.String(), text: Type.Optional(Type.String()) }, { additionalProperties: true }), { maxItems: 256 }), Type.Null()])),
-  },
-  // name, tool_calls, tool_call_id…: passed to the template as they are.
-  { additionalProperties: true },
-);
 const ChatBody = Type.Object(
   {
     model: Type.String({ maxLength: 128, description: 'A task id, or base' }),
-    messages: Type.Array(Message, { minItems: 1, maxItems: 1024 }),
+    messages: Messages,
     max_tokens: maxTokens(),
     max_completion_tokens: maxTokens("OpenAI's newer name for max_tokens (wins where both are given); without either, up to the end of the context"),
     temperature: Type.Optional(Type.Union([Type.Number({ minimum: 0, maximum: 2 }), Type.Null()])),
@@ -76,17 +66,6 @@ const ChatResponse = Type.Object({
   usage: Usage,
 });
 
-/** A message's text: OpenAI's text parts joined by newlines (as vLLM joins them); other parts are refused; none stays null (a turn of tool calls). */
-function messageText(content: Static<typeof Message>['content'], i: number): string | null {
-  if (content === undefined || content === null) return null;
-  if (typeof content === 'string') return content;
-  const other = content.find((part) => part.type !== 'text');
-  if (other) throw new ServerError('invalid_request', `messages[${i}]: content parts of type '${other.type}' are not supported (text only)`);
-  const empty = content.findIndex((part) => typeof part.text !== 'string');
-  if (empty >= 0) throw new ServerError('invalid_request', `messages[${i}].content[${empty}]: a text part needs its text`);
-  return content.map((part) => part.text).join('\n');
-}
-
 export function chatRoutes(app: FastifyInstance, inference: Inference): void {
   // OpenAI's chat logprobs: each token by its text and its UTF-8 bytes.
   const entry = (id: number, logprob: number) => ({ token: inference.tokenText(id), logprob, bytes: inference.tokenBytes(id) });
@@ -106,8 +85,7 @@ export function chatRoutes(app: FastifyInstance, inference: Inference): void {
       const b = req.body;
       refuseUnsupported(b, UNSUPPORTED);
       if (typeof b.top_logprobs === 'number' && b.logprobs !== true) throw new ServerError('invalid_request', 'top_logprobs needs logprobs: true');
-      const messages: ChatMessage[] = b.messages.map((m, i) => ({ ...m, content: messageText(m.content, i) }));
-      const prompt = await inference.renderChat(b.model, messages, b.add_generation_prompt ?? true, b.chat_template_kwargs ?? undefined);
+      const prompt = await inference.renderChat(b.model, chatMessages(b.messages), b.add_generation_prompt ?? true, b.chat_template_kwargs ?? undefined);
       const n = b.n ?? 1;
       const params = {
         prompt,

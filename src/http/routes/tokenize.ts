@@ -3,15 +3,19 @@ import type { FastifyInstance } from 'fastify';
 import type { Registry } from '../../adapters/registry.js';
 import { applyTemplate } from '../../adapters/task-spec.js';
 import { ServerError } from '../../errors.js';
-import { promptIds } from '../../engine/inference.js';
+import { promptIds, type Inference } from '../../engine/inference.js';
 import type { BaseModel } from '../../model/base-model.js';
+import { chatMessages, Messages } from '../openai.js';
 import { errorResponses } from '../schemas.js';
 
 const TokenizeBody = Type.Object(
   {
     model: Type.String({ maxLength: 128, description: 'A task id, or base' }),
-    prompt: Type.String(),
+    prompt: Type.Optional(Type.String({ description: 'A prompt, as generate and /v1/completions take it (or messages)' })),
     raw: Type.Optional(Type.Boolean({ default: false, description: "false: the task's prompt_template is applied first, as generate does" })),
+    messages: Type.Optional({ ...Messages, description: 'A conversation, as /v1/chat/completions takes it: its ids through the chat template (or prompt)' }),
+    add_generation_prompt: Type.Optional(Type.Boolean({ default: true })),
+    chat_template_kwargs: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
   },
   { additionalProperties: false, examples: [{ model: 'pos-bitfit', prompt: 'happily' }] },
 );
@@ -31,16 +35,19 @@ const DetokenizeBody = Type.Object(
 type DetokenizeBody = Static<typeof DetokenizeBody>;
 const DetokenizeResponse = Type.Object({ prompt: Type.String() });
 
-/** vLLM-style tokenizer routes: what a prompt costs in tokens for a task (the ids generate feeds), and ids back to text. */
-export function tokenizeRoutes(app: FastifyInstance, registry: Registry, model: BaseModel): void {
+/** vLLM-style tokenizer routes: what a prompt or a conversation costs in tokens for a task (the ids generate or chat feeds), and ids back to text. */
+export function tokenizeRoutes(app: FastifyInstance, registry: Registry, model: BaseModel, inference: Inference): void {
   app.post<{ Body: TokenizeBody }>(
     '/v1/tokenize',
-    { schema: { tags: ['inference'], summary: "A prompt's token ids for a task (template applied unless raw)", body: TokenizeBody, response: { 200: TokenizeResponse, ...errorResponses } } },
+    { schema: { tags: ['inference'], summary: "A prompt's token ids for a task (template applied unless raw), or a conversation's (through the chat template)", body: TokenizeBody, response: { 200: TokenizeResponse, ...errorResponses } } },
     async (req) => {
-      const t = await registry.resolve(req.body.model);
-      const text = req.body.raw ? req.body.prompt : applyTemplate(t.spec.promptTemplate, req.body.prompt);
+      const b = req.body;
+      if ((b.prompt === undefined) === (b.messages === undefined)) throw new ServerError('invalid_request', 'give either prompt or messages');
+      const t = await registry.resolve(b.model);
       const a = t.adapter?.tensors;
-      const tokens = await promptIds(model.tokenizer, text, a ?? null);
+      const tokens = b.messages
+        ? await promptIds(model.tokenizer, await inference.renderChat(b.model, chatMessages(b.messages), b.add_generation_prompt ?? true, b.chat_template_kwargs), a ?? null, true)
+        : await promptIds(model.tokenizer, b.raw ? b.prompt! : applyTemplate(t.spec.promptTemplate, b.prompt!), a ?? null);
       const virtual = a && (a.kind === 'prompt' || a.kind === 'prefix') ? a.virtualTokens : 0;
       return { model: t.task, adapter_version: t.version, tokens, count: tokens.length, virtual_tokens: virtual, max_model_len: model.config.nPositions };
     },
