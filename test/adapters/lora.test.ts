@@ -157,6 +157,19 @@ t.test("PEFT's per-module options, each against the adapter it is equal to writt
   t.equal(Object.keys(stored({ ...lora, target_modules: '.*\\.(c_attn|c_proj)', layers_to_transform: [0] }, loraT).modules).length, 12);
 });
 
+t.test("layers_to_transform on Llama's module names (model.layers.N.…), by PEFT's default layer pattern and by layers_pattern", async (t) => {
+  const llama = loadBaseModel(join(ROOT, 'test', 'fixtures', 'llama', 'tiny-llama'), join(ROOT, '.cache'));
+  const dir = join(ROOT, 'test', 'fixtures', 'llama', 'tiny-llama', 'adapters', 'tiny-llama-lora');
+  const f = readAdapterFolder(dir);
+  const cfg = JSON.parse(f.config.toString('utf8')) as Record<string, unknown>;
+  const layer1 = Object.fromEntries([...parseSafetensors(f.weights).tensors].filter(([k]) => k.includes('.layers.1.')));
+  for (const extra of [{ layers_to_transform: [1] }, { layers_to_transform: 1, layers_pattern: 'layers' }]) {
+    const modules = Object.keys(adapterParser(llama)('x', files({ ...cfg, ...extra }, layer1)).tensors.lora!.modules);
+    t.equal(modules.length, 7, JSON.stringify(extra));
+    t.ok(modules.every((m) => m.startsWith('model.layers.1.')), modules.join(', '));
+  }
+});
+
 t.test('through HTTP: an adapter with per-module options serves exactly what the same adapter written out in full serves', async (t) => {
   const server = await startServer({ ADAPTERS_DIR: adaptersCopy([]), ADMIN_TOKEN: 'admin' });
   t.teardown(() => server.close());
