@@ -14,7 +14,10 @@ export interface AdapterTensors {
   embeddings?: Float32Array;
   /** bitfit: every bias vector of the model (base values where the adapter names none), by HF name. */
   biases?: Record<string, Float32Array>;
-  /** lora: per targeted module (HF module path), A [in, r] (PEFT's lora_A transposed) and B [r, out] with the scale folded in. */
+  /**
+   * lora: per targeted module (HF module path), A [in, r] (PEFT's lora_A transposed) and B [r, out]
+   * with the scale folded in; r is the module's own rank (PEFT's rank_pattern), `rank` the largest.
+   */
   lora?: { rank: number; modules: Record<string, { a: Float32Array; b: Float32Array }> };
   /** ia3: per targeted module, the vector that scales its input (PEFT's feedforward modules) or its output. */
   ia3?: Record<string, { side: 'in' | 'out'; scale: Float32Array }>;

@@ -1,5 +1,6 @@
 import { FormatError } from '../errors.js';
 import { linearModules, type LinearModule, type LinearShape } from '../model/adapter-ops.js';
+import { configRegex } from './config-regex.js';
 import type { Tensor } from '../model/safetensors.js';
 import type { AdapterTensors } from '../protocol.js';
 
@@ -42,25 +43,11 @@ const isSet = (v: unknown) => !(v === undefined || v === null || v === false || 
 /** PEFT's module matching: a string is a regular expression matched against the whole name; a list matches a name or a `.`-suffix. */
 export function moduleMatcher(field: string, spec: unknown, suffix = '.'): (name: string) => boolean {
   if (typeof spec === 'string') {
-    let re: RegExp;
-    try {
-      re = new RegExp(`^(?:${spec})$`);
-    } catch (e) {
-      return fail('invalid_config', `${field} is not a valid regular expression: ${(e as Error).message}`);
-    }
+    const re = configRegex(field, spec, (p) => `^(?:${p})$`); // Python's re.fullmatch
     return (name) => re.test(name);
   }
   if (!Array.isArray(spec) || !spec.every((s) => typeof s === 'string')) return fail('invalid_config', `${field} must be a list of module names or a regular expression string`);
   return (name) => spec.some((s: string) => name === s || name.endsWith(`${suffix}${s}`));
-}
-
-/** A regular expression from an adapter config (PEFT compiles them with Python's `re`); a bad one is the config's fault. */
-function regex(field: string, source: string): RegExp {
-  try {
-    return new RegExp(source);
-  } catch (e) {
-    return fail('invalid_config', `${field}: ${JSON.stringify(source)} is not a valid regular expression: ${(e as Error).message}`);
-  }
 }
 
 /**
@@ -76,11 +63,15 @@ function layerFilter(cfg: Record<string, unknown>): (name: string) => boolean {
   const raw = cfg.layers_pattern;
   const patterns = raw === undefined || raw === null || raw === '' || (Array.isArray(raw) && raw.length === 0) ? null : typeof raw === 'string' ? [raw] : raw;
   if (patterns !== null && !(Array.isArray(patterns) && patterns.every((p) => typeof p === 'string'))) return fail('invalid_config', `layers_pattern must be a string or a list of strings, got ${JSON.stringify(raw)}`);
-  const finders = patterns === null ? [/^.*?\.[^.]*\.(\d+)\./] : patterns.map((p) => regex('layers_pattern', `^.*?\\.${p}\\.(\\d+)\\.`));
+  // Python's re.match anchors every alternative of the pattern at the start: hence the group.
+  const finders = patterns === null ? [/^.*?\.[^.]*\.(\d+)\./] : patterns.map((p) => configRegex('layers_pattern', p, (q) => `^(?:.*?\\.${q}\\.(\\d+)\\.)`));
   return (name) => {
     for (const f of finders) {
       const m = f.exec(name);
-      if (m) return list.includes(Number(m[1]));
+      if (!m) continue;
+      // PEFT fails here (int(None)): a pattern whose match gives no layer number.
+      if (m[1] === undefined) fail('invalid_config', `layers_pattern ${JSON.stringify(patterns)} matches ${name} without a layer number after it`);
+      return list.includes(Number(m[1]));
     }
     return false;
   };
@@ -135,7 +126,7 @@ function perModule(cfg: Record<string, unknown>, field: 'rank_pattern' | 'alpha_
   if (typeof spec !== 'object' || spec === null || Array.isArray(spec)) return fail('invalid_config', `${field} must be an object of module patterns to ${what}s`);
   const entries = Object.entries(spec).map(([key, v]): [RegExp, number] => {
     if (!valid(v)) fail('invalid_config', `${field}[${JSON.stringify(key)}] must be a ${what}, got ${JSON.stringify(v)}`);
-    return [regex(field, `^(?:.*\\.)?(?:${key})$`), v as number];
+    return [configRegex(field, key, (k) => `^(?:.*\\.)?(?:${k})$`), v as number];
   });
   return (name) => entries.find(([re]) => re.test(name))?.[1] ?? fallback;
 }
@@ -154,11 +145,8 @@ export function parseLora(cfg: Record<string, unknown>, raw: Map<string, Tensor>
   const alphaOf = perModule(cfg, 'alpha_pattern', alpha as number, isAlpha, 'number');
   const chosen = targets(cfg, linearModules(base));
   const tensors = byModule('LORA', raw, chosen, ['lora_A.weight', 'lora_B.weight']);
-  // Every module is stored at the adapter's largest rank, the others padded with zeros (which add
-  // exactly nothing): the graph stacks one rank per adapter (src/model/adapter-ops.ts).
-  const rank = Math.max(...chosen.map((m) => rankOf(m.name)));
-  const modules: Record<string, { a: Float32Array; b: Float32Array }> = {};
-  for (const m of chosen) {
+  // Every module's shapes and scale are checked before anything is allocated.
+  const plan = chosen.map((m) => {
     const r = rankOf(m.name);
     const scale = alphaOf(m.name) / (cfg.use_rslora ? Math.sqrt(r) : r);
     if (!(Math.abs(scale) <= MAX_ADAPTER_VALUE)) fail('value_too_large', `${m.name}: lora_alpha / r is ${scale}; it is limited to ±${MAX_ADAPTER_VALUE}, far beyond trained ones (values near float32's limit overflow the forward pass)`);
@@ -166,14 +154,19 @@ export function parseLora(cfg: Record<string, unknown>, raw: Map<string, Tensor>
     const B = tensors.get(`${m.name}.lora_B.weight`)!;
     expectShape(`${m.name}.lora_A.weight`, A, [r, m.in]);
     expectShape(`${m.name}.lora_B.weight`, B, [m.out, r]);
-    // Stored as the graph multiplies them: A [in, rank], B [rank, out] with the scale folded in.
-    const a = sharedFloats(m.in * rank);
-    for (let k = 0; k < r; k++) for (let i = 0; i < m.in; i++) a[i * rank + k] = A.data[k * m.in + i];
-    const b = sharedFloats(rank * m.out);
+    return { m, r, scale, A, B };
+  });
+  const modules: Record<string, { a: Float32Array; b: Float32Array }> = {};
+  for (const { m, r, scale, A, B } of plan) {
+    // Stored as the graph multiplies them, at the module's own rank: A [in, r], B [r, out] with the
+    // scale folded in. The executor lays them side by side at the adapter's largest rank (zeros beyond).
+    const a = sharedFloats(m.in * r);
+    for (let k = 0; k < r; k++) for (let i = 0; i < m.in; i++) a[i * r + k] = A.data[k * m.in + i];
+    const b = sharedFloats(r * m.out);
     for (let o = 0; o < m.out; o++) for (let k = 0; k < r; k++) b[k * m.out + o] = B.data[o * r + k] * scale;
     modules[m.name] = { a, b };
   }
-  return { key: '', kind: 'lora', virtualTokens: 0, lora: { rank, modules } };
+  return { key: '', kind: 'lora', virtualTokens: 0, lora: { rank: Math.max(...plan.map((x) => x.r)), modules } };
 }
 
 export function parseIa3(cfg: Record<string, unknown>, raw: Map<string, Tensor>, base: LinearShape): AdapterTensors {

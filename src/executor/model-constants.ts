@@ -82,7 +82,11 @@ export class FeedContext {
     };
   }
 
-  /** The packed A [Σin, K] and B [K, Σout]: the adapters' factors side by side along the rank axis. */
+  /**
+   * The packed A [Σin, K] and B [K, Σout]: the adapters' factors side by side along the rank axis,
+   * each adapter `lora.rank` columns wide; a module of a smaller rank (PEFT's rank_pattern) fills its
+   * first columns and leaves zeros, which add exactly nothing.
+   */
   private loraStacks(lora: AdapterTensors[]): Record<string, ort.Tensor> {
     const { slots, totalIn, totalOut } = this.layout;
     const K = Math.max(1, lora.reduce((n, a) => n + a.lora!.rank, 0)); // an all-zero column when there is no LoRA
@@ -90,14 +94,14 @@ export class FeedContext {
     const B = new Float32Array(K * totalOut);
     let at = 0;
     for (const a of lora) {
-      const r = a.lora!.rank;
       for (const m of slots) {
         const f = a.lora!.modules[m.name];
         if (!f) continue;
+        const r = f.a.length / m.in; // this module's rank
         for (let i = 0; i < m.in; i++) A.set(f.a.subarray(i * r, (i + 1) * r), (m.inAt + i) * K + at);
         for (let k = 0; k < r; k++) B.set(f.b.subarray(k * m.out, (k + 1) * m.out), (at + k) * totalOut + m.outAt);
       }
-      at += r;
+      at += a.lora!.rank;
     }
     return {
       [ADAPTER_INPUTS.select]: new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]),

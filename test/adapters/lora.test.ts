@@ -2,6 +2,8 @@ import { join } from 'node:path';
 import t from 'tap';
 import { adapterParser, type AdapterFiles } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
+import { FeedContext } from '../../src/executor/model-constants.js';
+import { ADAPTER_INPUTS } from '../../src/model/adapter-ops.js';
 import { FormatError } from '../../src/errors.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
 import { encodeSafetensors, parseSafetensors } from '../../src/model/safetensors.js';
@@ -42,6 +44,8 @@ const MUTATIONS: [string, AdapterFiles, RegExp][] = [
   ['rank_pattern of a fraction', files({ ...lora, rank_pattern: { c_attn: 4.5 } }, loraT), /^invalid_config: rank_pattern\["c_attn"\] must be a positive integer rank/],
   ['rank_pattern a list', files({ ...lora, rank_pattern: [4] }, loraT), /^invalid_config: rank_pattern must be an object/],
   ['alpha_pattern of a string', files({ ...lora, alpha_pattern: { c_attn: '4' } }, loraT), /^invalid_config: alpha_pattern\["c_attn"\] must be a number/],
+  ['rank_pattern naming a rank far beyond the tensors (refused before anything is allocated)', files({ ...lora, rank_pattern: { 'h.3.attn.c_proj': 1e300 } }, loraT), /^wrong_shape: .*h\.3\.attn\.c_proj\.lora_A\.weight/],
+  ['rank_pattern 2^31 on the last module', files({ ...lora, rank_pattern: { 'h.3.mlp.c_proj': 2 ** 31 } }, loraT), /^wrong_shape: .*h\.3\.mlp\.c_proj\.lora_A\.weight/],
   ['alpha_pattern key a bad regex', files({ ...lora, alpha_pattern: { '(': 4 } }, loraT), /^invalid_config: alpha_pattern: .* is not a valid regular expression/],
   ['layers_to_transform leaving out layers the tensors have', files({ ...lora, layers_to_transform: [0] }, loraT), /^unexpected_tensors: .*h\.1\./],
   ['layers_to_transform of a string', files({ ...lora, layers_to_transform: '0' }, loraT), /^invalid_config: layers_to_transform must be/],
@@ -52,7 +56,11 @@ const MUTATIONS: [string, AdapterFiles, RegExp][] = [
   ['r differs from the tensors', files({ ...lora, r: 4 }, loraT), /^wrong_shape: /],
   ['r missing', files({ ...lora, r: undefined }, loraT), /^invalid_config: r must be/],
   ['target_modules matching nothing', files({ ...lora, target_modules: ['q_proj'] }, loraT), /^invalid_config: target_modules .*matches no/],
-  ['target_modules a bad regex', files({ ...lora, target_modules: '(' }, loraT), /^invalid_config: target_modules is not a valid/],
+  ['target_modules a bad regex', files({ ...lora, target_modules: '(' }, loraT), /^invalid_config: target_modules: "\(" is not a valid/],
+  ['target_modules unbalanced, which would escape a wrapper', files({ ...lora, target_modules: 'c_attn)|(.*' }, loraT), /^invalid_config: target_modules: .* is not a valid regular expression/],
+  ['a lookahead with a repeated group (backtracking, exponential)', files({ ...lora, target_modules: '(?=(a+)+b).*' }, loraT), /^invalid_config: target_modules: .*repeats a group/],
+  ['a lookahead with four unbounded quantifiers', files({ ...lora, target_modules: '(?!x).*.*.*c_attn.*' }, loraT), /^invalid_config: target_modules: .*4 unbounded quantifiers/],
+  ['layers_pattern alternatives, each anchored as Python anchors them', files({ ...lora, layers_to_transform: [0], layers_pattern: 'x|h' }, loraT), /^invalid_config: target_modules .*matches no/],
   ['IA3 vector of the wrong side', files({ ...ia3, feedforward_modules: [] }, ia3T), /^wrong_shape: .*mlp\.c_proj\.ia3_l.*\[256,1\]/],
   ['IA3 feedforward module not targeted', files({ ...ia3, feedforward_modules: ['mlp.c_fc'] }, ia3T), /^invalid_config: feedforward_modules must be a subset/],
   ['lora_alpha huge (1e30): the scale would overflow the forward pass', files({ ...lora, lora_alpha: 1e30 }, loraT), /^value_too_large: transformer\.h\.0\.attn\.c_attn: lora_alpha \/ r is 1\.25e\+29/],
@@ -126,23 +134,34 @@ const zeroPadded = (r: number, times = 1) => (A: Tensors[string], B: Tensors[str
 };
 const scaled = (times: number) => (A: Tensors[string], B: Tensors[string]): [Tensors[string], Tensors[string]] => [A, { shape: B.shape, data: B.data.map((v) => v * times) }];
 const stored = (cfg: Record<string, unknown>, tensors: Tensors) => parse('x', files(cfg, tensors)).tensors.lora!;
+const feeds = new FeedContext(model.tensors);
+let keys = 0;
+/** The packed LoRA factors the executor feeds for one row of this adapter: what the graph multiplies. */
+const packed = (cfg: Record<string, unknown>, tensors: Tensors) => {
+  const adapter = { ...parse('x', files(cfg, tensors)).tensors, key: `k${keys++}` };
+  const f = feeds.adapterFeeds([adapter]);
+  return Object.fromEntries(Object.values(ADAPTER_INPUTS).map((name) => [name, f[name].data]));
+};
 
 t.test("PEFT's per-module options, each against the adapter it is equal to written out in full", async (t) => {
   // rank_pattern: c_attn at rank 4 is pos-lora's c_attn with its ranks 4..7 zeroed, at its own scale
   // lora_alpha / 4 (twice / 8: B doubled, exactly). Keys match a name or a `.`-suffix, as regexes.
   const attn = /c_attn\.$/;
-  const padded = stored(lora, mapModules(attn, zeroPadded(4, 2)));
+  const padded = packed(lora, mapModules(attn, zeroPadded(4, 2)));
   for (const key of ['c_attn', 'attn.c_attn', 'h\\.\\d\\.attn\\.c_attn', 'transformer.h.[0-3].attn.c_attn']) {
-    t.same(stored({ ...lora, rank_pattern: { [key]: 4 } }, mapModules(attn, firstRanks(4))), padded, `rank_pattern key ${key}`);
+    t.same(packed({ ...lora, rank_pattern: { [key]: 4 } }, mapModules(attn, firstRanks(4))), padded, `rank_pattern key ${key}`);
   }
+  // Stored at the module's own rank (4 × 256 and 4 × 768 floats for c_attn), not padded: memory follows the tensors.
+  const own = stored({ ...lora, rank_pattern: { c_attn: 4 } }, mapModules(attn, firstRanks(4))).modules['transformer.h.0.attn.c_attn'];
+  t.same([own.a.length, own.b.length], [4 * 256, 4 * 768]);
   t.match(failure(files({ ...lora, rank_pattern: { 'ttn.c_attn': 4 } }, mapModules(attn, firstRanks(4)))), /^wrong_shape: /, 'a key matches at a dot, not inside a segment');
-  t.same(stored({ ...lora, rank_pattern: { c_proj: 8, c_attn: 4 } }, mapModules(attn, firstRanks(4))), padded, 'the first matching key wins');
+  t.same(packed({ ...lora, rank_pattern: { c_proj: 8, c_attn: 4 } }, mapModules(attn, firstRanks(4))), padded, 'the first matching key wins');
   // Every module below the adapter's r: the adapter's rank is its largest.
   const small = stored({ ...lora, r: 16, rank_pattern: { c_attn: 4, c_proj: 8 } }, mapModules(attn, firstRanks(4, 1)));
   t.equal(small.rank, 8, 'stored at the largest rank a module has');
   // alpha_pattern: layer 1's mlp.c_proj at lora_alpha 64 (scale 8, not 2) is its B times 4.
   const proj1 = /h\.1\.mlp\.c_proj\.$/;
-  t.same(stored({ ...lora, alpha_pattern: { 'h.1.mlp.c_proj': 64 } }, loraT), stored(lora, mapModules(proj1, scaled(4))), 'alpha_pattern');
+  t.same(packed({ ...lora, alpha_pattern: { 'h.1.mlp.c_proj': 64 } }, loraT), packed(lora, mapModules(proj1, scaled(4))), 'alpha_pattern');
   // rsLoRA with per-module ranks: lora_alpha / sqrt(r) with each module's own r (c_attn at 4: 16 / 2 = 8, not 16 / sqrt(8)).
   const rs = stored({ ...lora, use_rslora: true, rank_pattern: { c_attn: 4 } }, mapModules(attn, firstRanks(4)));
   t.equal(rs.modules['transformer.h.0.attn.c_attn'].b[0], loraT[`${P}.0.attn.c_attn.lora_B.weight`].data[0] * 8);
@@ -153,6 +172,10 @@ t.test("PEFT's per-module options, each against the adapter it is equal to writt
     t.same(Object.keys(stored({ ...lora, ...cfg }, oddOnly).modules).sort(), Object.keys(oddOnly).filter((k) => k.endsWith('lora_A.weight')).map((k) => k.slice('base_model.model.'.length, -'.lora_A.weight'.length)).sort(), JSON.stringify(cfg));
   }
   t.equal(Object.keys(stored({ ...lora, layers_to_transform: 2 }, Object.fromEntries(Object.entries(loraT).filter(([k]) => k.includes('h.2.')))).modules).length, 3, 'one index');
+  // Patterns that backtrack exponentially run in linear time (they took 19 s per module name): this returns.
+  t.equal(Object.keys(stored({ ...lora, rank_pattern: { '(.|.)*Z': 4, '(a+)+$': 2 }, exclude_modules: '(.|.)*Z' }, loraT).modules).length, 12, 'rank_pattern and exclude_modules that match nothing');
+  // A lookahead (backtracking, bounded) still works.
+  t.equal(Object.keys(stored({ ...lora, target_modules: '(?!.*c_proj).*c_attn' }, Object.fromEntries(Object.entries(loraT).filter(([k]) => k.includes('c_attn')))).modules).length, 4);
   // A regular expression target is not filtered by layer, as in PEFT.
   t.equal(Object.keys(stored({ ...lora, target_modules: '.*\\.(c_attn|c_proj)', layers_to_transform: [0] }, loraT).modules).length, 12);
 });
