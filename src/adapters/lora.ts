@@ -13,6 +13,10 @@ import type { AdapterTensors } from '../protocol.js';
  */
 export const MAX_ADAPTER_VALUE = 1e4;
 
+/** A LoRA adapter's stacked layout (its largest rank across every linear module) may hold this many times its own floats, or this many floats (64 MiB), whichever is more. */
+const MAX_STACK_RATIO = 4;
+const MAX_STACK_FLOATS = 16 * 2 ** 20;
+
 /**
  * PEFT's LORA and IA3 formats, checked against the linear modules of the loaded base model
  * (src/model/adapter-ops.ts). Tensor names are PEFT's: `base_model.model.<module>.lora_A.weight`
@@ -143,7 +147,8 @@ export function parseLora(cfg: Record<string, unknown>, raw: Map<string, Tensor>
   if (typeof (cfg.fan_in_fan_out ?? false) !== 'boolean') fail('invalid_config', 'fan_in_fan_out must be a boolean');
   const rankOf = perModule(cfg, 'rank_pattern', cfg.r as number, isRank, 'positive integer rank');
   const alphaOf = perModule(cfg, 'alpha_pattern', alpha as number, isAlpha, 'number');
-  const chosen = targets(cfg, linearModules(base));
+  const all = linearModules(base);
+  const chosen = targets(cfg, all);
   const tensors = byModule('LORA', raw, chosen, ['lora_A.weight', 'lora_B.weight']);
   // Every module's shapes and scale are checked before anything is allocated.
   const plan = chosen.map((m) => {
@@ -156,6 +161,14 @@ export function parseLora(cfg: Record<string, unknown>, raw: Map<string, Tensor>
     expectShape(`${m.name}.lora_B.weight`, B, [m.out, r]);
     return { m, r, scale, A, B };
   });
+  // A batch lays every adapter out at its largest rank across all linear modules (model-constants.ts
+  // loraStacks): one module of a far larger rank would make a small upload hold gigabytes there.
+  const rank = Math.max(...plan.map((x) => x.r));
+  const own = plan.reduce((n, x) => n + x.r * (x.m.in + x.m.out), 0);
+  const stacked = rank * all.reduce((n, m) => n + m.in + m.out, 0);
+  if (stacked > Math.max(MAX_STACK_RATIO * own, MAX_STACK_FLOATS)) {
+    fail('invalid_config', `a batch lays the adapter out at its largest rank, ${rank}, across every linear module: ${Math.round((stacked * 4) / 2 ** 20)} MiB against its own ${Math.round((own * 4) / 2 ** 20)} MiB (at most ${MAX_STACK_RATIO}× or ${(MAX_STACK_FLOATS * 4) / 2 ** 20} MiB); give its modules closer ranks`);
+  }
   const modules: Record<string, { a: Float32Array; b: Float32Array }> = {};
   for (const { m, r, scale, A, B } of plan) {
     // Stored as the graph multiplies them, at the module's own rank: A [in, r], B [r, out] with the
@@ -166,7 +179,7 @@ export function parseLora(cfg: Record<string, unknown>, raw: Map<string, Tensor>
     for (let o = 0; o < m.out; o++) for (let k = 0; k < r; k++) b[k * m.out + o] = B.data[o * r + k] * scale;
     modules[m.name] = { a, b };
   }
-  return { key: '', kind: 'lora', virtualTokens: 0, lora: { rank: Math.max(...plan.map((x) => x.r)), modules } };
+  return { key: '', kind: 'lora', virtualTokens: 0, lora: { rank, modules } };
 }
 
 export function parseIa3(cfg: Record<string, unknown>, raw: Map<string, Tensor>, base: LinearShape): AdapterTensors {

@@ -46,6 +46,7 @@ const MUTATIONS: [string, AdapterFiles, RegExp][] = [
   ['alpha_pattern of a string', files({ ...lora, alpha_pattern: { c_attn: '4' } }, loraT), /^invalid_config: alpha_pattern\["c_attn"\] must be a number/],
   ['rank_pattern naming a rank far beyond the tensors (refused before anything is allocated)', files({ ...lora, rank_pattern: { 'h.3.attn.c_proj': 1e300 } }, loraT), /^wrong_shape: .*h\.3\.attn\.c_proj\.lora_A\.weight/],
   ['rank_pattern 2^31 on the last module', files({ ...lora, rank_pattern: { 'h.3.mlp.c_proj': 2 ** 31 } }, loraT), /^wrong_shape: .*h\.3\.mlp\.c_proj\.lora_A\.weight/],
+  ['one module at a rank that would make the batch layout 16 times the adapter', files({ ...lora, rank_pattern: { 'h.0.attn.c_attn': 4096 } }, { ...loraT, [`${P}.0.attn.c_attn.lora_A.weight`]: { shape: [4096, 256], data: new Float32Array(4096 * 256) }, [`${P}.0.attn.c_attn.lora_B.weight`]: { shape: [768, 4096], data: new Float32Array(768 * 4096) } }), /^invalid_config: a batch lays the adapter out at its largest rank, 4096, .*256 MiB against its own 16 MiB/],
   ['alpha_pattern key a bad regex', files({ ...lora, alpha_pattern: { '(': 4 } }, loraT), /^invalid_config: alpha_pattern: .* is not a valid regular expression/],
   ['layers_to_transform leaving out layers the tensors have', files({ ...lora, layers_to_transform: [0] }, loraT), /^unexpected_tensors: .*h\.1\./],
   ['layers_to_transform of a string', files({ ...lora, layers_to_transform: '0' }, loraT), /^invalid_config: layers_to_transform must be/],
