@@ -129,6 +129,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     await Promise.all(executors.map((e) => e.close()));
     await store.close();
     await model.tokenizer.close();
+    chat.template?.close();
     metrics.close();
   };
   return { app, model, registry, engine, executors, inference, log, close, adminToken };

@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ServerError } from '../errors.js';
 import { tokenName } from './model-files.js';
+import { TemplateRenderer } from './template-renderer.js';
 import type { Tokenizer } from './tokenizer.js';
 
 /** One message as a chat template reads it: `content` is text or null; any other field (name, tool_calls…) is passed through. */
@@ -44,15 +45,16 @@ const RESERVED = new Set(['true', 'false', 'none', 'True', 'False', 'None', 'ran
 export class ChatTemplate {
   /** Any special token's text, where messages may not write one; null where they may. */
   private readonly forbidden: RegExp | null;
+  private readonly renderer = new TemplateRenderer();
 
   private constructor(
     private readonly text: string,
     private readonly specials: Record<string, string>,
-    private readonly tokenizer: Pick<Tokenizer, 'specialTokens' | 'maxChars' | 'renderOffThread'>,
+    private readonly tokenizer: Pick<Tokenizer, 'specialTokens' | 'maxChars'>,
     allowSpecialTokens: boolean,
     readonly source: ChatTemplateSource,
   ) {
-    new Template(text); // parsed here to refuse a template that cannot run at load; rendered in the encode worker
+    new Template(text); // parsed here to refuse a template that cannot run at load; rendered in a child process
     const tokens = tokenizer.specialTokens.filter((t) => t !== '');
     this.forbidden = allowSpecialTokens || tokens.length === 0 ? null : new RegExp(tokens.map(escapeRegExp).join('|'));
   }
@@ -64,7 +66,7 @@ export class ChatTemplate {
    * `reason` says why (none, or one this Jinja engine cannot parse); a CHAT_TEMPLATE that cannot be
    * read or parsed throws, since the operator asked for it.
    */
-  static load(dir: string, tokenizer: Pick<Tokenizer, 'config' | 'specialTokens' | 'maxChars' | 'renderOffThread'>, opts: ChatTemplateOptions = {}): { template: ChatTemplate | null; reason: string } {
+  static load(dir: string, tokenizer: Pick<Tokenizer, 'config' | 'specialTokens' | 'maxChars'>, opts: ChatTemplateOptions = {}): { template: ChatTemplate | null; reason: string } {
     const specials: Record<string, string> = {};
     for (const name of SPECIAL_NAMES) {
       const token = tokenName(tokenizer.config[name]);
@@ -100,11 +102,17 @@ export class ChatTemplate {
    * The prompt text of a conversation. Refused before any rendering: more characters than
    * MAX_PROMPT_CHARS (413), a special token written in a message (400, see the class). A template's
    * own refusal (`raise_exception`, as in "roles must alternate") or any error while rendering is
-   * the request's fault: 400. Rendered in the encode worker, bounded in time there (src/tokenizer/encode-pool.ts):
-   * a template is a program, and one that loops (over a kwarg, say) must not stop the event loop.
+   * the request's fault: 400. Rendered in a child process, bounded in time and memory there
+   * (src/tokenizer/template-renderer.ts): a template is a program, and one that loops or allocates
+   * without end (over a kwarg, say) must stop neither the event loop nor the server.
    */
   async render(messages: ChatMessage[], addGenerationPrompt: boolean, kwargs: Record<string, unknown> = {}): Promise<string> {
-    const json = JSON.stringify({ messages, kwargs });
+    let json: string;
+    try {
+      json = JSON.stringify({ messages, kwargs });
+    } catch (e) {
+      throw new ServerError('invalid_request', `the messages cannot be passed to the chat template: ${(e as Error).message}`); // nested too deeply
+    }
     if (json.length > this.tokenizer.maxChars) {
       throw new ServerError('prompt_too_long', `the messages have ${json.length} characters (as JSON); the limit is ${this.tokenizer.maxChars} (MAX_PROMPT_CHARS)`);
     }
@@ -114,17 +122,27 @@ export class ChatTemplate {
     if (special) {
       throw new ServerError('invalid_request', `a message writes the special token ${JSON.stringify(special[0])}, which would be read as the token itself (CHAT_MESSAGE_SPECIAL_TOKENS=match allows it)`);
     }
-    return this.tokenizer.renderOffThread(this.text, { ...this.specials, ...kwargs, messages, tools: null, documents: null, add_generation_prompt: addGenerationPrompt });
+    return this.renderer.render(this.text, { ...this.specials, ...kwargs, messages, tools: null, documents: null, add_generation_prompt: addGenerationPrompt }, this.tokenizer.maxChars);
+  }
+
+  /** Stops the renderer process. */
+  close(): void {
+    this.renderer.close();
   }
 }
 
-/** The first match of `re` in any string inside `v` (a parsed JSON body). */
+/** The first match of `re` in any string inside `v` (a parsed JSON body, keys included); iterative, whatever its depth. */
 function firstMatch(v: unknown, re: RegExp): RegExpExecArray | null {
-  if (typeof v === 'string') return re.exec(v);
-  if (v === null || typeof v !== 'object') return null;
-  for (const x of Array.isArray(v) ? v : [...Object.keys(v), ...Object.values(v)]) {
-    const m = firstMatch(x, re);
-    if (m) return m;
+  const stack = [v];
+  while (stack.length > 0) {
+    const x = stack.pop();
+    if (typeof x === 'string') {
+      const m = re.exec(x);
+      if (m) return m;
+    } else if (x !== null && typeof x === 'object') {
+      for (const y of Array.isArray(x) ? x : Object.keys(x)) stack.push(y);
+      if (!Array.isArray(x)) for (const y of Object.values(x)) stack.push(y);
+    }
   }
   return null;
 }

@@ -1,4 +1,3 @@
-import { Template } from './jinja.js';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { EncodeReply, EncodeRequest } from './encode-pool.js';
 import { Tokenizer } from './tokenizer.js';
@@ -7,23 +6,12 @@ import { Tokenizer } from './tokenizer.js';
 // cache, so none of them stays in memory. Never offloads again (inlineMaxChars Infinity).
 const tokenizer = Tokenizer.load((workerData as { dir: string }).dir, { cacheBytes: 0, inlineMaxChars: Infinity, maxChars: Infinity });
 
-/** Compiled chat templates by their text: a server has one, or a few while CHAT_TEMPLATE changes in tests. */
-const templates = new Map<string, Template>();
-const compiled = (text: string) => {
-  let t = templates.get(text);
-  if (!t) {
-    if (templates.size >= 4) templates.clear();
-    templates.set(text, (t = new Template(text)));
-  }
-  return t;
-};
-
-parentPort!.on('message', (req: EncodeRequest) => {
+parentPort!.on('message', ({ id, text, special }: EncodeRequest) => {
   let reply: EncodeReply;
   try {
-    reply = 'template' in req ? { id: req.id, text: compiled(req.template).render(req.context) } : { id: req.id, ids: Int32Array.from(tokenizer.encodeSync(req.text, { special: req.special })) };
+    reply = { id, ids: Int32Array.from(tokenizer.encodeSync(text, { special })) };
   } catch (e) {
-    reply = { id: req.id, error: (e as Error).message };
+    reply = { id, error: (e as Error).message };
   }
   parentPort!.postMessage(reply, 'ids' in reply ? [reply.ids.buffer as ArrayBuffer] : []);
 });

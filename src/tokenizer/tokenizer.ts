@@ -218,12 +218,6 @@ export class Tokenizer {
     return this.cache.lru.bytes;
   }
 
-  /** A Jinja template rendered in the encode worker (a long conversation must not block the event loop). */
-  renderOffThread(template: string, context: Record<string, unknown>): Promise<string> {
-    this.pool ??= new EncodePool(this.dir);
-    return this.pool.render(template, context);
-  }
-
   /** Stops the encode worker, if one was started. */
   async close(): Promise<void> {
     await this.pool?.close();

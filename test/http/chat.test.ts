@@ -116,6 +116,7 @@ t.test("/v1/tokenize takes a conversation too: the ids a chat request feeds", as
   t.equal(ids.virtual_tokens, 20);
   t.equal((await post(server.app, { model: 'kjv-prompt', messages: conversation, max_tokens: 1 })).json().usage.prompt_tokens, ids.count);
   t.equal((await tokenize({ model: 'base', messages: user(text), add_generation_prompt: false })).json().count, (await tok.encode(`${text} the end`)).length);
+  t.equal((await tokenize({ model: 'base', messages: user(text), add_generation_prompt: null, chat_template_kwargs: null })).json().count, (await tok.encode(text)).length, 'null is the default, as in chat');
   for (const payload of [{ model: 'base' }, { model: 'base', prompt: text, messages: user(text) }]) t.equal((await tokenize(payload)).statusCode, 400, JSON.stringify(payload));
   t.equal((await tokenize({ model: 'base', messages: user(`${text}<|endoftext|>`) })).statusCode, 400, 'the same refusal as chat');
 });

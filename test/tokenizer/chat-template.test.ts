@@ -5,7 +5,7 @@ import t from 'tap';
 import { promptIds } from '../../src/engine/inference.js';
 import { ServerError } from '../../src/errors.js';
 import { ChatTemplate } from '../../src/tokenizer/chat-template.js';
-import { EncodePool, RENDER_TIMEOUT_MS } from '../../src/tokenizer/encode-pool.js';
+import { RENDER_TIMEOUT_MS } from '../../src/tokenizer/template-renderer.js';
 import { Tokenizer } from '../../src/tokenizer/tokenizer.js';
 import { ROOT } from '../helpers.js';
 
@@ -23,10 +23,8 @@ const load = (dir: string) => {
   if (!template) throw new Error(reason);
   return template;
 };
-/** A tokenizer as ChatTemplate.load reads it, for folders with a template but no tokenizer: its renders go to a real encode worker. */
-const pool = new EncodePool(MODELS.qwen3);
-t.teardown(() => pool.close());
-const bare = (config: Record<string, unknown>, specialTokens: string[] = []) => ({ config, specialTokens, maxChars: 100_000, renderOffThread: (text: string, context: Record<string, unknown>) => pool.render(text, context) });
+/** A tokenizer as ChatTemplate.load reads it, for folders with a template but no tokenizer. */
+const bare = (config: Record<string, unknown>, specialTokens: string[] = []) => ({ config, specialTokens, maxChars: 100_000 });
 const hello = [{ role: 'user', content: 'Hello' }];
 
 t.test("the models' own templates give the prompt formats their model cards document", async (t) => {
@@ -131,27 +129,42 @@ t.test("Python's str.strip family, which @huggingface/jinja gets wrong (patched 
   t.equal(pyStrip('..a.b..', '.', true, false), 'a.b..');
 });
 
-t.test('a template that does not end is stopped; the worker is replaced and serves on', async (t) => {
+t.test('a template that makes V8 abort its process, or renders past MAX_PROMPT_CHARS, fails alone', async (t) => {
+  const path = join(mkdtempSync(join(tmpdir(), 'chat-template-')), 'grow.jinja');
+  // 27 doublings: a string of 2^27 characters, split into an array longer than V8 allows (a fatal error, not an exception).
+  writeFileSync(path, "{% set ns = namespace(s='x') %}{% for i in range(n) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s.split('x') | length if split else ns.s }}");
+  const grow = ChatTemplate.load(MODELS.qwen3, bare({}), { override: path }).template!;
+  t.teardown(() => grow.close());
+  const aborted = await grow.render(hello, true, { n: 27, split: true }).catch((e) => e);
+  t.match(aborted, { code: 'invalid_request', message: /stopped its renderer \(SIG\w+\): Fatal JavaScript invalid size error/ }, String(aborted.message));
+  t.equal(await grow.render(hello, true, { n: 3, split: false }), 'xxxxxxxx', 'the next render runs in a new process');
+  const small = ChatTemplate.load(MODELS.qwen3, { ...bare({}), maxChars: 1000 }, { override: path }).template!;
+  t.teardown(() => small.close());
+  t.match(await small.render(hello, true, { n: 12, split: false }).catch((e) => e), { code: 'prompt_too_long', message: /rendered 4096 characters; the limit is 1000/ });
+});
+
+t.test('a template that does not end is stopped; the renderer is replaced and serves on', async (t) => {
   const path = join(mkdtempSync(join(tmpdir(), 'chat-template-')), 'loop.jinja');
   writeFileSync(path, '{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}done');
   const loop = ChatTemplate.load(MODELS.qwen3, bare({}), { override: path }).template!;
+  t.teardown(() => loop.close());
   // A list too long to build is refused at once (the library built it until V8 aborted the process).
   t.match(await loop.render(hello, true, { n: 1e12 }).catch((e) => e), { code: 'invalid_request', message: /range\(\) of 1000000000000 items: at most 1000000/ });
   // A million squared iterations: stopped at the time bound.
   const t0 = performance.now();
   t.match(await loop.render(hello, true, { n: 1e6 }).catch((e) => e), { code: 'invalid_request', message: /did not finish rendering within/ });
   t.ok(performance.now() - t0 >= RENDER_TIMEOUT_MS - 50, 'after the time bound');
-  t.equal(await loop.render(hello, true, { n: 3 }), 'done', 'a new worker renders the next one');
+  t.equal(await loop.render(hello, true, { n: 3 }), 'done', 'a new process renders the next one');
 });
 
-t.test('a long conversation renders in the encode worker, to the same text', async (t) => {
+t.test('a long conversation renders to the same text as the engine gives in-process', async (t) => {
   const dir = MODELS.qwen3;
   const messages = Array.from({ length: 40 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: `turn ${i} ` + 'word '.repeat(i) }));
   const text = await load(dir).render(messages, true);
   // The same template and context, rendered here by @huggingface/jinja directly.
   const { Template } = await import('@huggingface/jinja');
   t.equal(text, new Template(configOf(dir).chat_template as string).render({ messages, tools: null, documents: null, add_generation_prompt: true, eos_token: '<|im_end|>', pad_token: '<|endoftext|>' }));
-  // A template's refusal there is the same 400.
+  // A template's refusal is a 400.
   const path = join(mkdtempSync(join(tmpdir(), 'chat-template-')), 'strict.jinja');
   writeFileSync(path, "{% if messages | length > 32 %}{{ raise_exception('too many turns') }}{% endif %}");
   const err = await ChatTemplate.load(dir, tokenizerOf(dir), { override: path }).template!.render(messages, true).catch((e) => e);

@@ -14,8 +14,8 @@ const TokenizeBody = Type.Object(
     prompt: Type.Optional(Type.String({ description: 'A prompt, as generate and /v1/completions take it (or messages)' })),
     raw: Type.Optional(Type.Boolean({ default: false, description: "false: the task's prompt_template is applied first, as generate does" })),
     messages: Type.Optional({ ...Messages, description: 'A conversation, as /v1/chat/completions takes it: its ids through the chat template (or prompt)' }),
-    add_generation_prompt: Type.Optional(Type.Boolean({ default: true })),
-    chat_template_kwargs: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    add_generation_prompt: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { default: true })),
+    chat_template_kwargs: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()])),
   },
   { additionalProperties: false, examples: [{ model: 'pos-bitfit', prompt: 'happily' }] },
 );
@@ -46,7 +46,7 @@ export function tokenizeRoutes(app: FastifyInstance, registry: Registry, model: 
       const t = await registry.resolve(b.model);
       const a = t.adapter?.tensors;
       const tokens = b.messages
-        ? await promptIds(model.tokenizer, await inference.renderChat(b.model, chatMessages(b.messages), b.add_generation_prompt ?? true, b.chat_template_kwargs), a ?? null, true)
+        ? await promptIds(model.tokenizer, await inference.renderChat(b.model, chatMessages(b.messages), b.add_generation_prompt ?? true, b.chat_template_kwargs ?? undefined), a ?? null, true)
         : await promptIds(model.tokenizer, b.raw ? b.prompt! : applyTemplate(t.spec.promptTemplate, b.prompt!), a ?? null);
       const virtual = a && (a.kind === 'prompt' || a.kind === 'prefix') ? a.virtualTokens : 0;
       return { model: t.task, adapter_version: t.version, tokens, count: tokens.length, virtual_tokens: virtual, max_model_len: model.config.nPositions };
