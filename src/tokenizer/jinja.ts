@@ -16,15 +16,27 @@ export { Template };
 /** What Python's `str.strip()` removes with no argument: the characters for which `str.isspace()` is true. */
 const PY_WHITESPACE = new Set(' \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000');
 
-/** Python's strip family: `chars` (a string) or, when absent or None, whitespace. */
+/** Python's strip family: `chars` (a string) or, when absent or None, whitespace; by code point, without copying the string into an array. */
 export function pyStrip(s: string, chars: string | null, left: boolean, right: boolean): string {
   const strip = chars === null ? PY_WHITESPACE : new Set(chars);
-  const units = [...s];
   let start = 0;
-  let end = units.length;
-  if (left) while (start < end && strip.has(units[start])) start++;
-  if (right) while (end > start && strip.has(units[end - 1])) end--;
-  return units.slice(start, end).join('');
+  let end = s.length;
+  if (left) {
+    while (start < end) {
+      const ch = String.fromCodePoint(s.codePointAt(start)!);
+      if (!strip.has(ch)) break;
+      start += ch.length;
+    }
+  }
+  if (right) {
+    while (end > start) {
+      const low = s.charCodeAt(end - 1);
+      const from = low >= 0xdc00 && low <= 0xdfff && end - 2 >= start ? end - 2 : end - 1; // a surrogate pair is one code point
+      if (!strip.has(s.slice(from, end))) break;
+      end = from;
+    }
+  }
+  return s.slice(start, end);
 }
 
 interface RuntimeValue {

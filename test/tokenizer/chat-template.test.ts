@@ -127,6 +127,7 @@ t.test("Python's str.strip family, which @huggingface/jinja gets wrong (patched 
   const { pyStrip } = await import('../../src/tokenizer/jinja.js');
   t.equal(pyStrip('\ufeff x\x1c\x85', null, true, true), '\ufeff x', "Python's whitespace, not JavaScript's");
   t.equal(pyStrip('..a.b..', '.', true, false), 'a.b..');
+  t.equal(pyStrip('😀a😀', '😀', true, true), 'a', 'by code point');
 });
 
 t.test('a template that makes V8 abort its process, or renders past MAX_PROMPT_CHARS, fails alone', async (t) => {
