@@ -13,6 +13,9 @@ import type { AdapterTensors } from '../protocol.js';
  */
 export const MAX_ADAPTER_VALUE = 1e4;
 
+/** Keys of rank_pattern or alpha_pattern. */
+const MAX_PATTERN_KEYS = 256;
+
 /** A LoRA adapter's stacked layout (its largest rank across every linear module) may hold this many times its own floats, or this many floats (64 MiB), whichever is more. */
 const MAX_STACK_RATIO = 4;
 const MAX_STACK_FLOATS = 16 * 2 ** 20;
@@ -128,6 +131,8 @@ function checkRefused(cfg: Record<string, unknown>): void {
 function perModule(cfg: Record<string, unknown>, field: 'rank_pattern' | 'alpha_pattern', fallback: number, valid: (v: unknown) => boolean, what: string): (name: string) => number {
   const spec = cfg[field] ?? {};
   if (typeof spec !== 'object' || spec === null || Array.isArray(spec)) return fail('invalid_config', `${field} must be an object of module patterns to ${what}s`);
+  // Every key is tried on every module name, at upload and at each re-parse: a few suffice.
+  if (Object.keys(spec).length > MAX_PATTERN_KEYS) fail('invalid_config', `${field} has ${Object.keys(spec).length} keys; at most ${MAX_PATTERN_KEYS}`);
   const entries = Object.entries(spec).map(([key, v]): [RegExp, number] => {
     if (!valid(v)) fail('invalid_config', `${field}[${JSON.stringify(key)}] must be a ${what}, got ${JSON.stringify(v)}`);
     return [configRegex(field, key, (k) => `^(?:.*\\.)?(?:${k})$`), v as number];

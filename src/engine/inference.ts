@@ -105,10 +105,10 @@ export class Inference {
   ) {}
 
   /** A conversation for `task` as the prompt text of the model's chat template: 404 for an unknown task, then 400 where the model has none. */
-  async renderChat(task: string, messages: ChatMessage[], addGenerationPrompt: boolean, kwargs?: Record<string, unknown>): Promise<string> {
+  async renderChat(task: string, messages: ChatMessage[], addGenerationPrompt: boolean, kwargs?: Record<string, unknown>, signal?: AbortSignal): Promise<string> {
     await this.registry.resolve(task);
     if (!this.chat.template) throw new ServerError('invalid_request', this.chat.reason);
-    return this.chat.template.render(messages, addGenerationPrompt, kwargs);
+    return this.chat.template.render(messages, addGenerationPrompt, kwargs, signal);
   }
 
   /** The ids a generate request's prompt feeds: a chat prompt as it is, a raw one, or through the task's template. */

@@ -104,9 +104,10 @@ export class ChatTemplate {
    * own refusal (`raise_exception`, as in "roles must alternate") or any error while rendering is
    * the request's fault: 400. Rendered in a child process, bounded in time and memory there
    * (src/tokenizer/template-renderer.ts): a template is a program, and one that loops or allocates
-   * without end (over a kwarg, say) must stop neither the event loop nor the server.
+   * without end (over a kwarg, say) must stop neither the event loop nor the server. `signal`: the
+   * client left; its render is dropped or stopped.
    */
-  async render(messages: ChatMessage[], addGenerationPrompt: boolean, kwargs: Record<string, unknown> = {}): Promise<string> {
+  async render(messages: ChatMessage[], addGenerationPrompt: boolean, kwargs: Record<string, unknown> = {}, signal?: AbortSignal): Promise<string> {
     let json: string;
     try {
       json = JSON.stringify({ messages, kwargs });
@@ -122,7 +123,7 @@ export class ChatTemplate {
     if (special) {
       throw new ServerError('invalid_request', `a message writes the special token ${JSON.stringify(special[0])}, which would be read as the token itself (CHAT_MESSAGE_SPECIAL_TOKENS=match allows it)`);
     }
-    return this.renderer.render(this.text, { ...this.specials, ...kwargs, messages, tools: null, documents: null, add_generation_prompt: addGenerationPrompt }, this.tokenizer.maxChars);
+    return this.renderer.render(this.text, { ...this.specials, ...kwargs, messages, tools: null, documents: null, add_generation_prompt: addGenerationPrompt }, this.tokenizer.maxChars, signal);
   }
 
   /** Stops the renderer process. */

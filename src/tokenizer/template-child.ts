@@ -1,17 +1,24 @@
+import vm from 'node:vm';
 import { Template } from './jinja.js';
 
 /**
  * The chat-template renderer's child process (src/tokenizer/template-renderer.ts): renders one
- * template at a time and answers with the text, the template's error, or the text's length where
- * it is over the request's limit (so that a huge text never crosses back to the server).
+ * template at a time and answers with the text, its length where that is over the request's limit
+ * (so that a huge text never crosses back), the template's error (cut short: a template can raise
+ * one of any size), or that it ran out of time. The time bound interrupts the render itself (V8
+ * terminates the script run through `vm`), so this process outlives it; and it exits with its
+ * server, whose channel closes.
  */
 export interface RenderRequest {
   template: string;
   context: Record<string, unknown>;
   maxChars: number;
+  timeoutMs: number;
 }
-export type RenderReply = { text: string } | { error: string } | { tooLong: number };
+export type RenderReply = { text: string } | { tooLong: number } | { error: string } | { timedOut: true };
 
+/** An error's message beyond this is cut: it goes into a 400's body. */
+const MAX_ERROR_CHARS = 1000;
 /** Compiled templates by their text: a server has one, or a few where tests change CHAT_TEMPLATE. */
 const templates = new Map<string, Template>();
 
@@ -23,10 +30,13 @@ process.on('message', (req: RenderRequest) => {
       if (templates.size >= 4) templates.clear();
       templates.set(req.template, (t = new Template(req.template)));
     }
-    const text = t.render(req.context);
+    const template = t;
+    const text = vm.runInNewContext('render()', { render: () => template.render(req.context) }, { timeout: req.timeoutMs }) as string;
     reply = text.length > req.maxChars ? { tooLong: text.length } : { text };
   } catch (e) {
-    reply = { error: (e as Error).message };
+    const err = e as Error & { code?: string };
+    reply = err.code === 'ERR_SCRIPT_EXECUTION_TIMEOUT' ? { timedOut: true } : { error: String(err.message).slice(0, MAX_ERROR_CHARS) };
   }
   process.send!(reply);
 });
+process.on('disconnect', () => process.exit(0));

@@ -2,50 +2,69 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { ServerError } from '../errors.js';
 import type { RenderReply, RenderRequest } from './template-child.js';
 
-/** A render that takes longer is stopped (its process killed): real templates take milliseconds. */
+/** A render that takes longer is interrupted (400): real templates take milliseconds. */
 export const RENDER_TIMEOUT_MS = 5000;
+/** A child that has not answered this long after the bound (a long native call) is killed. */
+const KILL_GRACE_MS = 2000;
+/** Renders waiting beyond this are refused (429): each may take up to RENDER_TIMEOUT_MS. */
+const MAX_QUEUE = 256;
 /** The renderer's heap: templates need a few megabytes; a runaway one must not take the server's memory. */
 const CHILD_HEAP_MB = 1024;
 
-interface Job extends RenderRequest {
+interface Job {
+  request: RenderRequest;
+  signal?: AbortSignal;
+  /** Sent to a process that then died, once: it may have died before the job reached it. */
+  retried: boolean;
   resolve: (text: string) => void;
   reject: (e: Error) => void;
 }
 
 /**
- * Renders chat templates in a child process, one at a time, each bounded in time. A template is a
- * program: one that loops runs until it is stopped, and V8 aborts a whole process on some
- * allocations (an array past its largest length, from `'x' * 2**27 | list` say), which neither a
- * try/catch nor a worker thread contains. So the renders run where such an end costs only the
- * render that caused it: its request gets 400, and the next render starts a new process. Started on
- * the first chat request; it keeps the server alive only while it holds work.
+ * Renders chat templates in a child process, one at a time, each within RENDER_TIMEOUT_MS. A
+ * template is a program: one can loop without end, and V8 aborts a whole process on some
+ * allocations (an array past its largest length), which neither a try/catch nor a worker thread
+ * contains. Here such a render costs its own request (400) and a new process for the next. A job
+ * whose client leaves is dropped from the queue, or its render stopped. Started on the first chat
+ * request; it keeps the server alive only while it holds work.
  */
 export class TemplateRenderer {
   private child: ChildProcess | null = null;
-  /** The start of the child's stderr: what V8 said when it aborted (a stack trace follows). */
-  private lastWords = '';
   private readonly queue: Job[] = [];
   private running: { job: Job; child: ChildProcess; timer: NodeJS.Timeout } | null = null;
 
-  render(template: string, context: Record<string, unknown>, maxChars: number): Promise<string> {
+  render(template: string, context: Record<string, unknown>, maxChars: number, signal?: AbortSignal): Promise<string> {
+    if (signal?.aborted) return Promise.reject(new ServerError('cancelled', 'the client went away'));
+    if (this.queue.length >= MAX_QUEUE) return Promise.reject(new ServerError('overloaded', `${MAX_QUEUE} chat templates are waiting to render`, { 'retry-after': '5' }));
     return new Promise((resolve, reject) => {
-      this.queue.push({ template, context, maxChars, resolve, reject });
+      const job: Job = { request: { template, context, maxChars, timeoutMs: RENDER_TIMEOUT_MS }, signal, retried: false, resolve, reject };
+      signal?.addEventListener('abort', () => this.abandon(job), { once: true });
+      this.queue.push(job);
       this.next();
     });
   }
 
-  /** Sends the next job, once the one running has ended; its time starts then, not while it waits. */
+  /** A job whose client left: out of the queue, or its render stopped (it may be one that never ends). */
+  private abandon(job: Job): void {
+    const at = this.queue.indexOf(job);
+    if (at >= 0) {
+      this.queue.splice(at, 1);
+      job.reject(new ServerError('cancelled', 'the client went away'));
+    } else if (this.running?.job === job) this.stop(this.running.child, new ServerError('cancelled', 'the client went away'));
+  }
+
+  /** Sends the next job once the one running has ended: its time starts then, not while it waits. */
   private next(): void {
     if (this.running || this.queue.length === 0) return;
     const job = this.queue.shift()!;
     const child = (this.child ??= this.start());
     try {
-      child.send({ template: job.template, context: job.context, maxChars: job.maxChars } satisfies RenderRequest);
+      child.send(job.request);
     } catch (e) {
       job.reject(new ServerError('invalid_request', `the messages cannot be passed to the chat template: ${(e as Error).message}`));
       return this.next();
     }
-    const timer = setTimeout(() => this.stop(child, new ServerError('invalid_request', `the chat template did not finish rendering within ${RENDER_TIMEOUT_MS} ms`)), RENDER_TIMEOUT_MS);
+    const timer = setTimeout(() => this.stop(child, timedOut()), RENDER_TIMEOUT_MS + KILL_GRACE_MS);
     this.running = { job, child, timer };
     child.ref();
     child.channel?.ref();
@@ -66,7 +85,7 @@ export class TemplateRenderer {
     this.next();
   }
 
-  /** Kills `child` (stuck, or gone bad): the job it was running ends with `why`; the next one starts a new process. */
+  /** Kills `child`: the job it was running ends with `why`; the next one starts a new process. */
   private stop(child: ChildProcess, why: Error): void {
     if (this.child === child) this.child = null;
     child.kill('SIGKILL');
@@ -75,21 +94,34 @@ export class TemplateRenderer {
 
   private start(): ChildProcess {
     const child = fork(new URL('./template-child.js', import.meta.url), [], { execArgv: [`--max-old-space-size=${CHILD_HEAP_MB}`], stdio: ['ignore', 'ignore', 'pipe', 'ipc'], serialization: 'json' });
+    // The start of its stderr: what V8 said if it aborted (a stack trace follows).
+    let said = '';
     child.stderr!.on('data', (d: Buffer) => {
-      if (this.lastWords.length < 2000) this.lastWords += d.toString();
+      if (said.length < 2000) said += d.toString();
     });
     (child.stderr as unknown as { unref(): void }).unref(); // read, but never what keeps the server alive
     child.on('message', (reply: RenderReply) => {
       if (this.running?.child !== child) return;
+      const limit = this.running.job.request.maxChars;
       if ('text' in reply) this.finish(reply.text);
-      else if ('tooLong' in reply) this.finish(new ServerError('prompt_too_long', `the chat template rendered ${reply.tooLong} characters; the limit is ${this.running.job.maxChars} (MAX_PROMPT_CHARS)`));
+      else if ('tooLong' in reply) this.finish(new ServerError('prompt_too_long', `the chat template rendered ${reply.tooLong} characters; the limit is ${limit} (MAX_PROMPT_CHARS)`));
+      else if ('timedOut' in reply) this.finish(timedOut());
       else this.finish(new ServerError('invalid_request', `the chat template refused the messages: ${reply.error}`));
     });
     const died = (how: string) => {
       if (this.child === child) this.child = null;
-      const said = this.lastWords.split('\n').find((l) => /fatal error|heap|invalid/i.test(l) && !/Fatal error in/.test(l))?.replace(/^#\s*/, '').trim();
-      this.lastWords = '';
-      if (this.running?.child === child) this.finish(new ServerError('invalid_request', `the chat template stopped its renderer (${how})${said ? `: ${said}` : ''}`));
+      const r = this.running;
+      if (r?.child !== child) return;
+      if (!r.job.retried) {
+        // It may have died before the job reached it (killed while idle): the job runs once more, in a new process.
+        r.job.retried = true;
+        clearTimeout(r.timer);
+        this.running = null;
+        this.queue.unshift(r.job);
+        return this.next();
+      }
+      const line = said.split('\n').find((l) => /fatal error|heap|invalid/i.test(l) && !/Fatal error in/.test(l));
+      this.finish(new ServerError('invalid_request', `the chat template stopped its renderer (${how})${line ? `: ${line.replace(/^#\s*/, '').trim()}` : ''}`));
     };
     child.on('close', (code, signal) => died(signal ?? `exit code ${code}`)); // after its stderr, which says why
     child.on('error', (e) => died(e.message));
@@ -102,3 +134,5 @@ export class TemplateRenderer {
     if (this.child) this.stop(this.child, new ServerError('shutting_down', 'the server is shutting down'));
   }
 }
+
+const timedOut = () => new ServerError('invalid_request', `the chat template did not finish rendering within ${RENDER_TIMEOUT_MS} ms`);

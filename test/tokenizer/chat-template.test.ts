@@ -144,6 +144,28 @@ t.test('a template that makes V8 abort its process, or renders past MAX_PROMPT_C
   t.match(await small.render(hello, true, { n: 12, split: false }).catch((e) => e), { code: 'prompt_too_long', message: /rendered 4096 characters; the limit is 1000/ });
 });
 
+t.test("a template's error is cut short; a client that leaves takes its render out of the queue, or stops it", async (t) => {
+  const path = join(mkdtempSync(join(tmpdir(), 'chat-template-')), 'raise.jinja');
+  writeFileSync(path, "{% set ns = namespace(s='x') %}{% for i in range(n) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{% if loop_forever %}{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}{% endif %}{{ raise_exception(ns.s) }}");
+  const raise = ChatTemplate.load(MODELS.qwen3, bare({}), { override: path }).template!;
+  t.teardown(() => raise.close());
+  // A 2^24-character error (a 16 MiB body, and as much memory, per request) comes back at most 1,000 characters long.
+  const big = await raise.render(hello, true, { n: 24 }).catch((e) => e);
+  t.match(big, { code: 'invalid_request', message: /^the chat template refused the messages: x+$/ });
+  t.ok(big.message.length < 1100, `${big.message.length} characters`);
+  // One render that never ends, one queued behind it: the queued one's client leaves first, then the running one's.
+  const [first, second] = [new AbortController(), new AbortController()];
+  const settled: string[] = [];
+  const running = raise.render(hello, true, { n: 0, loop_forever: true }, first.signal).catch((e) => (settled.push('running'), e));
+  const queued = raise.render(hello, true, { n: 0 }, second.signal).catch((e) => (settled.push('queued'), e));
+  second.abort();
+  t.match(await queued, { code: 'cancelled' });
+  t.same(settled, ['queued'], 'dropped from the queue while the other still renders');
+  first.abort();
+  t.match(await running, { code: 'cancelled' }, 'the running one is stopped');
+  t.match(await raise.render(hello, true, { n: 2 }).catch((e) => e), { code: 'invalid_request', message: /refused the messages: xxxx$/ }, 'and the next one renders');
+});
+
 t.test('a template that does not end is stopped; the renderer is replaced and serves on', async (t) => {
   const path = join(mkdtempSync(join(tmpdir(), 'chat-template-')), 'loop.jinja');
   writeFileSync(path, '{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}done');

@@ -85,7 +85,8 @@ export function chatRoutes(app: FastifyInstance, inference: Inference): void {
       const b = req.body;
       refuseUnsupported(b, UNSUPPORTED);
       if (typeof b.top_logprobs === 'number' && b.logprobs !== true) throw new ServerError('invalid_request', 'top_logprobs needs logprobs: true');
-      const prompt = await inference.renderChat(b.model, chatMessages(b.messages), b.add_generation_prompt ?? true, b.chat_template_kwargs ?? undefined);
+      const signal = clientGone(reply);
+      const prompt = await inference.renderChat(b.model, chatMessages(b.messages), b.add_generation_prompt ?? true, b.chat_template_kwargs ?? undefined, signal);
       const n = b.n ?? 1;
       const params = {
         prompt,
@@ -100,7 +101,6 @@ export function chatRoutes(app: FastifyInstance, inference: Inference): void {
       };
       // The n choices are rows of one request, each with its own seed (seed + i where a seed is given).
       const all = Array.from({ length: n }, (_, i) => ({ ...params, seed: b.seed === undefined || b.seed === null ? undefined : b.seed + i }));
-      const signal = clientGone(reply);
       const head = { id: `chatcmpl-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: b.model };
       const usage = (rs: GenerateResult[]) => {
         const prompt_tokens = rs[0].usage.prompt_tokens; // one conversation, however many choices

@@ -6,6 +6,7 @@ import { ServerError } from '../../errors.js';
 import { promptIds, type Inference } from '../../engine/inference.js';
 import type { BaseModel } from '../../model/base-model.js';
 import { chatMessages, Messages } from '../openai.js';
+import { clientGone } from '../sse.js';
 import { errorResponses } from '../schemas.js';
 
 const TokenizeBody = Type.Object(
@@ -40,13 +41,13 @@ export function tokenizeRoutes(app: FastifyInstance, registry: Registry, model: 
   app.post<{ Body: TokenizeBody }>(
     '/v1/tokenize',
     { schema: { tags: ['inference'], summary: "A prompt's token ids for a task (template applied unless raw), or a conversation's (through the chat template)", body: TokenizeBody, response: { 200: TokenizeResponse, ...errorResponses } } },
-    async (req) => {
+    async (req, reply) => {
       const b = req.body;
       if ((b.prompt === undefined) === (b.messages === undefined)) throw new ServerError('invalid_request', 'give either prompt or messages');
       const t = await registry.resolve(b.model);
       const a = t.adapter?.tensors;
       const tokens = b.messages
-        ? await promptIds(model.tokenizer, await inference.renderChat(b.model, chatMessages(b.messages), b.add_generation_prompt ?? true, b.chat_template_kwargs ?? undefined), a ?? null, true)
+        ? await promptIds(model.tokenizer, await inference.renderChat(b.model, chatMessages(b.messages), b.add_generation_prompt ?? true, b.chat_template_kwargs ?? undefined, clientGone(reply)), a ?? null, true)
         : await promptIds(model.tokenizer, b.raw ? b.prompt! : applyTemplate(t.spec.promptTemplate, b.prompt!), a ?? null);
       const virtual = a && (a.kind === 'prompt' || a.kind === 'prefix') ? a.virtualTokens : 0;
       return { model: t.task, adapter_version: t.version, tokens, count: tokens.length, virtual_tokens: virtual, max_model_len: model.config.nPositions };
