@@ -108,7 +108,14 @@ export class Inference {
   async renderChat(task: string, messages: ChatMessage[], addGenerationPrompt: boolean, kwargs?: Record<string, unknown>, signal?: AbortSignal): Promise<string> {
     await this.registry.resolve(task);
     if (!this.chat.template) throw new ServerError('invalid_request', this.chat.reason);
-    return this.chat.template.render(messages, addGenerationPrompt, kwargs, signal);
+    // A render waiting behind others is bounded by the request's time too.
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(new ServerError('request_timeout', `the request did not finish within ${this.timeoutMs} ms`)), this.timeoutMs);
+    try {
+      return await this.chat.template.render(messages, addGenerationPrompt, kwargs, signal ? AbortSignal.any([signal, timeout.signal]) : timeout.signal);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** The ids a generate request's prompt feeds: a chat prompt as it is, a raw one, or through the task's template. */
@@ -216,7 +223,8 @@ export class Inference {
       if (!ids.has(key)) ids.set(key, this.promptTokens(t, p, adapter));
       const job = await this.prepareGenerate(t, p, [...(await ids.get(key)!)], ctl.onToken && ((id, text, lp) => ctl.onToken!(i, id, text, lp)));
       const onFinish = ctl.onFinish;
-      if (onFinish) job.result.then((r) => onFinish(i, r), () => {});
+      // A throw in the callback must not become an unhandled rejection (the request ends on its own path).
+      if (onFinish) job.result.then((r) => onFinish(i, r)).catch(() => {});
       jobs.push(job);
     }
     return this.run(ctl, jobs);

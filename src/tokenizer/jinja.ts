@@ -1,7 +1,7 @@
 import { Environment, Template } from '@huggingface/jinja';
 
 /**
- * @huggingface/jinja (0.5.11, the latest) with two fixes, checked below at import so that a version
+ * @huggingface/jinja (0.5.11) with two fixes, checked below at import so that a version
  * whose internals differ fails at start rather than rendering wrong prompts:
  * - Python's `str.strip`, `lstrip` and `rstrip`: the library's ignore their argument and trim
  *   JavaScript's whitespace, so Qwen3's template, which cuts `'\n'` around `</think>` with
@@ -31,7 +31,9 @@ export function pyStrip(s: string, chars: string | null, left: boolean, right: b
   if (right) {
     while (end > start) {
       const low = s.charCodeAt(end - 1);
-      const from = low >= 0xdc00 && low <= 0xdfff && end - 2 >= start ? end - 2 : end - 1; // a surrogate pair is one code point
+      const high = end - 2 >= start ? s.charCodeAt(end - 2) : 0;
+      const pair = low >= 0xdc00 && low <= 0xdfff && high >= 0xd800 && high <= 0xdbff;
+      const from = pair ? end - 2 : end - 1; // a surrogate pair is one code point
       if (!strip.has(s.slice(from, end))) break;
       end = from;
     }
@@ -76,7 +78,7 @@ function patchStringMethods(): void {
 }
 
 /** The most items `range()` gives: templates loop over messages and tools, not millions. */
-export const MAX_RANGE = 1_000_000;
+const MAX_RANGE = 1_000_000;
 
 /** Every Environment's `range` global (set by the library's setupGlobals through `set`) counts its items first. */
 function boundRange(): void {

@@ -13,7 +13,6 @@ const CHILD_HEAP_MB = 1024;
 
 interface Job {
   request: RenderRequest;
-  signal?: AbortSignal;
   /** Sent to a process that then died, once: it may have died before the job reached it. */
   retried: boolean;
   resolve: (text: string) => void;
@@ -32,32 +31,52 @@ export class TemplateRenderer {
   private child: ChildProcess | null = null;
   private readonly queue: Job[] = [];
   private running: { job: Job; child: ChildProcess; timer: NodeJS.Timeout } | null = null;
+  private closed = false;
 
+  /**
+   * `signal`: the request ended (its client left, its time ran out; `signal.reason` says which, as a
+   * ServerError): a waiting job leaves the queue, a running one is stopped (it may be one that never ends).
+   */
   render(template: string, context: Record<string, unknown>, maxChars: number, signal?: AbortSignal): Promise<string> {
-    if (signal?.aborted) return Promise.reject(new ServerError('cancelled', 'the client went away'));
+    if (this.closed) return Promise.reject(new ServerError('shutting_down', 'the server is shutting down'));
+    if (signal?.aborted) return Promise.reject(ended(signal));
     if (this.queue.length >= MAX_QUEUE) return Promise.reject(new ServerError('overloaded', `${MAX_QUEUE} chat templates are waiting to render`, { 'retry-after': '5' }));
     return new Promise((resolve, reject) => {
-      const job: Job = { request: { template, context, maxChars, timeoutMs: RENDER_TIMEOUT_MS }, signal, retried: false, resolve, reject };
-      signal?.addEventListener('abort', () => this.abandon(job), { once: true });
+      const onAbort = () => this.abandon(job, ended(signal!));
+      // The listener goes when the job settles: it holds the job's messages, and a request lives on through its generation.
+      const settle =
+        <T>(f: (v: T) => void) =>
+        (v: T) => {
+          signal?.removeEventListener('abort', onAbort);
+          f(v);
+        };
+      const job: Job = { request: { template, context, maxChars, timeoutMs: RENDER_TIMEOUT_MS }, retried: false, resolve: settle(resolve), reject: settle(reject) };
+      signal?.addEventListener('abort', onAbort, { once: true });
       this.queue.push(job);
       this.next();
     });
   }
 
-  /** A job whose client left: out of the queue, or its render stopped (it may be one that never ends). */
-  private abandon(job: Job): void {
+  private abandon(job: Job, why: ServerError): void {
     const at = this.queue.indexOf(job);
     if (at >= 0) {
       this.queue.splice(at, 1);
-      job.reject(new ServerError('cancelled', 'the client went away'));
-    } else if (this.running?.job === job) this.stop(this.running.child, new ServerError('cancelled', 'the client went away'));
+      job.reject(why);
+    } else if (this.running?.job === job) this.stop(this.running.child, why);
   }
 
   /** Sends the next job once the one running has ended: its time starts then, not while it waits. */
   private next(): void {
     if (this.running || this.queue.length === 0) return;
     const job = this.queue.shift()!;
-    const child = (this.child ??= this.start());
+    let child: ChildProcess;
+    try {
+      child = this.child ??= this.start();
+    } catch (e) {
+      // No process (out of memory, or of file descriptors): this job fails, and the next tries again.
+      job.reject(new ServerError('worker_crashed', `the chat template renderer cannot start: ${(e as Error).message}`));
+      return this.next();
+    }
     try {
       child.send(job.request);
     } catch (e) {
@@ -94,6 +113,7 @@ export class TemplateRenderer {
 
   private start(): ChildProcess {
     const child = fork(new URL('./template-child.js', import.meta.url), [], { execArgv: [`--max-old-space-size=${CHILD_HEAP_MB}`], stdio: ['ignore', 'ignore', 'pipe', 'ipc'], serialization: 'json' });
+    if (!child.stderr) throw new Error('the process did not start');
     // The start of its stderr: what V8 said if it aborted (a stack trace follows).
     let said = '';
     child.stderr!.on('data', (d: Buffer) => {
@@ -110,6 +130,7 @@ export class TemplateRenderer {
     });
     const died = (how: string) => {
       if (this.child === child) this.child = null;
+      child.kill('SIGKILL'); // after an 'error' it may still run
       const r = this.running;
       if (r?.child !== child) return;
       if (!r.job.retried) {
@@ -130,9 +151,12 @@ export class TemplateRenderer {
 
   /** Stops the renderer: what waits fails (the server is shutting down). */
   close(): void {
+    this.closed = true;
     for (const job of this.queue.splice(0)) job.reject(new ServerError('shutting_down', 'the server is shutting down'));
     if (this.child) this.stop(this.child, new ServerError('shutting_down', 'the server is shutting down'));
   }
 }
 
 const timedOut = () => new ServerError('invalid_request', `the chat template did not finish rendering within ${RENDER_TIMEOUT_MS} ms`);
+/** Why a request's signal ended it: the reason its owner gave, or that its client left. */
+const ended = (signal: AbortSignal) => (signal.reason instanceof ServerError ? signal.reason : new ServerError('cancelled', 'the client went away'));

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { adapterParser, type AdapterFiles } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
+import { parseLora } from '../../src/adapters/lora.js';
 import { FeedContext } from '../../src/executor/model-constants.js';
 import { ADAPTER_INPUTS } from '../../src/model/adapter-ops.js';
 import { FormatError } from '../../src/errors.js';
@@ -46,7 +47,7 @@ const MUTATIONS: [string, AdapterFiles, RegExp][] = [
   ['alpha_pattern of a string', files({ ...lora, alpha_pattern: { c_attn: '4' } }, loraT), /^invalid_config: alpha_pattern\["c_attn"\] must be a number/],
   ['rank_pattern naming a rank far beyond the tensors (refused before anything is allocated)', files({ ...lora, rank_pattern: { 'h.3.attn.c_proj': 1e300 } }, loraT), /^wrong_shape: .*h\.3\.attn\.c_proj\.lora_A\.weight/],
   ['rank_pattern 2^31 on the last module', files({ ...lora, rank_pattern: { 'h.3.mlp.c_proj': 2 ** 31 } }, loraT), /^wrong_shape: .*h\.3\.mlp\.c_proj\.lora_A\.weight/],
-  ['one module at a rank that would make the batch layout 16 times the adapter', files({ ...lora, rank_pattern: { 'h.0.attn.c_attn': 4096 } }, { ...loraT, [`${P}.0.attn.c_attn.lora_A.weight`]: { shape: [4096, 256], data: new Float32Array(4096 * 256) }, [`${P}.0.attn.c_attn.lora_B.weight`]: { shape: [768, 4096], data: new Float32Array(768 * 4096) } }), /^invalid_config: a batch lays the adapter out at its largest rank, 4096, .*256 MiB against its own 16 MiB/],
+  ['one module at a rank that would make the batch layout 16 times the adapter', files({ ...lora, rank_pattern: { 'h.0.attn.c_attn': 4096 } }, { ...loraT, [`${P}.0.attn.c_attn.lora_A.weight`]: { shape: [4096, 256], data: new Float32Array(4096 * 256) }, [`${P}.0.attn.c_attn.lora_B.weight`]: { shape: [768, 4096], data: new Float32Array(768 * 4096) } }), /^invalid_config: rank_pattern: a batch lays every targeted module out at the largest rank, 4096: 176 MiB against the adapter's own 16 MiB/],
   ['alpha_pattern key a bad regex', files({ ...lora, alpha_pattern: { '(': 4 } }, loraT), /^invalid_config: alpha_pattern: .* is not a valid regular expression/],
   ['layers_to_transform leaving out layers the tensors have', files({ ...lora, layers_to_transform: [0] }, loraT), /^unexpected_tensors: .*h\.1\./],
   ['layers_to_transform of a string', files({ ...lora, layers_to_transform: '0' }, loraT), /^invalid_config: layers_to_transform must be/],
@@ -59,9 +60,12 @@ const MUTATIONS: [string, AdapterFiles, RegExp][] = [
   ['target_modules matching nothing', files({ ...lora, target_modules: ['q_proj'] }, loraT), /^invalid_config: target_modules .*matches no/],
   ['target_modules a bad regex', files({ ...lora, target_modules: '(' }, loraT), /^invalid_config: target_modules: "\(" is not a valid/],
   ['target_modules unbalanced, which would escape a wrapper', files({ ...lora, target_modules: 'c_attn)|(.*' }, loraT), /^invalid_config: target_modules: .* is not a valid regular expression/],
-  ['a lookahead (backtracking: exponential with the right group)', files({ ...lora, target_modules: '(?=t)(.|.){27}X' }, loraT), /^invalid_config: target_modules: .*needs backtracking/],
-  ['a backreference in a rank_pattern key', files({ ...lora, rank_pattern: { '(c)_\\1': 4 } }, loraT), /^invalid_config: rank_pattern: .*needs backtracking/],
-  ['rank_pattern of 257 keys', files({ ...lora, rank_pattern: Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`k${i}`, 4])) }, loraT), /^invalid_config: rank_pattern has 257 keys; at most 256/],
+  ['a lookahead (backtracking: exponential with the right group)', files({ ...lora, target_modules: '(?=t)(.|.){27}X' }, loraT), /^invalid_config: target_modules: .*cannot run in linear time/],
+  ['a backreference in a rank_pattern key', files({ ...lora, rank_pattern: { '(c)_\\1': 4 } }, loraT), /^invalid_config: rank_pattern: .*cannot run in linear time/],
+  ["a 6 KB rank_pattern key (the linear engine's time grows with it: 3.8 s)", files({ ...lora, rank_pattern: { ['(.|.)*'.repeat(1000)]: 4 } }, loraT), /^invalid_config: the config's regular expressions .* have 6000 characters together; at most 512/],
+  ['a 199-character target_modules', files({ ...lora, target_modules: `(?:${'c_attn|'.repeat(27)}c_proj)` }, loraT), /^invalid_config: target_modules: .* has 199 characters; at most 128/],
+  ['five capturing groups', files({ ...lora, target_modules: '(t)(r)(a)(n)(s).*' }, loraT), /^invalid_config: target_modules: .* has 5 capturing groups; at most 4/],
+  ['rank_pattern of 257 keys', files({ ...lora, rank_pattern: Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`k${i}`, 4])) }, loraT), /^invalid_config: the config's regular expressions .* have \d+ characters together; at most 512/],
   ['layers_pattern alternatives, each anchored as Python anchors them', files({ ...lora, layers_to_transform: [0], layers_pattern: 'x|h' }, loraT), /^invalid_config: target_modules .*matches no/],
   ['IA3 vector of the wrong side', files({ ...ia3, feedforward_modules: [] }, ia3T), /^wrong_shape: .*mlp\.c_proj\.ia3_l.*\[256,1\]/],
   ['IA3 feedforward module not targeted', files({ ...ia3, feedforward_modules: ['mlp.c_fc'] }, ia3T), /^invalid_config: feedforward_modules must be a subset/],
@@ -191,6 +195,22 @@ t.test("layers_to_transform on Llama's module names (model.layers.N.…), by PEF
     t.equal(modules.length, 7, JSON.stringify(extra));
     t.ok(modules.every((m) => m.startsWith('model.layers.1.')), modules.join(', '));
   }
+});
+
+t.test('an adapter of one rank on a few modules of a larger model is taken, whatever its rank (the rank_pattern bound counts padding only)', async (t) => {
+  // A Llama-shaped base, 16 layers × 1024 wide; PEFT's default targets for it, q_proj and v_proj, at r 64.
+  const shape = { modelType: 'llama', layers: 16, hidden: 1024, inner: 2816, heads: 16, kvHeads: 16, headDim: 64 };
+  const r = 64;
+  const raw = new Map<string, { dtype: string; shape: number[]; data: Float32Array }>();
+  for (let l = 0; l < shape.layers; l++) {
+    for (const m of ['q_proj', 'v_proj']) {
+      raw.set(`base_model.model.model.layers.${l}.self_attn.${m}.lora_A.weight`, { dtype: 'F32', shape: [r, 1024], data: new Float32Array(r * 1024) });
+      raw.set(`base_model.model.model.layers.${l}.self_attn.${m}.lora_B.weight`, { dtype: 'F32', shape: [1024, r], data: new Float32Array(1024 * r) });
+    }
+  }
+  const a = parseLora({ r, lora_alpha: 16, target_modules: ['q_proj', 'v_proj'] }, raw as never, shape);
+  t.equal(Object.keys(a.lora!.modules).length, 32);
+  t.equal(a.lora!.rank, 64);
 });
 
 t.test('through HTTP: an adapter with per-module options serves exactly what the same adapter written out in full serves', async (t) => {

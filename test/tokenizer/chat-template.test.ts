@@ -164,9 +164,14 @@ t.test("a template's error is cut short; a client that leaves takes its render o
   first.abort();
   t.match(await running, { code: 'cancelled' }, 'the running one is stopped');
   t.match(await raise.render(hello, true, { n: 2 }).catch((e) => e), { code: 'invalid_request', message: /refused the messages: xxxx$/ }, 'and the next one renders');
+  // A request that runs out of time ends its render with the reason it was given.
+  const late = new AbortController();
+  const pending = raise.render(hello, true, { n: 0, loop_forever: true }, late.signal).catch((e) => e);
+  late.abort(new ServerError('request_timeout', 'the request did not finish within 100 ms'));
+  t.match(await pending, { code: 'request_timeout' });
 });
 
-t.test('a template that does not end is stopped; the renderer is replaced and serves on', async (t) => {
+t.test('a template that does not end is interrupted at the time bound, and the renderer serves on', async (t) => {
   const path = join(mkdtempSync(join(tmpdir(), 'chat-template-')), 'loop.jinja');
   writeFileSync(path, '{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}done');
   const loop = ChatTemplate.load(MODELS.qwen3, bare({}), { override: path }).template!;
@@ -177,7 +182,7 @@ t.test('a template that does not end is stopped; the renderer is replaced and se
   const t0 = performance.now();
   t.match(await loop.render(hello, true, { n: 1e6 }).catch((e) => e), { code: 'invalid_request', message: /did not finish rendering within/ });
   t.ok(performance.now() - t0 >= RENDER_TIMEOUT_MS - 50, 'after the time bound');
-  t.equal(await loop.render(hello, true, { n: 3 }), 'done', 'a new process renders the next one');
+  t.equal(await loop.render(hello, true, { n: 3 }), 'done', 'the next one renders');
 });
 
 t.test('a long conversation renders to the same text as the engine gives in-process', async (t) => {

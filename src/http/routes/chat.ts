@@ -24,7 +24,7 @@ const ChatBody = Type.Object(
     top_logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 20 }), Type.Null()])),
     stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
     stream_options: Type.Optional(Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: true }), Type.Null()])),
-    logit_bias: Type.Optional(Type.Union([Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ minimum: -100, maximum: 100 }), { maxProperties: 300 }), Type.Null()])),
+    logit_bias: Type.Optional(Type.Union([Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ minimum: -100, maximum: 100 }), { maxProperties: 300, additionalProperties: false }), Type.Null()])),
     chat_template_kwargs: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()], { description: 'Extra variables for the chat template, as vLLM takes them (enable_thinking, …)' })),
     add_generation_prompt: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { default: true, description: "Ends the prompt with the template's assistant header (false: no header; the conversation ends as the template closes it)" })),
   },

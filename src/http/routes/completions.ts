@@ -24,6 +24,7 @@ const CompletionBody = Type.Object(
     logit_bias: Type.Optional(
       Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ minimum: -100, maximum: 100 }), {
         maxProperties: 300,
+        additionalProperties: false,
         description: 'token id → bias added to its logit before sampling (and before logprobs), at most 300 entries',
       }),
     ),
