@@ -10,6 +10,20 @@ const MAX_CAPTURING_GROUPS = 4;
 /** Every pattern of a config together, in characters: each is tried on every module name (≈3 µs a character at worst, ad hoc). */
 export const MAX_CONFIG_PATTERN_CHARS = 512;
 
+/** Capturing groups of a pattern, `(…)` and named `(?<n>…)`, outside escapes and character classes. */
+function capturingGroups(pattern: string): number {
+  let n = 0;
+  let inClass = false;
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i];
+    if (c === '\\') i++;
+    else if (inClass) inClass = c !== ']';
+    else if (c === '[') inClass = true;
+    else if (c === '(' && (pattern[i + 1] !== '?' || (pattern[i + 2] === '<' && pattern[i + 3] !== '=' && pattern[i + 3] !== '!'))) n++;
+  }
+  return n;
+}
+
 /**
  * The regular expressions of an adapter config, together: at most MAX_CONFIG_PATTERN_CHARS (so that
  * their time on a model's hundreds of module names stays well under a second at worst).
@@ -39,7 +53,7 @@ export function configRegex(field: string, pattern: string, wrap: (p: string) =>
     throw new FormatError('invalid_config', `${field}: ${JSON.stringify(pattern)} ${why}`);
   };
   if (pattern.length > MAX_PATTERN_CHARS) refuse(`has ${pattern.length} characters; at most ${MAX_PATTERN_CHARS}`);
-  const groups = pattern.match(/(?<!\\)\((?!\?)/g)?.length ?? 0;
+  const groups = capturingGroups(pattern);
   if (groups > MAX_CAPTURING_GROUPS) refuse(`has ${groups} capturing groups; at most ${MAX_CAPTURING_GROUPS} (write (?:…) for the others)`);
   // Alone first, as Python compiles it: an unbalanced `a)|(b` would otherwise escape the wrapper.
   try {

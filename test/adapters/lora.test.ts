@@ -65,6 +65,7 @@ const MUTATIONS: [string, AdapterFiles, RegExp][] = [
   ["a 6 KB rank_pattern key (the linear engine's time grows with it: 3.8 s)", files({ ...lora, rank_pattern: { ['(.|.)*'.repeat(1000)]: 4 } }, loraT), /^invalid_config: the config's regular expressions .* have 6000 characters together; at most 512/],
   ['a 199-character target_modules', files({ ...lora, target_modules: `(?:${'c_attn|'.repeat(27)}c_proj)` }, loraT), /^invalid_config: target_modules: .* has 199 characters; at most 128/],
   ['five capturing groups', files({ ...lora, target_modules: '(t)(r)(a)(n)(s).*' }, loraT), /^invalid_config: target_modules: .* has 5 capturing groups; at most 4/],
+  ['five capturing groups, named or after an escaped backslash', files({ ...lora, target_modules: '\\\\(?<a>t)(r)(a)(n)(s)[(].*' }, loraT), /^invalid_config: target_modules: .* has 5 capturing groups; at most 4/],
   ['rank_pattern of 257 keys', files({ ...lora, rank_pattern: Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`k${i}`, 4])) }, loraT), /^invalid_config: the config's regular expressions .* have \d+ characters together; at most 512/],
   ['layers_pattern alternatives, each anchored as Python anchors them', files({ ...lora, layers_to_transform: [0], layers_pattern: 'x|h' }, loraT), /^invalid_config: target_modules .*matches no/],
   ['IA3 vector of the wrong side', files({ ...ia3, feedforward_modules: [] }, ia3T), /^wrong_shape: .*mlp\.c_proj\.ia3_l.*\[256,1\]/],
