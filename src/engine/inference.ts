@@ -118,8 +118,8 @@ export class Inference {
     }
   }
 
-  /** The ids a generate request's prompt feeds: a chat prompt as it is, a raw one, or through the task's template. */
-  private promptTokens(t: ResolvedTask, p: GenerateParams, adapter: AdapterTensors | null): Promise<number[]> {
+  /** The ids a prompt feeds (generate, chat, /v1/tokenize): a chat prompt as it is, a raw one, or through the task's template. */
+  promptTokens(t: ResolvedTask, p: Pick<GenerateParams, 'prompt' | 'raw' | 'chat'>, adapter: AdapterTensors | null): Promise<number[]> {
     return promptIds(this.model.tokenizer, p.raw || p.chat ? p.prompt : applyTemplate(t.spec.promptTemplate, p.prompt), adapter, p.chat);
   }
 

@@ -1,9 +1,8 @@
 import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from '../../adapters/registry.js';
-import { applyTemplate } from '../../adapters/task-spec.js';
 import { ServerError } from '../../errors.js';
-import { promptIds, type Inference } from '../../engine/inference.js';
+import type { Inference } from '../../engine/inference.js';
 import type { BaseModel } from '../../model/base-model.js';
 import { chatMessages, Messages } from '../openai.js';
 import { clientGone } from '../sse.js';
@@ -46,9 +45,9 @@ export function tokenizeRoutes(app: FastifyInstance, registry: Registry, model: 
       if ((b.prompt === undefined) === (b.messages === undefined)) throw new ServerError('invalid_request', 'give either prompt or messages');
       const t = await registry.resolve(b.model);
       const a = t.adapter?.tensors;
-      const tokens = b.messages
-        ? await promptIds(model.tokenizer, await inference.renderChat(b.model, chatMessages(b.messages), b.add_generation_prompt ?? true, b.chat_template_kwargs ?? undefined, clientGone(reply)), a ?? null, true)
-        : await promptIds(model.tokenizer, b.raw ? b.prompt! : applyTemplate(t.spec.promptTemplate, b.prompt!), a ?? null);
+      // The same ids as generate or chat feeds: Inference.promptTokens decides for both.
+      const prompt = b.messages ? await inference.renderChat(b.model, chatMessages(b.messages), b.add_generation_prompt ?? true, b.chat_template_kwargs ?? undefined, clientGone(reply)) : b.prompt!;
+      const tokens = await inference.promptTokens(t, { prompt, raw: b.raw, chat: b.messages !== undefined }, a ?? null);
       const virtual = a && (a.kind === 'prompt' || a.kind === 'prefix') ? a.virtualTokens : 0;
       return { model: t.task, adapter_version: t.version, tokens, count: tokens.length, virtual_tokens: virtual, max_model_len: model.config.nPositions };
     },
