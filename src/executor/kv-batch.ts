@@ -40,17 +40,24 @@ export interface KvStats {
   slots: number;
   /** Allocated columns per slot. */
   capacity: number;
-  /** Bytes of the key/value buffers. */
+  /** Bytes of the key/value buffers (allocated: with the spare that lets a resize work in place). */
   bytes: number;
 }
 
-/** Columns added beyond a joining row's length, so that it decodes a while before a resize. */
-const HEADROOM = 32;
+/**
+ * Capacity is a multiple of this many columns: it grows by at least this much when a row fills it,
+ * and shrinks when twice this much lies unused beyond the longest row.
+ */
+const COLUMN_STEP = 16;
+/** Columns left beyond a joining or surviving row's length before rounding up. */
+const HEADROOM = 8;
 /** Below this many slots, idle slots are not worth a reallocation. */
 const MIN_SHRINK_SLOTS = 8;
 
 /** Slots for `n` rows: a quarter spare, so that rows joining soon need no reallocation. */
 const slotsFor = (n: number) => n + Math.ceil(n / 4);
+/** Columns for rows of which the longest holds `n`: room for a few steps, in whole COLUMN_STEPs. */
+const columnsFor = (n: number) => Math.ceil((n + HEADROOM) / COLUMN_STEP) * COLUMN_STEP;
 
 /**
  * The running batch's KV cache, owned by the host: `slots` rows of `capacity` columns per layer.
@@ -62,9 +69,16 @@ const slotsFor = (n: number) => n + Math.ceil(n / 4);
  *   row (one row's copy per finished request).
  * - The attention bias and positions of every slot are kept between steps and updated in place:
  *   a step unmasks one column per row.
- * - Capacity grows when needed (slots by a quarter beyond the rows, columns double) and shrinks
- *   when load falls: slots when at most a quarter are live, columns when the longest row uses at
- *   most a quarter of them. Shrinking targets leave room to grow again, so it does not thrash.
+ * - Every row's attention reads all `capacity` columns (the unused ones masked), so capacity
+ *   follows the longest row closely: it grows by COLUMN_STEP or an eighth when a row fills it and
+ *   shrinks when 2 × COLUMN_STEP lie unused. Slots grow by a quarter beyond the rows and shrink when
+ *   at most a quarter are live. Shrinking targets leave room to grow again, so it does not thrash.
+ *   Measured against doubling columns with 32 of headroom (bench/lanes.ts, 64 clients): the
+ *   columns read per row fell from 1.7× to 1.5× of those used.
+ * - A resize restrides the rows in place when the buffers are large enough, rather than into new
+ *   buffers: a new buffer's pages fault on first touch, which made a resize of 32 rows 5× slower
+ *   than the copy alone (6 against 1 ms, ad hoc), and 20–27 ms at 40 slots × 80 columns in the
+ *   64-client benchmark. So buffers grow geometrically and are kept while any row runs.
  */
 export class KvBatch {
   /** Live rows; rows[i] owns slot i. */
@@ -87,8 +101,7 @@ export class KvBatch {
   }
 
   get stats(): KvStats {
-    const { layers: L, kvHeads: H, headDim: hd } = this.c;
-    return { rows: this.rows.length, slots: this.slots, capacity: this.capacity, bytes: this.slots * this.capacity * L * 2 * H * hd * 4 };
+    return { rows: this.rows.length, slots: this.slots, capacity: this.capacity, bytes: this.layers.length * 2 * (this.layers[0]?.keys.length ?? 0) * 4 };
   }
 
   clear(): void {
@@ -123,12 +136,11 @@ export class KvBatch {
       this.rows[to] = this.rows[movers[j]];
     });
     this.rows.length = k;
-    // Shrink only where at most a quarter is used, and only to half or less: a copy of every row
-    // must buy a real saving, and the target leaves room to grow before the next resize.
+    // Columns shrink whenever 2 steps lie unused, since every row's attention reads them all; slots
+    // where at most a quarter are live. Both in place: the memory stays until the batch empties.
     const longest = Math.max(...this.rows.map((r) => r.count));
     const slots = k * 4 <= this.slots && this.slots > MIN_SHRINK_SLOTS ? slotsFor(k) : this.slots;
-    const fewer = Math.max(longest + HEADROOM, 2 * longest);
-    const cap = longest * 4 <= this.capacity && fewer * 2 <= this.capacity ? fewer : this.capacity;
+    const cap = this.capacity - longest >= 2 * COLUMN_STEP ? columnsFor(longest) : this.capacity;
     if (slots !== this.slots || cap !== this.capacity) bytes += this.resize(slots, cap);
     return bytes;
   }
@@ -140,7 +152,7 @@ export class KvBatch {
     const longest = Math.max(...entries.map(count));
     const n = this.rows.length + entries.length;
     if (n > this.slots || longest >= this.capacity) {
-      bytes += this.resize(n > this.slots ? slotsFor(n) : this.slots, Math.max(this.capacity, longest + HEADROOM));
+      bytes += this.resize(n > this.slots ? slotsFor(n) : this.slots, longest >= this.capacity ? columnsFor(longest) : this.capacity);
     }
     for (const e of entries) {
       const slot = this.rows.length;
@@ -154,23 +166,63 @@ export class KvBatch {
     return bytes;
   }
 
-  /** New buffers of `slots` × `capacity`; live rows keep their slot and columns. Returns bytes copied. */
+  /**
+   * `slots` × `capacity`; live rows keep their slot and columns. In place whenever the buffers hold
+   * that: memory is given back only when the batch empties (clear), since load that fell comes
+   * back. Otherwise new buffers with room to grow (half as much again, at least twice the old).
+   * Returns bytes copied.
+   */
   private resize(slots: number, capacity: number): number {
     const { kvHeads: H, headDim: hd, layers: L } = this.c;
-    const old = { layers: this.layers, cols: this.capacity };
-    this.layers = Array.from({ length: L }, () => ({ keys: new Float32Array(slots * H * capacity * hd), values: new Float32Array(slots * H * capacity * hd) }));
+    const need = slots * H * capacity * hd;
+    const have = this.layers.length > 0 ? this.layers[0].keys.length : 0;
+    const inPlace = need <= have;
+    let bytes = 0;
+    const old = { slots: this.slots, cols: this.capacity, written: this.written };
+    this.written = new Int32Array(slots);
+    if (inPlace) {
+      if (capacity !== old.cols) bytes = this.restride(old.cols, capacity);
+      // Live rows' other columns are zero (restride cleared them, or they were); every other slot
+      // may hold anything the buffers held before.
+      this.written.fill(capacity);
+      if (capacity === old.cols) this.written.set(old.written.subarray(0, Math.min(slots, old.slots)));
+    } else {
+      const size = Math.max(need + Math.floor(need / 2), 2 * have);
+      const from = this.layers;
+      this.layers = Array.from({ length: L }, () => ({ keys: new Float32Array(size), values: new Float32Array(size) }));
+      this.capacity = capacity;
+      this.rows.forEach((row, r) => (bytes += this.write(r, [{ kv: from, cols: old.cols, row: r, from: 0, to: row.count }])));
+    }
     this.slots = slots;
     this.capacity = capacity;
     this.bias = new Float32Array(slots * (capacity + 1));
     this.positions = new BigInt64Array(slots);
-    this.written = new Int32Array(slots);
-    let bytes = 0;
     this.rows.forEach((row, r) => {
-      bytes += this.write(r, [{ kv: old.layers, cols: old.cols, row: r, from: 0, to: row.count }]);
       this.written[r] = row.count;
       this.fillRow(r, row);
     });
     return bytes;
+  }
+
+  /**
+   * Moves every live row's columns from a stride of `from` columns to `to` within the same buffers,
+   * zeroing each row's columns beyond its own. Growing moves the last row first and shrinking the
+   * first, so that no row is overwritten before it has moved. Returns bytes copied.
+   */
+  private restride(from: number, to: number): number {
+    const { kvHeads: H, headDim: hd } = this.c;
+    const n = this.rows.length * H;
+    const order = Array.from({ length: n }, (_, i) => (to > from ? n - 1 - i : i));
+    for (const { keys, values } of this.layers) {
+      for (const buf of [keys, values]) {
+        for (const i of order) {
+          const used = this.rows[Math.floor(i / H)].count * hd;
+          buf.copyWithin(i * to * hd, i * from * hd, i * from * hd + used);
+          buf.fill(0, i * to * hd + used, (i + 1) * to * hd);
+        }
+      }
+    }
+    return this.rows.reduce((sum, r) => sum + r.count, 0) * this.layers.length * 2 * H * hd * 4;
   }
 
   /** Slot `r`'s bias (its columns visible, the rest masked, the step's own column visible) and position. */
@@ -268,9 +320,10 @@ export class KvBatch {
   /** Appends a decode step's keys and values [B, H, 1, hd] (B: the live rows), each row at its own next column. */
   append(newKv: LayerKv[]): number {
     const { kvHeads: H, headDim: hd } = this.c;
-    // Full: double the columns (one copy, amortised over as many steps as it adds).
+    // Full: a step more, or an eighth (in place, one copy of each row, amortised over the steps it adds).
     const full = this.rows.some((r) => r.count === this.capacity);
-    const bytes = full ? this.resize(this.slots, Math.min(2 * this.capacity, this.c.nPositions)) : 0;
+    const grown = this.capacity + Math.max(COLUMN_STEP, Math.ceil(this.capacity / 8 / COLUMN_STEP) * COLUMN_STEP);
+    const bytes = full ? this.resize(this.slots, Math.min(grown, this.c.nPositions)) : 0;
     const cap = this.capacity;
     newKv.forEach((kv, l) => {
       const { keys, values } = this.layers[l];

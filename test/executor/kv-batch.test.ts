@@ -118,28 +118,36 @@ t.test('decode feeds cover only the live rows, not the spare slots', async (t) =
   t.same(past.past_value_1.dims, [3, H, b.capacity, hd]);
   t.equal((past.past_key_0.data as Float32Array).length, 3 * H * b.capacity * hd);
   t.equal(b.stats.rows, 3);
-  t.equal(b.stats.bytes, b.slots * b.capacity * L * 2 * H * hd * 4);
+  t.equal(b.stats.bytes, L * 2 * b.layers[0].keys.length * 4, 'the allocated buffers');
+  t.ok(b.stats.bytes >= b.slots * b.capacity * L * 2 * H * hd * 4, 'which hold every slot');
 });
 
-t.test('capacity doubles past 32 steps, keeping every column', async (t) => {
+t.test('capacity grows a step of 16 columns at a time past its headroom, keeping every column', async (t) => {
   const b = new KvBatch(c);
   b.place([entry(1, 2), entry(2, 1)]);
-  const first = b.capacity;
-  t.equal(first, 2 + 32, 'the longest row plus 32 columns of headroom');
-  let resized = 0;
+  t.equal(b.capacity, 16, 'the longest row plus 8 columns of headroom, rounded up to 16');
+  const grown: number[] = [];
   for (let i = 0; i < 40; i++) {
     const cap = b.capacity;
     const bytes = b.append(step(b));
     if (b.capacity !== cap) {
-      resized++;
-      t.equal(b.capacity, 2 * cap, 'doubled');
+      grown.push(b.capacity);
       t.ok(bytes > 0, 'the copy is counted');
     } else t.equal(bytes, 0, 'a plain decode step copies nothing but the new column');
   }
-  t.equal(resized, 1);
+  t.same(grown, [32, 48], 'grown by 16 each time the longest row filled it');
   t.equal(b.rows.find((r) => r.seq === 1)!.count, 42);
   t.same(mismatches(b), []);
   t.same(feedMismatches(b), [], 'bias and positions kept step by step match a fresh computation');
+});
+
+t.test('past 128 columns, capacity grows by an eighth', async (t) => {
+  const b = new KvBatch(c);
+  b.place([entry(1, 150)]);
+  t.equal(b.capacity, 160);
+  for (let i = 0; i < 11; i++) b.append(step(b));
+  t.equal(b.capacity, 192, '160 + an eighth (20), rounded up to 16 columns');
+  t.same(mismatches(b), []);
 });
 
 t.test('step feeds: each row masks its unused columns and sits at its own position', async (t) => {
@@ -171,7 +179,7 @@ t.test('slots shrink when load falls, grow again when it rises, and do not thras
   const bytes = b.remove(new Set([ids[12]]));
   t.equal(b.rows.length, 12);
   t.equal(b.slots, 15, 'at most a quarter live: shrunk to the rows and a quarter spare');
-  t.equal(bytes, rowBytes(3) * 12, 'the shrink copied each live row once');
+  t.equal(bytes, 0, 'in place, at the same columns: the rows keep their slots, nothing moves');
   t.same(mismatches(b), []);
   t.same(feedMismatches(b), []);
   b.remove(new Set([ids[11]]));
@@ -184,25 +192,25 @@ t.test('slots shrink when load falls, grow again when it rises, and do not thras
   t.same(feedMismatches(b), []);
 });
 
-t.test('columns shrink when the longest row uses a quarter of them, and grow again', async (t) => {
+t.test('columns shrink when 32 lie unused beyond the longest row, and grow again', async (t) => {
   const b = new KvBatch(c);
   b.place([entry(1, 200), entry(2, 10), entry(3, 12)]);
-  t.equal(b.capacity, 232);
+  t.equal(b.capacity, 208);
   b.append(step(b));
   b.remove(new Set([3]));
-  t.equal(b.capacity, 232, 'the longest row still uses most columns');
+  t.equal(b.capacity, 208, 'the longest row still uses most columns');
   const bytes = b.remove(new Set([1]));
-  t.equal(b.capacity, 11 + 32, 'shrunk to the longest row and 32 columns of headroom');
+  t.equal(b.capacity, 32, 'shrunk to the longest row (11) and 8 columns of headroom, rounded up to 16');
   t.equal(bytes, 2 * rowBytes(11), 'row 2 moved into the hole, then the shrink copied it once');
   t.same(mismatches(b), []);
   t.same(feedMismatches(b), []);
   for (let i = 0; i < 40; i++) b.append(step(b));
-  t.equal(b.capacity, 86, 'grew again by doubling');
+  t.equal(b.capacity, 64, 'grew again, 16 at a time');
   t.same(mismatches(b), []);
   t.same(feedMismatches(b), []);
   b.place([entry(4, 5)]);
   b.remove(new Set([4]));
-  t.equal(b.capacity, 86, 'the longest row (51 columns) uses over a quarter: kept');
+  t.equal(b.capacity, 64, 'the longest row (51 columns) leaves 13 unused: kept');
 });
 
 t.test('the last row leaving clears the batch', async (t) => {
@@ -242,4 +250,51 @@ t.test("a slot's next owner never sees its previous owner's columns (masked, but
   b.append(step(b));
   t.equal(staleColumns(b), 0, 'after a step');
   t.same(mismatches(b), []);
+});
+
+t.test('resizes restride the rows in place when the buffers hold them, both ways, and leave no stale column', async (t) => {
+  const b = new KvBatch(c);
+  b.place([entry(1, 60), entry(2, 3), entry(3, 17), entry(4, 9)]);
+  t.equal(b.capacity, 80);
+  const buffers = b.layers.map((l) => l.keys);
+  // Growth: 80 → 96 columns; the first allocation kept half as much again to spare.
+  for (let i = 0; i < 21; i++) b.append(step(b));
+  t.equal(b.capacity, 96);
+  t.ok(b.layers.every((l, i) => l.keys === buffers[i]), 'grown in the same buffers');
+  t.same(mismatches(b), []);
+  t.same(feedMismatches(b), []);
+  t.equal(staleColumns(b), 0, "each row's columns beyond its own are zero after growing");
+  // Shrink: the longest row (81) leaves; row 3 (38 columns) leaves 58 unused.
+  const copied = b.remove(new Set([1]));
+  t.equal(b.capacity, 48, 'shrunk to 38 + 8, rounded up to 16');
+  t.equal(copied, rowBytes(30) + rowBytes(24) + rowBytes(38) + rowBytes(30), 'row 4 moved into the hole, then every row restrided once');
+  t.ok(b.layers.every((l, i) => l.keys === buffers[i]), 'shrunk in the same buffers');
+  t.same(mismatches(b), []);
+  t.same(feedMismatches(b), []);
+  t.equal(staleColumns(b), 0, 'after shrinking');
+  // Rows joining spare slots whose memory held other rows' columns before the restrides.
+  b.place([entry(5, 2), entry(6, 1), entry(7, 4)]);
+  t.equal(staleColumns(b), 0, 'joining rows see zeros beyond their own columns');
+  t.same(mismatches(b), []);
+  t.same(feedMismatches(b), []);
+});
+
+t.test('the buffers are kept while rows run, reused when load returns, and given back when the batch empties', async (t) => {
+  const b = new KvBatch(c);
+  const ids = Array.from({ length: 40 }, (_, i) => i + 1);
+  b.place(ids.map((id) => entry(id, 3)));
+  const buffers = b.layers.map((l) => l.values);
+  const bytes = b.stats.bytes;
+  b.remove(new Set(ids.slice(1)));
+  t.equal(b.slots, 2, 'the layout shrank to the one row');
+  t.equal(b.stats.bytes, bytes, 'its memory did not');
+  const copied = b.place(ids.slice(1).map((id) => entry(id, 3)));
+  t.equal(b.slots, 50);
+  t.ok(b.layers.every((l, i) => l.values === buffers[i]), 'the rows that came back use the same buffers');
+  t.equal(copied, 39 * rowBytes(3), 'only the joining rows were written');
+  t.same(mismatches(b), []);
+  t.same(feedMismatches(b), []);
+  t.equal(staleColumns(b), 0);
+  b.remove(new Set(ids));
+  t.equal(b.stats.bytes, 0, 'an empty batch holds no memory');
 });
