@@ -78,7 +78,7 @@ const columnsFor = (n: number) => Math.ceil((n + HEADROOM) / COLUMN_STEP) * COLU
  * - A resize restrides the rows in place when the buffers are large enough, rather than into new
  *   buffers: a new buffer's pages fault on first touch, which made a resize of 32 rows 5× slower
  *   than the copy alone (6 against 1 ms, ad hoc), and 20–27 ms at 40 slots × 80 columns in the
- *   64-client benchmark. So buffers grow geometrically and are kept while any row runs.
+ *   64-client benchmark. So buffers grow by half again and are kept while any row runs.
  */
 export class KvBatch {
   /** Live rows; rows[i] owns slot i. */
@@ -169,8 +169,8 @@ export class KvBatch {
   /**
    * `slots` × `capacity`; live rows keep their slot and columns. In place whenever the buffers hold
    * that: memory is given back only when the batch empties (clear), since load that fell comes
-   * back. Otherwise new buffers with room to grow (half as much again, at least twice the old).
-   * Returns bytes copied.
+   * back. Otherwise new buffers with room to grow: half as much again (so at most 1.5× the largest
+   * layout since the batch was last empty). Returns bytes copied.
    */
   private resize(slots: number, capacity: number): number {
     const { kvHeads: H, headDim: hd, layers: L } = this.c;
@@ -187,7 +187,7 @@ export class KvBatch {
       this.written.fill(capacity);
       if (capacity === old.cols) this.written.set(old.written.subarray(0, Math.min(slots, old.slots)));
     } else {
-      const size = Math.max(need + Math.floor(need / 2), 2 * have);
+      const size = need + Math.floor(need / 2);
       const from = this.layers;
       this.layers = Array.from({ length: L }, () => ({ keys: new Float32Array(size), values: new Float32Array(size) }));
       this.capacity = capacity;
@@ -322,8 +322,9 @@ export class KvBatch {
     const { kvHeads: H, headDim: hd } = this.c;
     // Full: a step more, or an eighth (in place, one copy of each row, amortised over the steps it adds).
     const full = this.rows.some((r) => r.count === this.capacity);
+    // Not past the model's context where that leaves room; never less than a column more (rounding can take capacity past it).
     const grown = this.capacity + Math.max(COLUMN_STEP, Math.ceil(this.capacity / 8 / COLUMN_STEP) * COLUMN_STEP);
-    const bytes = full ? this.resize(this.slots, Math.min(grown, this.c.nPositions)) : 0;
+    const bytes = full ? this.resize(this.slots, Math.min(grown, Math.max(this.c.nPositions, this.capacity + COLUMN_STEP))) : 0;
     const cap = this.capacity;
     newKv.forEach((kv, l) => {
       const { keys, values } = this.layers[l];

@@ -192,6 +192,17 @@ t.test('slots shrink when load falls, grow again when it rises, and do not thras
   t.same(feedMismatches(b), []);
 });
 
+t.test("capacity rounded up past the model's context still grows when a row fills it", async (t) => {
+  const b = new KvBatch(c);
+  b.place([entry(1, 250)]);
+  t.equal(b.capacity, 272, 'past nPositions (256): 250 + 8, rounded up to 16');
+  for (let i = 0; i < 30; i++) b.append(step(b));
+  t.equal(b.capacity, 288, 'grown by a step, not capped back to nPositions');
+  t.equal(b.rows[0].count, 280);
+  t.same(mismatches(b), []);
+  t.same(feedMismatches(b).filter((m) => !m.startsWith('position')), [], 'positions stop at the last one (checked in the executor)');
+});
+
 t.test('columns shrink when 32 lie unused beyond the longest row, and grow again', async (t) => {
   const b = new KvBatch(c);
   b.place([entry(1, 200), entry(2, 10), entry(3, 12)]);
