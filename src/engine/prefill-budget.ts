@@ -12,6 +12,8 @@
  *   to save runs).
  * With prompts of mixed lengths the second bound admits far more short rows beside a long one: a
  * 2,000-token prompt left room for one more row of any length under rows × widest (4,096).
+ * Rows of the base graph are packed instead (prefill.ts packedRuns): they compute only their own
+ * positions, fewer than either bound counts, so the bound still holds.
  */
 export class PrefillBudget {
   private rows = 0;

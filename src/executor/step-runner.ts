@@ -3,8 +3,8 @@ import { fetchedKv, KV_OUTPUT } from '../model/kv-output.js';
 import { startsAfterPast, type AdapterTensors, type DecodeRow, type EnsembleGroup, type NewSequence, type Sampling, type ScoreRow, type StepPlan, type StepResult, type TokenChoice } from '../protocol.js';
 import { padLogitIndex, StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
-import type { FeedContext } from './model-constants.js';
-import { fedLength, fedPrompt, lengthRuns, prefillFeeds, RUN_COST, type PrefillItem, type PrefillLayout } from './prefill.js';
+import { needsFullGraph, type FeedContext } from './model-constants.js';
+import { fedLength, fedPrompt, lengthRuns, PACK_POSITIONS, packedRuns, prefillFeeds, RUN_COST, type PrefillItem, type PrefillLayout } from './prefill.js';
 import { PastKvCache } from './prompt-kv.js';
 import { pickGraph, type ModelSessions } from './sessions.js';
 
@@ -35,17 +35,21 @@ export class StepRunner {
   private readonly padEmpty: boolean;
   /** What one more prefill run costs, in padded positions (prefill.ts lengthRuns); Infinity: one run per step. */
   private readonly prefillRunCost: number;
+  /** Positions a packed prefill run holds at most (prefill.ts PACK_POSITIONS); 0: rows are never packed. */
+  private readonly packPositions: number;
 
   /**
    * `promptKv` false (PROMPT_KV_CACHE=off): soft prompts are prefilled with every request, for benchmarks; on by default.
    * `padEmpty`: for the WebGPU provider, which crashes on any zero-size input; the CPU keeps empty feeds (cheaper).
    * `base`: the base graph's session (src/model/graph-cache.ts), beside the full graph's `session`.
    * `prefillRunCost`: see prefill.ts RUN_COST (its default); Infinity pads every new row of a step into one run.
+   * `packPositions`: see prefill.ts PACK_POSITIONS (its default); 0 never packs rows (as with Infinity above,
+   * every row then joins the one padded run). Packing needs the base graph.
    */
   constructor(
     session: ort.InferenceSession,
     private readonly ctx: FeedContext,
-    opts: { promptKv?: boolean; padEmpty?: boolean; base?: ort.InferenceSession | null; prefillRunCost?: number } = {},
+    opts: { promptKv?: boolean; padEmpty?: boolean; base?: ort.InferenceSession | null; prefillRunCost?: number; packPositions?: number } = {},
   ) {
     this.sessions = { session, base: opts.base ?? null };
     this.batch = new KvBatch(ctx.base.config);
@@ -53,6 +57,7 @@ export class StepRunner {
     this.pastKv = new PastKvCache(ctx, opts.promptKv ?? true);
     this.padEmpty = opts.padEmpty ?? false;
     this.prefillRunCost = opts.prefillRunCost ?? RUN_COST;
+    this.packPositions = this.sessions.base && this.prefillRunCost !== Infinity ? (opts.packPositions ?? PACK_POSITIONS) : 0;
   }
 
   async step(plan: StepPlan): Promise<StepResult> {
@@ -110,7 +115,7 @@ export class StepRunner {
       ];
       // The runs' new sequences join the batch together: one resize at most.
       const joining: Entry[] = [];
-      for (const run of prefillRuns(plan, items, this.prefillRunCost)) {
+      for (const run of prefillRuns(plan, items, this.prefillRunCost, this.packPositions)) {
         const done = await this.prefill(run, timed);
         tokens.push(...done.chosen);
         scores.push(...done.scores);
@@ -133,7 +138,7 @@ export class StepRunner {
   /** One prefill run: new sequences (their first token chosen, their KV as batch entries) and score rows. */
   private async prefill(run: PrefillRun, timed: Timed): Promise<{ chosen: TokenChoice[]; scores: StepResult['scores']; joining: Entry[]; padded: number }> {
     const { seqs, score, items } = run;
-    const layout = prefillFeeds(this.ctx, items);
+    const layout = prefillFeeds(this.ctx, items, run.packed);
     // Logit rows in logit_index order: one per new sequence, then each score row's targets.
     const headRows: HeadRow[] = seqs.map((s) => {
       this.sampling.set(s.seq, s.sampling);
@@ -151,7 +156,7 @@ export class StepRunner {
     this.remember(seqs.map((s) => ({ seq: s.seq, step: 0 })), read.chosen);
     let at = 0;
     const scores = score.map((s, k) => ({ id: s.id, logprobs: read.scores.slice(at, (at += scoreTargets[k].length)) }));
-    const padded = out ? layout.S * items.length - layout.length.reduce((n, l) => n + l, 0) : 0;
+    const padded = out ? layout.padded : 0;
     return { chosen: read.chosen, scores, joining: seqs.length > 0 ? this.joining(seqs, out!, layout) : [], padded };
   }
 
@@ -242,7 +247,7 @@ export class StepRunner {
 
   /** The new sequences of a prefill as batch entries: prefix columns from the fed past, then the prompt's. */
   private joining(seqs: NewSequence[], out: ort.InferenceSession.OnnxValueMapType, layout: PrefillLayout): Entry[] {
-    const { P, S, prefix, length, feeds } = layout;
+    const { P, S, prefix, length, row, pastAt, seqAt, feeds } = layout;
     const L = this.ctx.base.config.layers;
     const past: LayerKv[] = [];
     for (let l = 0; l < L; l++) past.push({ keys: feeds[`past_key_${l}`].data as Float32Array, values: feeds[`past_value_${l}`].data as Float32Array });
@@ -250,8 +255,8 @@ export class StepRunner {
     return seqs.map((s, r) => ({
       keep: { seq: s.seq, adapter: this.adapter(s.adapter), position: prefix[r] + length[r] },
       segments: [
-        { kv: past, cols: P, row: r, from: 0, to: prefix[r] },
-        { kv: fresh, cols: S, row: r, from: 0, to: length[r] },
+        { kv: past, cols: P, row: row[r], from: pastAt[r], to: pastAt[r] + prefix[r] },
+        { kv: fresh, cols: S, row: row[r], from: seqAt[r], to: seqAt[r] + length[r] },
       ],
     }));
   }
@@ -260,18 +265,21 @@ export class StepRunner {
 /** One forward pass over rows with `adapters` (StepRunner.step's `timed`): the outputs named in `fetch`. */
 type Timed = (feeds: Record<string, ort.Tensor>, adapters: (AdapterTensors | null)[], fetch: string[], rowFeeds?: () => Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>;
 
-/** A prefill run's rows: new sequences, then score rows, and their items in that order. */
+/** A prefill run's rows: new sequences, then score rows, and their items in that order; packed or padded (prefillFeeds). */
 interface PrefillRun {
   seqs: NewSequence[];
   score: ScoreRow[];
   items: PrefillItem[];
+  packed: boolean;
 }
 
 /**
- * A step's new rows (`items`: the plan's prefill rows, then its score rows) in runs of similar
- * length (prefill.ts lengthRuns). An ensemble's members stay in one run: its head mixes them.
+ * A step's new rows (`items`: the plan's prefill rows, then its score rows) in runs: rows of the
+ * base graph packed, at most `pack` positions a run (prefill.ts packedRuns); the others (per-row
+ * parameters: BitFit, LoRA, IA3) in padded runs of similar length (prefill.ts lengthRuns). An
+ * ensemble's members stay in one run: its head mixes them.
  */
-function prefillRuns(plan: StepPlan, items: PrefillItem[], runCost: number): PrefillRun[] {
+function prefillRuns(plan: StepPlan, items: PrefillItem[], runCost: number, pack: number): PrefillRun[] {
   const units: number[][] = [];
   const ensembles = new Map<number, number[]>();
   plan.prefill.forEach((s, i) => {
@@ -285,8 +293,14 @@ function prefillRuns(plan: StepPlan, items: PrefillItem[], runCost: number): Pre
   });
   plan.score.forEach((_, k) => units.push([plan.prefill.length + k]));
   const n = plan.prefill.length;
-  return lengthRuns(units.map((u) => ({ rows: u.length, width: Math.max(...u.map((i) => fedLength(items[i]))) })), runCost).map((run) => {
-    const rows = run.flatMap((u) => units[u]).sort((a, b) => a - b);
-    return { seqs: rows.filter((i) => i < n).map((i) => plan.prefill[i]), score: rows.filter((i) => i >= n).map((i) => plan.score[i - n]), items: rows.map((i) => items[i]) };
-  });
+  const run = (unitRows: number[][], packed: boolean): PrefillRun => {
+    const rows = unitRows.flat().sort((a, b) => a - b);
+    return { seqs: rows.filter((i) => i < n).map((i) => plan.prefill[i]), score: rows.filter((i) => i >= n).map((i) => plan.score[i - n]), items: rows.map((i) => items[i]), packed };
+  };
+  const packable = pack > 0 ? units.filter((u) => !needsFullGraph(u.map((i) => items[i].adapter))) : [];
+  const padded = units.filter((u) => !packable.includes(u));
+  return [
+    ...packedRuns(packable.map((u) => u.reduce((sum, i) => sum + fedLength(items[i]), 0)), pack).map((r) => run(r.map((k) => packable[k]), true)),
+    ...lengthRuns(padded.map((u) => ({ rows: u.length, width: Math.max(...u.map((i) => fedLength(items[i]))) })), runCost).map((r) => run(r.map((k) => padded[k]), false)),
+  ];
 }

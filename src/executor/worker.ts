@@ -4,7 +4,7 @@ import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { StepPlan } from '../protocol.js';
 import { FeedContext, type BaseTensors } from './model-constants.js';
-import { prefillRunCost } from './prefill.js';
+import { packPositions, prefillRunCost } from './prefill.js';
 import { RowCheck } from './row-check.js';
 import { openSessions, type ModelSessions } from './sessions.js';
 import { StepRunner } from './step-runner.js';
@@ -60,7 +60,7 @@ async function main(): Promise<void> {
     parentPort!.postMessage({ fatal: `cannot create the ${init.provider} session: ${why}${hint}` });
     return;
   }
-  const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu', base: sessions.base, promptKv: init.promptKv, prefillRunCost: prefillRunCost(init.provider) });
+  const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu', base: sessions.base, promptKv: init.promptKv, prefillRunCost: prefillRunCost(init.provider), packPositions: packPositions(init.provider) });
   const rows = new RowCheck(init.base.config);
   parentPort!.postMessage({ ready: true, providers: [init.provider] });
   // Steps are processed one at a time, in order: the runner's KV state is sequential by nature.

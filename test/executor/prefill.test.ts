@@ -3,10 +3,11 @@ import t from 'tap';
 import { adapterParser } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
 import { FeedContext, needsFullGraph } from '../../src/executor/model-constants.js';
-import { lengthRuns, virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
+import { lengthRuns, PACK_POSITIONS, packedRuns, prefillFeeds, virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
 import { openSessions, type ModelSessions } from '../../src/executor/sessions.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
-import { prefillLogits, reference, refLogits, relErr, ROOT, SUPPORTED } from '../helpers.js';
+import { fetchedKv } from '../../src/model/kv-output.js';
+import { prefillLogits, reference, refLogits, relErr, ROOT, runPicked, SUPPORTED } from '../helpers.js';
 
 const model = loadBaseModel(join(ROOT, 'models', 'demo-gpt2'), join(ROOT, '.cache'));
 const parse = adapterParser(model);
@@ -57,6 +58,60 @@ t.test('the cases without per-row parameters in one padded batch on the base gra
     const err = relErr(logits, refLogits(c));
     t.ok(err < 1e-4, `${c.adapter ?? 'base'} ${JSON.stringify(c.text)}: ${err.toExponential(2)}`);
   });
+});
+
+t.test('the cases without per-row parameters packed into one run, prefixes and soft prompts among them: same logits', async (t) => {
+  const picked = items.flatMap((it, i) => (needsFullGraph([it.adapter]) ? [] : [i]));
+  const batch = picked.map((i) => items[i]);
+  const layout = prefillFeeds(ctx, batch, true);
+  t.equal(layout.padded, 0, 'no padding');
+  t.same(layout.feeds.inputs_embeds.dims.slice(0, 2), [1, batch.reduce((n, it) => n + it.tokens.length + virtualTokens(it.adapter, 'prompt'), 0)], 'one batch row, every position');
+  t.ok(batch.some((it) => it.adapter?.kind === 'prefix') && batch.some((it) => it.adapter?.kind === 'prompt'), 'prefix pasts and fed soft prompts are among them');
+  const { out, graph } = await runPicked(served, ctx, layout.feeds, batch.map((it) => it.adapter));
+  t.equal(graph, 'base');
+  const V = model.config.vocabSize;
+  const logits = out.logits.data as Float32Array;
+  const padded = await lastLogits(batch);
+  picked.forEach((i, k) => {
+    const row = logits.subarray(k * V, (k + 1) * V);
+    const err = relErr(row, refLogits(cases[i]));
+    t.ok(err < 1e-4, `${cases[i].adapter ?? 'base'} ${JSON.stringify(cases[i].text)}: ${err.toExponential(2)}`);
+    t.ok(relErr(row, padded[k]) < 1e-5, 'as the padded run');
+  });
+});
+
+t.test('a packed run starts each item at its own columns and returns each its own keys and values', async (t) => {
+  const batch = [items.find((it) => it.adapter?.kind === 'prefix')!, items.find((it) => !it.adapter)!, items.find((it) => it.adapter?.kind === 'prefix')!];
+  const packed = prefillFeeds(ctx, batch, true);
+  const padded = prefillFeeds(ctx, batch);
+  const n = batch[0].adapter!.virtualTokens;
+  t.same(packed.row, [0, 0, 0]);
+  t.same(packed.pastAt, [0, n, n]);
+  t.same(packed.seqAt, [0, batch[0].tokens.length, batch[0].tokens.length + batch[1].tokens.length]);
+  t.same(padded.row, [0, 1, 2]);
+  t.same(padded.seqAt, [0, 0, 0]);
+  const pos = (l: typeof packed, r: number) => Array.from((l.feeds.position_ids.data as BigInt64Array).subarray(l.row[r] * l.S + l.seqAt[r], l.row[r] * l.S + l.seqAt[r] + l.length[r]), Number);
+  for (let r = 0; r < 3; r++) t.same(pos(packed, r), pos(padded, r), `item ${r}: the same positions (after its prefix)`);
+  const kv = async (l: typeof packed) => (await runPicked(served, ctx, l.feeds, batch.map((it) => it.adapter))).out;
+  const [a, b] = [await kv(packed), await kv(padded)];
+  const { kvHeads: H, headDim: hd, layers: L } = model.config;
+  /** Item r's columns of every layer's new keys and values, as one list. */
+  const cols = (o: typeof a, l: typeof packed, r: number) =>
+    fetchedKv(o, L).flatMap(({ keys, values }) =>
+      [keys, values].flatMap((d) => Array.from({ length: H }, (_, h) => Array.from(d.subarray(((l.row[r] * H + h) * l.S + l.seqAt[r]) * hd, ((l.row[r] * H + h) * l.S + l.seqAt[r] + l.length[r]) * hd))).flat()),
+    );
+  for (let r = 0; r < 3; r++) {
+    const err = relErr(cols(a, packed, r), cols(b, padded, r));
+    t.ok(err < 1e-5, `item ${r}: its new keys and values as in the padded run (${err.toExponential(1)})`);
+  }
+});
+
+t.test('packedRuns: narrowest first, runs filled up to the limit, a wider unit alone', async (t) => {
+  t.same(packedRuns([10, 30, 20], 256), [[0, 2, 1]]);
+  t.same(packedRuns([100, 100, 100, 10], 256), [[3, 0, 1], [2]]);
+  t.same(packedRuns([300, 5], 256), [[1], [0]], 'a unit over the limit runs alone');
+  t.same(packedRuns([]), []);
+  t.equal(PACK_POSITIONS, 64, "the default, measured best (bench/prefill-runs.ts)");
 });
 
 t.test('all cases in one padded, mixed-adapter batch: same logits', async (t) => {

@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { adapterParser } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
-import { FeedContext } from '../../src/executor/model-constants.js';
-import { lengthRuns, type PrefillItem } from '../../src/executor/prefill.js';
+import { FeedContext, needsFullGraph } from '../../src/executor/model-constants.js';
+import { lengthRuns, packedRuns, type PrefillItem } from '../../src/executor/prefill.js';
 import { PastKvCache, pastKvBytes } from '../../src/executor/prompt-kv.js';
 import { openSessions, type ModelSessions } from '../../src/executor/sessions.js';
 import { StepRunner } from '../../src/executor/step-runner.js';
@@ -48,9 +48,9 @@ class Driver {
   readonly counts = { hits: 0, misses: 0 };
   readonly runner: StepRunner;
 
-  /** `prefillRunCost`: StepRunner's; Infinity prefills a step's new rows in one padded run. */
-  constructor(m: Model, promptKv: boolean, prefillRunCost?: number) {
-    this.runner = new StepRunner(m.sessions.session, m.ctx, { promptKv, base: m.sessions.base, prefillRunCost });
+  /** `prefillRunCost`, `packPositions`: StepRunner's; Infinity prefills a step's new rows in one padded run, 0 packs none. */
+  constructor(m: Model, promptKv: boolean, prefillRunCost?: number, packPositions?: number) {
+    this.runner = new StepRunner(m.sessions.session, m.ctx, { promptKv, base: m.sessions.base, prefillRunCost, packPositions });
   }
 
   /** Forward passes so far, on either graph. */
@@ -213,24 +213,30 @@ async function referenceChecks(t: Test, m: Model) {
     }
   });
 
-  t.test("a step's new rows in runs of similar length: the runs lengthRuns gives, and the same tokens and log-probabilities as one padded run", async (t) => {
-    const split = new Driver(m, true);
-    const one = new Driver(m, true, Infinity);
+  /**
+   * Two drivers, warmed with every case (so that every soft prompt's KV is held: the step measured is
+   * the rows' runs alone), then one step of every case as a new row beside score rows (each case's
+   * last two tokens after the rest), and one decode step: each driver's runs, padding and results.
+   */
+  const stepBoth = async (drivers: Driver[]) => {
     const rows = m.cases.map((c) => ({ adapter: m.adapter(c.adapter), ids: c.ids }));
-    // Warm, so that every soft prompt's KV is held: the step below is the rows' runs alone.
-    for (const d of [split, one]) await d.generate(rows);
+    for (const d of drivers) await d.generate(rows);
     const key = (c: RefCase) => m.adapter(c.adapter)?.key ?? null;
     const prefill = m.cases.map((c, i) => ({ seq: 1000 + i, adapter: key(c), tokens: c.ids, sampling: GREEDY }));
-    // Score rows beside them (each case's last two tokens after the rest): they join the runs by their own width.
     const score = m.cases.filter((c) => c.ids.length > 2).map((c, i) => ({ id: 2000 + i, adapter: key(c), context: c.ids.slice(0, -2), targets: c.ids.slice(-2) }));
-    const stepOf = async (d: Driver) => {
+    const bySeq = (r: StepResult) => [...r.tokens].sort((a, b) => a.seq - b.seq);
+    const results = [];
+    for (const d of drivers) {
       const before = d.runs;
       const res = await d.step({ prefill, score }, rows.map((r) => r.adapter));
       const next = await d.step({ decode: res.tokens.map((c) => ({ seq: c.seq, token: c.token, step: 1 })) });
-      const bySeq = (r: StepResult) => [...r.tokens].sort((a, b) => a.seq - b.seq);
-      return { runs: d.runs - before, first: bySeq(res), scores: [...res.scores].sort((a, b) => a.id - b.id), second: bySeq(next) };
-    };
-    const [a, b] = [await stepOf(split), await stepOf(one)];
+      results.push({ runs: d.runs - before, padded: res.paddedTokens, first: bySeq(res), scores: [...res.scores].sort((a, b) => a.id - b.id), second: bySeq(next) });
+    }
+    return { results, score };
+  };
+
+  t.test("a step's new rows in runs of similar length: the runs lengthRuns gives, and the same tokens and log-probabilities as one padded run", async (t) => {
+    const { results: [a, b], score } = await stepBoth([new Driver(m, true, undefined, 0), new Driver(m, true, Infinity)]);
     const width = (c: RefCase) => c.ids.length;
     const want = lengthRuns([...m.cases.map((c) => ({ rows: 1, width: width(c) })), ...score.map((s) => ({ rows: 1, width: s.context.length + 1 }))]).length;
     t.ok(want > 1, `the cases' lengths (${Math.min(...m.cases.map(width))} to ${Math.max(...m.cases.map(width))}) make ${want} runs`);
@@ -242,13 +248,33 @@ async function referenceChecks(t: Test, m: Model) {
     t.same(a.second, b.second, 'the next token, decoded from the KV the runs placed');
   });
 
+  t.test("a step's rows of the base graph packed: the same tokens, log-probabilities within 1e-5, as one padded run", async (t) => {
+    const { results: [a, b] } = await stepBoth([new Driver(m, true), new Driver(m, true, Infinity)]);
+    // What each row feeds (soft prompts are cached: every row starts after its past), and whether it has per-row parameters.
+    const scored = m.cases.filter((c) => c.ids.length > 2);
+    const units = [...m.cases.map((c) => ({ adapter: c.adapter, width: c.ids.length })), ...scored.map((c) => ({ adapter: c.adapter, width: c.ids.length - 1 }))];
+    const perRow = (u: { adapter: string | null }) => needsFullGraph([m.adapter(u.adapter)]);
+    const packs = packedRuns(units.filter((u) => !perRow(u)).map((u) => u.width)).length;
+    const pads = lengthRuns(units.filter(perRow).map((u) => ({ rows: 1, width: u.width }))).length;
+    t.ok(packs >= 1 && pads >= 1, `${packs} packed run(s), ${pads} padded run(s) of the rows with per-row parameters`);
+    t.equal(a.runs, packs + pads + 1, 'and the decode step');
+    t.ok(a.padded! < b.padded!, `padding: ${a.padded} positions against ${b.padded}`);
+    t.same(a.first.map((c) => c.token), b.first.map((c) => c.token), 'first tokens');
+    t.same(a.second.map((c) => c.token), b.second.map((c) => c.token), 'the next token, decoded from the KV the packed run placed');
+    const logprobs = (x: typeof a) => [...x.first.flatMap((c) => [c.logprob ?? 0, ...(c.top ?? []).map((p) => p.logprob)]), ...x.scores.flatMap((s) => s.logprobs), ...x.second.flatMap((c) => (c.top ?? []).map((p) => p.logprob))];
+    const [la, lb] = [logprobs(a), logprobs(b)];
+    t.equal(la.length, lb.length);
+    t.ok(la.every((x, i) => close(x, lb[i], 1e-5)), `log-probabilities within 1e-5 (largest difference ${Math.max(...la.map((x, i) => Math.abs(x - lb[i]))).toExponential(1)})`);
+    t.same(a.scores.map((s) => s.id), b.scores.map((s) => s.id), 'every score row answered');
+  });
+
   t.test('an ensemble stays in one run whatever its members\' lengths', async (t) => {
     const [shortest, longest] = [...m.cases].sort((a, b) => a.ids.length - b.ids.length).filter((_, i, all) => i === 0 || i === all.length - 1);
     const member = (c: RefCase, group?: number) => ({ adapter: m.adapter(c.adapter), ids: c.ids, group, weight: 0.5 });
     // Two ensembles of a short and a long member, between single rows of both lengths. At no cost
     // per run every length would run apart: the members must not.
     const rows = [member(shortest), member(shortest, 0), member(longest, 0), member(longest, 1), member(shortest, 1), member(longest)];
-    const [split, one] = [new Driver(m, true, 0), new Driver(m, true, Infinity)];
+    const [split, one] = [new Driver(m, true, 0, 0), new Driver(m, true, Infinity)];
     const [a, b] = [await split.generate(rows), await one.generate(rows)];
     t.ok(shortest.ids.length < longest.ids.length, `members of ${shortest.ids.length} and ${longest.ids.length} tokens`);
     t.equal(split.runs, one.runs + 1, 'the prefill step made two runs: the short single row, and the rest');

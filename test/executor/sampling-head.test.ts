@@ -49,7 +49,7 @@ async function generate(runner: StepRunner, seqs: NewSequence[], steps: number, 
   plan.score = score;
   let r = await runner.step(plan);
   const out = [new Map(r.tokens.map((c) => [c.seq, c]))];
-  const scores = r.scores;
+  const scores = [...r.scores].sort((a, b) => a.id - b.id);
   for (let step = 1; step <= steps; step++) {
     const last = out[out.length - 1];
     const next = empty();
@@ -71,7 +71,8 @@ for (const m of MODELS) {
     t.ok(baseGraph, 'the base graph is open');
     const hostSession = await ort.InferenceSession.create(hostGraph, options);
     t.ok(graphSession.inputNames.includes('draw_rows') && !hostSession.inputNames.includes('draw_rows'), 'one graph of each head');
-    const runner = (s: ort.InferenceSession) => new StepRunner(s, new FeedContext(model.tensors), { base: s === graphSession ? baseGraph : null });
+    // Both heads see the same prefill layout (padded runs: the host graph has no base graph to pack on), so that their logits agree bit for bit.
+    const runner = (s: ort.InferenceSession) => new StepRunner(s, new FeedContext(model.tensors), { base: s === graphSession ? baseGraph : null, packPositions: 0 });
 
     // Every prompt under every configuration, each with its own seed; plus a two-member ensemble per prompt.
     const seqs: NewSequence[] = [];

@@ -66,8 +66,10 @@ t.test('a member replaced while the request runs: the request stays on one versi
   const after = await single('pos-bitfit');
   const body = (await pending).json();
   const expected = body.adapter_versions[1] === swap.json().version ? after : before;
+  // The 64 rows share packed prefill runs unlike the single requests' rows: float32 rounding (1.2e-6
+  // seen), where the other version would differ by far more.
   body.results.forEach((r: { members: { probabilities: Record<string, number> }[] }, i: number) => {
-    for (const l of LABELS) t.ok(Math.abs(r.members[1].probabilities[l] - expected[i % WORDS.length][l]) <= 1e-6, `row ${i} ${l}`);
+    for (const l of LABELS) t.ok(Math.abs(r.members[1].probabilities[l] - expected[i % WORDS.length][l]) <= 1e-5, `row ${i} ${l}: ${Math.abs(r.members[1].probabilities[l] - expected[i % WORDS.length][l]).toExponential(2)}`);
   });
 });
 

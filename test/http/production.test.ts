@@ -54,9 +54,12 @@ t.test('metrics: step forward and host time, rows by kind, prefill padding, KV b
   t.teardown(() => server.close());
   const before = await server.app.inject('/metrics');
   t.match(before.body, /^sps_step_forward_ms_count 0$/m);
-  // Two prompts of different lengths in one request: one prefill step pads the shorter one.
   const res = await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'base', prompt: ['love', 'In the beginning God created'], max_tokens: 4, temperature: 0 } });
   t.equal(res.statusCode, 200);
+  // Two prompts of different lengths in one request with BitFit (per-row biases): one padded prefill
+  // run pads the shorter one. (The base model's rows above were packed into one run, unpadded.)
+  const padded = await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'pos-bitfit', prompt: ['love', 'In the beginning God created'], max_tokens: 1 } });
+  t.equal(padded.statusCode, 200);
   const text = (await server.app.inject('/metrics')).body;
   const value = (re: RegExp) => Number(text.match(re)?.[1] ?? NaN);
   t.ok(value(/^sps_step_forward_ms_count (\d+)$/m) >= 4, 'every step observed');
