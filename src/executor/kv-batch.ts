@@ -73,11 +73,11 @@ const columnsFor = (n: number) => Math.ceil((n + HEADROOM) / COLUMN_STEP) * COLU
  *   follows the longest row closely: it grows by COLUMN_STEP or an eighth when a row fills it and
  *   shrinks when 2 × COLUMN_STEP lie unused. Slots grow by a quarter beyond the rows and shrink when
  *   at most a quarter are live. Shrinking targets leave room to grow again, so it does not thrash.
- *   Measured against doubling columns with 32 of headroom (bench/lanes.ts, 64 clients): the
- *   columns read per row fell from 1.7× to 1.5× of those used.
+ *   Against doubling columns with 32 of headroom (bench/lanes.ts, 64 clients, counted ad hoc): the
+ *   columns read per row fell from 1.7× to about 1.5× of those used.
  * - A resize restrides the rows in place when the buffers are large enough, rather than into new
  *   buffers: a new buffer's pages fault on first touch, which made a resize of 32 rows 5× slower
- *   than the copy alone (6 against 1 ms, ad hoc), and 20–27 ms at 40 slots × 80 columns in the
+ *   than the copy alone (6 against 1 ms, ad hoc), and 20–30 ms at 40 slots × 80 columns in the
  *   64-client benchmark. So buffers grow by half again and are kept while any row runs.
  */
 export class KvBatch {
