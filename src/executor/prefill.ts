@@ -68,7 +68,11 @@ export function prefillFeeds(ctx: FeedContext, items: PrefillItem[], packed = fa
   const prefix = pasts.map((p) => p?.n ?? 0);
   const length = items.map(fedLength);
   const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
-  const offsets = (xs: number[]) => xs.map((_, r) => (packed ? sum(xs.slice(0, r)) : 0));
+  /** Where each item's columns start: one after another when packed, at 0 in its own row when padded. */
+  const offsets = (xs: number[]) => {
+    let at = 0;
+    return xs.map((x) => (packed ? (at += x) - x : 0));
+  };
   const row = items.map((_, r) => (packed ? 0 : r));
   const pastAt = offsets(prefix);
   const seqAt = offsets(length);
@@ -170,10 +174,10 @@ export function lengthRuns(units: { rows: number; width: number }[], runCost = R
 
 /**
  * Positions a packed run holds at most: each of its S queries attends over all its P + S columns
- * (most of them masked), so past this, runs of similar lengths cost less. Measured ad hoc (1
- * thread, the demo model, the benchmarks' prompts, no past): one packed run against one padded run
- * of the same rows took 2.52 against 3.09 ms for 4 rows (33 positions), 4.22 against 6.16 ms for 6
- * (60), 9.62 against 11.88 ms for 12 (123) and 27.3 against 39.0 ms for 24 (277).
+ * (most of them masked), a cost that grows with S², against which more runs cost their weight
+ * reads again. bench/prefill-runs.ts (README, twelfth pass; 1 thread, 4 to 64 of the benchmarks'
+ * prompts): packs of 64 ran 1.01–1.17× faster than runs of similar length, and packs of 48 or 96
+ * no faster beyond the noise; packs of 256 and 512 were slower than those runs at 32 and 64 rows.
  */
 export const PACK_POSITIONS = 64;
 
