@@ -7,7 +7,7 @@
  * per variant on one session (intra-op threads: INTRA_OP_THREADS, default 1, a worker's on 2
  * cores), interleaved in rounds; each round repeats the prefill step (into an empty batch) until it
  * took --min-ms.
- *   node dist/bench/prefill-runs.js [--batches 8,32,64 --costs Infinity,8,24,64 --pack 0,256 --rounds 5]
+ *   node dist/bench/prefill-runs.js [--batches 8,32,64 --costs Infinity,8,24,64 --pack 0,64 --rounds 5]
  * (--pack 0: runs of similar length only; a variant packs with the default cost per run.)
  */
 import { writeFileSync } from 'node:fs';

@@ -44,10 +44,7 @@ export interface KvStats {
   bytes: number;
 }
 
-/**
- * Capacity is a multiple of this many columns: it grows by at least this much when a row fills it,
- * and shrinks when twice this much lies unused beyond the longest row.
- */
+/** Capacity is a multiple of this many columns, and grows by at least this much when a row fills it. */
 const COLUMN_STEP = 16;
 /** Columns left beyond a joining or surviving row's length before rounding up. */
 const HEADROOM = 8;
@@ -58,6 +55,8 @@ const MIN_SHRINK_SLOTS = 8;
 const slotsFor = (n: number) => n + Math.ceil(n / 4);
 /** Columns for rows of which the longest holds `n`: room for a few steps, in whole COLUMN_STEPs. */
 const columnsFor = (n: number) => Math.ceil((n + HEADROOM) / COLUMN_STEP) * COLUMN_STEP;
+/** Columns added when a row fills `cap`: a step, or an eighth once that is more, in whole steps. */
+const growthAt = (cap: number) => Math.max(COLUMN_STEP, Math.ceil(cap / 8 / COLUMN_STEP) * COLUMN_STEP);
 
 /**
  * The running batch's KV cache, owned by the host: `slots` rows of `capacity` columns per layer.
@@ -71,8 +70,10 @@ const columnsFor = (n: number) => Math.ceil((n + HEADROOM) / COLUMN_STEP) * COLU
  *   a step unmasks one column per row.
  * - Every row's attention reads all `capacity` columns (the unused ones masked), so capacity
  *   follows the longest row closely: it grows by COLUMN_STEP or an eighth when a row fills it and
- *   shrinks when 2 × COLUMN_STEP lie unused. Slots grow by a quarter beyond the rows and shrink when
- *   at most a quarter are live. Shrinking targets leave room to grow again, so it does not thrash.
+ *   shrinks when more than that growth, and at least 2 × COLUMN_STEP, lies beyond what the longest
+ *   row needs (so a row leaving right after a growth does not undo it: past 256 columns, growth by
+ *   an eighth against a fixed shrink threshold restrode every row twice per growth). Slots grow by a
+ *   quarter beyond the rows and shrink when at most a quarter are live.
  *   Against doubling columns with 32 of headroom (bench/lanes.ts, 64 clients, counted ad hoc): the
  *   columns read per row fell from 1.7× to about 1.5× of those used.
  * - A resize restrides the rows in place when the buffers are large enough, rather than into new
@@ -136,11 +137,12 @@ export class KvBatch {
       this.rows[to] = this.rows[movers[j]];
     });
     this.rows.length = k;
-    // Columns shrink whenever 2 steps lie unused, since every row's attention reads them all; slots
-    // where at most a quarter are live. Both in place: the memory stays until the batch empties.
+    // Columns shrink once a growth's worth lies unused, since every row's attention reads them all;
+    // slots where at most a quarter are live. Both in place: the memory stays until the batch empties.
     const longest = Math.max(...this.rows.map((r) => r.count));
     const slots = k * 4 <= this.slots && this.slots > MIN_SHRINK_SLOTS ? slotsFor(k) : this.slots;
-    const cap = this.capacity - longest >= 2 * COLUMN_STEP ? columnsFor(longest) : this.capacity;
+    const fits = columnsFor(longest);
+    const cap = this.capacity - fits >= Math.max(2 * COLUMN_STEP, growthAt(this.capacity)) ? fits : this.capacity;
     if (slots !== this.slots || cap !== this.capacity) bytes += this.resize(slots, cap);
     return bytes;
   }
@@ -323,7 +325,7 @@ export class KvBatch {
     // Full: a step more, or an eighth (in place, one copy of each row, amortised over the steps it adds).
     const full = this.rows.some((r) => r.count === this.capacity);
     // Not past the model's context where that leaves room; never less than a column more (rounding can take capacity past it).
-    const grown = this.capacity + Math.max(COLUMN_STEP, Math.ceil(this.capacity / 8 / COLUMN_STEP) * COLUMN_STEP);
+    const grown = this.capacity + growthAt(this.capacity);
     const bytes = full ? this.resize(this.slots, Math.min(grown, Math.max(this.c.nPositions, this.capacity + COLUMN_STEP))) : 0;
     const cap = this.capacity;
     newKv.forEach((kv, l) => {

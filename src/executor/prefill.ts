@@ -172,6 +172,44 @@ export function lengthRuns(units: { rows: number; width: number }[], runCost = R
   return runs;
 }
 
+/** Past columns an item's queries see: its computed soft prompt or its prefix. */
+export function pastColumns(it: PrefillItem): number {
+  return it.past?.n ?? virtualTokens(it.adapter, 'prefix');
+}
+
+/**
+ * Attention's cost per query and column it attends over (masked or not), in RUN_COST's unit (one
+ * position's weight reads and arithmetic). Fitted to bench/prefill-runs.ts (twelfth pass; 1
+ * thread): packed runs of 48 to 512 positions over the same 64 rows took 74.2 to 109.5 ms, about
+ * 0.08 ms a position and 0.00016 ms a query-column pair. It matters where rows carry past columns:
+ * a packed run's queries see every row's past, so 64 one-token rows with a 16-column prefix ran
+ * 1.7× slower packed than padded (adversarial review).
+ */
+export const PAIR_COST = 0.002;
+
+/** A run's cost in that model: RUN_COST, the positions it computes (padding included), and its attention. */
+export function runCost(rows: { fed: number; past: number }[], packed: boolean): number {
+  const n = rows.length;
+  const fed = rows.map((r) => r.fed);
+  const past = rows.map((r) => r.past);
+  const S = packed ? fed.reduce((a, b) => a + b, 0) : n * Math.max(0, ...fed);
+  const columns = packed ? S + past.reduce((a, b) => a + b, 0) : Math.max(0, ...fed) + Math.max(0, ...past);
+  return RUN_COST + S + PAIR_COST * S * columns;
+}
+
+/**
+ * The runs of units that may be packed (rows of the base graph; a unit is what must share a run,
+ * each of its rows' fed positions and past columns): packed runs of at most `pack` positions, or
+ * runs of similar length, whichever costs less in the model above. Returns unit indices per run.
+ */
+export function packOrSplit(units: { fed: number; past: number }[][], pack: number, runCostOf = RUN_COST): { packed: boolean; runs: number[][] } {
+  const split = lengthRuns(units.map((u) => ({ rows: u.length, width: Math.max(...u.map((r) => r.fed)) })), runCostOf);
+  if (pack <= 0) return { packed: false, runs: split };
+  const packs = packedRuns(units.map((u) => u.reduce((n, r) => n + r.fed, 0)), pack);
+  const cost = (runs: number[][], packed: boolean) => runs.reduce((sum, run) => sum + runCost(run.flatMap((k) => units[k]), packed), 0);
+  return cost(packs, true) < cost(split, false) ? { packed: true, runs: packs } : { packed: false, runs: split };
+}
+
 /**
  * Positions a packed run holds at most: each of its S queries attends over all its P + S columns
  * (most of them masked), a cost that grows with S², against which more runs cost their weight

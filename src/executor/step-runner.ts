@@ -4,7 +4,7 @@ import { startsAfterPast, type AdapterTensors, type DecodeRow, type EnsembleGrou
 import { padLogitIndex, StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import { needsFullGraph, type FeedContext } from './model-constants.js';
-import { fedLength, fedPrompt, lengthRuns, PACK_POSITIONS, packedRuns, prefillFeeds, RUN_COST, type PrefillItem, type PrefillLayout } from './prefill.js';
+import { fedLength, fedPrompt, lengthRuns, PACK_POSITIONS, packOrSplit, pastColumns, prefillFeeds, RUN_COST, type PrefillItem, type PrefillLayout } from './prefill.js';
 import { PastKvCache } from './prompt-kv.js';
 import { pickGraph, type ModelSessions } from './sessions.js';
 
@@ -275,9 +275,10 @@ interface PrefillRun {
 
 /**
  * A step's new rows (`items`: the plan's prefill rows, then its score rows) in runs: rows of the
- * base graph packed, at most `pack` positions a run (prefill.ts packedRuns); the others (per-row
- * parameters: BitFit, LoRA, IA3) in padded runs of similar length (prefill.ts lengthRuns). An
- * ensemble's members stay in one run: its head mixes them.
+ * base graph packed, at most `pack` positions a run, where that costs less than runs of similar
+ * length (prefill.ts packOrSplit); the others (per-row parameters: BitFit, LoRA, IA3) in padded
+ * runs of similar length (prefill.ts lengthRuns). An ensemble's members stay in one run: its head
+ * mixes them.
  */
 function prefillRuns(plan: StepPlan, items: PrefillItem[], runCost: number, pack: number): PrefillRun[] {
   const units: number[][] = [];
@@ -299,8 +300,9 @@ function prefillRuns(plan: StepPlan, items: PrefillItem[], runCost: number, pack
   };
   const packable = pack > 0 ? units.filter((u) => !needsFullGraph(u.map((i) => items[i].adapter))) : [];
   const padded = units.filter((u) => !packable.includes(u));
+  const packing = packOrSplit(packable.map((u) => u.map((i) => ({ fed: fedLength(items[i]), past: pastColumns(items[i]) }))), pack, runCost);
   return [
-    ...packedRuns(packable.map((u) => u.reduce((sum, i) => sum + fedLength(items[i]), 0)), pack).map((r) => run(r.map((k) => packable[k]), true)),
+    ...packing.runs.map((r) => run(r.map((k) => packable[k]), packing.packed)),
     ...lengthRuns(padded.map((u) => ({ rows: u.length, width: Math.max(...u.map((i) => fedLength(items[i]))) })), runCost).map((r) => run(r.map((k) => padded[k]), false)),
   ];
 }

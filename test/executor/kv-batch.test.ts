@@ -203,7 +203,7 @@ t.test("capacity rounded up past the model's context still grows when a row fill
   t.same(feedMismatches(b).filter((m) => !m.startsWith('position')), [], 'positions stop at the last one (checked in the executor)');
 });
 
-t.test('columns shrink when 32 lie unused beyond the longest row, and grow again', async (t) => {
+t.test('columns shrink when a growth\'s worth (at least 32) lies unused beyond what the longest row needs, and grow again', async (t) => {
   const b = new KvBatch(c);
   b.place([entry(1, 200), entry(2, 10), entry(3, 12)]);
   t.equal(b.capacity, 208);
@@ -308,4 +308,26 @@ t.test('the buffers are kept while rows run, reused when load returns, and given
   t.equal(staleColumns(b), 0);
   b.remove(new Set(ids));
   t.equal(b.stats.bytes, 0, 'an empty batch holds no memory');
+});
+
+t.test('past 256 columns, a row leaving right after a growth does not shrink it back (adversarial review: it restrode every row twice per growth)', async (t) => {
+  const b = new KvBatch({ ...c, nPositions: 2048 });
+  b.place([entry(1, 300), ...Array.from({ length: 12 }, (_, i) => entry(100 + i, 5))]);
+  let next = 200;
+  let resizes = 0;
+  let shrinks = 0;
+  for (let i = 0; i < 300; i++) {
+    const cap = b.capacity;
+    b.append(step(b));
+    // A short row leaves and another joins every step, as under steady traffic.
+    b.remove(new Set([b.rows[1 + (i % 12)].seq]));
+    b.place([entry(next++, 5)]);
+    if (b.capacity !== cap) resizes++;
+    if (b.capacity < cap) shrinks++;
+  }
+  const long = b.rows.find((r) => r.seq === 1)!;
+  t.equal(long.count, 600);
+  t.equal(shrinks, 0, 'no shrink while the long row runs');
+  t.ok(resizes <= 7, `${resizes} growths from 320 to ${b.capacity} columns`);
+  t.same(mismatches(b), []);
 });

@@ -3,7 +3,7 @@ import t from 'tap';
 import { adapterParser } from '../../src/adapters/format.js';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
 import { FeedContext, needsFullGraph } from '../../src/executor/model-constants.js';
-import { lengthRuns, PACK_POSITIONS, packedRuns, prefillFeeds, virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
+import { lengthRuns, PACK_POSITIONS, packedRuns, packOrSplit, prefillFeeds, runCost, virtualTokens, type PrefillItem } from '../../src/executor/prefill.js';
 import { openSessions, type ModelSessions } from '../../src/executor/sessions.js';
 import { loadBaseModel } from '../../src/model/base-model.js';
 import { fetchedKv } from '../../src/model/kv-output.js';
@@ -112,6 +112,19 @@ t.test('packedRuns: narrowest first, runs filled up to the limit, a wider unit a
   t.same(packedRuns([300, 5], 256), [[1], [0]], 'a unit over the limit runs alone');
   t.same(packedRuns([]), []);
   t.equal(PACK_POSITIONS, 64, "the default, measured best (bench/prefill-runs.ts)");
+});
+
+t.test('packOrSplit: packs rows of mixed lengths, not rows whose pasts its queries would all attend over', async (t) => {
+  const rows = (fed: number[], past = 0) => fed.map((f) => [{ fed: f, past }]);
+  const mixed = packOrSplit(rows([4, 26, 9, 12, 5, 17, 7, 21]), PACK_POSITIONS);
+  t.ok(mixed.packed, 'prompts of 4 to 26 tokens, no past: packed');
+  t.same(mixed.runs.flat().sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6, 7], 'every unit in one run');
+  // 64 one-token rows with a 16-column prefix: packed, each query sees 64 × 16 past columns (measured 1.7× slower).
+  const prefixed = packOrSplit(rows(Array(64).fill(1), 16), PACK_POSITIONS);
+  t.notOk(prefixed.packed, 'one-token rows with pasts: runs of similar length');
+  t.same(prefixed.runs, lengthRuns(Array.from({ length: 64 }, () => ({ rows: 1, width: 1 }))), 'lengthRuns\' split');
+  t.notOk(packOrSplit(rows([4, 26]), 0).packed, 'pack 0: never');
+  t.ok(runCost([{ fed: 10, past: 0 }, { fed: 2, past: 0 }], true) < runCost([{ fed: 10, past: 0 }, { fed: 2, past: 0 }], false), 'a packed run computes no padding');
 });
 
 t.test('all cases in one padded, mixed-adapter batch: same logits', async (t) => {
