@@ -298,8 +298,9 @@ function prefillRuns(plan: StepPlan, items: PrefillItem[], runCost: number, pack
     const rows = unitRows.flat().sort((a, b) => a - b);
     return { seqs: rows.filter((i) => i < n).map((i) => plan.prefill[i]), score: rows.filter((i) => i >= n).map((i) => plan.score[i - n]), items: rows.map((i) => items[i]), packed };
   };
-  const packable = pack > 0 ? units.filter((u) => !needsFullGraph(u.map((i) => items[i].adapter))) : [];
-  const padded = units.filter((u) => !packable.includes(u));
+  const canPack = (u: number[]) => pack > 0 && !needsFullGraph(u.map((i) => items[i].adapter));
+  const packable = units.filter(canPack);
+  const padded = units.filter((u) => !canPack(u));
   const packing = packOrSplit(packable.map((u) => u.map((i) => ({ fed: fedLength(items[i]), past: pastColumns(items[i]) }))), pack, runCost);
   return [
     ...packing.runs.map((r) => run(r.map((k) => packable[k]), packing.packed)),

@@ -17,6 +17,18 @@ export const Messages = Type.Array(
   { minItems: 1, maxItems: 1024 },
 );
 
+/** OpenAI's `stop`, as its alternatives (a route adds null where it takes it): a string, or up to 4. */
+export const StopForms = [Type.String({ minLength: 1, maxLength: 256 }), Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 4 })];
+
+/** A `stop` as a list (none where absent). */
+export const stopList = (stop: string | string[] | null | undefined): string[] | undefined => (stop === undefined || stop === null ? undefined : Array.isArray(stop) ? stop : [stop]);
+
+/** OpenAI's `seed`: choice i draws with seed + i, so exact integers only. */
+export const Seed = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER - 16 });
+
+/** OpenAI's `logit_bias`: token ids in decimal digits → bias, at most 300. */
+export const logitBias = (description?: string) => Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ minimum: -100, maximum: 100 }), { maxProperties: 300, additionalProperties: false, description });
+
 /** Messages as a template reads them: text parts joined by newlines (as vLLM joins them), other parts refused, no content null (a turn of tool calls). */
 export function chatMessages(messages: Static<typeof Messages>): ChatMessage[] {
   return messages.map((m, i) => {

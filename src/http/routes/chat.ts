@@ -3,7 +3,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { GenerateResult, Inference, TokenLogprob } from '../../engine/inference.js';
 import { ServerError } from '../../errors.js';
-import { chatMessages, Messages, refuseUnsupported } from '../openai.js';
+import { chatMessages, logitBias, Messages, refuseUnsupported, Seed, StopForms, stopList } from '../openai.js';
 import { errorResponses } from '../schemas.js';
 import { clientGone, openEventStream } from '../sse.js';
 
@@ -16,15 +16,14 @@ const ChatBody = Type.Object(
     max_completion_tokens: maxTokens("OpenAI's newer name for max_tokens (wins where both are given); without either, up to the end of the context"),
     temperature: Type.Optional(Type.Union([Type.Number({ minimum: 0, maximum: 2 }), Type.Null()])),
     top_p: Type.Optional(Type.Union([Type.Number({ exclusiveMinimum: 0, maximum: 1 }), Type.Null()])),
-    stop: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 256 }), Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 4 }), Type.Null()])),
-    // Choice i draws with seed + i: exact integers only.
-    seed: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER - 16 }), Type.Null()])),
+    stop: Type.Optional(Type.Union([...StopForms, Type.Null()])),
+    seed: Type.Optional(Type.Union([Seed, Type.Null()])),
     n: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 16 }), Type.Null()])),
     logprobs: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
     top_logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 20 }), Type.Null()])),
     stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
     stream_options: Type.Optional(Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: true }), Type.Null()])),
-    logit_bias: Type.Optional(Type.Union([Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ minimum: -100, maximum: 100 }), { maxProperties: 300, additionalProperties: false }), Type.Null()])),
+    logit_bias: Type.Optional(Type.Union([logitBias(), Type.Null()])),
     chat_template_kwargs: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()], { description: 'Extra variables for the chat template, as vLLM takes them (enable_thinking, …)' })),
     add_generation_prompt: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { default: true, description: "Ends the prompt with the template's assistant header (false: no header; the conversation ends as the template closes it)" })),
   },
@@ -94,7 +93,7 @@ export function chatRoutes(app: FastifyInstance, inference: Inference): void {
         max_tokens: b.max_completion_tokens ?? b.max_tokens ?? undefined,
         temperature: b.temperature ?? 1,
         top_p: b.top_p ?? 1,
-        stop: b.stop === undefined || b.stop === null ? undefined : Array.isArray(b.stop) ? b.stop : [b.stop],
+        stop: stopList(b.stop),
         logprobs: b.logprobs ? (b.top_logprobs ?? 0) : 0,
         chosen_logprob: b.logprobs === true,
         logit_bias: b.logit_bias ?? undefined,

@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import type { GenerateResult, Inference, TokenLogprob } from '../../engine/inference.js';
 import { ServerError } from '../../errors.js';
 import { clientGone, openEventStream } from '../sse.js';
-import { refuseUnsupported, tokenName } from '../openai.js';
+import { logitBias, refuseUnsupported, Seed, StopForms, stopList, tokenName } from '../openai.js';
 import { errorResponses, NumbersByKey } from '../schemas.js';
 
 const CompletionBody = Type.Object(
@@ -14,20 +14,13 @@ const CompletionBody = Type.Object(
     max_tokens: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096, default: 16 })),
     temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2, default: 1 })),
     top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
-    stop: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 256 }), Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 4 })])),
-    // Completion j draws with seed + j: exact integers only.
-    seed: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER - 16 })),
+    stop: Type.Optional(Type.Union(StopForms)),
+    seed: Type.Optional(Seed),
     logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 20 }), Type.Null()])),
     stream: Type.Optional(Type.Boolean({ default: false })),
     n: Type.Optional(Type.Integer({ minimum: 1, maximum: 16, default: 1, description: 'Completions per prompt: rows of the same batch, each with its own seed (seed + i when a seed is given)' })),
     echo: Type.Optional(Type.Boolean({ default: false, description: 'Put the prompt before each completion (not with logprobs)' })),
-    logit_bias: Type.Optional(
-      Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ minimum: -100, maximum: 100 }), {
-        maxProperties: 300,
-        additionalProperties: false,
-        description: 'token id → bias added to its logit before sampling (and before logprobs), at most 300 entries',
-      }),
-    ),
+    logit_bias: Type.Optional(logitBias('token id → bias added to its logit before sampling (and before logprobs), at most 300 entries')),
   },
   // OpenAI clients send fields that do not change the output (user, stream_options...): they are
   // ignored. Those that would change it and are not supported are refused (UNSUPPORTED).
@@ -89,7 +82,7 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
         max_tokens: b.max_tokens ?? 16,
         temperature: b.temperature ?? 1,
         top_p: b.top_p ?? 1,
-        stop: b.stop === undefined ? undefined : Array.isArray(b.stop) ? b.stop : [b.stop],
+        stop: stopList(b.stop),
         logprobs: b.logprobs ?? 0,
         chosen_logprob: typeof b.logprobs === 'number',
         logit_bias: b.logit_bias,
