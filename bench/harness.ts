@@ -174,8 +174,11 @@ async function text(res: http.IncomingMessage): Promise<string> {
 
 const TOKEN_EVENT = Buffer.from('data: {"token_id"');
 
-/** One streamed generate request: total latency, time to first token, tokens received (server-sent events that carry a token). */
-export async function streamGenerate(url: string, task: string, body: object): Promise<{ latency: number; ttft: number; tokens: number }> {
+/**
+ * One streamed generate request: total latency, time to first token, tokens received (server-sent
+ * events that carry a token). `onToken` gets the time each token event arrived.
+ */
+export async function streamGenerate(url: string, task: string, body: object, onToken?: (at: number) => void): Promise<{ latency: number; ttft: number; tokens: number }> {
   const t0 = performance.now();
   const res = await post(url, `/v1/tasks/${task}/generate`, { ...body, stream: true });
   if (res.statusCode !== 200) throw new Error(`generate ${task}: ${res.statusCode} ${await text(res)}`);
@@ -189,6 +192,7 @@ export async function streamGenerate(url: string, task: string, body: object): P
       if (end - at >= TOKEN_EVENT.length && buf.compare(TOKEN_EVENT, 0, TOKEN_EVENT.length, at, at + TOKEN_EVENT.length) === 0) {
         if (tokens === 0) ttft = performance.now() - t0;
         tokens++;
+        onToken?.(performance.now());
       }
     }
     rest = buf.subarray(at);

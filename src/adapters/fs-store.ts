@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FormatError } from '../errors.js';
 import type { AdapterFiles } from './format.js';
@@ -19,10 +20,21 @@ export function readAdapterFolder(dir: string): AdapterFiles {
   };
 }
 
+/** The same files, read off the event loop: the store's loads, which may be tens of megabytes. */
+async function loadAdapterFolder(dir: string): Promise<AdapterFiles> {
+  const read = (name: string) => readFile(join(dir, name)).catch((e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? undefined : Promise.reject(e)));
+  const [config, weights, task] = await Promise.all(['adapter_config.json', 'adapter_model.safetensors', 'task.json'].map(read));
+  if (!config) throw new FormatError('missing_file', 'adapter_config.json is missing');
+  if (!weights) throw new FormatError('missing_file', 'adapter_model.safetensors is missing');
+  return { config, weights, task };
+}
+
 /**
  * Adapters as folders of ADAPTERS_DIR, one per task, in Hugging Face PEFT layout. A save writes a
  * hidden temporary folder, then swaps it in with renames; a crash between the two renames is
- * repaired at the next start, so a task always has its old version or its new one.
+ * repaired at the next start, so a task always has its old version or its new one. Files are
+ * read and written off the event loop (flushed to disk before the rename makes them the task's);
+ * the renames run in one turn of it, so two saves of a task never interleave there.
  */
 export class FsStore implements AdapterStore {
   readonly name = 'filesystem';
@@ -63,7 +75,7 @@ export class FsStore implements AdapterStore {
   async load(task: string): Promise<StoredAdapter | null> {
     const dir = join(this.dir, task);
     if (!existsSync(dir)) return null;
-    const files = readAdapterFolder(dir);
+    const files = await loadAdapterFolder(dir);
     const meta = this.readMeta(task) ?? { task, version: '', peftType: '', kind: '', bytes: 0, createdAt: statSync(dir).mtime.toISOString() };
     return { meta, files };
   }
@@ -71,17 +83,25 @@ export class FsStore implements AdapterStore {
   async save({ meta, files }: StoredAdapter): Promise<{ replaced: boolean }> {
     const suffix = randomBytes(4).toString('hex');
     const tmp = join(this.dir, `.tmp-${meta.task}-${suffix}`);
-    mkdirSync(tmp);
-    writeFileSync(join(tmp, 'adapter_config.json'), files.config);
-    writeFileSync(join(tmp, 'adapter_model.safetensors'), files.weights);
-    if (files.task) writeFileSync(join(tmp, 'task.json'), files.task);
-    writeFileSync(join(tmp, META), JSON.stringify(meta, null, 2));
+    await mkdir(tmp);
+    const write = (name: string, data: Uint8Array | string) => writeFile(join(tmp, name), data, { flush: true });
+    try {
+      await Promise.all([
+        write('adapter_config.json', files.config),
+        write('adapter_model.safetensors', files.weights),
+        files.task && write('task.json', files.task),
+        write(META, JSON.stringify(meta, null, 2)),
+      ]);
+    } catch (e) {
+      await rm(tmp, { recursive: true, force: true });
+      throw e;
+    }
     const target = join(this.dir, meta.task);
     const replaced = existsSync(target);
     const old = join(this.dir, `.old-${meta.task}-${suffix}`);
     if (replaced) renameSync(target, old);
     renameSync(tmp, target);
-    if (replaced) rmSync(old, { recursive: true, force: true });
+    if (replaced) await rm(old, { recursive: true, force: true });
     return { replaced };
   }
 
@@ -91,7 +111,7 @@ export class FsStore implements AdapterStore {
     // Rename first: the task disappears atomically, and the files go after.
     const gone = join(this.dir, `.tmp-${task}-${randomBytes(4).toString('hex')}`);
     renameSync(target, gone);
-    rmSync(gone, { recursive: true, force: true });
+    await rm(gone, { recursive: true, force: true });
     return true;
   }
 

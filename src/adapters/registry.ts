@@ -1,7 +1,8 @@
 import type { Logger } from 'pino';
 import { FormatError, ServerError } from '../errors.js';
 import type { BaseModel } from '../model/base-model.js';
-import { parseAdapter, type Adapter, type AdapterFiles } from './format.js';
+import type { Adapter, AdapterFiles } from './format.js';
+import { AdapterParser, PARSE_INLINE_BYTES } from './parser.js';
 import { LruCache } from './lru.js';
 import type { AdapterStore, StoreChange, StoredMeta } from './store.js';
 import { DEFAULT_SPEC, type TaskSpec } from './task-spec.js';
@@ -62,6 +63,7 @@ export class Registry {
   /** The shared store's lifetime id when last read; a different one means it lost its data. */
   private storeEpoch: string | undefined;
   readonly baseVersion: string;
+  private readonly parser: AdapterParser;
   private inSync = false;
   /** Times the shared store was found to have lost its data (its epoch changed, or an epoch-less store's index empty while this replica held adapters). */
   storeResets = 0;
@@ -73,8 +75,10 @@ export class Registry {
     private readonly store: AdapterStore,
     private readonly log: Logger,
     cacheBytes = 256 * 1024 * 1024,
+    parseInlineBytes = PARSE_INLINE_BYTES,
   ) {
     this.baseVersion = `base-${model.hash.slice(0, 12)}`;
+    this.parser = new AdapterParser({ config: model.config, biases: model.tensors.biases, encode: (text) => model.tokenizer.encodeSync(text) }, parseInlineBytes);
     this.cache = new LruCache(cacheBytes);
   }
 
@@ -143,7 +147,7 @@ export class Registry {
         if (validate || !m.version) {
           const stored = await this.store.load(m.task);
           if (!stored) continue;
-          const adapter = this.parse(m.task, stored.files, m.createdAt);
+          const adapter = await this.parse(m.task, stored.files, m.createdAt);
           fresh.set(m.task, metaOf(adapter));
           decoded.set(m.task, adapter);
         } else fresh.set(m.task, m);
@@ -216,6 +220,7 @@ export class Registry {
   stop(): void {
     if (this.reconcileTimer) clearInterval(this.reconcileTimer);
     this.reconcileTimer = null;
+    void this.parser.close();
   }
 
   /** Shutting down: uploads and deletes get 503 shutting_down from now on, as new inference does. */
@@ -262,16 +267,20 @@ export class Registry {
     const stored = await this.store.load(task);
     if (!this.isLatest(task, n)) return;
     if (!stored) return this.drop(task);
+    let adapter: Adapter;
     try {
-      this.hold(this.parse(task, stored.files, stored.meta.createdAt));
+      adapter = await this.parse(task, stored.files, stored.meta.createdAt);
     } catch (e) {
-      this.drop(task);
+      if (this.isLatest(task, n)) this.drop(task);
       throw e;
     }
+    // The parse ran off the event loop: a change that began meanwhile has the last word.
+    if (this.isLatest(task, n)) this.hold(adapter);
   }
 
-  parse(task: string, files: AdapterFiles, createdAt?: string): Adapter {
-    return parseAdapter(task, files, { config: this.model.config, biases: this.model.tensors.biases, encode: (text) => this.model.tokenizer.encodeSync(text) }, createdAt);
+  /** Parses and validates against the base model, off the event loop unless the files are small. */
+  parse(task: string, files: AdapterFiles, createdAt?: string): Promise<Adapter> {
+    return this.parser.parse(task, files, createdAt);
   }
 
   /** Validates fully, then stores, then swaps: an invalid upload changes nothing. */
@@ -281,7 +290,7 @@ export class Registry {
     if (!TASK_ID.test(task)) throw new ServerError('invalid_request', `task id must match ${TASK_ID.source}`);
     let adapter: Adapter;
     try {
-      adapter = this.parse(task, files);
+      adapter = await this.parse(task, files);
     } catch (e) {
       if (e instanceof FormatError) throw new ServerError('invalid_adapter', `${e.code}: ${e.message}`);
       throw e;
@@ -344,7 +353,7 @@ export class Registry {
         }
         let adapter: Adapter;
         try {
-          adapter = this.parse(task, stored.files, m.createdAt);
+          adapter = await this.parse(task, stored.files, m.createdAt);
         } catch (e) {
           if (!(e instanceof FormatError)) throw e;
           // Stored by an older, laxer version: refuse it here too rather than fail the request late.

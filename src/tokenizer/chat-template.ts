@@ -21,6 +21,8 @@ export interface ChatTemplateOptions {
   override?: string;
   /** CHAT_MESSAGE_SPECIAL_TOKENS=match: a message may write special tokens (transformers' and vLLM's behaviour). */
   allowSpecialTokens?: boolean;
+  /** Each render's time bound (default RENDER_TIMEOUT_MS). */
+  renderTimeoutMs?: number;
 }
 
 /** The special tokens transformers puts in a template's context (its `special_tokens_map`), as strings. */
@@ -45,7 +47,7 @@ const RESERVED = new Set(['true', 'false', 'none', 'True', 'False', 'None', 'ran
 export class ChatTemplate {
   /** Any special token's text, where messages may not write one; null where they may. */
   private readonly forbidden: RegExp | null;
-  private readonly renderer = new TemplateRenderer();
+  private readonly renderer: TemplateRenderer;
 
   private constructor(
     private readonly text: string,
@@ -53,7 +55,9 @@ export class ChatTemplate {
     private readonly tokenizer: Pick<Tokenizer, 'specialTokens' | 'maxChars'>,
     allowSpecialTokens: boolean,
     readonly source: ChatTemplateSource,
+    renderTimeoutMs?: number,
   ) {
+    this.renderer = new TemplateRenderer(renderTimeoutMs);
     new Template(text); // parsed here to refuse a template that cannot run at load; rendered in a child process
     const tokens = tokenizer.specialTokens.filter((t) => t !== '');
     this.forbidden = allowSpecialTokens || tokens.length === 0 ? null : new RegExp(tokens.map(escapeRegExp).join('|'));
@@ -72,7 +76,7 @@ export class ChatTemplate {
       const token = tokenName(tokenizer.config[name]);
       if (token !== null) specials[name] = token;
     }
-    const compile = (text: string, source: ChatTemplateSource) => new ChatTemplate(text, specials, tokenizer, opts.allowSpecialTokens ?? false, source);
+    const compile = (text: string, source: ChatTemplateSource) => new ChatTemplate(text, specials, tokenizer, opts.allowSpecialTokens ?? false, source, opts.renderTimeoutMs);
     if (opts.override) {
       let text: string;
       try {

@@ -33,6 +33,9 @@ export class TemplateRenderer {
   private running: { job: Job; child: ChildProcess; timer: NodeJS.Timeout } | null = null;
   private closed = false;
 
+  /** `timeoutMs`: each render's bound (tests of slow but finite renders raise it). */
+  constructor(private readonly timeoutMs = RENDER_TIMEOUT_MS) {}
+
   /**
    * `signal`: the request ended (its client left, its time ran out; `signal.reason` says which, as a
    * ServerError): a waiting job leaves the queue, a running one is stopped (it may be one that never ends).
@@ -50,7 +53,7 @@ export class TemplateRenderer {
           signal?.removeEventListener('abort', onAbort);
           f(v);
         };
-      const job: Job = { request: { template, context, maxChars, timeoutMs: RENDER_TIMEOUT_MS }, retried: false, resolve: settle(resolve), reject: settle(reject) };
+      const job: Job = { request: { template, context, maxChars, timeoutMs: this.timeoutMs }, retried: false, resolve: settle(resolve), reject: settle(reject) };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.queue.push(job);
       this.next();
@@ -83,7 +86,7 @@ export class TemplateRenderer {
       job.reject(new ServerError('invalid_request', `the messages cannot be passed to the chat template: ${(e as Error).message}`));
       return this.next();
     }
-    const timer = setTimeout(() => this.stop(child, timedOut()), RENDER_TIMEOUT_MS + KILL_GRACE_MS);
+    const timer = setTimeout(() => this.stop(child, this.timedOut()), this.timeoutMs + KILL_GRACE_MS);
     this.running = { job, child, timer };
     child.ref();
     child.channel?.ref();
@@ -125,7 +128,7 @@ export class TemplateRenderer {
       const limit = this.running.job.request.maxChars;
       if ('text' in reply) this.finish(reply.text);
       else if ('tooLong' in reply) this.finish(new ServerError('prompt_too_long', `the chat template rendered ${reply.tooLong} characters; the limit is ${limit} (MAX_PROMPT_CHARS)`));
-      else if ('timedOut' in reply) this.finish(timedOut());
+      else if ('timedOut' in reply) this.finish(this.timedOut());
       else this.finish(new ServerError('invalid_request', `the chat template refused the messages: ${reply.error}`));
     });
     const died = (how: string) => {
@@ -149,6 +152,10 @@ export class TemplateRenderer {
     return child;
   }
 
+  private timedOut(): ServerError {
+    return new ServerError('invalid_request', `the chat template did not finish rendering within ${this.timeoutMs} ms`);
+  }
+
   /** Stops the renderer: what waits fails (the server is shutting down). */
   close(): void {
     this.closed = true;
@@ -157,6 +164,5 @@ export class TemplateRenderer {
   }
 }
 
-const timedOut = () => new ServerError('invalid_request', `the chat template did not finish rendering within ${RENDER_TIMEOUT_MS} ms`);
 /** Why a request's signal ended it: the reason its owner gave, or that its client left. */
 const ended = (signal: AbortSignal) => (signal.reason instanceof ServerError ? signal.reason : new ServerError('cancelled', 'the client went away'));

@@ -36,9 +36,12 @@ class FakeSharedStore implements AdapterStore {
     if (this.holdLoads) await new Promise<void>((resolve) => this.held.push(resolve));
     return snapshot;
   }
+  /** Runs once the store holds a save, before the save's answer reaches the registry. */
+  onSave: (() => void) | null = null;
   async save(s: StoredAdapter) {
     const replaced = this.data.has(s.meta.task);
     this.data.set(s.meta.task, s);
+    this.onSave?.();
     return { replaced };
   }
   async remove(task: string) {
@@ -64,9 +67,9 @@ class FakeSharedStore implements AdapterStore {
 
 const tick = () => new Promise((r) => setImmediate(r));
 
-async function fresh() {
+async function fresh(parseInlineBytes?: number) {
   const store = new FakeSharedStore();
-  const registry = new Registry(model, store, pino({ level: 'silent' }));
+  const registry = new Registry(model, store, pino({ level: 'silent' }), undefined, parseInlineBytes);
   await registry.sync(true);
   registry.follow();
   return { store, registry };
@@ -83,6 +86,19 @@ t.test('a delete announced while the upload before it is still loading wins', as
   await tick();
   t.same(registry.list().map((a) => a.task), [], 'the slow load did not bring the task back');
   await t.rejects(registry.resolve('racy'), { code: 'task_not_found' });
+});
+
+t.test('a delete announced while the parser worker decodes the version before it wins', async (t) => {
+  const { store, registry } = await fresh(0); // every parse in the worker
+  t.teardown(() => registry.stop());
+  store.external('racy', files('kjv-prompt'));
+  await tick(); // loaded; its parse is in the worker
+  store.external('racy', null);
+  await tick();
+  t.same(registry.list().map((a) => a.task), [], 'the delete applied');
+  await registry.parse('probe', files('pos-prompt')); // the worker answers in order: the first parse is done
+  await tick();
+  t.same(registry.list().map((a) => a.task), [], 'the parse that finished after it did not bring the task back');
 });
 
 t.test('two replacements: the older load returning last does not win', async (t) => {
@@ -103,9 +119,8 @@ t.test('two replacements: the older load returning last does not win', async (t)
 
 t.test('a local upload racing a delete from another replica ends as the store ends', async (t) => {
   const { store, registry } = await fresh();
-  const upload = registry.upload('local', files('pos-prompt'));
-  store.external('local', null); // announced while the save is in flight
-  await upload;
+  store.onSave = () => store.external('local', null); // announced while the save is in flight
+  await registry.upload('local', files('pos-prompt'));
   await tick();
   t.equal(store.data.has('local'), false);
   t.same(registry.list().map((a) => a.task), [], 'the replica agrees with the store');

@@ -36,3 +36,14 @@ t.test('bench/op-profile.ts: kernel time by op of decode steps, weights and atte
   t.equal(ops.get('MatMul (weights)'), 17, "the demo's 16 layer matrices and its LM head");
   t.equal(ops.get('MatMul (activations)'), 16, 'two over the cache and two over the new column, in each of 4 layers');
 });
+
+t.test('bench/upload-stall.ts: token gaps of streams while large adapters upload', async (t) => {
+  const out = join(mkdtempSync(join(tmpdir(), 'sps-upload-stall-')), 'upload-stall.json');
+  const r = spawnSync(process.execPath, [join('dist', 'bench', 'upload-stall.js'), '--rounds', '1', '--uploads', '2', '--rank', '64', '--clients', '2', '--out', out], { cwd: ROOT, encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr.slice(-2000));
+  t.match(r.stdout, /\| this build +\|/);
+  const [run] = JSON.parse(readFileSync(out, 'utf8')).runs['this build'];
+  t.equal(run.uploadMs.length, 2, 'both uploads answered');
+  t.ok(run.gapCount > 0, `token gaps were counted during the uploads (${run.gapCount})`);
+  t.ok(run.gapMax >= run.gapP99, 'the largest gap is at least the p99');
+});

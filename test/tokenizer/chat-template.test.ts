@@ -134,7 +134,8 @@ t.test('a template that makes V8 abort its process, or renders past MAX_PROMPT_C
   const path = join(mkdtempSync(join(tmpdir(), 'chat-template-')), 'grow.jinja');
   // 27 doublings: a string of 2^27 characters, split into an array longer than V8 allows (a fatal error, not an exception).
   writeFileSync(path, "{% set ns = namespace(s='x') %}{% for i in range(n) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s.split('x') | length if split else ns.s }}");
-  const grow = ChatTemplate.load(MODELS.qwen3, bare({}), { override: path }).template!;
+  // Building and splitting 2^27 characters takes seconds on a busy machine: not the time bound under test here.
+  const grow = ChatTemplate.load(MODELS.qwen3, bare({}), { override: path, renderTimeoutMs: 120_000 }).template!;
   t.teardown(() => grow.close());
   const aborted = await grow.render(hello, true, { n: 27, split: true }).catch((e) => e);
   t.match(aborted, { code: 'invalid_request', message: /stopped its renderer \(SIG\w+\): Fatal JavaScript invalid size error/ }, String(aborted.message));

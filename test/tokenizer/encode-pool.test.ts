@@ -21,7 +21,7 @@ t.test('a worker that dies fails what it held and the next encode starts a fresh
   const pool = new EncodePool(DEMO);
   t.teardown(() => pool.close());
   const held = pool.encode('x'.repeat(50_000), false);
-  const worker = (pool as unknown as { worker: { terminate: () => Promise<number> } }).worker;
+  const worker = (pool as unknown as { rpc: { worker: { terminate: () => Promise<number> } } }).rpc.worker;
   await worker.terminate();
   const err = await held.catch((e: unknown) => e);
   t.ok(err instanceof ServerError && err.code === 'internal_error', String(err));

@@ -115,7 +115,7 @@ t.test('over HTTP: 413 prompt_too_long beyond MAX_PROMPT_CHARS, and /healthz ans
   t.match(refused.json().error.message, /50001 characters; the limit is 50000/);
   t.equal(tokenizer.cacheBytes, cached, 'nothing was tokenized');
   // 20,000 random letters: tokenized in the worker, then refused for the context.
-  const inWorker = () => (tokenizer as unknown as { pool: { pending: Map<number, unknown> } | null }).pool?.pending.size ?? 0;
+  const inWorker = () => (tokenizer as unknown as { pool: { rpc: { pending: Map<number, unknown> } } | null }).pool?.rpc.pending.size ?? 0;
   let done = false;
   const long = post(letters(20_000)).then((r) => ((done = true), r));
   while (!done && inWorker() === 0) await new Promise((r) => setImmediate(r));

@@ -1,0 +1,73 @@
+import { FormatError, ServerError } from '../errors.js';
+import { WorkerRpc } from '../worker-rpc.js';
+import { parseAdapter, type Adapter, type AdapterFiles, type ParseBase } from './format.js';
+import { checkServable } from './task-spec.js';
+
+export interface ParseRequest {
+  task: string;
+  files: AdapterFiles;
+  createdAt: string;
+}
+
+/**
+ * Below this many bytes an adapter is parsed on the calling thread: a worker's round trip (two
+ * copies of the files and the tensors' transfer) costs more than the parse. Parsing runs at about
+ * 100 MB/s (hash, value check, LoRA's transposes), so inline parses block for a few milliseconds.
+ */
+export const PARSE_INLINE_BYTES = 256 * 1024;
+
+const filesBytes = (f: AdapterFiles) => f.config.length + f.weights.length + (f.task?.length ?? 0);
+
+/** Bytes copied per turn of the event loop when files must be moved into shared memory. */
+const COPY_SLICE = 1 << 20;
+
+/**
+ * `buf` in shared memory, which a worker reads without a copy. An upload arrives there already
+ * (routes/admin.ts); a store's load does not, and postMessage would copy 44 MB in one go (75 ms,
+ * mostly page faults), so it is copied a slice per turn of the event loop instead.
+ */
+async function shared(buf: Buffer): Promise<Buffer> {
+  if (buf.buffer instanceof SharedArrayBuffer) return buf;
+  const out = Buffer.from(new SharedArrayBuffer(buf.length));
+  for (let at = 0; at < buf.length; at += COPY_SLICE) {
+    if (at > 0) await new Promise((r) => setImmediate(r));
+    buf.copy(out, at, at, Math.min(buf.length, at + COPY_SLICE));
+  }
+  return out;
+}
+
+/**
+ * Parses adapters off the event loop. An upload of a 44 MB LoRA took 300-500 ms to parse, and on
+ * the event loop every stream and health probe of the replica stalled meanwhile (so did every
+ * replica following it through Redis, and a request whose evicted adapter came back from the store).
+ * The worker gets the base model's config and biases once; its tensors come back in shared memory,
+ * so nothing large is copied on the way back. The tokenizer stays here: checkServable, which needs
+ * it, encodes only task.json's short template and labels.
+ */
+export class AdapterParser {
+  private readonly rpc: WorkerRpc<ParseRequest, Adapter>;
+
+  constructor(
+    private readonly base: ParseBase,
+    private readonly inlineBytes = PARSE_INLINE_BYTES,
+  ) {
+    this.rpc = new WorkerRpc(new URL('./parse-worker.js', import.meta.url), {
+      workerData: { config: base.config, biases: base.biases },
+      refused: (f) => (f.code === undefined ? new Error(`adapter parser: ${f.message}`) : new FormatError(f.code, f.message)),
+      crashed: (why) => new ServerError('internal_error', `the adapter parser worker ${why}`),
+    });
+  }
+
+  async parse(task: string, files: AdapterFiles, createdAt = new Date().toISOString()): Promise<Adapter> {
+    if (filesBytes(files) <= this.inlineBytes) return parseAdapter(task, files, this.base, createdAt);
+    const [config, weights, taskJson] = await Promise.all([shared(files.config), shared(files.weights), files.task && shared(files.task)]);
+    const adapter = await this.rpc.call({ task, files: { config, weights, task: taskJson }, createdAt });
+    // parseAdapter's last check, here because it needs the tokenizer.
+    if (this.base.encode) checkServable(adapter.spec, adapter.tensors.virtualTokens, this.base.config.nPositions, this.base.encode);
+    return adapter;
+  }
+
+  close(): Promise<void> {
+    return this.rpc.close();
+  }
+}
