@@ -38,6 +38,8 @@ async function loadAdapterFolder(dir: string): Promise<AdapterFiles> {
  */
 export class FsStore implements AdapterStore {
   readonly name = 'filesystem';
+  /** Per task, the last operation queued: a load's reads never see a save's or a remove's renames halfway. */
+  private readonly busy = new Map<string, Promise<unknown>>();
 
   constructor(private readonly dir: string) {
     mkdirSync(dir, { recursive: true });
@@ -72,7 +74,28 @@ export class FsStore implements AdapterStore {
     }
   }
 
-  async load(task: string): Promise<StoredAdapter | null> {
+  /** Runs `op` after every earlier operation on `task` has settled. */
+  private exclusive<T>(task: string, op: () => Promise<T>): Promise<T> {
+    const result = (this.busy.get(task) ?? Promise.resolve()).then(op);
+    const settled = result.catch(() => undefined);
+    this.busy.set(task, settled);
+    void settled.then(() => this.busy.get(task) === settled && this.busy.delete(task));
+    return result;
+  }
+
+  load(task: string): Promise<StoredAdapter | null> {
+    return this.exclusive(task, () => this.read(task));
+  }
+
+  save(adapter: StoredAdapter): Promise<{ replaced: boolean }> {
+    return this.exclusive(adapter.meta.task, () => this.write(adapter));
+  }
+
+  remove(task: string): Promise<boolean> {
+    return this.exclusive(task, () => this.delete(task));
+  }
+
+  private async read(task: string): Promise<StoredAdapter | null> {
     const dir = join(this.dir, task);
     if (!existsSync(dir)) return null;
     const files = await loadAdapterFolder(dir);
@@ -80,7 +103,7 @@ export class FsStore implements AdapterStore {
     return { meta, files };
   }
 
-  async save({ meta, files }: StoredAdapter): Promise<{ replaced: boolean }> {
+  private async write({ meta, files }: StoredAdapter): Promise<{ replaced: boolean }> {
     const suffix = randomBytes(4).toString('hex');
     const tmp = join(this.dir, `.tmp-${meta.task}-${suffix}`);
     await mkdir(tmp);
@@ -105,7 +128,7 @@ export class FsStore implements AdapterStore {
     return { replaced };
   }
 
-  async remove(task: string): Promise<boolean> {
+  private async delete(task: string): Promise<boolean> {
     const target = join(this.dir, task);
     if (!existsSync(target)) return false;
     // Rename first: the task disappears atomically, and the files go after.

@@ -16,6 +16,9 @@ export interface ParseRequest {
  */
 export const PARSE_INLINE_BYTES = 256 * 1024;
 
+/** Uploads are rare: the worker goes after this long idle, and with it what it last held. */
+const PARSER_IDLE_MS = 10_000;
+
 const filesBytes = (f: AdapterFiles) => f.config.length + f.weights.length + (f.task?.length ?? 0);
 
 /** Bytes copied per turn of the event loop when files must be moved into shared memory. */
@@ -50,18 +53,22 @@ export class AdapterParser {
   constructor(
     private readonly base: ParseBase,
     private readonly inlineBytes = PARSE_INLINE_BYTES,
+    idleMs = PARSER_IDLE_MS,
   ) {
     this.rpc = new WorkerRpc(new URL('./parse-worker.js', import.meta.url), {
       workerData: { config: base.config, biases: base.biases },
-      refused: (f) => (f.code === undefined ? new Error(`adapter parser: ${f.message}`) : new FormatError(f.code, f.message)),
+      refused: (f) => (f.name === 'FormatError' && f.code !== undefined ? new FormatError(f.code, f.message) : new Error(`adapter parser: ${f.message}`)),
       crashed: (why) => new ServerError('internal_error', `the adapter parser worker ${why}`),
+      idleMs,
     });
   }
 
   async parse(task: string, files: AdapterFiles, createdAt = new Date().toISOString()): Promise<Adapter> {
     if (filesBytes(files) <= this.inlineBytes) return parseAdapter(task, files, this.base, createdAt);
     const [config, weights, taskJson] = await Promise.all([shared(files.config), shared(files.weights), files.task && shared(files.task)]);
-    const adapter = await this.rpc.call({ task, files: { config, weights, task: taskJson }, createdAt });
+    const request = { task, files: { config, weights, task: taskJson }, createdAt };
+    // A worker that died (out of memory, say) is no verdict on the files: once more, in a new one.
+    const adapter = await this.rpc.call(request).catch((e: unknown) => (e instanceof ServerError && e.code === 'internal_error' ? this.rpc.call(request) : Promise.reject(e)));
     // parseAdapter's last check, here because it needs the tokenizer.
     if (this.base.encode) checkServable(adapter.spec, adapter.tensors.virtualTokens, this.base.config.nPositions, this.base.encode);
     return adapter;

@@ -153,6 +153,13 @@ export class Registry {
         } else fresh.set(m.task, m);
         loaded.push(m.task);
       } catch (e) {
+        if (!(e instanceof FormatError) && m.version) {
+          // Not the files' fault (the parser stopped or died): register it as the index says; it loads on demand.
+          fresh.set(m.task, m);
+          loaded.push(m.task);
+          this.log.warn({ task: m.task, err: (e as Error).message }, 'adapter not decoded now: it will load on first use');
+          continue;
+        }
         const reason = e instanceof FormatError ? `${e.code}: ${e.message}` : (e as Error).message;
         skipped.push({ task: m.task, reason });
         this.log.warn({ task: m.task, reason }, 'adapter skipped');
@@ -271,7 +278,9 @@ export class Registry {
     try {
       adapter = await this.parse(task, stored.files, stored.meta.createdAt);
     } catch (e) {
-      if (this.isLatest(task, n)) this.drop(task);
+      // Bad files: the store's version cannot be served. Anything else (the parser stopped, a
+      // worker that died twice) says nothing of the files: keep what is held.
+      if (e instanceof FormatError && this.isLatest(task, n)) this.drop(task);
       throw e;
     }
     // The parse ran off the event loop: a change that began meanwhile has the last word.
@@ -295,6 +304,7 @@ export class Registry {
       if (e instanceof FormatError) throw new ServerError('invalid_adapter', `${e.code}: ${e.message}`);
       throw e;
     }
+    this.checkWritable(); // the parse took time: the server may be shutting down now
     const meta = metaOf(adapter);
     const n = this.begin(task);
     this.writing.set(task, adapter.version);
@@ -318,8 +328,18 @@ export class Registry {
     this.log.info({ task }, 'adapter deleted');
   }
 
+  /** Every registered adapter, in task-id order. */
   list(): AdapterInfo[] {
-    return [...this.meta.values()].map(info).sort((a, b) => a.task.localeCompare(b.task));
+    return this.page(undefined, Infinity).adapters;
+  }
+
+  /**
+   * At most `limit` adapters whose task id sorts after `after`, in code-unit order (the order the
+   * cursor compares in), and whether more follow.
+   */
+  page(after: string | undefined, limit: number): { adapters: AdapterInfo[]; hasMore: boolean } {
+    const tasks = [...this.meta.keys()].filter((t) => after === undefined || t > after).sort();
+    return { adapters: tasks.slice(0, limit).map((t) => info(this.meta.get(t)!)), hasMore: tasks.length > limit };
   }
 
   get size(): number {

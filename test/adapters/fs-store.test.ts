@@ -32,3 +32,35 @@ t.test('a crash between the two renames of a save is repaired at start', async (
   t.ok(existsSync(join(dir, 'task', 'adapter_config.json')));
   t.same(readdirSync(dir), ['task']);
 });
+
+t.test('loads racing saves and removes of the same task see one whole version or none', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'fs-store-'));
+  const store = new FsStore(dir);
+  const version = (tag: string) => ({ meta: meta('a', tag), files: { config: Buffer.from(tag), weights: Buffer.alloc(1 << 20, tag), task: Buffer.from(tag) } });
+  await store.save(version('x'));
+  const seen = { whole: 0, none: 0, mixed: [] as string[], failed: [] as string[] };
+  for (let i = 0; i < 60; i++) {
+    const write = i % 10 === 9 ? store.remove('a') : store.save(version('xy'[i % 2]));
+    // Loads spread over the write's reads, renames and removal: each sees one version's files and meta.
+    const loads: Promise<unknown>[] = [];
+    for (let k = 0; k < 6; k++) {
+      loads.push(
+        store.load('a').then(
+          (s) => {
+            if (!s) return void seen.none++;
+            const tags = new Set([s.meta.version, s.files.config.toString(), s.files.task!.toString(), String.fromCharCode(s.files.weights[0])]);
+            if (tags.size === 1) seen.whole++;
+            else seen.mixed.push([...tags].join());
+          },
+          (e: Error) => void seen.failed.push(e.message),
+        ),
+      );
+      await new Promise((r) => setImmediate(r));
+    }
+    await Promise.all([write, ...loads]);
+  }
+  t.same(seen.mixed, [], 'no load mixed two versions');
+  t.same(seen.failed, [], 'no load failed halfway through a rename');
+  t.ok(seen.whole > 0 && seen.none > 0, `whole ${seen.whole}, none ${seen.none}`);
+  t.same(readdirSync(dir).filter((d) => d.startsWith('.')), [], 'no temporary folder left');
+});

@@ -110,16 +110,44 @@ t.test('a large adapter is parsed off the event loop; a small one inline', async
   t.equal(small.n, 0, 'a small adapter parses inline');
 });
 
-t.test('a worker that dies fails what it held, and the next parse starts a fresh one', async (t) => {
+t.test('a worker that dies mid-parse: parsed again in a new one; dying twice fails the parse (500)', async (t) => {
   const parser = new AdapterParser(base, 0);
   t.teardown(() => parser.close());
+  const rpc = (parser as unknown as { rpc: { worker: { terminate: () => Promise<number> } | null; pending: Map<number, unknown> } }).rpc;
+  // Kills the worker that holds the parse (the files go to shared memory first), other than `not`.
+  const kill = async (not?: unknown) => {
+    while (!rpc.worker || rpc.worker === not || rpc.pending.size === 0) await new Promise((r) => setImmediate(r));
+    const w = rpc.worker;
+    await w.terminate();
+    return w;
+  };
   const files = bigLora(256);
-  const held = parser.parse('big', files);
-  const rpc = (parser as unknown as { rpc: { worker: { terminate: () => Promise<number> } | null } }).rpc;
-  while (!rpc.worker) await new Promise((r) => setImmediate(r)); // the files are moved to shared memory first
-  await rpc.worker.terminate();
-  const err = await held.catch((e: unknown) => e);
+  const once = parser.parse('big', files);
+  await kill();
+  t.same(floats(await once), floats(inline('big', files)), 'the retry gave the adapter');
+  const twice = parser.parse('big', files);
+  await kill(await kill());
+  const err = await twice.catch((e: unknown) => e);
   t.ok(err instanceof ServerError && err.code === 'internal_error', String(err));
-  const again = await parser.parse('pos-lora', folder('pos-lora'));
-  t.equal(again.version, inline('pos-lora', folder('pos-lora')).version);
+  t.equal((await parser.parse('pos-lora', folder('pos-lora'))).version, inline('pos-lora', folder('pos-lora')).version, 'the next parse starts a fresh worker');
+});
+
+t.test('an idle worker is stopped (it would hold its last files), and the next parse starts one', async (t) => {
+  const parser = new AdapterParser(base, 0, 50);
+  t.teardown(() => parser.close());
+  const rpc = (parser as unknown as { rpc: { worker: unknown } }).rpc;
+  await parser.parse('pos-lora', folder('pos-lora'));
+  t.ok(rpc.worker, 'running after a parse');
+  const t0 = performance.now();
+  while (rpc.worker && performance.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 10));
+  t.equal(rpc.worker, null, 'stopped once idle');
+  t.equal((await parser.parse('pos-lora', folder('pos-lora'))).version, inline('pos-lora', folder('pos-lora')).version);
+});
+
+t.test('after close, a parse fails with 503 shutting_down, and so does one in flight', async (t) => {
+  const parser = new AdapterParser(base, 0);
+  const held = parser.parse('big', bigLora(256));
+  await parser.close();
+  t.match(await held.catch((e: unknown) => e), { code: 'shutting_down', status: 503 });
+  t.match(await parser.parse('pos-lora', folder('pos-lora')).catch((e: unknown) => e), { code: 'shutting_down' });
 });

@@ -101,6 +101,42 @@ t.test('a delete announced while the parser worker decodes the version before it
   t.same(registry.list().map((a) => a.task), [], 'the parse that finished after it did not bring the task back');
 });
 
+t.test('a parse that fails for want of a worker keeps the version held; a worker that dies once is retried', async (t) => {
+  const { store, registry } = await fresh(0);
+  t.teardown(() => registry.stop());
+  store.external('kept', files('kjv-prompt'));
+  while (!registry.list().length) await tick();
+  const held = registry.describe('kept').version;
+  // The worker dies in the middle of the next version's parse: parsed again in a new one.
+  store.external('kept', files('fortune-ptuning'));
+  const rpc = (registry as unknown as { parser: { rpc: { worker: { terminate: () => Promise<number> } | null } } }).parser.rpc;
+  while (!rpc.worker) await tick();
+  await rpc.worker.terminate();
+  const replaced = metaOf('kept', files('fortune-ptuning')).version;
+  while (registry.describe('kept').version === held) await tick();
+  t.equal(registry.describe('kept').version, replaced, 'the retry in a new worker applied the new version');
+  // Stopped (shutting down): an announcement's parse fails, and the version held stays served.
+  registry.stop();
+  store.external('kept', files('pos-prompt'));
+  for (let i = 0; i < 20; i++) await tick();
+  t.equal(registry.describe('kept').version, replaced, 'not dropped for a parse that never ran');
+  t.equal((await registry.resolve('kept')).version, replaced);
+});
+
+t.test('an upload whose parse is running when the server shuts down gets 503 and stores nothing', async (t) => {
+  // Writes refused while the parse runs (the server drains), then the parser stopped with it.
+  for (const stop of [false, true]) {
+    const { store, registry } = await fresh(0);
+    t.teardown(() => registry.stop());
+    const upload = registry.upload('late', files('kjv-prompt'));
+    registry.refuseWrites();
+    if (stop) registry.stop();
+    await t.rejects(upload, { code: 'shutting_down', status: 503 }, stop ? 'parser stopped' : 'writes refused');
+    t.equal(store.data.has('late'), false);
+    t.same(registry.list(), []);
+  }
+});
+
 t.test('two replacements: the older load returning last does not win', async (t) => {
   const { store, registry } = await fresh();
   store.holdLoads = true;

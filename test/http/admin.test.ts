@@ -79,6 +79,39 @@ t.test('replace under concurrent load: no failures, each output matches the vers
   t.ok(seen.size >= 2, `both versions served during the swaps (${seen.size} seen)`);
 });
 
+t.test('the list pages in task-id order: limit and after, has_more; bad values are 400', async (t) => {
+  for (const task of ['page-b', 'page-a', 'page-c.x', 'page-c-x', 'page-c_x']) t.equal((await upload(task, adapterFiles('kjv-prompt'))).statusCode, 201, task);
+  const list = async (query: string) => {
+    const res = await server.app.inject({ method: 'GET', url: `/v1/adapters${query}`, headers: auth });
+    t.equal(res.statusCode, 200, query);
+    return res.json() as { adapters: { task: string }[]; has_more: boolean };
+  };
+  const all = await list('');
+  const tasks = all.adapters.map((a) => a.task);
+  t.equal(all.has_more, false);
+  t.same(tasks, [...tasks].sort(), 'code-unit order, the order the cursor compares in');
+  t.ok(tasks.indexOf('page-c-x') < tasks.indexOf('page-c.x') && tasks.indexOf('page-c.x') < tasks.indexOf('page-c_x'), tasks.join(' '));
+  // Two at a time from the start: the pages join up to the whole list, each but the last saying more follow.
+  const pages: string[][] = [];
+  let after: string | undefined;
+  for (;;) {
+    const page = await list(`?limit=2${after === undefined ? '' : `&after=${encodeURIComponent(after)}`}`);
+    pages.push(page.adapters.map((a) => a.task));
+    t.ok(page.adapters.length <= 2);
+    if (!page.has_more) break;
+    after = page.adapters.at(-1)!.task;
+  }
+  t.same(pages.flat(), tasks, 'the pages, joined, are the list');
+  t.equal(pages.length, Math.ceil(tasks.length / 2));
+  t.same((await list('?after=page-b')).adapters.map((a) => a.task), tasks.filter((x) => x > 'page-b'), 'a cursor that is no task id works too');
+  t.same((await list(`?after=${tasks.at(-1)}`)).adapters, [], 'after the last: empty');
+  for (const bad of ['?limit=0', '?limit=1001', '?limit=x', '?limit=1.5', `?after=${'a'.repeat(129)}`]) {
+    const res = await server.app.inject({ method: 'GET', url: `/v1/adapters${bad}`, headers: auth });
+    t.equal(res.statusCode, 400, bad);
+    t.equal(res.json().error.code, 'invalid_request', bad);
+  }
+});
+
 t.test('delete, then 404; base is reserved', async (t) => {
   t.equal((await server.app.inject({ method: 'DELETE', url: '/v1/adapters/my-kjv', headers: auth })).statusCode, 204);
   t.equal((await generate('my-kjv', 'x')).statusCode, 404);

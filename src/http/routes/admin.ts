@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { Type } from '@sinclair/typebox';
+import { Type, type Static } from '@sinclair/typebox';
 import type { AdapterFiles } from '../../adapters/format.js';
 import type { Registry } from '../../adapters/registry.js';
 import { ServerError } from '../../errors.js';
@@ -21,7 +21,20 @@ const AdapterInfo = Type.Object({
   created_at: Type.String(),
 });
 
+const MAX_PAGE = 1000;
+const ListQuery = Type.Object({
+  // A string: query values arrive as text, and the server coerces no types.
+  limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,7}$', description: `at most this many adapters, 1 to ${MAX_PAGE} (default: all)` })),
+  after: Type.Optional(Type.String({ maxLength: 128, description: 'only task ids after this one: the last task of the previous page' })),
+});
+const AdapterList = Type.Object({
+  adapters: Type.Array(AdapterInfo),
+  has_more: Type.Boolean({ description: 'more adapters follow the last one listed' }),
+});
+
 const EXPECTED = 'expected file parts adapter_config.json, adapter_model.safetensors and optionally task.json';
+
+const fileTooLarge = (maxBytes: number) => new ServerError('payload_too_large', `a file of the upload is larger than MAX_ADAPTER_BYTES (${maxBytes})`);
 
 /**
  * The multipart plugin's and busboy's failures, as errors a user can act on: sizes are 413, every
@@ -33,7 +46,7 @@ function uploadError(e: unknown, maxBytes: number): ServerError {
   const message = String(err.message ?? e).slice(0, 200);
   switch (err.code) {
     case 'FST_REQ_FILE_TOO_LARGE':
-      return new ServerError('payload_too_large', `a file of the upload is larger than MAX_ADAPTER_BYTES (${maxBytes})`);
+      return fileTooLarge(maxBytes);
     case 'FST_FILES_LIMIT':
     case 'FST_PARTS_LIMIT':
     case 'FST_FIELDS_LIMIT':
@@ -57,7 +70,10 @@ function uploadError(e: unknown, maxBytes: number): ServerError {
 async function readUpload(req: FastifyRequest, maxBytes: number): Promise<AdapterFiles> {
   if (!req.isMultipart()) throw new ServerError('invalid_request', 'the upload must be multipart/form-data with the adapter files');
   const files: Partial<AdapterFiles> = {};
-  const arena = Buffer.from(new SharedArrayBuffer(maxBytes));
+  // The files are smaller than the body: no more than Content-Length is reserved (all of
+  // MAX_ADAPTER_BYTES for a chunked body).
+  const length = Number(req.headers['content-length']);
+  const arena = Buffer.from(new SharedArrayBuffer(Number.isSafeInteger(length) && length >= 0 ? Math.min(maxBytes, length) : maxBytes));
   let used = 0;
   try {
     for await (const part of req.parts()) {
@@ -71,7 +87,7 @@ async function readUpload(req: FastifyRequest, maxBytes: number): Promise<Adapte
       const start = used;
       let sinceYield = 0;
       for await (const chunk of part.file as AsyncIterable<Buffer>) {
-        if (used + chunk.length > maxBytes) throw new ServerError('payload_too_large', `the adapter is larger than MAX_ADAPTER_BYTES (${maxBytes})`);
+        if (used + chunk.length > arena.length) throw used - start + chunk.length > maxBytes ? fileTooLarge(maxBytes) : new ServerError('payload_too_large', `the adapter is larger than MAX_ADAPTER_BYTES (${maxBytes})`);
         used += chunk.copy(arena, used);
         // Buffered chunks arrive in one run of microtasks: let the streams have the loop every MiB.
         if ((sinceYield += chunk.length) >= 1 << 20) {
@@ -80,7 +96,7 @@ async function readUpload(req: FastifyRequest, maxBytes: number): Promise<Adapte
         }
       }
       // The plugin's per-file limit (the same bound) ends a file early and marks it truncated.
-      if (part.file.truncated) throw new ServerError('payload_too_large', `a file of the upload is larger than MAX_ADAPTER_BYTES (${maxBytes})`);
+      if (part.file.truncated) throw fileTooLarge(maxBytes);
       files[key] = arena.subarray(start, used);
     }
   } catch (e) {
@@ -115,9 +131,25 @@ export function adminRoutes(app: FastifyInstance, registry: Registry, adminToken
       return reply.code(created ? 201 : 200).send(info);
     },
   );
-  app.get('/v1/adapters', { onRequest, schema: { tags: ['adapters'], summary: 'List the registered adapters', security, response: { 200: Type.Object({ adapters: Type.Array(AdapterInfo) }), 401: ErrorBody } } }, async () => ({
-    adapters: registry.list(),
-  }));
+  app.get<{ Querystring: Static<typeof ListQuery> }>(
+    '/v1/adapters',
+    {
+      onRequest,
+      schema: {
+        tags: ['adapters'],
+        summary: 'List the registered adapters, in task-id order; `limit` and `after` page through them',
+        security,
+        querystring: ListQuery,
+        response: { 200: AdapterList, 400: ErrorBody, 401: ErrorBody },
+      },
+    },
+    async (req) => {
+      const limit = req.query.limit === undefined ? undefined : Number(req.query.limit);
+      if (limit !== undefined && (limit < 1 || limit > MAX_PAGE)) throw new ServerError('invalid_request', `limit must be an integer from 1 to ${MAX_PAGE}`);
+      const { adapters, hasMore } = registry.page(req.query.after, limit ?? Infinity);
+      return { adapters, has_more: hasMore };
+    },
+  );
   app.get<{ Params: TaskParams }>(
     '/v1/adapters/:task',
     { onRequest, schema: { tags: ['adapters'], summary: 'One adapter', security, params: TaskParams, response: { 200: AdapterInfo, 401: ErrorBody, 404: ErrorBody } } },
