@@ -7,12 +7,16 @@
  * come from a child process, so that this process's event loop only reads the streams.
  *   node dist/bench/upload-stall.js [--rounds 3] [--rank 1024] [--uploads 4] [--clients 8] [--baseline /path/to/other/checkout]
  * `--baseline` adds the build of another checkout (its dist/src/main.js), measured in the same run.
+ * `--redis redis://…` runs two replicas sharing that Redis (a fresh key prefix per run, deleted
+ * after): the uploads go to one, the streams to the other, which loads each new version on its
+ * announcement; the window then runs 2 s past the last upload's answer.
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
+import { Redis } from 'ioredis';
 import { encodeSafetensors, parseSafetensors } from '../src/model/safetensors.js';
 import { benchPrompts, healthProbe, machineInfo, percentile, startServerProcess, streamGenerate, writeAdapters } from './harness.js';
 import { printTable } from './table.js';
@@ -24,6 +28,8 @@ const { values: args } = parseArgs({
     uploads: { type: 'string', default: '4' },
     clients: { type: 'string', default: '8' },
     baseline: { type: 'string' },
+    /** Two replicas sharing this Redis: uploads go to one, the streams and probes to the other. */
+    redis: { type: 'string' },
     fixtures: { type: 'string', default: 'test/fixtures' },
     out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'upload-stall.json') },
   },
@@ -95,9 +101,12 @@ interface Sample {
 
 async function run(v: Variant, round: number): Promise<Sample> {
   const prompts = benchPrompts(args.fixtures!, 64);
-  const server = await startServerProcess({ ADAPTERS_DIR: join(work, 'tasks'), MODEL_DIR: resolve('models/demo-gpt2'), CACHE_DIR: resolve('.cache'), ADMIN_TOKEN: TOKEN }, { main: v.main, cwd: v.cwd });
+  const prefix = `bench-upload-${process.pid}-${round}-${v.name.replace(/\W/g, '')}:`;
+  const env = { ADAPTERS_DIR: join(work, 'tasks'), MODEL_DIR: resolve('models/demo-gpt2'), CACHE_DIR: resolve('.cache'), ADMIN_TOKEN: TOKEN, ...(args.redis && { REDIS_URL: args.redis, REDIS_PREFIX: prefix }) };
+  const server = await startServerProcess(env, { main: v.main, cwd: v.cwd });
+  const uploader = args.redis ? await startServerProcess(env, { main: v.main, cwd: v.cwd }) : server;
   try {
-    await upload(server.url, -1); // the first upload starts whatever the server starts lazily
+    await upload(uploader.url, -1); // the first upload starts whatever the server starts lazily
     let window: [number, number] = [Infinity, Infinity];
     const gaps: number[] = [];
     let streaming = true;
@@ -114,15 +123,24 @@ async function run(v: Variant, round: number): Promise<Sample> {
     const probe = healthProbe(server.url, 20);
     window = [performance.now(), Infinity];
     const uploadMs: number[] = [];
-    for (let i = 0; i < UPLOADS; i++) uploadMs.push(await upload(server.url, round * UPLOADS + i));
+    for (let i = 0; i < UPLOADS; i++) uploadMs.push(await upload(uploader.url, round * UPLOADS + i));
+    if (args.redis) await new Promise((r) => setTimeout(r, 2000)); // the other replica loads the last one
     window[1] = performance.now();
     const healthz = probe.stop();
     streaming = false;
     await Promise.all(clients);
     return { uploadMs, gaps, healthz };
   } finally {
-    await server.stop();
+    await Promise.all([server.stop(), uploader.stop()]);
+    if (args.redis) await dropKeys(args.redis, prefix);
   }
+}
+
+async function dropKeys(url: string, prefix: string): Promise<void> {
+  const redis = new Redis(url);
+  const keys = await redis.keys(`${prefix}*`);
+  if (keys.length) await redis.del(...keys);
+  redis.disconnect();
 }
 
 const samples = new Map<string, Sample[]>();
@@ -139,7 +157,7 @@ rmSync(work, { recursive: true, force: true });
 const info = machineInfo();
 const med = (xs: number[]) => percentile(xs, 50);
 const span = (xs: number[]) => `${med(xs).toFixed(0)} (${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)})`;
-console.log(`\nupload stall: ${UPLOADS} uploads of a ${MB.toFixed(1)} MB LoRA (rank ${RANK}) one after another while ${CLIENTS} clients stream 64-token requests; ${ROUNDS} interleaved rounds; per round the token gaps' p99 and max, then median (min–max) over rounds; ${info.cpu}, ${info.cores} cores\n`);
+console.log(`\nupload stall${args.redis ? ' (two replicas through Redis: uploads to one, streams on the other)' : ''}: ${UPLOADS} uploads of a ${MB.toFixed(1)} MB LoRA (rank ${RANK}) one after another while ${CLIENTS} clients stream 64-token requests; ${ROUNDS} interleaved rounds; per round the token gaps' p99 and max, then median (min–max) over rounds; ${info.cpu}, ${info.cores} cores\n`);
 const rows = variants.map((v) => {
   const xs = samples.get(v.name)!;
   return {

@@ -1,5 +1,6 @@
 import { FormatError, ServerError } from '../errors.js';
 import { WorkerRpc } from '../worker-rpc.js';
+import { sharedBytes } from './shared-bytes.js';
 import { parseAdapter, type Adapter, type AdapterFiles, type ParseBase } from './format.js';
 import { checkServable } from './task-spec.js';
 
@@ -20,24 +21,6 @@ export const PARSE_INLINE_BYTES = 256 * 1024;
 const PARSER_IDLE_MS = 10_000;
 
 const filesBytes = (f: AdapterFiles) => f.config.length + f.weights.length + (f.task?.length ?? 0);
-
-/** Bytes copied per turn of the event loop when files must be moved into shared memory. */
-const COPY_SLICE = 1 << 20;
-
-/**
- * `buf` in shared memory, which a worker reads without a copy. An upload arrives there already
- * (routes/admin.ts); a store's load does not, and postMessage would copy 44 MB in one go (75 ms,
- * mostly page faults), so it is copied a slice per turn of the event loop instead.
- */
-async function shared(buf: Buffer): Promise<Buffer> {
-  if (buf.buffer instanceof SharedArrayBuffer) return buf;
-  const out = Buffer.from(new SharedArrayBuffer(buf.length));
-  for (let at = 0; at < buf.length; at += COPY_SLICE) {
-    if (at > 0) await new Promise((r) => setImmediate(r));
-    buf.copy(out, at, at, Math.min(buf.length, at + COPY_SLICE));
-  }
-  return out;
-}
 
 /**
  * Parses adapters off the event loop. An upload of a 44 MB LoRA took 300-500 ms to parse, and on
@@ -65,7 +48,8 @@ export class AdapterParser {
 
   async parse(task: string, files: AdapterFiles, createdAt = new Date().toISOString()): Promise<Adapter> {
     if (filesBytes(files) <= this.inlineBytes) return parseAdapter(task, files, this.base, createdAt);
-    const [config, weights, taskJson] = await Promise.all([shared(files.config), shared(files.weights), files.task && shared(files.task)]);
+    // An upload arrives in shared memory already (routes/admin.ts); a store's load is moved there.
+    const [config, weights, taskJson] = await Promise.all([sharedBytes([files.config]), sharedBytes([files.weights]), files.task && sharedBytes([files.task])]);
     const request = { task, files: { config, weights, task: taskJson }, createdAt };
     // A worker that died (out of memory, say) is no verdict on the files: once more, in a new one.
     const adapter = await this.rpc.call(request).catch((e: unknown) => (e instanceof ServerError && e.code === 'internal_error' ? this.rpc.call(request) : Promise.reject(e)));

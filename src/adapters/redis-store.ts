@@ -2,7 +2,34 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { ServerError } from '../errors.js';
+import { sharedBytes } from './shared-bytes.js';
 import type { AdapterStore, StoreChange, StoredAdapter, StoredMeta } from './store.js';
+
+/**
+ * Weights above this are stored as fields `weights.0`, `weights.1`… of this size, with their count
+ * in `weights.chunks`: ioredis copies each bulk reply into one buffer on the event loop once it has
+ * all of it, and a 44 MB one stalled a replica following an upload for 320 ms. Smaller weights keep
+ * the one `weights` field, the layout replicas of earlier builds read.
+ */
+const WEIGHTS_CHUNK = 1 << 20;
+
+function weightFields(weights: Buffer): Record<string, Buffer> {
+  if (weights.length <= WEIGHTS_CHUNK) return { weights };
+  const fields: Record<string, Buffer> = {};
+  let n = 0;
+  for (let at = 0; at < weights.length; at += WEIGHTS_CHUNK) fields[`weights.${n++}`] = weights.subarray(at, at + WEIGHTS_CHUNK);
+  fields['weights.chunks'] = Buffer.from(String(n));
+  return fields;
+}
+
+/** The weights of a stored hash, in shared memory when chunked; null when a chunk is missing. */
+async function joinWeights(files: Record<string, Buffer>): Promise<Buffer | null> {
+  if (files.weights) return files.weights;
+  const n = Number(files['weights.chunks']?.toString());
+  if (!Number.isSafeInteger(n) || n < 1) return null;
+  const chunks = Array.from({ length: n }, (_, i) => files[`weights.${i}`]);
+  return chunks.every(Boolean) ? sharedBytes(chunks) : null;
+}
 
 /**
  * Adapters in Redis, shared by every replica. Files are binary hash fields; a save or delete is one
@@ -93,12 +120,14 @@ export class RedisStore implements AdapterStore {
 
   async load(task: string): Promise<StoredAdapter | null> {
     const [meta, files] = await this.guard(Promise.all([this.client.hget(this.indexKey, task), this.client.hgetallBuffer(this.filesKey(task))]));
-    if (!meta || !files.config || !files.weights) return null;
-    return { meta: JSON.parse(meta), files: { config: files.config, weights: files.weights, task: files.task } };
+    if (!meta || !files.config) return null;
+    const weights = await joinWeights(files);
+    if (!weights) return null;
+    return { meta: JSON.parse(meta), files: { config: files.config, weights, task: files.task } };
   }
 
   async save({ meta, files }: StoredAdapter): Promise<{ replaced: boolean }> {
-    const fields: Record<string, Buffer> = { config: files.config, weights: files.weights };
+    const fields: Record<string, Buffer> = { config: files.config, ...weightFields(files.weights) };
     if (files.task) fields.task = files.task;
     const change: StoreChange = { task: meta.task, version: meta.version };
     const results = await this.guard(

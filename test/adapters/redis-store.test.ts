@@ -1,6 +1,8 @@
 import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { Redis } from 'ioredis';
 import t from 'tap';
+import { encodeSafetensors, parseSafetensors } from '../../src/model/safetensors.js';
 import { adapterFiles, multipart, reference } from '../helpers.js';
 import { startServerProcess, TestRedis } from '../redis-process.js';
 
@@ -203,4 +205,34 @@ t.test('redis restarted empty under traffic: replicas keep serving and re-seed t
   let r = await generate(a.url, 'after-reset', 'love');
   for (let i = 0; r.status !== 200 && i < 30; i++) r = await generate(a.url, 'after-reset', 'love');
   t.equal(r.status, 200);
+});
+
+t.test('a LoRA of several MiB is stored in chunks of a MiB, and the other replica serves it as the reference', async (t) => {
+  // pos-lora at rank 64, zero-padded, alpha scaled with it: the same adapter (B·A unchanged), 2.8 MiB of weights.
+  const source = adapterFiles('pos-lora');
+  const config = JSON.parse(Buffer.from(source['adapter_config.json']).toString('utf8'));
+  const padded: Record<string, { shape: number[]; data: Float32Array }> = {};
+  for (const [name, w] of parseSafetensors(Buffer.from(source['adapter_model.safetensors'])).tensors) {
+    const [rows, cols] = w.shape;
+    const isA = name.includes('lora_A'); // [r, in]: rows grow; lora_B [out, r]: columns grow
+    const shape = isA ? [64, cols] : [rows, 64];
+    const data = new Float32Array(shape[0] * shape[1]);
+    for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) data[i * shape[1] + j] = w.data[i * cols + j];
+    padded[name] = { shape, data };
+  }
+  const files = { ...source, 'adapter_config.json': Buffer.from(JSON.stringify({ ...config, r: 64, lora_alpha: (config.lora_alpha * 64) / config.r })), 'adapter_model.safetensors': Buffer.from(encodeSafetensors(padded)) };
+  const body = multipart(files);
+  const res = await fetch(`${a.url}/v1/adapters/big-lora`, { method: 'PUT', headers: { ...body.headers, ...auth }, body: new Uint8Array(body.payload) });
+  t.equal(res.status, 201, await res.clone().text());
+  const client = new Redis(redis.url);
+  t.teardown(() => client.disconnect());
+  const fields = await client.hkeys(`${prefix}files:big-lora`);
+  t.same(fields.filter((f) => f.startsWith('weights')).sort(), ['weights.0', 'weights.1', 'weights.2', 'weights.chunks'], 'three chunks and their count');
+  const c = reference.cases.filter((x) => x.adapter === 'pos-lora').sort((x, y) => y.greedy.length - x.greedy.length)[0];
+  const t0 = performance.now();
+  let r = await generate(b.url, 'big-lora', c.text);
+  while (r.status !== 200 && performance.now() - t0 < 5000) r = await generate(b.url, 'big-lora', c.text);
+  t.equal(r.status, 200);
+  t.same(r.body.token_ids, greedyOf('pos-lora', c.text), `the other replica's greedy tokens are pos-lora's (${c.text})`);
+  t.same((await generate(a.url, 'big-lora', c.text)).body.token_ids, r.body.token_ids);
 });
