@@ -46,6 +46,7 @@ function metaOf(a: Adapter): StoredMeta {
 export class Registry {
   private readonly meta = new Map<string, StoredMeta>();
   private readonly cache: LruCache<string, Adapter>;
+  /** Reloads in flight, by task@version. */
   private readonly loading = new Map<string, Promise<Adapter>>();
   /**
    * Why changes apply in order: every change to a task (announced, uploaded or deleted here) takes
@@ -362,7 +363,9 @@ export class Registry {
 
   /** Reloads an evicted adapter from the store; concurrent requests share one load. */
   private loadInto(task: string, m: StoredMeta): Promise<Adapter> {
-    let p = this.loading.get(task);
+    // Keyed by version: a request admitted after a replacement must not join a reload of the old one.
+    const key = `${task}@${m.version}`;
+    let p = this.loading.get(key);
     if (!p) {
       p = (async () => {
         const stored = await this.store.load(task);
@@ -383,8 +386,8 @@ export class Registry {
         }
         if (this.meta.get(task)?.version === adapter.version) this.cache.set(task, adapter, this.cost(adapter));
         return adapter;
-      })().finally(() => this.loading.delete(task));
-      this.loading.set(task, p);
+      })().finally(() => this.loading.delete(key));
+      this.loading.set(key, p);
     }
     return p;
   }

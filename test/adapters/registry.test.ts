@@ -67,9 +67,9 @@ class FakeSharedStore implements AdapterStore {
 
 const tick = () => new Promise((r) => setImmediate(r));
 
-async function fresh(parseInlineBytes?: number) {
+async function fresh(parseInlineBytes?: number, cacheBytes?: number) {
   const store = new FakeSharedStore();
-  const registry = new Registry(model, store, pino({ level: 'silent' }), undefined, parseInlineBytes);
+  const registry = new Registry(model, store, pino({ level: 'silent' }), cacheBytes, parseInlineBytes);
   await registry.sync(true);
   registry.follow();
   return { store, registry };
@@ -135,6 +135,23 @@ t.test('an upload whose parse is running when the server shuts down gets 503 and
     t.equal(store.data.has('late'), false);
     t.same(registry.list(), []);
   }
+});
+
+t.test('a request admitted after a replacement does not join the reload of the version before it', async (t) => {
+  const { store, registry } = await fresh(undefined, 1); // the cache keeps only the adapter it got last
+  await registry.upload('t', files('kjv-prompt'));
+  await registry.upload('u', files('pos-prompt')); // evicts t
+  store.holdLoads = true;
+  const before = registry.resolve('t'); // reloads t's first version, held back
+  await tick();
+  const { info } = await registry.upload('t', files('fortune-ptuning'));
+  store.holdLoads = false;
+  await registry.upload('w', files('pos-bitfit')); // evicts t's new version
+  const after = registry.resolve('t');
+  await tick();
+  store.release();
+  t.equal((await before).version, metaOf('t', files('kjv-prompt')).version);
+  t.equal((await after).version, info.version, 'the version it was admitted on');
 });
 
 t.test('two replacements: the older load returning last does not win', async (t) => {
