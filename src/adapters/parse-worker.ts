@@ -1,12 +1,20 @@
 import { workerData } from 'node:worker_threads';
 import { serveRpc } from '../worker-rpc.js';
-import { parseAdapter, type ParseBase } from './format.js';
+import { parseAdapter, type AdapterFiles, type ParseBase } from './format.js';
 import type { ParseRequest } from './parser.js';
 
 const base = workerData as ParseBase;
-// Buffers arrive as plain Uint8Arrays (structured clone); the parser reads them as Buffers.
-const buffer = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+/** The files of each parse, as their slices arrive. */
+const jobs = new Map<number, Record<keyof AdapterFiles, Buffer[]>>();
 
-serveRpc(({ task, files, createdAt }: ParseRequest) => ({
-  value: parseAdapter(task, { config: buffer(files.config), weights: buffer(files.weights), task: files.task && buffer(files.task) }, base, createdAt),
-}));
+serveRpc((r: ParseRequest) => {
+  const parts = jobs.get(r.job) ?? { config: [], weights: [], task: [] };
+  jobs.set(r.job, parts);
+  if (r.op === 'slice') {
+    parts[r.file].push(Buffer.from(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength));
+    return { value: null };
+  }
+  jobs.delete(r.job);
+  const files = { config: Buffer.concat(parts.config), weights: Buffer.concat(parts.weights), task: parts.task.length ? Buffer.concat(parts.task) : undefined };
+  return { value: parseAdapter(r.task, files, base, r.createdAt) };
+});

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { ServerError } from '../errors.js';
-import { sharedBytes } from './shared-bytes.js';
+import { joinBytes } from './join-bytes.js';
 import type { AdapterStore, StoreChange, StoredAdapter, StoredMeta } from './store.js';
 
 /**
@@ -22,13 +22,13 @@ function weightFields(weights: Buffer): Record<string, Buffer> {
   return fields;
 }
 
-/** The weights of a stored hash, in shared memory when chunked; null when a chunk is missing. */
+/** The weights of a stored hash, joined when chunked; null when a chunk is missing. */
 async function joinWeights(files: Record<string, Buffer>): Promise<Buffer | null> {
   if (files.weights) return files.weights;
   const n = Number(files['weights.chunks']?.toString());
   if (!Number.isSafeInteger(n) || n < 1) return null;
   const chunks = Array.from({ length: n }, (_, i) => files[`weights.${i}`]);
-  return chunks.every(Boolean) ? sharedBytes(chunks) : null;
+  return chunks.every(Boolean) ? joinBytes(chunks) : null;
 }
 
 /**

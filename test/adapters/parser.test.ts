@@ -114,7 +114,7 @@ t.test('a worker that dies mid-parse: parsed again in a new one; dying twice fai
   const parser = new AdapterParser(base, 0);
   t.teardown(() => parser.close());
   const rpc = (parser as unknown as { rpc: { worker: { terminate: () => Promise<number> } | null; pending: Map<number, unknown> } }).rpc;
-  // Kills the worker that holds the parse (the files go to shared memory first), other than `not`.
+  // Kills the worker that holds the parse (once its first slice is on the way), other than `not`.
   const kill = async (not?: unknown) => {
     while (!rpc.worker || rpc.worker === not || rpc.pending.size === 0) await new Promise((r) => setImmediate(r));
     const w = rpc.worker;
@@ -146,8 +146,24 @@ t.test('an idle worker is stopped (it would hold its last files), and the next p
 
 t.test('after close, a parse fails with 503 shutting_down, and so does one in flight', async (t) => {
   const parser = new AdapterParser(base, 0);
-  const held = parser.parse('big', bigLora(256));
+  const held = parser.parse('big', bigLora(256)).catch((e: unknown) => e);
   await parser.close();
-  t.match(await held.catch((e: unknown) => e), { code: 'shutting_down', status: 503 });
+  t.match(await held, { code: 'shutting_down', status: 503 });
   t.match(await parser.parse('pos-lora', folder('pos-lora')).catch((e: unknown) => e), { code: 'shutting_down' });
+});
+
+t.test('an empty task.json reaches the worker as an empty file, not as none', async (t) => {
+  const parser = new AdapterParser(base, 0);
+  t.teardown(() => parser.close());
+  const files = { ...folder('pos-lora'), task: Buffer.alloc(0) };
+  const outcome = async (f: () => Promise<Adapter> | Adapter) => {
+    try {
+      return (await f()).spec;
+    } catch (e) {
+      return (e as FormatError).code;
+    }
+  };
+  const want = await outcome(() => inline('x', files));
+  t.notSame(want, await outcome(() => inline('x', { ...files, task: undefined })), 'inline, an empty task.json is not the same as none');
+  t.same(await outcome(() => parser.parse('x', files)), want, `the worker gives the same: ${JSON.stringify(want)}`);
 });

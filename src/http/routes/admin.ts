@@ -60,12 +60,21 @@ function uploadError(e: unknown, maxBytes: number): ServerError {
   return new ServerError('invalid_request', `the multipart body could not be read: ${message}`);
 }
 
+/** A zeroed buffer (its pages are mapped as written), or 429 where the memory cannot be had now. */
+function reserve(bytes: number): Buffer {
+  try {
+    return Buffer.alloc(bytes);
+  } catch (e) {
+    throw new ServerError('overloaded', `cannot reserve ${bytes} bytes for the upload now: ${(e as Error).message}`, { 'retry-after': '5' });
+  }
+}
+
 /**
  * Reads the multipart upload: known file parts only, each bounded, the whole bounded too. The files
- * are laid one after another in one SharedArrayBuffer of MAX_ADAPTER_BYTES, each chunk copied there
- * as it arrives: only the pages written take memory, the copying is spread over the upload (a 44 MB
- * Buffer.concat at the end stalled the event loop for 130 ms, mostly page faults), and the parser
- * worker reads the same memory without a copy.
+ * are laid one after another in one buffer of the body's size (MAX_ADAPTER_BYTES at most), each
+ * chunk copied there as it arrives: only the pages written take memory, and the copying is spread
+ * over the upload (a 44 MB Buffer.concat at the end stalled the event loop for 130 ms, mostly page
+ * faults).
  */
 async function readUpload(req: FastifyRequest, maxBytes: number): Promise<AdapterFiles> {
   if (!req.isMultipart()) throw new ServerError('invalid_request', 'the upload must be multipart/form-data with the adapter files');
@@ -73,7 +82,7 @@ async function readUpload(req: FastifyRequest, maxBytes: number): Promise<Adapte
   // The files are smaller than the body: no more than Content-Length is reserved (all of
   // MAX_ADAPTER_BYTES for a chunked body).
   const length = Number(req.headers['content-length']);
-  const arena = Buffer.from(new SharedArrayBuffer(Number.isSafeInteger(length) && length >= 0 ? Math.min(maxBytes, length) : maxBytes));
+  const arena = reserve(Number.isSafeInteger(length) && length >= 0 ? Math.min(maxBytes, length) : maxBytes);
   let used = 0;
   try {
     for await (const part of req.parts()) {
