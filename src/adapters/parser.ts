@@ -5,8 +5,8 @@ import { checkServable } from './task-spec.js';
 
 /**
  * What the worker is sent: each file in slices (`slice`), then `parse`. Slices, because a message
- * is a copy: one 44 MB message stalled the event loop 140 ms, and a SharedArrayBuffer, which needs
- * no copy, is memory V8 does not count towards collecting garbage (20 uploads left 1.2 GB behind).
+ * is a copy: one 44 MB message stalled the event loop 140 ms. A SharedArrayBuffer needs no copy,
+ * but V8 does not count it towards collecting garbage: 16 uploads of 44 MB left RSS at 1.4 GB.
  */
 export type ParseRequest =
   | { op: 'slice'; job: number; file: keyof AdapterFiles; bytes: Uint8Array }
@@ -16,8 +16,8 @@ export type ParseRequest =
 const SLICE = 1 << 20;
 
 /**
- * Below this many bytes an adapter is parsed on the calling thread: a worker's round trip (two
- * copies of the files and the tensors' transfer) costs more than the parse. Parsing runs at about
+ * Below this many bytes an adapter is parsed on the calling thread: a worker's round trip (the
+ * files copied in slices, the tensors sent back) costs more than the parse. Parsing runs at about
  * 100 MB/s (hash, value check, LoRA's transposes), so inline parses block for a few milliseconds.
  */
 export const PARSE_INLINE_BYTES = 256 * 1024;
@@ -32,8 +32,8 @@ const filesBytes = (f: AdapterFiles) => f.config.length + f.weights.length + (f.
  * the event loop every stream and health probe of the replica stalled meanwhile (so did every
  * replica following it through Redis, and a request whose evicted adapter came back from the store).
  * The worker gets the base model's config and biases once; its tensors come back in shared memory
- * (where the inference workers read them too), so nothing large is copied on the way back. The tokenizer stays here: checkServable, which needs
- * it, encodes only task.json's short template and labels.
+ * (where the inference workers read them too), so nothing large is copied on the way back. The
+ * tokenizer stays here: checkServable, which needs it, encodes only task.json's template and labels.
  */
 export class AdapterParser {
   private readonly rpc: WorkerRpc<ParseRequest, Adapter | null>;
