@@ -9,7 +9,8 @@
  * `--baseline` adds the build of another checkout (its dist/src/main.js), measured in the same run.
  * `--redis redis://…` runs two replicas sharing that Redis (a fresh key prefix per run, deleted
  * after): the uploads go to one, the streams to the other, which loads each new version on its
- * announcement; the window then runs 2 s past the last upload's answer.
+ * announcement; the window then runs 2 s past the last upload's answer. With `--streams-on uploader`
+ * the streams and probes go to the replica that takes the uploads (and stores them in Redis).
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -30,6 +31,8 @@ const { values: args } = parseArgs({
     baseline: { type: 'string' },
     /** Two replicas sharing this Redis: uploads go to one, the streams and probes to the other. */
     redis: { type: 'string' },
+    /** With --redis: `follower` (default) or `uploader`, the replica the streams and probes go to. */
+    'streams-on': { type: 'string', default: 'follower' },
     fixtures: { type: 'string', default: 'test/fixtures' },
     out: { type: 'string', default: join(process.env.BENCH_OUT ?? 'bench/results', 'upload-stall.json') },
   },
@@ -40,6 +43,8 @@ const UPLOADS = Number(args.uploads);
 const CLIENTS = Number(args.clients);
 const TOKEN = 'bench-admin';
 const execFileAsync = promisify(execFile);
+if (!['follower', 'uploader'].includes(args['streams-on']!)) throw new Error('--streams-on: follower or uploader');
+const STREAMS_ON_UPLOADER = args.redis !== undefined && args['streams-on'] === 'uploader';
 
 interface Variant {
   name: string;
@@ -103,8 +108,9 @@ async function run(v: Variant, round: number): Promise<Sample> {
   const prompts = benchPrompts(args.fixtures!, 64);
   const prefix = `bench-upload-${process.pid}-${round}-${v.name.replace(/\W/g, '')}:`;
   const env = { ADAPTERS_DIR: join(work, 'tasks'), MODEL_DIR: resolve('models/demo-gpt2'), CACHE_DIR: resolve('.cache'), ADMIN_TOKEN: TOKEN, ...(args.redis && { REDIS_URL: args.redis, REDIS_PREFIX: prefix }) };
-  const server = await startServerProcess(env, { main: v.main, cwd: v.cwd });
-  const uploader = args.redis ? await startServerProcess(env, { main: v.main, cwd: v.cwd }) : server;
+  const follower = await startServerProcess(env, { main: v.main, cwd: v.cwd });
+  const uploader = args.redis ? await startServerProcess(env, { main: v.main, cwd: v.cwd }) : follower;
+  const server = STREAMS_ON_UPLOADER ? uploader : follower; // the one streamed from and probed
   try {
     await upload(uploader.url, -1); // the first upload starts whatever the server starts lazily
     let window: [number, number] = [Infinity, Infinity];
@@ -131,7 +137,7 @@ async function run(v: Variant, round: number): Promise<Sample> {
     await Promise.all(clients);
     return { uploadMs, gaps, healthz };
   } finally {
-    await Promise.all([server.stop(), uploader.stop()]);
+    await Promise.all([follower.stop(), uploader.stop()]);
     if (args.redis) await dropKeys(args.redis, prefix);
   }
 }
@@ -157,7 +163,8 @@ rmSync(work, { recursive: true, force: true });
 const info = machineInfo();
 const med = (xs: number[]) => percentile(xs, 50);
 const span = (xs: number[]) => `${med(xs).toFixed(0)} (${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)})`;
-console.log(`\nupload stall${args.redis ? ' (two replicas through Redis: uploads to one, streams on the other)' : ''}: ${UPLOADS} uploads of a ${MB.toFixed(1)} MB LoRA (rank ${RANK}) one after another while ${CLIENTS} clients stream 64-token requests; ${ROUNDS} interleaved rounds; per round the token gaps' p99 and max, then median (min–max) over rounds; ${info.cpu}, ${info.cores} cores\n`);
+const setup = !args.redis ? '' : STREAMS_ON_UPLOADER ? ' (two replicas through Redis: uploads and streams on one)' : ' (two replicas through Redis: uploads to one, streams on the other)';
+console.log(`\nupload stall${setup}: ${UPLOADS} uploads of a ${MB.toFixed(1)} MB LoRA (rank ${RANK}) one after another while ${CLIENTS} clients stream 64-token requests; ${ROUNDS} interleaved rounds; per round the token gaps' p99 and max, then median (min–max) over rounds; ${info.cpu}, ${info.cores} cores\n`);
 const rows = variants.map((v) => {
   const xs = samples.get(v.name)!;
   return {

@@ -1,4 +1,5 @@
 import { FormatError, ServerError } from '../errors.js';
+import { SLICE_BYTES } from '../loop-turns.js';
 import { WorkerRpc } from '../worker-rpc.js';
 import { parseAdapter, type Adapter, type AdapterFiles, type ParseBase } from './format.js';
 import { checkServable } from './task-spec.js';
@@ -11,9 +12,6 @@ import { checkServable } from './task-spec.js';
 export type ParseRequest =
   | { op: 'slice'; job: number; file: keyof AdapterFiles; bytes: Uint8Array }
   | { op: 'parse'; job: number; task: string; createdAt: string };
-
-/** Bytes per slice, and per turn of the event loop. */
-const SLICE = 1 << 20;
 
 /**
  * Below this many bytes an adapter is parsed on the calling thread: a worker's round trip (the
@@ -58,10 +56,11 @@ export class AdapterParser {
       const job = this.nextJob++;
       for (const file of ['config', 'weights', 'task'] as const) {
         const buf = files[file];
-        // Every file that is there sends a slice, an empty one too: an empty task.json is not none.
-        for (let at = 0; buf && (at === 0 || at < buf.length); at += SLICE) {
+        // A slice per message, each a turn of the event loop. Every file that is there sends a
+        // slice, an empty one too: an empty task.json is not none.
+        for (let at = 0; buf && (at === 0 || at < buf.length); at += SLICE_BYTES) {
           // A copy of the slice alone (a view would send its whole buffer), moved to the worker.
-          const bytes = new Uint8Array(buf.subarray(at, at + SLICE));
+          const bytes = new Uint8Array(buf.subarray(at, at + SLICE_BYTES));
           await this.rpc.call({ op: 'slice', job, file, bytes }, [bytes.buffer]);
         }
       }

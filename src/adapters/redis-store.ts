@@ -31,10 +31,29 @@ async function joinWeights(files: Record<string, Buffer>): Promise<Buffer | null
   return chunks.every(Boolean) ? joinBytes(chunks) : null;
 }
 
+/** A staged save's files expire if it never commits (the replica died mid-save). */
+const STAGED_TTL_S = 3600;
+
 /**
- * Adapters in Redis, shared by every replica. Files are binary hash fields; a save or delete is one
- * MULTI that updates the files, the index and announces the change on a channel, so a replica
- * sees the old version or the new one and hears of it at once. Commands fail fast while Redis is
+ * Makes staged files a task's, atomically (a script runs alone): the files replaced, the index
+ * entry written and the change announced, as one step. Staged files that are gone (Redis restarted
+ * meanwhile) fail the save rather than index an adapter without files.
+ * KEYS: index, files, staged. ARGV: task, meta, channel, change. Returns 1 when it replaced one.
+ */
+const COMMIT_STAGED = `
+if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('the staged adapter files are gone') end
+local replaced = redis.call('HEXISTS', KEYS[1], ARGV[1])
+redis.call('RENAME', KEYS[3], KEYS[2])
+redis.call('PERSIST', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return replaced`;
+
+/**
+ * Adapters in Redis, shared by every replica. Files are binary hash fields. A save stages the files
+ * under a key of its own, then one script swaps them in, updates the index and announces the
+ * change on a channel; a delete is one MULTI that does the same. So a replica sees the old version
+ * or the new one and hears of it at once. Commands fail fast while Redis is
  * away (no offline queue): admin writes then get 503, and serving goes on from memory.
  */
 export class RedisStore implements AdapterStore {
@@ -115,7 +134,7 @@ export class RedisStore implements AdapterStore {
 
   async index(): Promise<StoredMeta[]> {
     const all = await this.guard(this.client.hgetall(this.indexKey));
-    return Object.values(all).map((v) => JSON.parse(v) as StoredMeta).sort((a, b) => a.task.localeCompare(b.task));
+    return Object.values(all).map((v) => JSON.parse(v) as StoredMeta); // in no order: the registry sorts what it lists
   }
 
   async load(task: string): Promise<StoredAdapter | null> {
@@ -130,17 +149,19 @@ export class RedisStore implements AdapterStore {
     const fields: Record<string, Buffer> = { config: files.config, ...weightFields(files.weights) };
     if (files.task) fields.task = files.task;
     const change: StoreChange = { task: meta.task, version: meta.version };
-    const results = await this.guard(
-      this.client
-        .multi()
-        .hexists(this.indexKey, meta.task)
-        .del(this.filesKey(meta.task))
-        .hset(this.filesKey(meta.task), fields)
-        .hset(this.indexKey, meta.task, JSON.stringify(meta))
-        .publish(this.channel, JSON.stringify(change))
-        .exec(),
-    );
-    return { replaced: results?.[0]?.[1] === 1 };
+    // Staged field by field, each its own command: ioredis builds a command's bytes in one buffer,
+    // and the whole upload in one MULTI was copied twice on the event loop. A save that fails
+    // leaves no staged key behind for long (it expires).
+    const staged = `${this.prefix}staged:${meta.task}:${randomBytes(6).toString('hex')}`;
+    try {
+      await this.guard(this.client.multi().hset(staged, 'config', fields.config).expire(staged, STAGED_TTL_S).exec());
+      for (const [field, value] of Object.entries(fields)) if (field !== 'config') await this.guard(this.client.hset(staged, field, value));
+      const replaced = await this.guard(this.client.eval(COMMIT_STAGED, 3, this.indexKey, this.filesKey(meta.task), staged, meta.task, JSON.stringify(meta), this.channel, JSON.stringify(change)));
+      return { replaced: replaced === 1 };
+    } catch (e) {
+      void this.client.del(staged).catch(() => {});
+      throw e;
+    }
   }
 
   async remove(task: string): Promise<boolean> {

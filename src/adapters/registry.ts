@@ -48,6 +48,8 @@ export class Registry {
   private readonly cache: LruCache<string, Adapter>;
   /** Reloads in flight, by task@version. */
   private readonly loading = new Map<string, Promise<Adapter>>();
+  /** Adapters another replica announced that are still loading here, by task: settled when applied or failed. */
+  private readonly announced = new Map<string, Promise<void>>();
   /**
    * Why changes apply in order: every change to a task (announced, uploaded or deleted here) takes
    * the next number of one counter; the outcome of a store read is applied only if no later change
@@ -60,6 +62,7 @@ export class Registry {
   /** Tasks held when the shared index was found empty: served from memory until deleted or replaced. */
   private readonly orphans = new Set<string>();
   private writesRefused = false;
+  private readonly writesClosed = new AbortController();
   private reconcileTimer: NodeJS.Timeout | null = null;
   /** The shared store's lifetime id when last read; a different one means it lost its data. */
   private storeEpoch: string | undefined;
@@ -234,10 +237,20 @@ export class Registry {
   /** Shutting down: uploads and deletes get 503 shutting_down from now on, as new inference does. */
   refuseWrites(): void {
     this.writesRefused = true;
+    this.writesClosed.abort();
+  }
+
+  /** Aborted when writes are refused: an upload still being received stops there with 503. */
+  get closing(): AbortSignal {
+    return this.writesClosed.signal;
+  }
+
+  static shuttingDown(): ServerError {
+    return new ServerError('shutting_down', 'the server is shutting down: adapter writes are refused');
   }
 
   private checkWritable(): void {
-    if (this.writesRefused) throw new ServerError('shutting_down', 'the server is shutting down: adapter writes are refused');
+    if (this.writesRefused) throw Registry.shuttingDown();
   }
 
   private async resync(): Promise<void> {
@@ -259,11 +272,33 @@ export class Registry {
         // Already held (this replica's own upload): still a change, so older loads in flight lose.
         this.begin(change.task);
         this.orphans.delete(change.task);
-      } else await this.refresh(change.task);
+      } else await this.track(change.task, this.refresh(change.task));
       this.log.info({ task: change.task, version: change.version }, 'adapter changed on another replica');
     } catch (e) {
       this.log.warn({ err: (e as Error).message, task: change.task }, 'could not apply an adapter change');
     }
+  }
+
+  /**
+   * Notes an announced adapter's load in flight, so that a request for a task this replica does not
+   * know yet waits for it rather than getting 404 for the second or more a large adapter takes to load.
+   */
+  private track(task: string, applying: Promise<void>): Promise<void> {
+    const settled = applying.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.announced.set(task, settled);
+    void settled.then(() => this.announced.get(task) === settled && this.announced.delete(task));
+    return applying;
+  }
+
+  /** The task's metadata, once an announced load of a task not held here has settled. */
+  private async known(task: string): Promise<StoredMeta | undefined> {
+    if (!TASK_ID.test(task)) return undefined;
+    const pending = this.meta.has(task) ? undefined : this.announced.get(task);
+    if (pending) await pending;
+    return this.meta.get(task);
   }
 
   /**
@@ -320,7 +355,8 @@ export class Registry {
   async remove(task: string): Promise<void> {
     this.checkWritable();
     if (task === BASE_TASK) throw new ServerError('reserved_task', "'base' is the frozen model and cannot be deleted");
-    if (!this.meta.has(task)) throw new ServerError('task_not_found', `no adapter named '${task.slice(0, 80)}'`);
+    if (!(await this.known(task))) throw new ServerError('task_not_found', `no adapter named '${task.slice(0, 80)}'`);
+    this.checkWritable();
     const n = this.begin(task);
     this.writing.set(task, null);
     await this.store.remove(task).finally(() => this.writing.delete(task));
@@ -347,15 +383,20 @@ export class Registry {
     return this.meta.size;
   }
 
-  describe(task: string): AdapterInfo {
-    const m = TASK_ID.test(task) ? this.meta.get(task) : undefined;
+  /** Registered here now (no wait for a load in flight). */
+  has(task: string): boolean {
+    return this.meta.has(task);
+  }
+
+  async describe(task: string): Promise<AdapterInfo> {
+    const m = await this.known(task);
     if (!m) throw new ServerError('task_not_found', `no adapter named '${task.slice(0, 80)}'`);
     return info(m);
   }
 
   async resolve(task: string): Promise<ResolvedTask> {
     if (task === BASE_TASK) return { task, version: this.baseVersion, adapter: null, spec: DEFAULT_SPEC };
-    const m = TASK_ID.test(task) ? this.meta.get(task) : undefined;
+    const m = await this.known(task);
     if (!m) throw new ServerError('task_not_found', `no task named '${task.slice(0, 80)}'`);
     const adapter = this.cache.get(task) ?? (await this.loadInto(task, m));
     return { task, version: adapter.version, adapter, spec: adapter.spec };

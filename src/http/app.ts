@@ -75,13 +75,7 @@ function clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket): void {
 }
 
 function taskExists(registry: Registry, task: string): boolean {
-  if (task === 'base') return true;
-  try {
-    registry.describe(task);
-    return true;
-  } catch {
-    return false;
-  }
+  return task === 'base' || registry.has(task);
 }
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {

@@ -1,7 +1,9 @@
 import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import { pino } from 'pino';
 import t from 'tap';
+import { RedisStore } from '../../src/adapters/redis-store.js';
 import { encodeSafetensors, parseSafetensors } from '../../src/model/safetensors.js';
 import { adapterFiles, multipart, reference } from '../helpers.js';
 import { startServerProcess, TestRedis } from '../redis-process.js';
@@ -235,4 +237,36 @@ t.test('a LoRA of several MiB is stored in chunks of a MiB, and the other replic
   t.equal(r.status, 200);
   t.same(r.body.token_ids, greedyOf('pos-lora', c.text), `the other replica's greedy tokens are pos-lora's (${c.text})`);
   t.same((await generate(a.url, 'big-lora', c.text)).body.token_ids, r.body.token_ids);
+});
+
+t.test('a save stages its files under a key of its own: none is left after it, and one that vanished fails the save and changes nothing', async (t) => {
+  const storePrefix = `sps-test-store-${process.pid}:`;
+  const store = new RedisStore(redis.url, storePrefix, pino({ level: 'silent' }));
+  await store.connect();
+  const client = new Redis(redis.url);
+  t.teardown(async () => {
+    await store.close();
+    const keys = await client.keys(`${storePrefix}*`);
+    if (keys.length) await client.del(...keys);
+    client.disconnect();
+  });
+  const files = (source: string) => {
+    const f = adapterFiles(source);
+    return { config: Buffer.from(f['adapter_config.json']), weights: Buffer.from(f['adapter_model.safetensors']) };
+  };
+  const meta = (version: string) => ({ task: 'staged', version, peftType: 'PROMPT_TUNING', kind: 'prompt', bytes: 1, createdAt: new Date(0).toISOString() });
+  t.same(await store.save({ meta: meta('v1'), files: files('kjv-prompt') }), { replaced: false });
+  t.same(await store.save({ meta: meta('v2'), files: files('pos-prompt') }), { replaced: true });
+  t.same(await client.keys(`${storePrefix}staged:*`), [], 'no staged key is left');
+  t.equal(await client.ttl(`${storePrefix}files:staged`), -1, "the task's files do not expire");
+  // Redis loses the staged files before the commit (a restart): the save fails, the index and files stay v2's.
+  const raw = (store as unknown as { client: Redis }).client;
+  const evalScript = raw.eval.bind(raw);
+  raw.eval = (async (...args: Parameters<Redis['eval']>) => {
+    await raw.del(String(args[4]));
+    return evalScript(...args);
+  }) as Redis['eval'];
+  await t.rejects(store.save({ meta: meta('v3'), files: files('fortune-ptuning') }), { code: 'store_unavailable', message: /staged adapter files are gone/ });
+  t.same((await store.index()).map((m) => m.version), ['v2'], 'the index still names v2');
+  t.ok((await store.load('staged'))!.files.weights.equals(files('pos-prompt').weights), "v2's files are intact");
 });

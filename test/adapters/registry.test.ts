@@ -106,20 +106,20 @@ t.test('a parse that fails for want of a worker keeps the version held; a worker
   t.teardown(() => registry.stop());
   store.external('kept', files('kjv-prompt'));
   while (!registry.list().length) await tick();
-  const held = registry.describe('kept').version;
+  const held = (await registry.describe('kept')).version;
   // The worker dies in the middle of the next version's parse: parsed again in a new one.
   store.external('kept', files('fortune-ptuning'));
   const rpc = (registry as unknown as { parser: { rpc: { worker: { terminate: () => Promise<number> } | null } } }).parser.rpc;
   while (!rpc.worker) await tick();
   await rpc.worker.terminate();
   const replaced = metaOf('kept', files('fortune-ptuning')).version;
-  while (registry.describe('kept').version === held) await tick();
-  t.equal(registry.describe('kept').version, replaced, 'the retry in a new worker applied the new version');
+  while ((await registry.describe('kept')).version === held) await tick();
+  t.equal((await registry.describe('kept')).version, replaced, 'the retry in a new worker applied the new version');
   // Stopped (shutting down): an announcement's parse fails, and the version held stays served.
   registry.stop();
   store.external('kept', files('pos-prompt'));
   for (let i = 0; i < 20; i++) await tick();
-  t.equal(registry.describe('kept').version, replaced, 'not dropped for a parse that never ran');
+  t.equal((await registry.describe('kept')).version, replaced, 'not dropped for a parse that never ran');
   t.equal((await registry.resolve('kept')).version, replaced);
 });
 
@@ -154,6 +154,37 @@ t.test('a request admitted after a replacement does not join the reload of the v
   t.equal((await after).version, info.version, 'the version it was admitted on');
 });
 
+t.test('a task announced by another replica and still loading here is waited for, not 404', async (t) => {
+  const { store, registry } = await fresh();
+  store.holdLoads = true;
+  store.external('new', files('pos-lora'));
+  await tick();
+  let settled = false;
+  const pending = [registry.resolve('new'), registry.describe('new')].map((p) => p.finally(() => (settled = true)));
+  for (let i = 0; i < 5; i++) await tick();
+  t.equal(settled, false, 'neither answered while the load is held');
+  t.equal(registry.has('new'), false, 'not registered before it is parsed');
+  store.release();
+  const [resolved, described] = await Promise.all(pending);
+  const version = metaOf('new', files('pos-lora')).version;
+  t.equal((resolved as { version: string }).version, version, 'resolved to the announced version');
+  t.equal((described as { version: string }).version, version);
+  // A delete sent here during the load waits for it too, then applies.
+  store.external('gone', files('pos-prompt'));
+  const removed = registry.remove('gone');
+  store.release();
+  await removed;
+  t.equal(store.data.has('gone'), false, 'the delete sent during the load applied');
+  // Deleted on the other replica while the load was held: the waiting request gets 404.
+  store.external('vanished', files('pos-prompt'));
+  const missing = registry.resolve('vanished');
+  await tick();
+  store.external('vanished', null);
+  store.release();
+  await t.rejects(missing, { code: 'task_not_found' });
+  await t.rejects(registry.resolve('never-announced'), { code: 'task_not_found' }, 'an unknown task is still 404 at once');
+});
+
 t.test('two replacements: the older load returning last does not win', async (t) => {
   const { store, registry } = await fresh();
   store.holdLoads = true;
@@ -167,7 +198,7 @@ t.test('two replacements: the older load returning last does not win', async (t)
   for (const r of first) r(); // then the old one
   await tick();
   await tick();
-  t.equal(registry.describe('swap').version, metaOf('swap', files('fortune-ptuning')).version);
+  t.equal((await registry.describe('swap')).version, metaOf('swap', files('fortune-ptuning')).version);
 });
 
 t.test('a local upload racing a delete from another replica ends as the store ends', async (t) => {

@@ -15,7 +15,7 @@ t.test('the official openai client lists every task as a model, base included', 
   t.same(ids.sort(), ['base', ...tasks].sort());
   const prefix = await client.models.retrieve('define-prefix');
   t.equal(prefix.owned_by, 'softprompt-server');
-  t.match(prefix, { peft_type: 'PREFIX_TUNING', version: server.registry.describe('define-prefix').version });
+  t.match(prefix, { peft_type: 'PREFIX_TUNING', version: (await server.registry.describe('define-prefix')).version });
   t.match(await client.models.retrieve('base'), { id: 'base', peft_type: null });
   const err = await client.models.retrieve('nope').catch((e: { status?: number }) => e);
   t.equal((err as { status?: number }).status, 404);

@@ -20,7 +20,7 @@ t.test("tokenize applies the task's template unless raw, and reports its virtual
   const templated = (await post('/v1/tokenize', { model: 'pos-prompt', prompt: 'ocean' })).json();
   t.same(templated.tokens, await tok.encode('ocean ->'));
   t.equal(templated.virtual_tokens, 20);
-  t.equal(templated.adapter_version, server.registry.describe('pos-prompt').version);
+  t.equal(templated.adapter_version, (await server.registry.describe('pos-prompt')).version);
   t.same((await post('/v1/tokenize', { model: 'pos-prompt', prompt: 'ocean', raw: true })).json().tokens, await tok.encode('ocean'));
   t.equal((await post('/v1/tokenize', { model: 'pos-bitfit', prompt: 'ocean' })).json().virtual_tokens, 0);
 });

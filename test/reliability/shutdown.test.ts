@@ -7,7 +7,7 @@ import { ROOT, startServer } from '../helpers.js';
 // stops arriving never times out: one client that left a body or its headers half-sent kept a
 // SIGTERM'd server from ever exiting (Kubernetes then SIGKILLs it). A separate process: the exit is the check.
 t.test('SIGTERM exits 0 within SHUTDOWN_DEADLINE_MS although clients left requests half-sent', async (t) => {
-  const server = await startServerProcess({ SHUTDOWN_DEADLINE_MS: '1000', ADAPTERS_DIR: `${ROOT}/adapters`, MODEL_DIR: `${ROOT}/models/demo-gpt2`, CACHE_DIR: `${ROOT}/.cache` }, { cwd: ROOT });
+  const server = await startServerProcess({ SHUTDOWN_DEADLINE_MS: '1000', ADMIN_TOKEN: 'admin', ADAPTERS_DIR: `${ROOT}/adapters`, MODEL_DIR: `${ROOT}/models/demo-gpt2`, CACHE_DIR: `${ROOT}/.cache` }, { cwd: ROOT });
   t.teardown(() => server.child.kill('SIGKILL'));
   const { hostname, port } = new URL(server.url);
   const open = (text: string) =>
@@ -18,7 +18,15 @@ t.test('SIGTERM exits 0 within SHUTDOWN_DEADLINE_MS although clients left reques
   const sockets = [
     await open('GET /healthz HTTP/1.1\r\nHo'), // headers stop mid-way
     await open('POST /v1/tasks/base/generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"prompt":'), // a body stops mid-way
+    // An upload whose file stops mid-way: answered 503 at SIGTERM rather than dropped at the deadline.
+    await open(
+      'PUT /v1/adapters/slow HTTP/1.1\r\nhost: x\r\nauthorization: Bearer admin\r\ncontent-type: multipart/form-data; boundary=b\r\ncontent-length: 100000\r\n\r\n' +
+        '--b\r\ncontent-disposition: form-data; name="adapter_model.safetensors"; filename="w"\r\ncontent-type: application/octet-stream\r\n\r\n' +
+        'x'.repeat(5000),
+    ),
   ];
+  let uploadAnswer = '';
+  sockets[2].on('data', (d: Buffer) => (uploadAnswer += d.toString()));
   const closed = sockets.map((s) => new Promise<void>((r) => s.once('close', () => r())));
   await new Promise((r) => setTimeout(r, 200)); // the server has read what was sent
   let socketsOpenAtExit = -1;
@@ -38,6 +46,7 @@ t.test('SIGTERM exits 0 within SHUTDOWN_DEADLINE_MS although clients left reques
   t.ok(seconds < 8, `exited ${seconds.toFixed(1)} s after SIGTERM`);
   await Promise.all(closed);
   t.ok(socketsOpenAtExit >= 0, 'the half-sent requests were closed by the server (their sockets end with it)');
+  t.match(uploadAnswer, /^HTTP\/1\.1 503 [^]*"code":"shutting_down"/, 'the upload in progress was answered 503 shutting_down');
 });
 
 t.test('requests must arrive within 5 minutes, and a connection silent past REQUEST_TIMEOUT_MS + 30 s is closed (Fastify sets neither)', async (t) => {

@@ -1,8 +1,9 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type, type Static } from '@sinclair/typebox';
 import type { AdapterFiles } from '../../adapters/format.js';
-import type { Registry } from '../../adapters/registry.js';
+import { Registry } from '../../adapters/registry.js';
 import { ServerError } from '../../errors.js';
+import { LoopTurns } from '../../loop-turns.js';
 import { bearerGuard } from '../auth.js';
 import { ErrorBody, TaskParams } from '../schemas.js';
 
@@ -70,13 +71,41 @@ function reserve(bytes: number): Buffer {
 }
 
 /**
+ * `source`'s items until `signal` aborts, then `reason()` at once, even while a client that sends
+ * slowly keeps the next item waiting: a SIGTERM must answer an upload in progress with 503, not
+ * wait for its body until the shutdown deadline and close the connection without an answer.
+ */
+async function* untilAborted<T>(source: AsyncIterable<T>, signal: AbortSignal, reason: () => Error): AsyncGenerator<T> {
+  const it = source[Symbol.asyncIterator]();
+  let onAbort = () => {};
+  const aborted = new Promise<never>((_, reject) => (onAbort = () => reject(reason())));
+  aborted.catch(() => {});
+  signal.addEventListener('abort', onAbort);
+  let done = false;
+  try {
+    if (signal.aborted) onAbort();
+    for (;;) {
+      const next = it.next();
+      next.catch(() => {}); // settles after an abort: nobody waits for it then
+      const r = await Promise.race([next, aborted]);
+      if ((done = r.done === true)) return;
+      yield r.value;
+    }
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    // Left early (an error, an abort): end the source, as a for-await loop over it would.
+    if (!done) void it.return?.()?.catch(() => {});
+  }
+}
+
+/**
  * Reads the multipart upload: known file parts only, each bounded, the whole bounded too. The files
  * are laid one after another in one buffer of the body's size (MAX_ADAPTER_BYTES at most), each
  * chunk copied there as it arrives: only the pages written take memory, and the copying is spread
  * over the upload (a 44 MB Buffer.concat at the end stalled the event loop for 130 ms, mostly page
  * faults).
  */
-async function readUpload(req: FastifyRequest, maxBytes: number): Promise<AdapterFiles> {
+async function readUpload(req: FastifyRequest, maxBytes: number, closing: AbortSignal): Promise<AdapterFiles> {
   if (!req.isMultipart()) throw new ServerError('invalid_request', 'the upload must be multipart/form-data with the adapter files');
   const files: Partial<AdapterFiles> = {};
   // The files are smaller than the body: no more than Content-Length is reserved (all of
@@ -84,8 +113,9 @@ async function readUpload(req: FastifyRequest, maxBytes: number): Promise<Adapte
   const length = Number(req.headers['content-length']);
   const arena = reserve(Number.isSafeInteger(length) && length >= 0 ? Math.min(maxBytes, length) : maxBytes);
   let used = 0;
+  const turns = new LoopTurns();
   try {
-    for await (const part of req.parts()) {
+    for await (const part of untilAborted(req.parts(), closing, Registry.shuttingDown)) {
       const name = part.fieldname.slice(0, 64);
       const key = Object.hasOwn(FILES, part.fieldname) ? FILES[part.fieldname] : undefined;
       if (!key) throw new ServerError('invalid_adapter', `unexpected part '${name}' (${EXPECTED})`);
@@ -94,15 +124,11 @@ async function readUpload(req: FastifyRequest, maxBytes: number): Promise<Adapte
       }
       if (files[key]) throw new ServerError('invalid_adapter', `'${name}' appears twice in the upload`);
       const start = used;
-      let sinceYield = 0;
-      for await (const chunk of part.file as AsyncIterable<Buffer>) {
+      for await (const chunk of untilAborted<Buffer>(part.file, closing, Registry.shuttingDown)) {
         if (used + chunk.length > arena.length) throw used - start + chunk.length > maxBytes ? fileTooLarge(maxBytes) : new ServerError('payload_too_large', `the adapter is larger than MAX_ADAPTER_BYTES (${maxBytes})`);
         used += chunk.copy(arena, used);
-        // Buffered chunks arrive in one run of microtasks: let the streams have the loop every MiB.
-        if ((sinceYield += chunk.length) >= 1 << 20) {
-          sinceYield = 0;
-          await new Promise((r) => setImmediate(r));
-        }
+        // Buffered chunks arrive in one run of microtasks: the streams get a turn every slice.
+        await turns.handled(chunk.length);
       }
       // The plugin's per-file limit (the same bound) ends a file early and marks it truncated.
       if (part.file.truncated) throw fileTooLarge(maxBytes);
@@ -135,7 +161,7 @@ export function adminRoutes(app: FastifyInstance, registry: Registry, adminToken
     },
     async (req, reply) => {
       if (req.params.task === 'base') throw new ServerError('reserved_task', "'base' is the frozen model and cannot be replaced");
-      const files = await readUpload(req, maxAdapterBytes);
+      const files = await readUpload(req, maxAdapterBytes, registry.closing);
       const { info, created } = await registry.upload(req.params.task, files);
       return reply.code(created ? 201 : 200).send(info);
     },

@@ -34,6 +34,6 @@ export function modelsRoutes(app: FastifyInstance, registry: Registry, startedAt
   app.get<{ Params: { model: string } }>(
     '/v1/models/:model',
     { schema: { tags: ['openai'], summary: 'One task as an OpenAI model', params: ModelParams, response: { 200: Model, ...errorResponses } } },
-    async (req) => (req.params.model === BASE_TASK ? base() : model(registry.describe(req.params.model))),
+    async (req) => (req.params.model === BASE_TASK ? base() : model(await registry.describe(req.params.model))),
   );
 }
