@@ -36,12 +36,17 @@ const STAGED_TTL_S = 3600;
 
 /**
  * Makes staged files a task's, atomically (a script runs alone): the files replaced, the index
- * entry written and the change announced, as one step. Staged files that are gone (Redis restarted
- * meanwhile) fail the save rather than index an adapter without files.
- * KEYS: index, files, staged. ARGV: task, meta, channel, change. Returns 1 when it replaced one.
+ * entry written and the change announced, as one step. Staged files that are not all there (Redis
+ * restarted, evicted the staging key or failed over mid-save, and a later field made the key anew)
+ * fail the save, and are dropped, rather than index an adapter with missing files.
+ * KEYS: index, files, staged. ARGV: task, meta, channel, change, number of fields staged.
+ * Returns 1 when it replaced an adapter.
  */
 const COMMIT_STAGED = `
-if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('the staged adapter files are gone') end
+if redis.call('HLEN', KEYS[3]) ~= tonumber(ARGV[5]) then
+  redis.call('DEL', KEYS[3])
+  return redis.error_reply('the staged adapter files are incomplete: the store lost some of them during the save')
+end
 local replaced = redis.call('HEXISTS', KEYS[1], ARGV[1])
 redis.call('RENAME', KEYS[3], KEYS[2])
 redis.call('PERSIST', KEYS[2])
@@ -78,7 +83,9 @@ export class RedisStore implements AdapterStore {
     // A Redis that is connected but does not answer (paused, swapping, a long blocking command)
     // fails commands after commandTimeoutMs: writes answer 503 instead of hanging, and the store
     // reports itself degraded until Redis answers again.
-    const opts = { enableOfflineQueue: false, maxRetriesPerRequest: 1, retryStrategy: (n: number) => Math.min(100 * n, 1000), lazyConnect: false, commandTimeout: commandTimeoutMs };
+    // No command is sent again after a reconnect: a staged field written anew after Redis lost the
+    // staging key would make a key that never expires.
+    const opts = { enableOfflineQueue: false, autoResendUnfulfilledCommands: false, maxRetriesPerRequest: 1, retryStrategy: (n: number) => Math.min(100 * n, 1000), lazyConnect: false, commandTimeout: commandTimeoutMs };
     this.client = new Redis(url, opts);
     this.client.on('error', (e) => this.log.debug({ err: e.message }, 'redis error'));
     this.indexKey = `${prefix}index`;
@@ -156,7 +163,7 @@ export class RedisStore implements AdapterStore {
     try {
       await this.guard(this.client.multi().hset(staged, 'config', fields.config).expire(staged, STAGED_TTL_S).exec());
       for (const [field, value] of Object.entries(fields)) if (field !== 'config') await this.guard(this.client.hset(staged, field, value));
-      const replaced = await this.guard(this.client.eval(COMMIT_STAGED, 3, this.indexKey, this.filesKey(meta.task), staged, meta.task, JSON.stringify(meta), this.channel, JSON.stringify(change)));
+      const replaced = await this.guard(this.client.eval(COMMIT_STAGED, 3, this.indexKey, this.filesKey(meta.task), staged, meta.task, JSON.stringify(meta), this.channel, JSON.stringify(change), Object.keys(fields).length));
       return { replaced: replaced === 1 };
     } catch (e) {
       void this.client.del(staged).catch(() => {});

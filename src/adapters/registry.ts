@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import type { Logger } from 'pino';
 import { FormatError, ServerError } from '../errors.js';
 import type { BaseModel } from '../model/base-model.js';
@@ -48,8 +49,8 @@ export class Registry {
   private readonly cache: LruCache<string, Adapter>;
   /** Reloads in flight, by task@version. */
   private readonly loading = new Map<string, Promise<Adapter>>();
-  /** Adapters another replica announced that are still loading here, by task: settled when applied or failed. */
-  private readonly announced = new Map<string, Promise<void>>();
+  /** Adapters another replica announced that are still loading here, by task: settles with the load's error, if any. */
+  private readonly announced = new Map<string, Promise<unknown>>();
   /**
    * Why changes apply in order: every change to a task (announced, uploaded or deleted here) takes
    * the next number of one counter; the outcome of a store read is applied only if no later change
@@ -62,6 +63,7 @@ export class Registry {
   /** Tasks held when the shared index was found empty: served from memory until deleted or replaced. */
   private readonly orphans = new Set<string>();
   private writesRefused = false;
+  /** Aborted at shutdown; every upload being received listens to it. */
   private readonly writesClosed = new AbortController();
   private reconcileTimer: NodeJS.Timeout | null = null;
   /** The shared store's lifetime id when last read; a different one means it lost its data. */
@@ -84,6 +86,7 @@ export class Registry {
     this.baseVersion = `base-${model.hash.slice(0, 12)}`;
     this.parser = new AdapterParser({ config: model.config, biases: model.tensors.biases, encode: (text) => model.tokenizer.encodeSync(text) }, parseInlineBytes);
     this.cache = new LruCache(cacheBytes);
+    setMaxListeners(0, this.writesClosed.signal); // one listener per upload in progress, however many
   }
 
   get cacheStats() {
@@ -150,7 +153,7 @@ export class Registry {
         if (!TASK_ID.test(m.task) || m.task === BASE_TASK) throw new FormatError('invalid_task_id', `'${m.task}' is not a valid task id`);
         if (validate || !m.version) {
           const stored = await this.store.load(m.task);
-          if (!stored) continue;
+          if (!stored) throw new FormatError('missing_files', 'the index names it, but the store has no files for it (or only some)');
           const adapter = await this.parse(m.task, stored.files, m.createdAt);
           fresh.set(m.task, metaOf(adapter));
           decoded.set(m.task, adapter);
@@ -245,12 +248,8 @@ export class Registry {
     return this.writesClosed.signal;
   }
 
-  static shuttingDown(): ServerError {
-    return new ServerError('shutting_down', 'the server is shutting down: adapter writes are refused');
-  }
-
   private checkWritable(): void {
-    if (this.writesRefused) throw Registry.shuttingDown();
+    if (this.writesRefused) throw new ServerError('shutting_down', 'the server is shutting down: adapter writes are refused');
   }
 
   private async resync(): Promise<void> {
@@ -286,19 +285,27 @@ export class Registry {
   private track(task: string, applying: Promise<void>): Promise<void> {
     const settled = applying.then(
       () => undefined,
-      () => undefined,
+      (e: unknown) => e,
     );
     this.announced.set(task, settled);
     void settled.then(() => this.announced.get(task) === settled && this.announced.delete(task));
     return applying;
   }
 
-  /** The task's metadata, once an announced load of a task not held here has settled. */
+  /**
+   * The task's metadata, once the announced loads of a task not held here have settled (one can
+   * follow another: each is waited for). Bounded by the store's command timeout and the parse.
+   */
   private async known(task: string): Promise<StoredMeta | undefined> {
     if (!TASK_ID.test(task)) return undefined;
-    const pending = this.meta.has(task) ? undefined : this.announced.get(task);
-    if (pending) await pending;
-    return this.meta.get(task);
+    let failure: unknown;
+    // track()'s clean-up runs before a waiter resumes: the loop ends once none is in flight.
+    for (let p = this.announced.get(task); p && !this.meta.has(task); p = this.announced.get(task)) failure = await p;
+    const m = this.meta.get(task);
+    // The load failed for a reason other than its files (the store is away, the server is
+    // shutting down): that is what to answer, not that the task does not exist.
+    if (!m && failure instanceof ServerError) throw failure;
+    return m;
   }
 
   /**

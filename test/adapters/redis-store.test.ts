@@ -239,7 +239,7 @@ t.test('a LoRA of several MiB is stored in chunks of a MiB, and the other replic
   t.same((await generate(a.url, 'big-lora', c.text)).body.token_ids, r.body.token_ids);
 });
 
-t.test('a save stages its files under a key of its own: none is left after it, and one that vanished fails the save and changes nothing', async (t) => {
+t.test('a save stages its files under a key of its own: none is left after it, and staged files the store lost in part fail the save and change nothing', async (t) => {
   const storePrefix = `sps-test-store-${process.pid}:`;
   const store = new RedisStore(redis.url, storePrefix, pino({ level: 'silent' }));
   await store.connect();
@@ -259,14 +259,16 @@ t.test('a save stages its files under a key of its own: none is left after it, a
   t.same(await store.save({ meta: meta('v2'), files: files('pos-prompt') }), { replaced: true });
   t.same(await client.keys(`${storePrefix}staged:*`), [], 'no staged key is left');
   t.equal(await client.ttl(`${storePrefix}files:staged`), -1, "the task's files do not expire");
-  // Redis loses the staged files before the commit (a restart): the save fails, the index and files stay v2's.
+  // Redis loses the staging key mid-save (a restart, an eviction, a failover), and the next field
+  // makes it anew: the save fails, the index and files stay v2's, and no staged key is left.
   const raw = (store as unknown as { client: Redis }).client;
-  const evalScript = raw.eval.bind(raw);
-  raw.eval = (async (...args: Parameters<Redis['eval']>) => {
-    await raw.del(String(args[4]));
-    return evalScript(...args);
-  }) as Redis['eval'];
-  await t.rejects(store.save({ meta: meta('v3'), files: files('fortune-ptuning') }), { code: 'store_unavailable', message: /staged adapter files are gone/ });
+  const hset = raw.hset.bind(raw) as (...a: unknown[]) => Promise<number>;
+  raw.hset = (async (...args: unknown[]) => {
+    await raw.del(String(args[0])); // lost just before the weights are staged: only they will be there
+    return hset(...args);
+  }) as unknown as Redis['hset'];
+  await t.rejects(store.save({ meta: meta('v3'), files: files('fortune-ptuning') }), { code: 'store_unavailable', message: /staged adapter files are incomplete/ });
   t.same((await store.index()).map((m) => m.version), ['v2'], 'the index still names v2');
   t.ok((await store.load('staged'))!.files.weights.equals(files('pos-prompt').weights), "v2's files are intact");
+  t.same(await client.keys(`${storePrefix}staged:*`), [], 'the incomplete staged files were dropped');
 });

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import t from 'tap';
 import { readAdapterFolder } from '../../src/adapters/fs-store.js';
+import { ServerError } from '../../src/errors.js';
 import { parseAdapter, type AdapterFiles } from '../../src/adapters/format.js';
 import { Registry } from '../../src/adapters/registry.js';
 import type { AdapterStore, StoreChange, StoredAdapter, StoredMeta } from '../../src/adapters/store.js';
@@ -30,10 +31,13 @@ class FakeSharedStore implements AdapterStore {
   async index() {
     return [...this.data.values()].map((s) => s.meta);
   }
+  /** Loads fail with this (a Redis that is away). */
+  failLoads: Error | null = null;
   async load(task: string) {
     // The read happens now (as Redis answers it); its delivery can be delayed.
     const snapshot = this.data.get(task) ?? null;
     if (this.holdLoads) await new Promise<void>((resolve) => this.held.push(resolve));
+    if (this.failLoads) throw this.failLoads;
     return snapshot;
   }
   /** Runs once the store holds a save, before the save's answer reaches the registry. */
@@ -183,6 +187,40 @@ t.test('a task announced by another replica and still loading here is waited for
   store.release();
   await t.rejects(missing, { code: 'task_not_found' });
   await t.rejects(registry.resolve('never-announced'), { code: 'task_not_found' }, 'an unknown task is still 404 at once');
+});
+
+t.test('announcements that follow one another are all waited for; a load that fails for want of the store answers that, not 404', async (t) => {
+  const { store, registry } = await fresh();
+  store.holdLoads = true;
+  store.external('twice', files('kjv-prompt'));
+  const waiting = registry.resolve('twice');
+  await tick();
+  const first = store.held.splice(0);
+  store.external('twice', files('fortune-ptuning')); // replaced before the first load returned
+  await tick();
+  for (const r of first) r(); // the first load lands: no longer the latest, it applies nothing
+  for (let i = 0; i < 5; i++) await tick();
+  store.release();
+  t.equal((await waiting).version, metaOf('twice', files('fortune-ptuning')).version, 'the request got the version announced last');
+  store.failLoads = new ServerError('store_unavailable', 'the adapter store (redis) is unavailable');
+  store.external('away', files('pos-prompt'));
+  const away = registry.resolve('away');
+  store.release();
+  await t.rejects(away, { code: 'store_unavailable', status: 503 });
+});
+
+t.test('startup skips, with its reason, a task the index names but whose files the store lacks', async (t) => {
+  const store = new FakeSharedStore();
+  const f = files('pos-prompt');
+  store.data.set('ghost', { meta: metaOf('ghost', f), files: f });
+  store.data.set('real', { meta: metaOf('real', f), files: f });
+  const load = store.load.bind(store);
+  store.load = async (task: string) => (task === 'ghost' ? null : load(task));
+  const registry = new Registry(model, store, pino({ level: 'silent' }));
+  const { loaded, skipped } = await registry.sync(true);
+  t.same(loaded, ['real']);
+  t.same(skipped.map((s) => s.task), ['ghost']);
+  t.match(skipped[0].reason, /^missing_files:/);
 });
 
 t.test('two replacements: the older load returning last does not win', async (t) => {

@@ -49,6 +49,37 @@ t.test('SIGTERM exits 0 within SHUTDOWN_DEADLINE_MS although clients left reques
   t.match(uploadAnswer, /^HTTP\/1\.1 503 [^]*"code":"shutting_down"/, 'the upload in progress was answered 503 shutting_down');
 });
 
+t.test('an upload answered 503 at SIGTERM does not hold the process: its connection ends when the client stops sending', async (t) => {
+  // A deadline far longer than the exit takes: a connection left open would hold the process to it.
+  const server = await startServerProcess({ SHUTDOWN_DEADLINE_MS: '60000', ADMIN_TOKEN: 'admin', ADAPTERS_DIR: `${ROOT}/adapters`, MODEL_DIR: `${ROOT}/models/demo-gpt2`, CACHE_DIR: `${ROOT}/.cache` }, { cwd: ROOT });
+  t.teardown(() => server.child.kill('SIGKILL'));
+  const { hostname, port } = new URL(server.url);
+  const socket = await new Promise<Socket>((resolve) => {
+    const s = connect(Number(port), hostname, () =>
+      s.write(
+        'PUT /v1/adapters/fast HTTP/1.1\r\nhost: x\r\nauthorization: Bearer admin\r\ncontent-type: multipart/form-data; boundary=b\r\ncontent-length: 50000000\r\n\r\n' +
+          '--b\r\ncontent-disposition: form-data; name="adapter_model.safetensors"; filename="w"\r\ncontent-type: application/octet-stream\r\n\r\n' +
+          'x'.repeat(200_000),
+        () => resolve(s),
+      ),
+    );
+    s.on('error', () => {});
+  });
+  let answer = '';
+  socket.on('data', (d: Buffer) => (answer += d.toString()));
+  const answered = new Promise<void>((r) => socket.on('data', () => answer.includes('shutting_down') && r()));
+  const closedByServer = new Promise<void>((r) => socket.once('end', () => r()));
+  const exit = new Promise<number | null>((r) => server.child.once('exit', (code) => r(code)));
+  await new Promise((r) => setTimeout(r, 200));
+  server.child.kill('SIGTERM');
+  await answered;
+  t.match(answer, /^HTTP\/1\.1 503 [^]*connection: close/i, '503, and the connection will close');
+  socket.write('x'.repeat(100_000)); // the client still sends a little, then stops: as curl does on a 503
+  socket.end();
+  const outcome = await Promise.race([Promise.all([closedByServer, exit]).then(([, code]) => code), new Promise<string>((r) => setTimeout(() => r('still running 20 s after SIGTERM'), 20_000))]);
+  t.equal(outcome, 0, 'the server ended the connection and exited with 0, long before the 60 s deadline');
+});
+
 t.test('requests must arrive within 5 minutes, and a connection silent past REQUEST_TIMEOUT_MS + 30 s is closed (Fastify sets neither)', async (t) => {
   const server = await startServer({ REQUEST_TIMEOUT_MS: '45000' });
   t.teardown(() => server.close());

@@ -1,9 +1,10 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type, type Static } from '@sinclair/typebox';
 import type { AdapterFiles } from '../../adapters/format.js';
-import { Registry } from '../../adapters/registry.js';
+import type { Registry } from '../../adapters/registry.js';
 import { ServerError } from '../../errors.js';
 import { LoopTurns } from '../../loop-turns.js';
+import { untilAborted } from '../until-aborted.js';
 import { bearerGuard } from '../auth.js';
 import { ErrorBody, TaskParams } from '../schemas.js';
 
@@ -61,40 +62,15 @@ function uploadError(e: unknown, maxBytes: number): ServerError {
   return new ServerError('invalid_request', `the multipart body could not be read: ${message}`);
 }
 
+/** An upload still arriving at shutdown: 503, and the connection closes once the answer is sent. */
+const uploadStopped = () => new ServerError('shutting_down', 'the server is shutting down: the upload was not stored', { connection: 'close' });
+
 /** A zeroed buffer (its pages are mapped as written), or 429 where the memory cannot be had now. */
 function reserve(bytes: number): Buffer {
   try {
     return Buffer.alloc(bytes);
   } catch (e) {
     throw new ServerError('overloaded', `cannot reserve ${bytes} bytes for the upload now: ${(e as Error).message}`, { 'retry-after': '5' });
-  }
-}
-
-/**
- * `source`'s items until `signal` aborts, then `reason()` at once, even while a client that sends
- * slowly keeps the next item waiting: a SIGTERM must answer an upload in progress with 503, not
- * wait for its body until the shutdown deadline and close the connection without an answer.
- */
-async function* untilAborted<T>(source: AsyncIterable<T>, signal: AbortSignal, reason: () => Error): AsyncGenerator<T> {
-  const it = source[Symbol.asyncIterator]();
-  let onAbort = () => {};
-  const aborted = new Promise<never>((_, reject) => (onAbort = () => reject(reason())));
-  aborted.catch(() => {});
-  signal.addEventListener('abort', onAbort);
-  let done = false;
-  try {
-    if (signal.aborted) onAbort();
-    for (;;) {
-      const next = it.next();
-      next.catch(() => {}); // settles after an abort: nobody waits for it then
-      const r = await Promise.race([next, aborted]);
-      if ((done = r.done === true)) return;
-      yield r.value;
-    }
-  } finally {
-    signal.removeEventListener('abort', onAbort);
-    // Left early (an error, an abort): end the source, as a for-await loop over it would.
-    if (!done) void it.return?.()?.catch(() => {});
   }
 }
 
@@ -115,7 +91,7 @@ async function readUpload(req: FastifyRequest, maxBytes: number, closing: AbortS
   let used = 0;
   const turns = new LoopTurns();
   try {
-    for await (const part of untilAborted(req.parts(), closing, Registry.shuttingDown)) {
+    for await (const part of untilAborted(req.parts(), closing, uploadStopped)) {
       const name = part.fieldname.slice(0, 64);
       const key = Object.hasOwn(FILES, part.fieldname) ? FILES[part.fieldname] : undefined;
       if (!key) throw new ServerError('invalid_adapter', `unexpected part '${name}' (${EXPECTED})`);
@@ -124,7 +100,7 @@ async function readUpload(req: FastifyRequest, maxBytes: number, closing: AbortS
       }
       if (files[key]) throw new ServerError('invalid_adapter', `'${name}' appears twice in the upload`);
       const start = used;
-      for await (const chunk of untilAborted<Buffer>(part.file, closing, Registry.shuttingDown)) {
+      for await (const chunk of untilAborted<Buffer>(part.file, closing, uploadStopped)) {
         if (used + chunk.length > arena.length) throw used - start + chunk.length > maxBytes ? fileTooLarge(maxBytes) : new ServerError('payload_too_large', `the adapter is larger than MAX_ADAPTER_BYTES (${maxBytes})`);
         used += chunk.copy(arena, used);
         // Buffered chunks arrive in one run of microtasks: the streams get a turn every slice.
@@ -135,6 +111,13 @@ async function readUpload(req: FastifyRequest, maxBytes: number, closing: AbortS
       files[key] = arena.subarray(start, used);
     }
   } catch (e) {
+    if (closing.aborted) {
+      // Answered 503 with the body unread: read the rest and drop it, so that the connection ends
+      // when the client stops sending (a paused socket never sees its end, and would hold the
+      // process until the shutdown deadline; a reset could lose the answer).
+      req.raw.unpipe();
+      req.raw.resume();
+    }
     throw uploadError(e, maxBytes);
   }
   for (const name of ['adapter_config.json', 'adapter_model.safetensors']) {
