@@ -62,8 +62,7 @@ export class Registry {
   private readonly writing = new Map<string, string | null>();
   /** Tasks held when the shared index was found empty: served from memory until deleted or replaced. */
   private readonly orphans = new Set<string>();
-  private writesRefused = false;
-  /** Aborted at shutdown; every upload being received listens to it. */
+  /** Aborted at shutdown: writes are refused from then on, and every upload being received listens to it. */
   private readonly writesClosed = new AbortController();
   private reconcileTimer: NodeJS.Timeout | null = null;
   /** The shared store's lifetime id when last read; a different one means it lost its data. */
@@ -239,7 +238,6 @@ export class Registry {
 
   /** Shutting down: uploads and deletes get 503 shutting_down from now on, as new inference does. */
   refuseWrites(): void {
-    this.writesRefused = true;
     this.writesClosed.abort();
   }
 
@@ -249,7 +247,7 @@ export class Registry {
   }
 
   private checkWritable(): void {
-    if (this.writesRefused) throw new ServerError('shutting_down', 'the server is shutting down: adapter writes are refused');
+    if (this.writesClosed.signal.aborted) throw new ServerError('shutting_down', 'the server is shutting down: adapter writes are refused');
   }
 
   private async resync(): Promise<void> {
