@@ -23,6 +23,14 @@ export interface AdapterTensors {
   ia3?: Record<string, { side: 'in' | 'out'; scale: Float32Array }>;
 }
 
+/** Bytes an adapter's decoded tensors hold: what the registry's LRU budget and a worker's share of it count. */
+export function tensorBytes(a: AdapterTensors): number {
+  let n = (a.embeddings?.byteLength ?? 0) + Object.values(a.biases ?? {}).reduce((s, b) => s + b.byteLength, 0);
+  for (const f of Object.values(a.lora?.modules ?? {})) n += f.a.byteLength + f.b.byteLength;
+  for (const v of Object.values(a.ia3 ?? {})) n += v.scale.byteLength;
+  return n;
+}
+
 export interface Sampling {
   temperature: number; // 0: greedy
   topP: number;

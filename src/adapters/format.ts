@@ -3,8 +3,8 @@ import { Type } from '@sinclair/typebox';
 import { FormatError } from '../errors.js';
 import { biasNames, type ModelConfig } from '../model/checkpoint.js';
 import { parseSafetensors, type Tensor } from '../model/safetensors.js';
-import type { AdapterTensors } from '../protocol.js';
-import { MAX_ADAPTER_VALUE, parseIa3, parseLora, tensorBytes } from './lora.js';
+import { tensorBytes, type AdapterTensors } from '../protocol.js';
+import { MAX_ADAPTER_VALUE, parseIa3, parseLora } from './lora.js';
 import { firstSchemaError } from './schema-check.js';
 import { checkServable, parseTaskSpec, type TaskSpec } from './task-spec.js';
 

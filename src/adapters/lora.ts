@@ -205,11 +205,3 @@ export function parseIa3(cfg: Record<string, unknown>, raw: Map<string, Tensor>,
   }
   return { key: '', kind: 'ia3', virtualTokens: 0, ia3 };
 }
-
-/** Bytes an adapter's decoded tensors hold: what the LRU budget counts. */
-export function tensorBytes(a: AdapterTensors): number {
-  let n = (a.embeddings?.byteLength ?? 0) + Object.values(a.biases ?? {}).reduce((s, b) => s + b.byteLength, 0);
-  for (const f of Object.values(a.lora?.modules ?? {})) n += f.a.byteLength + f.b.byteLength;
-  for (const v of Object.values(a.ia3 ?? {})) n += v.scale.byteLength;
-  return n;
-}

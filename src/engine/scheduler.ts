@@ -1,5 +1,5 @@
 import { ServerError } from '../errors.js';
-import type { AdapterTensors, RejectedRow, StepPlan, StepResult, TokenChoice } from '../protocol.js';
+import { tensorBytes, type AdapterTensors, type RejectedRow, type StepPlan, type StepResult, type TokenChoice } from '../protocol.js';
 import { prefillWidth, type GenerateJob, type Job, type ScoreJob } from './jobs.js';
 import { PrefillBudget } from './prefill-budget.js';
 
@@ -8,6 +8,12 @@ export interface SchedulerLimits {
   maxBatchTokens: number;
   /** Adapter keys the worker may hold before unused ones are forgotten. */
   maxWorkerAdapters: number;
+  /**
+   * Adapter bytes (tensorBytes) the worker may hold before unused ones are forgotten (the server
+   * passes ADAPTER_CACHE_BYTES). Absent: no bound but the count. The adapters that running rows
+   * use are never forgotten, so one step's may pass it.
+   */
+  maxWorkerAdapterBytes?: number;
   /**
    * 'mixed' (default): rows of any task share a batch. 'same-task': a batch holds one task at a
    * time, as servers that swap adapters per batch do; kept as a baseline for the benchmarks.
@@ -67,7 +73,9 @@ export class Scheduler {
   private readonly running = new Map<number, Running>();
   private readonly scoring = new Map<number, ScoreProgress>();
   private readonly scoreRowOwner = new Map<number, { progress: ScoreProgress; row: number }>();
-  private readonly workerAdapters = new Map<string, number>(); // key → last step that used it
+  /** The adapters the worker holds, least recently used first, with the last step that used each. */
+  private readonly workerAdapters = new Map<string, { step: number; bytes: number }>();
+  private workerBytes = 0;
   private pendingDrop: number[] = [];
   private needsReset = false;
   private nextRowId = 1;
@@ -146,8 +154,13 @@ export class Scheduler {
     const useAdapter = (a: AdapterTensors | null) => {
       if (!a) return;
       used.add(a.key);
-      if (!this.workerAdapters.has(a.key)) plan.adapters.push(a);
-      this.workerAdapters.set(a.key, this.steps);
+      const held = this.workerAdapters.get(a.key);
+      if (held?.step === this.steps) return;
+      if (held) this.workerAdapters.delete(a.key); // set again below: to the most recently used end
+      else plan.adapters.push(a);
+      const bytes = held?.bytes ?? tensorBytes(a);
+      if (!held) this.workerBytes += bytes;
+      this.workerAdapters.set(a.key, { step: this.steps, bytes });
     };
     for (const [seq, r] of this.running) {
       if (r.job.cancelled) {
@@ -276,11 +289,14 @@ export class Scheduler {
     return planned;
   }
 
+  /** Forgets the least recently used adapters no row of this step uses, while the worker holds too many or too many bytes. */
   private forgetUnused(plan: StepPlan, used: Set<string>): void {
-    if (this.workerAdapters.size <= this.limits.maxWorkerAdapters) return;
-    const idle = [...this.workerAdapters].filter(([k]) => !used.has(k)).sort((a, b) => a[1] - b[1]);
-    for (const [key] of idle.slice(0, this.workerAdapters.size - this.limits.maxWorkerAdapters)) {
+    const { maxWorkerAdapters, maxWorkerAdapterBytes = Infinity } = this.limits;
+    for (const [key, held] of this.workerAdapters) {
+      if (this.workerAdapters.size <= maxWorkerAdapters && this.workerBytes <= maxWorkerAdapterBytes) return;
+      if (used.has(key)) continue;
       this.workerAdapters.delete(key);
+      this.workerBytes -= held.bytes;
       plan.forget.push(key);
     }
   }
@@ -372,6 +388,7 @@ export class Scheduler {
     this.scoring.clear();
     this.scoreRowOwner.clear();
     this.workerAdapters.clear();
+    this.workerBytes = 0;
     this.pendingDrop = [];
     this.needsReset = true;
     return lost;

@@ -1,6 +1,6 @@
 import ort from 'onnxruntime-node';
 import { fetchedKv, KV_OUTPUT } from '../model/kv-output.js';
-import { startsAfterPast, type AdapterTensors, type DecodeRow, type EnsembleGroup, type NewSequence, type Sampling, type ScoreRow, type StepPlan, type StepResult, type TokenChoice } from '../protocol.js';
+import { startsAfterPast, tensorBytes, type AdapterTensors, type DecodeRow, type EnsembleGroup, type NewSequence, type Sampling, type ScoreRow, type StepPlan, type StepResult, type TokenChoice } from '../protocol.js';
 import { padLogitIndex, StepHead, type HeadRow } from './head.js';
 import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import { needsFullGraph, type FeedContext } from './model-constants.js';
@@ -27,6 +27,8 @@ export class StepRunner {
   private readonly sessions: ModelSessions;
   /** Forward passes by graph, since the start (tests, benchmarks). */
   readonly runs = { base: 0, full: 0 };
+  /** Bytes of the adapters forgotten (plan.forget), since the start: the worker's Reclaimer frees them. */
+  forgottenBytes = 0;
   /** The graph ends with the sampling head (src/model/sampling-head.ts), not plain logits. */
   private readonly graphHead: boolean;
   /** Soft prompts' and prefixes' KV by adapter key. */
@@ -70,6 +72,8 @@ export class StepRunner {
     }
     for (const a of plan.adapters) this.adapters.set(a.key, a);
     for (const key of plan.forget) {
+      const a = this.adapters.get(key);
+      if (a) this.forgottenBytes += tensorBytes(a);
       this.adapters.delete(key);
       this.pastKv.forget(key);
     }

@@ -5,6 +5,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { StepPlan } from '../protocol.js';
 import { FeedContext, type BaseTensors } from './model-constants.js';
 import { packPositions, prefillRunCost } from './prefill.js';
+import { Reclaimer } from './reclaim.js';
 import { RowCheck } from './row-check.js';
 import { openSessions, type ModelSessions } from './sessions.js';
 import { StepRunner } from './step-runner.js';
@@ -62,6 +63,7 @@ async function main(): Promise<void> {
   }
   const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu', base: sessions.base, promptKv: init.promptKv, prefillRunCost: prefillRunCost(init.provider), packPositions: packPositions(init.provider) });
   const rows = new RowCheck(init.base.config);
+  const reclaim = new Reclaimer();
   parentPort!.postMessage({ ready: true, providers: [init.provider] });
   // Steps are processed one at a time, in order: the runner's KV state is sequential by nature.
   let chain = Promise.resolve();
@@ -79,6 +81,7 @@ async function main(): Promise<void> {
       } catch (e) {
         parentPort!.postMessage({ id: msg.id, error: (e as Error).message });
       }
+      reclaim.collect(runner.forgottenBytes);
     });
   });
 }

@@ -298,3 +298,33 @@ t.test('the token budget counts what the prefill run feeds: a cached soft prompt
   s.enqueue({ ...scoreJob('p', 3, 1), adapter: soft }); // no context, one target each
   t.equal(s.plan().score.length, 1, 'three 101-wide rows do not fit 200 together: one per step');
 });
+
+t.test('the worker holds adapters within a count and a byte budget: the least recently used idle ones are forgotten first, a running row keeps its own', async (t) => {
+  // Prompt adapters of 1 KiB each (256 floats): four fit in 4 KiB.
+  const adapter = (key: string): AdapterTensors => ({ key, kind: 'prompt', virtualTokens: 1, embeddings: new Float32Array(256) });
+  const run = (limits: { count: number; bytes?: number }) => {
+    const s = new Scheduler({ maxBatchSize: 8, maxBatchTokens: 1000, maxWorkerAdapters: limits.count, maxWorkerAdapterBytes: limits.bytes });
+    const plans: StepPlan[] = [];
+    const serve = (key: string, maxTokens = 1) => s.enqueue({ ...gen(key, maxTokens), adapter: adapter(key) });
+    const step = () => {
+      const p = s.plan();
+      plans.push(p);
+      apply(s, p);
+      return p;
+    };
+    serve('long', 1000); // runs through every step below
+    for (const key of ['a', 'b', 'c']) (serve(key), step());
+    serve('a'); // a is used again: now b is the least recently used idle adapter
+    step();
+    for (const key of ['d', 'e']) (serve(key), step());
+    return plans;
+  };
+  const byBytes = run({ count: 100, bytes: 4 * 1024 });
+  t.same(byBytes.map((p) => p.adapters.map((a) => a.key)), [['long', 'a'], ['b'], ['c'], [], ['d'], ['e']], 'each adapter is sent once while held');
+  t.same(byBytes.map((p) => p.forget), [[], [], [], [], ['b'], ['c']], 'past 4 KiB: b, then c (a was used after them; long runs)');
+  const byCount = run({ count: 4 });
+  t.same(byCount.flatMap((p) => p.forget), ['b', 'c'], 'the count bound forgets in the same order');
+  const tight = run({ count: 100, bytes: 1 });
+  t.notOk(tight.some((p) => p.forget.includes('long')), "a running row's adapter is never forgotten, even past the budget");
+  t.same(tight[1].forget, ['a'], 'an idle one is, at the next step');
+});
