@@ -34,6 +34,11 @@ export class ServerError extends Error {
   }
 }
 
+/** 503 shutting_down; `what` says what was not done (": the upload was not stored"). */
+export function shuttingDown(what = '', headers: Record<string, string> = {}): ServerError {
+  return new ServerError('shutting_down', `the server is shutting down${what}`, headers);
+}
+
 /** A model or adapter file that cannot be used; `code` names the check that failed. */
 export class FormatError extends Error {
   constructor(

@@ -1,5 +1,5 @@
 import { parentPort, Worker, type Transferable } from 'node:worker_threads';
-import { ServerError } from './errors.js';
+import { shuttingDown } from './errors.js';
 
 /** What a worker answers for a request its handler threw on. */
 export interface RpcFailure {
@@ -101,7 +101,6 @@ export class WorkerRpc<Req, Res> {
   }
 }
 
-const shuttingDown = () => new ServerError('shutting_down', 'the server is shutting down');
 
 /**
  * The worker's side: answers each request with what `handle` returns (and the buffers it names for

@@ -4,6 +4,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FormatError } from '../errors.js';
 import type { AdapterFiles } from './format.js';
+import { LatestPerTask } from './latest-per-task.js';
 import type { AdapterStore, StoredAdapter, StoredMeta } from './store.js';
 
 const META = 'meta.json';
@@ -39,7 +40,7 @@ async function loadAdapterFolder(dir: string): Promise<AdapterFiles> {
 export class FsStore implements AdapterStore {
   readonly name = 'filesystem';
   /** Per task, the last operation queued: a load's reads never see a save's or a remove's renames halfway. */
-  private readonly busy = new Map<string, Promise<unknown>>();
+  private readonly busy = new LatestPerTask<unknown>();
 
   constructor(private readonly dir: string) {
     mkdirSync(dir, { recursive: true });
@@ -77,9 +78,7 @@ export class FsStore implements AdapterStore {
   /** Runs `op` after every earlier operation on `task` has settled. */
   private exclusive<T>(task: string, op: () => Promise<T>): Promise<T> {
     const result = (this.busy.get(task) ?? Promise.resolve()).then(op);
-    const settled = result.catch(() => undefined);
-    this.busy.set(task, settled);
-    void settled.then(() => this.busy.get(task) === settled && this.busy.delete(task));
+    this.busy.set(task, result.catch(() => undefined));
     return result;
   }
 

@@ -1,10 +1,11 @@
 import { setMaxListeners } from 'node:events';
 import type { Logger } from 'pino';
-import { FormatError, ServerError } from '../errors.js';
+import { FormatError, ServerError, shuttingDown } from '../errors.js';
 import type { BaseModel } from '../model/base-model.js';
 import type { Adapter, AdapterFiles } from './format.js';
-import { AdapterParser, PARSE_INLINE_BYTES } from './parser.js';
+import { LatestPerTask } from './latest-per-task.js';
 import { LruCache } from './lru.js';
+import { AdapterParser, PARSE_INLINE_BYTES } from './parser.js';
 import type { AdapterStore, StoreChange, StoredMeta } from './store.js';
 import { DEFAULT_SPEC, type TaskSpec } from './task-spec.js';
 
@@ -50,7 +51,7 @@ export class Registry {
   /** Reloads in flight, by task@version. */
   private readonly loading = new Map<string, Promise<Adapter>>();
   /** Adapters another replica announced that are still loading here, by task: settles with the load's error, if any. */
-  private readonly announced = new Map<string, Promise<unknown>>();
+  private readonly announced = new LatestPerTask<unknown>();
   /**
    * Why changes apply in order: every change to a task (announced, uploaded or deleted here) takes
    * the next number of one counter; the outcome of a store read is applied only if no later change
@@ -247,7 +248,7 @@ export class Registry {
   }
 
   private checkWritable(): void {
-    if (this.writesClosed.signal.aborted) throw new ServerError('shutting_down', 'the server is shutting down: adapter writes are refused');
+    if (this.writesClosed.signal.aborted) throw shuttingDown(': adapter writes are refused');
   }
 
   private async resync(): Promise<void> {
@@ -281,12 +282,13 @@ export class Registry {
    * know yet waits for it rather than getting 404 for the second or more a large adapter takes to load.
    */
   private track(task: string, applying: Promise<void>): Promise<void> {
-    const settled = applying.then(
-      () => undefined,
-      (e: unknown) => e,
+    this.announced.set(
+      task,
+      applying.then(
+        () => undefined,
+        (e: unknown) => e,
+      ),
     );
-    this.announced.set(task, settled);
-    void settled.then(() => this.announced.get(task) === settled && this.announced.delete(task));
     return applying;
   }
 

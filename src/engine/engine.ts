@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { ServerError } from '../errors.js';
+import { ServerError, shuttingDown } from '../errors.js';
 import type { Executor } from '../executor/executor.js';
 import { rowTokens, type Job } from './jobs.js';
 import { Lane, type LaneOptions, type StepStats } from './lane.js';
@@ -81,7 +81,7 @@ export class Engine {
    * always takes a request, however many prompts it has.
    */
   submitAll(jobs: Job[]): void {
-    if (this.stopped || this.draining) throw new ServerError('shutting_down', 'the server is shutting down');
+    if (this.stopped || this.draining) throw shuttingDown();
     const lanes = this.lanes.filter((l) => l.canRun);
     if (lanes.length === 0) throw new ServerError('worker_crashed', 'no inference worker can run at the moment; retry shortly', { 'retry-after': '1' });
     const depth = this.queueDepth;
@@ -115,7 +115,7 @@ export class Engine {
   /** Stops every lane; jobs still held fail with 503 shutting_down. */
   async stop(): Promise<void> {
     this.stopped = true;
-    const err = new ServerError('shutting_down', 'the server shut down before this request finished');
+    const err = shuttingDown(': this request did not finish');
     await Promise.all(this.lanes.map((l) => l.stop(err)));
   }
 }

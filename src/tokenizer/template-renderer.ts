@@ -1,5 +1,5 @@
 import { fork, type ChildProcess } from 'node:child_process';
-import { ServerError } from '../errors.js';
+import { ServerError, shuttingDown } from '../errors.js';
 import type { RenderReply, RenderRequest } from './template-child.js';
 
 /** A render that takes longer is interrupted (400): real templates take milliseconds. */
@@ -41,7 +41,7 @@ export class TemplateRenderer {
    * ServerError): a waiting job leaves the queue, a running one is stopped (it may be one that never ends).
    */
   render(template: string, context: Record<string, unknown>, maxChars: number, signal?: AbortSignal): Promise<string> {
-    if (this.closed) return Promise.reject(new ServerError('shutting_down', 'the server is shutting down'));
+    if (this.closed) return Promise.reject(shuttingDown());
     if (signal?.aborted) return Promise.reject(ended(signal));
     if (this.queue.length >= MAX_QUEUE) return Promise.reject(new ServerError('overloaded', `${MAX_QUEUE} chat templates are waiting to render`, { 'retry-after': '5' }));
     return new Promise((resolve, reject) => {
@@ -159,8 +159,8 @@ export class TemplateRenderer {
   /** Stops the renderer: what waits fails (the server is shutting down). */
   close(): void {
     this.closed = true;
-    for (const job of this.queue.splice(0)) job.reject(new ServerError('shutting_down', 'the server is shutting down'));
-    if (this.child) this.stop(this.child, new ServerError('shutting_down', 'the server is shutting down'));
+    for (const job of this.queue.splice(0)) job.reject(shuttingDown());
+    if (this.child) this.stop(this.child, shuttingDown());
   }
 }
 

@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type, type Static } from '@sinclair/typebox';
 import type { AdapterFiles } from '../../adapters/format.js';
 import type { Registry } from '../../adapters/registry.js';
-import { ServerError } from '../../errors.js';
+import { ServerError, shuttingDown } from '../../errors.js';
 import { LoopTurns } from '../../loop-turns.js';
 import { untilAborted } from '../until-aborted.js';
 import { bearerGuard } from '../auth.js';
@@ -63,7 +63,7 @@ function uploadError(e: unknown, maxBytes: number): ServerError {
 }
 
 /** An upload still arriving at shutdown: 503, and the connection closes once the answer is sent. */
-const uploadStopped = () => new ServerError('shutting_down', 'the server is shutting down: the upload was not stored', { connection: 'close' });
+const uploadStopped = () => shuttingDown(': the upload was not stored', { connection: 'close' });
 
 /** A zeroed buffer (its pages are mapped as written), or 429 where the memory cannot be had now. */
 function reserve(bytes: number): Buffer {
