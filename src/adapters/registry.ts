@@ -13,6 +13,9 @@ export { readAdapterFolder } from './fs-store.js';
 
 export const TASK_ID = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 export const BASE_TASK = 'base';
+/** An announced adapter whose load failed for want of the store is tried again after 1 s, doubling to 30 s. */
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 30_000;
 
 /** What a request is pinned to at admission: the adapter version it will run on to the end. */
 export interface ResolvedTask {
@@ -66,6 +69,12 @@ export class Registry {
   /** Aborted at shutdown: writes are refused from then on, and every upload being received listens to it. */
   private readonly writesClosed = new AbortController();
   private reconcileTimer: NodeJS.Timeout | null = null;
+  /**
+   * Announced adapters whose load failed for want of the store (a command that timed out), by task:
+   * the load is tried again after `retryMs` (doubling to 30 s), and meanwhile a request for the task
+   * gets that 503 rather than 404. Any later change to the task ends it.
+   */
+  private readonly retrying = new Map<string, { error: ServerError; timer: NodeJS.Timeout }>();
   /** The shared store's lifetime id when last read; a different one means it lost its data. */
   private storeEpoch: string | undefined;
   readonly baseVersion: string;
@@ -105,7 +114,13 @@ export class Registry {
   private begin(task: string): number {
     const n = ++this.changeCounter;
     this.lastChange.set(task, n);
+    this.stopRetry(task);
     return n;
+  }
+
+  private stopRetry(task: string): void {
+    clearTimeout(this.retrying.get(task)?.timer);
+    this.retrying.delete(task);
   }
 
   private isLatest(task: string, n: number): boolean {
@@ -234,6 +249,7 @@ export class Registry {
   stop(): void {
     if (this.reconcileTimer) clearInterval(this.reconcileTimer);
     this.reconcileTimer = null;
+    for (const task of [...this.retrying.keys()]) this.stopRetry(task);
     void this.parser.close();
   }
 
@@ -262,18 +278,31 @@ export class Registry {
   private async onChange(change: StoreChange | null): Promise<void> {
     if (change === null) return this.resync();
     if (this.writing.has(change.task) && this.writing.get(change.task) === change.version) return;
+    if (change.version === null) {
+      this.begin(change.task);
+      this.drop(change.task);
+      this.log.info({ task: change.task }, 'adapter deleted on another replica');
+    } else if (this.meta.get(change.task)?.version === change.version) {
+      // Already held (this replica's own upload): still a change, so older loads in flight lose.
+      this.begin(change.task);
+      this.orphans.delete(change.task);
+    } else await this.loadAnnounced(change.task, change.version, RETRY_FIRST_MS);
+  }
+
+  /**
+   * Loads an adapter another replica stored. One that fails for want of the store is tried again
+   * after `retryMs` (see `retrying`); one whose files are bad is dropped (refresh).
+   */
+  private async loadAnnounced(task: string, version: string, retryMs: number): Promise<void> {
     try {
-      if (change.version === null) {
-        this.begin(change.task);
-        this.drop(change.task);
-      } else if (this.meta.get(change.task)?.version === change.version) {
-        // Already held (this replica's own upload): still a change, so older loads in flight lose.
-        this.begin(change.task);
-        this.orphans.delete(change.task);
-      } else await this.track(change.task, this.refresh(change.task));
-      this.log.info({ task: change.task, version: change.version }, 'adapter changed on another replica');
+      const outcome = await this.track(task, this.refresh(task));
+      this.log.info({ task, version, held: this.meta.get(task)?.version ?? null }, outcome === 'superseded' ? 'adapter change from another replica superseded by a later one' : 'adapter changed on another replica');
     } catch (e) {
-      this.log.warn({ err: (e as Error).message, task: change.task }, 'could not apply an adapter change');
+      this.log.warn({ err: (e as Error).message, task, version }, 'could not apply an adapter change');
+      if (!(e instanceof ServerError) || this.writesClosed.signal.aborted || this.retrying.has(task)) return;
+      const timer = setTimeout(() => void this.loadAnnounced(task, version, Math.min(2 * retryMs, RETRY_MAX_MS)), retryMs);
+      timer.unref();
+      this.retrying.set(task, { error: e, timer });
     }
   }
 
@@ -281,7 +310,7 @@ export class Registry {
    * Notes an announced adapter's load in flight, so that a request for a task this replica does not
    * know yet waits for it rather than getting 404 for the second or more a large adapter takes to load.
    */
-  private track(task: string, applying: Promise<void>): Promise<void> {
+  private track<T>(task: string, applying: Promise<T>): Promise<T> {
     this.announced.set(
       task,
       applying.then(
@@ -305,6 +334,8 @@ export class Registry {
     // The load failed for a reason other than its files (the store is away, the server is
     // shutting down): that is what to answer, not that the task does not exist.
     if (!m && failure instanceof ServerError) throw failure;
+    const retry = this.retrying.get(task);
+    if (!m && retry) throw retry.error;
     return m;
   }
 
@@ -312,11 +343,14 @@ export class Registry {
    * Applies what the store holds for `task` now, unless a later change started while it was read.
    * Loads eagerly: the first request after an announcement should not pay for the decode.
    */
-  private async refresh(task: string): Promise<void> {
+  private async refresh(task: string): Promise<'held' | 'dropped' | 'superseded'> {
     const n = this.begin(task);
     const stored = await this.store.load(task);
-    if (!this.isLatest(task, n)) return;
-    if (!stored) return this.drop(task);
+    if (!this.isLatest(task, n)) return 'superseded';
+    if (!stored) {
+      this.drop(task);
+      return 'dropped';
+    }
     let adapter: Adapter;
     try {
       adapter = await this.parse(task, stored.files, stored.meta.createdAt);
@@ -327,7 +361,9 @@ export class Registry {
       throw e;
     }
     // The parse ran off the event loop: a change that began meanwhile has the last word.
-    if (this.isLatest(task, n)) this.hold(adapter);
+    if (!this.isLatest(task, n)) return 'superseded';
+    this.hold(adapter);
+    return 'held';
   }
 
   /** Parses and validates against the base model, off the event loop unless the files are small. */

@@ -209,6 +209,30 @@ t.test('announcements that follow one another are all waited for; a load that fa
   await t.rejects(away, { code: 'store_unavailable', status: 503 });
 });
 
+t.test('an announced load that failed for want of the store is tried again; meanwhile a request gets that 503, not 404', async (t) => {
+  const { store, registry } = await fresh();
+  t.teardown(() => registry.stop());
+  let loads = 0;
+  const load = store.load.bind(store);
+  store.load = (task: string) => (loads++, load(task));
+  store.failLoads = new ServerError('store_unavailable', 'the adapter store (redis) is unavailable');
+  store.external('late', files('pos-prompt'));
+  await t.rejects(registry.resolve('late'), { code: 'store_unavailable' }, 'the waiter gets the failure');
+  await t.rejects(registry.resolve('late'), { code: 'store_unavailable' }, 'so does a request after it: the task exists, the store is away');
+  store.failLoads = null;
+  const t0 = performance.now();
+  while (!registry.has('late') && performance.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 50));
+  t.equal((await registry.resolve('late')).version, metaOf('late', files('pos-prompt')).version, 'the retry, a second later, loaded it');
+  t.equal(loads, 2);
+  // A retry ends with the registry (and at any later change to the task): no load after stop().
+  store.failLoads = new ServerError('store_unavailable', 'the adapter store (redis) is unavailable');
+  store.external('gone', files('pos-prompt'));
+  await t.rejects(registry.resolve('gone'), { code: 'store_unavailable' });
+  registry.stop();
+  await new Promise((r) => setTimeout(r, 1500));
+  t.equal(loads, 3, 'the stopped registry tried no more');
+});
+
 t.test('startup skips, with its reason, a task the index names but whose files the store lacks', async (t) => {
   const store = new FakeSharedStore();
   const f = files('pos-prompt');
