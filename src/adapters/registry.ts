@@ -198,6 +198,7 @@ export class Registry {
       if (this.meta.get(task)?.version !== m.version) this.cache.delete(task);
       this.meta.set(task, m);
       this.orphans.delete(task);
+      this.stopRetry(task); // registered from the index: it loads on first use
       const adapter = decoded.get(task);
       if (adapter) this.cache.set(task, adapter, this.cost(adapter));
     }
