@@ -73,6 +73,8 @@ export class Metrics {
       cache: () => { hits: number; misses: number; evictions: number; bytes: number };
       /** Each worker's KV batch, by worker index (optional: tests may leave it out). */
       kv?: () => { rows: number; slots: number; capacity: number; bytes: number }[];
+      /** The adapters each worker holds, by worker index (src/executor/reclaim.ts for the collections). */
+      workerAdapters?: () => { held: number; bytes: number; collections?: number }[];
       /** Times the shared adapter store was found to have lost its data (src/adapters/registry.ts). */
       storeResets?: () => number;
     },
@@ -105,6 +107,10 @@ export class Metrics {
     kvGauge('sps_kv_slots', 'Allocated slots of the worker\'s KV batch (live rows and spare slots)', (k) => k.slots);
     kvGauge('sps_kv_capacity_columns', 'Allocated columns per slot of the worker\'s KV batch', (k) => k.capacity);
     kvGauge('sps_kv_bytes', 'Bytes of the worker\'s KV buffers', (k) => k.bytes);
+    const held = sources.workerAdapters ?? (() => []);
+    new client.Gauge({ name: 'sps_worker_adapters', help: 'Adapters the worker holds (at most 512 and ADAPTER_CACHE_BYTES of them, beside those its running rows use)', labelNames: ['worker'], registers: [r], collect() { held().forEach((h, i) => this.set({ worker: String(i) }, h.held)); } });
+    new client.Gauge({ name: 'sps_worker_adapter_bytes', help: 'Bytes of the adapters the worker holds', labelNames: ['worker'], registers: [r], collect() { held().forEach((h, i) => this.set({ worker: String(i) }, h.bytes)); } });
+    new client.Counter({ name: 'sps_worker_gc_collections_total', help: 'Full garbage collections the worker ran to free the adapters it forgot (once per 32 MiB forgotten); starts again at 0 with a restarted worker', labelNames: ['worker'], registers: [r], collect() { this.reset(); held().forEach((h, i) => this.inc({ worker: String(i) }, h.collections ?? 0)); } });
     new client.Gauge({ name: 'sps_queue_depth', help: 'Requests waiting for admission', registers: [r], collect() { this.set(sources.queueDepth()); } });
     new client.Gauge({ name: 'sps_running_sequences', help: 'Sequences in the running batch', registers: [r], collect() { this.set(sources.running()); } });
     new client.Gauge({ name: 'sps_adapters_registered', help: 'Registered adapters', registers: [r], collect() { this.set(sources.adapters()); } });

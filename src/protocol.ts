@@ -123,6 +123,8 @@ export interface StepResult {
   paddedTokens?: number;
   /** The worker's KV batch after the step: live rows, allocated slots and columns, buffer bytes. */
   kv?: { rows: number; slots: number; capacity: number; bytes: number };
+  /** The adapters the worker holds after the step, their bytes (tensorBytes), and the full collections it has run to free forgotten ones (src/executor/reclaim.ts). */
+  adapters?: { held: number; bytes: number; collections?: number };
   /**
    * New rows (prefill seq or score id) the worker refused before running the step: each fails its
    * own request; the rest of the batch ran. `invalid_adapter`: the row's adapter tensors cannot run.

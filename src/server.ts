@@ -62,6 +62,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
     adapters: () => registry.size,
     cache: () => registry.cacheStats,
     kv: () => engine.lanes.map((l) => l.kv),
+    workerAdapters: () => engine.lanes.map((l) => l.heldAdapters),
     storeResets: () => registry.storeResets,
   });
   engine.onStep = ({ plan, result }) => {

@@ -60,6 +60,8 @@ export class Lane {
   private lastOverlap = -Infinity;
   /** The latest step's view of the worker's KV batch (rows, slots, columns, bytes). */
   kv: NonNullable<StepResult['kv']> = { rows: 0, slots: 0, capacity: 0, bytes: 0 };
+  /** The latest step's view of the adapters the worker holds, and the collections it ran to free forgotten ones. */
+  heldAdapters: NonNullable<StepResult['adapters']> = { held: 0, bytes: 0, collections: 0 };
 
   constructor(
     readonly executor: Executor,
@@ -155,6 +157,7 @@ export class Lane {
       return false;
     }
     if (result.kv) this.kv = result.kv;
+    if (result.adapters) this.heldAdapters = result.adapters;
     try {
       this.onStep({ plan, result });
     } catch (e) {

@@ -36,12 +36,16 @@ export class Reclaimer {
   }
 }
 
-/** V8's gc() without starting the process with --expose-gc: a context created while the flag is on gets it. */
+/**
+ * V8's gc() without starting the process with --expose-gc: a context created while the flag is on
+ * gets it. The flag is process-wide and stays on: the workers start together, and one turning it
+ * off could leave another's context without gc (a review saw 3-10 % of starts fail that way). Were
+ * gc still missing, collections would be left to V8: memory, not correctness.
+ */
 function exposedGc(): () => void {
   const own = (globalThis as { gc?: () => void }).gc;
   if (own) return own;
   v8.setFlagsFromString('--expose-gc');
-  const gc = vm.runInNewContext('gc') as () => void;
-  v8.setFlagsFromString('--no-expose-gc');
-  return gc;
+  const gc = vm.runInNewContext('globalThis.gc') as unknown;
+  return typeof gc === 'function' ? (gc as () => void) : () => {};
 }

@@ -23,6 +23,10 @@ export class RowCheck {
   filter(plan: StepPlan): { plan: StepPlan; rejected: RejectedRow[] } {
     const rejected: RejectedRow[] = [];
     const adapters: AdapterTensors[] = [];
+    if (plan.reset) {
+      this.adapters.clear();
+      this.broken.clear();
+    }
     for (const a of plan.adapters) {
       const why = this.adapterProblem(a);
       if (why) this.broken.set(String(a.key), why);

@@ -27,8 +27,10 @@ export class StepRunner {
   private readonly sessions: ModelSessions;
   /** Forward passes by graph, since the start (tests, benchmarks). */
   readonly runs = { base: 0, full: 0 };
-  /** Bytes of the adapters forgotten (plan.forget), since the start: the worker's Reclaimer frees them. */
+  /** Bytes of the adapters forgotten (plan.forget, plan.reset), since the start: the worker's Reclaimer frees them. */
   forgottenBytes = 0;
+  /** Bytes of the adapters held (tensorBytes). */
+  private heldBytes = 0;
   /** The graph ends with the sampling head (src/model/sampling-head.ts), not plain logits. */
   private readonly graphHead: boolean;
   /** Soft prompts' and prefixes' KV by adapter key. */
@@ -69,14 +71,11 @@ export class StepRunner {
       this.sampling.clear();
       this.groups.clear();
       this.next.clear();
+      // The scheduler starts its account of what this worker holds again from nothing.
+      for (const key of [...this.adapters.keys()]) this.forget(key);
     }
-    for (const a of plan.adapters) this.adapters.set(a.key, a);
-    for (const key of plan.forget) {
-      const a = this.adapters.get(key);
-      if (a) this.forgottenBytes += tensorBytes(a);
-      this.adapters.delete(key);
-      this.pastKv.forget(key);
-    }
+    for (const a of plan.adapters) this.hold(a);
+    for (const key of plan.forget) this.forget(key);
     let runMs = 0;
     let kvBytes = 0;
     let padded = 0;
@@ -129,7 +128,23 @@ export class StepRunner {
       kvBytes += this.batch.place(joining);
     }
     const promptKv = { hits: this.pastKv.hits - before.hits, misses: this.pastKv.misses - before.misses };
-    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes, promptKv, paddedTokens: padded, kv: this.batch.stats };
+    return { tokens, scores, ms: { run: runMs, total: performance.now() - t0 }, kvCopiedBytes: kvBytes, promptKv, paddedTokens: padded, kv: this.batch.stats, adapters: { held: this.adapters.size, bytes: this.heldBytes } };
+  }
+
+  private hold(a: AdapterTensors): void {
+    if (!this.adapters.has(a.key)) this.heldBytes += tensorBytes(a);
+    this.adapters.set(a.key, a);
+  }
+
+  private forget(key: string): void {
+    const a = this.adapters.get(key);
+    if (a) {
+      const bytes = tensorBytes(a);
+      this.heldBytes -= bytes;
+      this.forgottenBytes += bytes;
+    }
+    this.adapters.delete(key);
+    this.pastKv.forget(key);
   }
 
   private adapter(key: string | null): AdapterTensors | null {

@@ -21,6 +21,8 @@ export interface WorkerInit {
   spin: boolean;
   /** The soft-prompt KV cache (PROMPT_KV_CACHE); on when absent. */
   promptKv?: boolean;
+  /** Forgotten adapter bytes between full collections (reclaim.ts RECLAIM_BYTES when absent; tests set 1). */
+  reclaimBytes?: number;
 }
 
 export type WorkerRequest = { id: number; plan: StepPlan } | { id: number; crash: true } | { id: number; hang: true } | { id: number; ping: true };
@@ -63,7 +65,7 @@ async function main(): Promise<void> {
   }
   const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu', base: sessions.base, promptKv: init.promptKv, prefillRunCost: prefillRunCost(init.provider), packPositions: packPositions(init.provider) });
   const rows = new RowCheck(init.base.config);
-  const reclaim = new Reclaimer();
+  const reclaim = new Reclaimer(init.reclaimBytes);
   parentPort!.postMessage({ ready: true, providers: [init.provider] });
   // Steps are processed one at a time, in order: the runner's KV state is sequential by nature.
   let chain = Promise.resolve();
@@ -77,6 +79,7 @@ async function main(): Promise<void> {
         // Rows that cannot run fail alone: they leave the plan before session.run sees them.
         const { plan, rejected } = rows.filter(msg.plan);
         const result = await runner.step(plan);
+        result.adapters!.collections = reclaim.collections;
         parentPort!.postMessage({ id: msg.id, result: rejected.length > 0 ? { ...result, rejected } : result });
       } catch (e) {
         parentPort!.postMessage({ id: msg.id, error: (e as Error).message });

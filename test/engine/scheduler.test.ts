@@ -327,4 +327,22 @@ t.test('the worker holds adapters within a count and a byte budget: the least re
   const tight = run({ count: 100, bytes: 1 });
   t.notOk(tight.some((p) => p.forget.includes('long')), "a running row's adapter is never forgotten, even past the budget");
   t.same(tight[1].forget, ['a'], 'an idle one is, at the next step');
+  t.same(tight[3].adapters.map((a) => a.key), ['a'], 'and one forgotten is sent again when a row needs it');
+});
+
+t.test("after a reset (a failed step), the worker's adapters are counted again from nothing", async (t) => {
+  const adapter = (key: string): AdapterTensors => ({ key, kind: 'prompt', virtualTokens: 1, embeddings: new Float32Array(256) });
+  const s = new Scheduler({ maxBatchSize: 8, maxBatchTokens: 1000, maxWorkerAdapters: 100, maxWorkerAdapterBytes: 2 * 1024 });
+  const serve = (key: string) => s.enqueue({ ...gen(key, 1), adapter: adapter(key) });
+  for (const key of ['a', 'b']) serve(key);
+  apply(s, s.plan());
+  s.reset();
+  for (const key of ['c', 'd']) serve(key);
+  const p = s.plan();
+  t.ok(p.reset, 'the worker is told to drop what it held');
+  t.same(p.adapters.map((a) => a.key), ['c', 'd']);
+  t.same(p.forget, []);
+  apply(s, p);
+  serve('e');
+  t.same(s.plan().forget, ['c'], 'with e, 3 KiB held: one forgotten brings it within 2 KiB (a and b no longer count)');
 });

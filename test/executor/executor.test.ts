@@ -51,6 +51,22 @@ t.test('a step with broken rows runs the good ones and reports the others (findi
   t.equal(r2.rejected, undefined);
 });
 
+t.test('the worker reports the adapters it holds; a forget and a reset free them, and a full collection follows', async (t) => {
+  const e = new Executor({ graphPath: model.graphPath, baseGraphPath: model.baseGraphPath, base: model.tensors, provider: 'cpu', threads: 1, spin: false, reclaimBytes: 1 });
+  t.teardown(() => e.close());
+  await e.ready();
+  const bytes = 2 * D * 4;
+  const soft = (key: string): AdapterTensors => ({ key, kind: 'prompt', virtualTokens: 2, embeddings: new Float32Array(new SharedArrayBuffer(bytes)).fill(0.01) });
+  const prompt = model.tokenizer.encodeSync('In the beginning');
+  t.same((await e.step({ ...empty, adapters: [soft('x'), soft('y'), soft('z')] })).adapters, { held: 3, bytes: 3 * bytes, collections: 0 });
+  t.same((await e.step({ ...empty, forget: ['x'] })).adapters, { held: 2, bytes: 2 * bytes, collections: 0 }, 'the collection runs after the reply');
+  t.same((await e.step(empty)).adapters, { held: 2, bytes: 2 * bytes, collections: 1 });
+  const reset = await e.step({ ...empty, reset: true, prefill: [{ seq: 1, adapter: 'y', tokens: prompt, sampling }] });
+  t.same(reset.adapters, { held: 0, bytes: 0, collections: 1 }, 'a reset drops every adapter: the scheduler sends again what it needs');
+  t.same(reset.rejected?.map((r) => r.code), ['invalid_adapter'], 'a row naming one not sent again is refused');
+  t.equal((await e.step(empty)).adapters?.collections, 2);
+});
+
 t.test('steps posted ahead: the worker feeds each row its own last token and step, and skips rows it refused', async (t) => {
   const prompt = model.tokenizer.encodeSync('In the beginning');
   const seeded = { temperature: 1, topP: 1, topK: 0, seed: 42, logprobs: 0 };

@@ -69,6 +69,10 @@ t.test('metrics: step forward and host time, rows by kind, prefill padding, KV b
   t.ok(value(/^sps_step_rows_sum\{kind="prefill"\} (\d+)$/m) >= 2, 'prefill rows counted');
   t.ok(value(/^sps_prefill_padded_tokens_total (\d+)$/m) > 0, 'the shorter prompt was padded');
   for (const name of ['sps_kv_rows', 'sps_kv_slots', 'sps_kv_capacity_columns', 'sps_kv_bytes']) t.match(text, new RegExp(`^${name}\\{worker="0"\\} \\d+`, 'm'), name);
+  const perWorker = (name: string) => [...text.matchAll(new RegExp(`^${name}\\{worker="\\d+"\\} (\\d+)$`, 'gm'))].map((m) => Number(m[1]));
+  t.ok(perWorker('sps_worker_adapters').reduce((a, b) => a + b, 0) >= 1, 'the worker that ran pos-bitfit holds it');
+  t.ok(perWorker('sps_worker_adapter_bytes').reduce((a, b) => a + b, 0) > 0);
+  t.ok(perWorker('sps_worker_gc_collections_total').length >= 1, 'collections counted per worker');
   // The KV gauges while a request runs, then after it finished (its row dropped, the batch freed).
   const kv = async () => {
     const body = (await server.app.inject('/metrics')).body;
