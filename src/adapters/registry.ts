@@ -70,11 +70,13 @@ export class Registry {
   private readonly writesClosed = new AbortController();
   private reconcileTimer: NodeJS.Timeout | null = null;
   /**
-   * Announced adapters whose load failed for want of the store (a command that timed out), by task:
-   * the load is tried again after `retryMs` (doubling to 30 s), and meanwhile a request for the task
-   * gets that 503 rather than 404. Any later change to the task ends it.
+   * Announced adapters whose load failed for want of the store (store_unavailable: a command that
+   * timed out), by task: the load is tried again after 1 s, doubling to 30 s, and meanwhile a
+   * request for the task gets that 503 rather than 404. Any later change to the task, a reconcile
+   * (the index is then the truth) and stop() end it.
    */
   private readonly retrying = new Map<string, { error: ServerError; timer: NodeJS.Timeout }>();
+  private stopped = false;
   /** The shared store's lifetime id when last read; a different one means it lost its data. */
   private storeEpoch: string | undefined;
   readonly baseVersion: string;
@@ -188,6 +190,8 @@ export class Registry {
       }
     }
     const changedMeanwhile = (task: string) => (this.lastChange.get(task) ?? 0) > started;
+    // The index read says what the store holds: a task in it loads on first use, one not in it is gone.
+    for (const task of [...this.retrying.keys()]) if (!changedMeanwhile(task)) this.stopRetry(task);
     for (const task of [...this.meta.keys()]) {
       if (changedMeanwhile(task) || fresh.has(task)) continue;
       if (this.orphans.has(task)) continue;
@@ -198,7 +202,6 @@ export class Registry {
       if (this.meta.get(task)?.version !== m.version) this.cache.delete(task);
       this.meta.set(task, m);
       this.orphans.delete(task);
-      this.stopRetry(task); // registered from the index: it loads on first use
       const adapter = decoded.get(task);
       if (adapter) this.cache.set(task, adapter, this.cost(adapter));
     }
@@ -221,6 +224,8 @@ export class Registry {
     const lost = epoch !== undefined ? previous !== undefined && epoch !== previous : indexSize === 0 && this.meta.size > 0 && this.store.watch !== undefined;
     if (!lost) return false;
     this.storeResets++;
+    // A retry would find nothing now, and drop an adapter this replica should keep serving.
+    for (const task of [...this.retrying.keys()]) this.stopRetry(task);
     for (const task of this.meta.keys()) this.orphans.add(task);
     this.log.error({ store: this.store.name, held: this.meta.size }, 'the shared adapter store lost its data: keeping the adapters held in memory and re-seeding it from ADAPTERS_DIR');
     return true;
@@ -250,6 +255,7 @@ export class Registry {
   stop(): void {
     if (this.reconcileTimer) clearInterval(this.reconcileTimer);
     this.reconcileTimer = null;
+    this.stopped = true;
     for (const task of [...this.retrying.keys()]) this.stopRetry(task);
     void this.parser.close();
   }
@@ -295,12 +301,17 @@ export class Registry {
    * after `retryMs` (see `retrying`); one whose files are bad is dropped (refresh).
    */
   private async loadAnnounced(task: string, version: string, retryMs: number): Promise<void> {
+    const loading = this.refresh(task);
+    const n = this.lastChange.get(task)!; // refresh's own change: begin() ran before its first await
     try {
-      const outcome = await this.track(task, this.refresh(task));
-      this.log.info({ task, version, held: this.meta.get(task)?.version ?? null }, outcome === 'superseded' ? 'adapter change from another replica superseded by a later one' : 'adapter changed on another replica');
+      const outcome = await this.track(task, loading);
+      const message = { held: 'adapter changed on another replica', dropped: 'adapter deleted on another replica', superseded: 'adapter change from another replica superseded by a later one' }[outcome];
+      this.log.info({ task, version, held: this.meta.get(task)?.version ?? null }, message);
     } catch (e) {
       this.log.warn({ err: (e as Error).message, task, version }, 'could not apply an adapter change');
-      if (!(e instanceof ServerError) || this.writesClosed.signal.aborted || this.retrying.has(task)) return;
+      const storeAway = e instanceof ServerError && e.code === 'store_unavailable';
+      // A later change has the last word (and ended any retry); so does shutting down.
+      if (!storeAway || !this.isLatest(task, n) || this.stopped || this.writesClosed.signal.aborted) return;
       const timer = setTimeout(() => void this.loadAnnounced(task, version, Math.min(2 * retryMs, RETRY_MAX_MS)), retryMs);
       timer.unref();
       this.retrying.set(task, { error: e, timer });

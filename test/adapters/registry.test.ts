@@ -209,28 +209,75 @@ t.test('announcements that follow one another are all waited for; a load that fa
   await t.rejects(away, { code: 'store_unavailable', status: 503 });
 });
 
-t.test('an announced load that failed for want of the store is tried again; meanwhile a request gets that 503, not 404', async (t) => {
+/** A fresh registry over a shared store whose loads can fail, counting them. */
+async function flaky() {
   const { store, registry } = await fresh();
   t.teardown(() => registry.stop());
-  let loads = 0;
+  const counted = { loads: 0 };
   const load = store.load.bind(store);
-  store.load = (task: string) => (loads++, load(task));
-  store.failLoads = new ServerError('store_unavailable', 'the adapter store (redis) is unavailable');
+  store.load = (task: string) => (counted.loads++, load(task));
+  return { store, registry, counted };
+}
+const storeAway = () => new ServerError('store_unavailable', 'the adapter store (redis) is unavailable');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+t.test('an announced load that failed for want of the store is tried again after 1 s, then 2 s; meanwhile a request gets that 503, not 404', async (t) => {
+  const { store, registry, counted } = await flaky();
+  store.failLoads = storeAway();
   store.external('late', files('pos-prompt'));
   await t.rejects(registry.resolve('late'), { code: 'store_unavailable' }, 'the waiter gets the failure');
   await t.rejects(registry.resolve('late'), { code: 'store_unavailable' }, 'so does a request after it: the task exists, the store is away');
+  await sleep(1500);
+  t.equal(counted.loads, 2, 'tried again after 1 s, and failed again');
+  await t.rejects(registry.resolve('late'), { code: 'store_unavailable' });
+  await sleep(1000);
+  t.equal(counted.loads, 2, 'the next try waits 2 s');
   store.failLoads = null;
   const t0 = performance.now();
-  while (!registry.has('late') && performance.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 50));
-  t.equal((await registry.resolve('late')).version, metaOf('late', files('pos-prompt')).version, 'the retry, a second later, loaded it');
-  t.equal(loads, 2);
-  // A retry ends with the registry (and at any later change to the task): no load after stop().
-  store.failLoads = new ServerError('store_unavailable', 'the adapter store (redis) is unavailable');
-  store.external('gone', files('pos-prompt'));
-  await t.rejects(registry.resolve('gone'), { code: 'store_unavailable' });
-  registry.stop();
-  await new Promise((r) => setTimeout(r, 1500));
-  t.equal(loads, 3, 'the stopped registry tried no more');
+  while (!registry.has('late') && performance.now() - t0 < 5000) await sleep(50);
+  t.equal((await registry.resolve('late')).version, metaOf('late', files('pos-prompt')).version, 'the next try, 2 s after the second, loaded it');
+  t.equal(counted.loads, 3);
+  store.external('late', null);
+  await t.rejects(registry.resolve('late'), { code: 'task_not_found' }, 'a delete after it is a 404: no failure is replayed');
+});
+
+t.test('a failed load ends its retries when a later change, a reconcile or stop() comes first; other errors are not retried', async (t) => {
+  await t.test('a delete announced while the load was in flight: 404, not the failure', async (t) => {
+    const { store, registry } = await flaky();
+    store.holdLoads = true;
+    store.external('x', files('pos-prompt'));
+    await tick();
+    store.external('x', null);
+    store.failLoads = storeAway();
+    store.release();
+    await tick();
+    await t.rejects(registry.resolve('x'), { code: 'task_not_found' });
+  });
+  await t.test('a reconcile that finds the task gone from the index: 404 at once', async (t) => {
+    const { store, registry } = await flaky();
+    store.failLoads = storeAway();
+    store.external('y', files('pos-prompt'));
+    await t.rejects(registry.resolve('y'), { code: 'store_unavailable' });
+    store.data.delete('y'); // deleted, and the announcement lost
+    store.failLoads = null;
+    await registry.sync(false);
+    await t.rejects(registry.resolve('y'), { code: 'task_not_found' });
+  });
+  await t.test('stop() during the load, and a load failing for another reason: neither is tried again', async (t) => {
+    const a = await flaky();
+    a.store.holdLoads = true;
+    a.store.external('z', files('pos-prompt'));
+    await tick();
+    a.registry.stop();
+    a.store.failLoads = storeAway();
+    a.store.release();
+    const b = await flaky();
+    b.store.failLoads = new ServerError('internal_error', 'the parser worker died twice');
+    b.store.external('w', files('pos-prompt'));
+    await t.rejects(b.registry.resolve('w'), { code: 'internal_error' });
+    await sleep(1500);
+    t.same([a.counted.loads, b.counted.loads], [1, 1]);
+  });
 });
 
 t.test('startup skips, with its reason, a task the index names but whose files the store lacks', async (t) => {
