@@ -41,6 +41,12 @@ export interface Sampling {
   chosenLogprob?: boolean;
   /** Additive biases of a few token ids (OpenAI's logit_bias), applied before sampling and logprobs. */
   logitBias?: [number, number][];
+  /**
+   * OpenAI's presence and frequency penalties: before sampling and logprobs, each token's logit less
+   * `frequency` times the count of that token among those the row has generated, and less
+   * `presence` if it has generated it at all. Absent: both 0.
+   */
+  penalties?: { presence: number; frequency: number };
 }
 
 /** A row that joins the running batch: prefill its prompt, then decode one token per step. */

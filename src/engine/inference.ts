@@ -50,6 +50,9 @@ export interface GenerateParams {
   chosen_logprob?: boolean;
   /** token id → additive bias (-100..100), applied before sampling. */
   logit_bias?: Record<string, number>;
+  /** OpenAI's penalties (-2..2): see Sampling.penalties. */
+  presence_penalty?: number;
+  frequency_penalty?: number;
   ignore_eos?: boolean;
 }
 
@@ -322,6 +325,7 @@ export class Inference {
           logprobs: p.logprobs ?? 0,
           ...(p.chosen_logprob && { chosenLogprob: true }),
           ...(logitBias && { logitBias }),
+          ...((p.presence_penalty || p.frequency_penalty) && { penalties: { presence: p.presence_penalty ?? 0, frequency: p.frequency_penalty ?? 0 } }),
         },
         onToken,
         ...(members && { members }),

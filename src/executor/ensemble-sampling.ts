@@ -8,6 +8,8 @@ export interface RowLogits {
   sampling: Sampling;
   step: number;
   group?: EnsembleGroup;
+  /** For a row with penalties: how many times it (an ensemble: its leader) has generated each token. */
+  generated?: Map<number, number>;
 }
 
 /**
@@ -21,7 +23,7 @@ export function chooseTokens(rows: RowLogits[]): TokenChoice[] {
   const chosen: TokenChoice[] = [];
   const groups = new Map<number, RowLogits[]>();
   for (const row of rows) {
-    if (!row.group) chosen.push(sample(row.seq, row.logits, row.sampling, row.step));
+    if (!row.group) chosen.push(sample(row.seq, row.logits, row.sampling, row.step, row.generated));
     else {
       const members = groups.get(row.group.leader) ?? [];
       members.push(row);
@@ -36,7 +38,7 @@ export function chooseTokens(rows: RowLogits[]): TokenChoice[] {
       for (let i = 0; i < mixture.length; i++) mixture[i] += w * Math.exp(m.logits[i] - lse);
     }
     const lead = members.find((m) => m.seq === leader) ?? members[0];
-    chosen.push(sample(leader, Float32Array.from(mixture, Math.log), lead.sampling, lead.step));
+    chosen.push(sample(leader, Float32Array.from(mixture, Math.log), lead.sampling, lead.step, lead.generated));
   }
   return chosen;
 }

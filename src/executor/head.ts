@@ -4,7 +4,7 @@ import { chooseTokens, type RowLogits } from './ensemble-sampling.js';
 import { drawWeighted, logSumExp, uniform } from './sampler.js';
 
 /** One picked row of a step's logits, in `logit_index` order: a token to choose, or a score target's log-probability. */
-export type HeadRow = { seq: number; sampling: Sampling; step: number; group?: EnsembleGroup } | { target: number };
+export type HeadRow = { seq: number; sampling: Sampling; step: number; group?: EnsembleGroup; generated?: Map<number, number> } | { target: number };
 
 /**
  * How a row's token is chosen with the graph head (src/model/sampling-head.ts). Each route reads only
@@ -12,13 +12,13 @@ export type HeadRow = { seq: number; sampling: Sampling; step: number; group?: E
  * rounding of the weights (the graph's float32 softmax against the host's exp: see weightsOf).
  * - greedy: `next_greedy`.
  * - draw: temperature, with or without top-k/top-p: `draw_weights` through drawWeighted.
- * - host: the full row through the host sampler: logit_bias and ensemble members (whose mixture is
- *   computed on the host).
+ * - host: the full row through the host sampler: logit_bias, presence and frequency penalties, and
+ *   ensemble members (whose mixture is computed on the host).
  */
 type Route = 'greedy' | 'draw' | 'host';
 
 function routeOf(s: Sampling, group: EnsembleGroup | undefined): Route {
-  if (group || s.logitBias?.length) return 'host';
+  if (group || s.logitBias?.length || s.penalties) return 'host';
   return s.temperature === 0 ? 'greedy' : 'draw';
 }
 

@@ -61,10 +61,15 @@ export function topIndices(logits: Float32Array, k: number): number[] {
   return Array.from(heap).sort((a, b) => logits[b] - logits[a] || a - b);
 }
 
-/** Chooses the next token from one row of logits; the log-probabilities reported are before temperature. */
-export function sample(seq: number, logits: Float32Array, s: Sampling, step: number): TokenChoice {
+/**
+ * Chooses the next token from one row of logits; the log-probabilities reported are before
+ * temperature, after logit_bias and penalties. `generated`: the counts of the tokens the row has
+ * generated, for its penalties.
+ */
+export function sample(seq: number, logits: Float32Array, s: Sampling, step: number, generated?: Map<number, number>): TokenChoice {
   // The row's logits are this step's output buffer: biasing them in place costs one add per entry.
   if (s.logitBias) for (const [id, bias] of s.logitBias) logits[id] += bias;
+  if (s.penalties && generated) for (const [id, count] of generated) logits[id] -= s.penalties.frequency * count + s.penalties.presence;
   let token: number;
   if (s.temperature === 0) {
     token = 0;

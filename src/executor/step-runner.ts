@@ -19,6 +19,8 @@ export class StepRunner {
   private readonly groups = new Map<number, EnsembleGroup>();
   /** Per running seq: the token its next decode feeds (the one chosen for it last) and that decode's step. */
   private readonly next = new Map<number, { token: number; step: number }>();
+  /** Per running seq with penalties (for an ensemble, its leader, whose row samples the mixture): how many times it has generated each token. */
+  private readonly generated = new Map<number, Map<number, number>>();
   private readonly batch: KvBatch;
   /** The decode batch's bias, LoRA and IA3 feeds (full graph), rebuilt only when a slot changes owner. */
   private rowFeeds: Record<string, ort.Tensor> = {};
@@ -71,6 +73,7 @@ export class StepRunner {
       this.sampling.clear();
       this.groups.clear();
       this.next.clear();
+      this.generated.clear();
       // The scheduler starts its account of what this worker holds again from nothing.
       for (const key of [...this.adapters.keys()]) this.forget(key);
     }
@@ -95,6 +98,7 @@ export class StepRunner {
       this.sampling.delete(seq);
       this.groups.delete(seq);
       this.next.delete(seq);
+      this.generated.delete(seq);
     }
     const tokens: TokenChoice[] = [];
     kvBytes += this.batch.remove(dropped);
@@ -230,7 +234,7 @@ export class StepRunner {
       return this.rowFeeds;
     };
     // Live rows are packed in the first B slots: every computed row needs its logits.
-    const headRows: HeadRow[] = live.map((row) => ({ seq: row.seq, sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq) }));
+    const headRows: HeadRow[] = live.map((row) => ({ seq: row.seq, sampling: this.sampling.get(row.seq)!, step: wanted.get(row.seq)!.step, group: this.groups.get(row.seq), generated: this.generated.get(row.seq) }));
     const head = new StepHead(headRows, V, this.graphHead, this.padEmpty);
     const out = await run({
       inputs_embeds: new ort.Tensor('float32', embeds, [B, 1, D]),
@@ -257,6 +261,12 @@ export class StepRunner {
 
   /** Rows just computed feed their chosen token next; an ensemble member its leader's (one choice per group). */
   private remember(rows: { seq: number; step: number }[], chosen: TokenChoice[]): void {
+    for (const c of chosen) {
+      if (!this.sampling.get(c.seq)?.penalties) continue;
+      const counts = this.generated.get(c.seq) ?? new Map<number, number>();
+      counts.set(c.token, (counts.get(c.token) ?? 0) + 1);
+      this.generated.set(c.seq, counts);
+    }
     const byLeader = new Map(chosen.map((c) => [c.seq, c.token]));
     for (const { seq, step } of rows) {
       const token = byLeader.get(this.groups.get(seq)?.leader ?? seq);

@@ -23,6 +23,8 @@ export const GenerateBody = Type.Object(
     seed: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
     stop: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 4 })),
     logprobs: Type.Optional(Type.Integer({ minimum: 0, maximum: 20, default: 0 })),
+    presence_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0, description: "Subtracted from a token's logit once this request has generated it, before sampling and logprobs (OpenAI's)" })),
+    frequency_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0, description: "Subtracted from a token's logit times the number of times this request has generated it (OpenAI's)" })),
     stream: Type.Optional(Type.Boolean({ default: false })),
     ignore_eos: Type.Optional(Type.Boolean({ default: false, description: 'Keep generating past end-of-text until max_tokens (benchmarks).' })),
   },

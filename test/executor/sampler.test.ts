@@ -125,3 +125,13 @@ t.test('logprobs: the chosen token and the top alternatives, normalised', async 
   t.same(c.top!.map((a) => a.token), sortedIndices(x).slice(0, 3));
   t.ok(Math.abs(c.logprob! - (x[c.token] - lse)) < 1e-9);
 });
+
+t.test('presence and frequency penalties lower the logits of generated tokens, before the choice and its logprobs', async (t) => {
+  const s = { temperature: 0, topP: 1, topK: 0, seed: 1, logprobs: 2, penalties: { presence: 0.5, frequency: 1 } };
+  const c = sample(7, Float32Array.of(1, 2, 3), s, 0, new Map([[2, 2]]));
+  t.equal(c.token, 1, 'token 2 (3 − 2 × 1 − 0.5 = 0.5) falls below token 1');
+  const lse = Math.log(Math.exp(1) + Math.exp(2) + Math.exp(0.5));
+  t.ok(Math.abs(c.logprob! - (2 - lse)) < 1e-6);
+  t.same(c.top!.map((x) => x.token), [1, 0]);
+  t.equal(sample(7, Float32Array.of(1, 2, 3), s, 0).token, 2, 'nothing generated yet: no penalty');
+});

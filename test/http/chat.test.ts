@@ -210,4 +210,10 @@ t.test('refusals: 400 with a message naming the cause; the server keeps serving'
   const ok = await post(server.app, { model: 'base', messages: [{ role: 'user', content: [{ type: 'text', text: 'In the' }, { type: 'text', text: 'beginning' }] }], tools: [], response_format: { type: 'text' }, presence_penalty: 0, chat_template_kwargs: null, add_generation_prompt: null, max_tokens: 2, temperature: 0 });
   t.equal(ok.statusCode, 200);
   t.equal(ok.json().usage.prompt_tokens, (await tok.encode('In the\nbeginning')).length, 'text parts joined by newlines');
+  // Penalties are implemented: a chat request with them is served, and they change a greedy reply.
+  const chat = (extra: object) => post(server.app, { model: 'base', messages: user('In the beginning'), max_tokens: 16, temperature: 0, ...extra });
+  const unpenalised = await chat({});
+  const penalised = await chat({ presence_penalty: 2, frequency_penalty: 2 });
+  t.equal(penalised.statusCode, 200);
+  t.not(penalised.json().choices[0].message.content, unpenalised.json().choices[0].message.content, 'the penalties changed the reply');
 });

@@ -148,3 +148,13 @@ t.test('weights near the largest double mean what equal weights mean; labels nam
   t.same(Object.keys(p).sort(), labels.sort());
   t.ok(Math.abs(p.__proto__ + p.noun + p['two\nlines'] - 1) < 1e-9, 'every label has a probability, summing to 1');
 });
+
+t.test("ensemble generate with penalties: they count the ensemble's own tokens (a member of negligible weight beside one task gives that task's penalised tokens)", async (t) => {
+  const c = reference.cases.filter((x) => x.adapter === 'kjv-prompt').sort((a, b) => b.greedy.length - a.greedy.length)[0];
+  const body = { prompt: c.text, raw: true, max_tokens: 16, temperature: 0, presence_penalty: 2, frequency_penalty: 2, ignore_eos: true };
+  const alone = (await post('/v1/tasks/kjv-prompt/generate', body)).json();
+  const both = await post('/v1/ensembles/generate', { tasks: ['kjv-prompt', 'base'], weights: [1, 1e-9], ...body });
+  t.equal(both.statusCode, 200);
+  t.same(both.json().token_ids, alone.token_ids);
+  t.notSame(alone.token_ids, c.greedy.slice(0, 16), 'the penalties changed the greedy tokens');
+});

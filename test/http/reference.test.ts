@@ -1,5 +1,11 @@
+import { join } from 'node:path';
 import t from 'tap';
-import { logSoftmax, reference, refLogits, startServer, SUPPORTED, type RefCase } from '../helpers.js';
+import { adapterParser } from '../../src/adapters/format.js';
+import { readAdapterFolder } from '../../src/adapters/fs-store.js';
+import { FeedContext } from '../../src/executor/model-constants.js';
+import { virtualTokens } from '../../src/executor/prefill.js';
+import { openSessions } from '../../src/executor/sessions.js';
+import { logSoftmax, prefillLogits, reference, refLogits, ROOT, startServer, SUPPORTED, type RefCase } from '../helpers.js';
 
 const server = await startServer();
 t.teardown(() => server.close());
@@ -90,4 +96,41 @@ t.test('a temperature too small for float32 (below 1e-6) samples greedily: the r
       t.same(res.json().token_ids, ended ? c.greedy.slice(0, -1) : c.greedy, `${c.adapter ?? 'base'} at temperature ${temperature}`);
     }
   }
+});
+
+t.test('presence and frequency penalties: each greedy token is the argmax of the reference logits less the penalties of the tokens generated before it', async (t) => {
+  const sessions = await openSessions(server.model);
+  const ctx = new FeedContext(server.model.tensors);
+  const parse = adapterParser(server.model);
+  let changed = 0;
+  let repeats = 0;
+  // Penalising repeats, then (a negative frequency penalty) favouring them, so that counts above 1 are tested too.
+  const settings = [{ presence: 0.5, frequency: 1.5 }, { presence: 0, frequency: -1 }];
+  for (const [penalties, name] of settings.flatMap((p) => [null, 'kjv-prompt', 'pos-lora'].map((n) => [p, n] as const))) {
+    const c = cases.filter((x) => x.adapter === name).sort((a, b) => b.greedy.length - a.greedy.length)[0];
+    const adapter = name ? parse(name, readAdapterFolder(join(ROOT, 'adapters', name))).tensors : null;
+    const res = await server.app.inject({
+      method: 'POST',
+      url: `/v1/tasks/${name ?? 'base'}/generate`,
+      payload: { prompt: c.text, raw: true, max_tokens: 12, temperature: 0, logprobs: 1, presence_penalty: penalties.presence, frequency_penalty: penalties.frequency, ignore_eos: true },
+    });
+    t.equal(res.statusCode, 200, res.body);
+    const { token_ids: ids, logprobs } = res.json() as { token_ids: number[]; logprobs: { logprob: number }[] };
+    if (ids.join() !== c.greedy.slice(0, ids.length).join()) changed++;
+    const counts = new Map<number, number>();
+    for (let i = 0; i < ids.length; i++) {
+      const tokens = [...c.ids, ...ids.slice(0, i)];
+      const [logits] = (await prefillLogits(sessions, ctx, [{ adapter, tokens, logitAt: [virtualTokens(adapter, 'prompt') + tokens.length - 1] }])).rows;
+      for (const [id, n] of counts) logits[id] -= penalties.frequency * n + penalties.presence;
+      let best = 0;
+      for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
+      t.equal(ids[i], best, `${name ?? 'base'} step ${i}`);
+      const lp = logSoftmax(logits)[ids[i]];
+      t.ok(Math.abs(logprobs[i].logprob - lp) <= 1e-4 * Math.max(1, Math.abs(lp)), `${name ?? 'base'} step ${i}: its logprob is after the penalties (${logprobs[i].logprob} against ${lp})`);
+      if (counts.has(ids[i])) repeats++;
+      counts.set(ids[i], (counts.get(ids[i]) ?? 0) + 1);
+    }
+  }
+  t.ok(changed > 0, `the penalties changed ${changed} of 6 greedy paths`);
+  t.ok(repeats > 0, `${repeats} tokens repeated one generated before`);
 });

@@ -3,7 +3,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { GenerateResult, Inference, TokenLogprob } from '../../engine/inference.js';
 import { ServerError } from '../../errors.js';
-import { chatMessages, logitBias, Messages, refuseUnsupported, Seed, StopForms, stopList } from '../openai.js';
+import { chatMessages, logitBias, Messages, penalty, refuseUnsupported, Seed, StopForms, stopList } from '../openai.js';
 import { errorResponses } from '../schemas.js';
 import { clientGone, openEventStream } from '../sse.js';
 
@@ -24,6 +24,8 @@ const ChatBody = Type.Object(
     stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
     stream_options: Type.Optional(Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: true }), Type.Null()])),
     logit_bias: Type.Optional(Type.Union([logitBias(), Type.Null()])),
+    presence_penalty: penalty('once it has been generated'),
+    frequency_penalty: penalty('times the number of times it has been generated'),
     chat_template_kwargs: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()], { description: 'Extra variables for the chat template, as vLLM takes them (enable_thinking, …)' })),
     add_generation_prompt: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { default: true, description: "Ends the prompt with the template's assistant header (false: no header; the conversation ends as the template closes it)" })),
   },
@@ -33,8 +35,6 @@ type ChatBody = Static<typeof ChatBody>;
 
 /** Parameters that change OpenAI's output which this server does not implement, with their neutral values. */
 const UNSUPPORTED: Record<string, unknown[]> = {
-  presence_penalty: [0, null],
-  frequency_penalty: [0, null],
   tools: [[], null],
   tool_choice: ['none', null],
   functions: [[], null],
@@ -97,6 +97,8 @@ export function chatRoutes(app: FastifyInstance, inference: Inference): void {
         logprobs: b.logprobs ? (b.top_logprobs ?? 0) : 0,
         chosen_logprob: b.logprobs === true,
         logit_bias: b.logit_bias ?? undefined,
+        presence_penalty: b.presence_penalty ?? undefined,
+        frequency_penalty: b.frequency_penalty ?? undefined,
       };
       // The n choices are rows of one request, each with its own seed (seed + i where a seed is given).
       const all = Array.from({ length: n }, (_, i) => ({ ...params, seed: b.seed === undefined || b.seed === null ? undefined : b.seed + i }));

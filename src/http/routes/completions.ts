@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import type { GenerateResult, Inference, TokenLogprob } from '../../engine/inference.js';
 import { ServerError } from '../../errors.js';
 import { clientGone, openEventStream } from '../sse.js';
-import { logitBias, refuseUnsupported, Seed, StopForms, stopList, tokenName } from '../openai.js';
+import { logitBias, penalty, refuseUnsupported, Seed, StopForms, stopList, tokenName } from '../openai.js';
 import { errorResponses, NumbersByKey } from '../schemas.js';
 
 const CompletionBody = Type.Object(
@@ -21,6 +21,8 @@ const CompletionBody = Type.Object(
     n: Type.Optional(Type.Integer({ minimum: 1, maximum: 16, default: 1, description: 'Completions per prompt: rows of the same batch, each with its own seed (seed + i when a seed is given)' })),
     echo: Type.Optional(Type.Boolean({ default: false, description: 'Put the prompt before each completion (not with logprobs)' })),
     logit_bias: Type.Optional(logitBias('token id → bias added to its logit before sampling (and before logprobs), at most 300 entries')),
+    presence_penalty: penalty('once it has been generated'),
+    frequency_penalty: penalty('times the number of times it has been generated'),
   },
   // OpenAI clients send fields that do not change the output (user, stream_options...): they are
   // ignored. Those that would change it and are not supported are refused (UNSUPPORTED).
@@ -47,7 +49,7 @@ const CompletionResponse = Type.Object({
 });
 
 /** Parameters that change OpenAI's output which this server does not implement, with their neutral values. */
-const UNSUPPORTED: Record<string, unknown[]> = { presence_penalty: [0, null], frequency_penalty: [0, null], best_of: [1, null], suffix: [null, ''] };
+const UNSUPPORTED: Record<string, unknown[]> = { best_of: [1, null], suffix: [null, ''] };
 
 /** OpenAI's completions logprobs layout, from ours. */
 function openaiLogprobs(logprobs: TokenLogprob[], name: (id: number) => string) {
@@ -86,6 +88,8 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
         logprobs: b.logprobs ?? 0,
         chosen_logprob: typeof b.logprobs === 'number',
         logit_bias: b.logit_bias,
+        presence_penalty: b.presence_penalty ?? undefined,
+        frequency_penalty: b.frequency_penalty ?? undefined,
       };
       const name = (tokenId: number) => tokenName(inference, tokenId);
       const id = `cmpl-${randomUUID()}`;
