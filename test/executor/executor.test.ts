@@ -67,6 +67,21 @@ t.test('the worker reports the adapters it holds; a forget and a reset free them
   t.equal((await e.step(empty)).adapters?.collections, 2);
 });
 
+t.test("a dropped row's penalty counts go with it: the same seq started again counts from nothing", async (t) => {
+  const e = executor();
+  await e.ready();
+  const prompt = model.tokenizer.encodeSync('In the beginning');
+  const penalised = { ...sampling, penalties: { presence: 0, frequency: -3 } }; // favours repeats: the counts steer every token
+  const run = async () => {
+    const tokens = (await e.step({ ...empty, prefill: [{ seq: 1, adapter: null, tokens: prompt, sampling: penalised }] })).tokens.map((c) => c.token);
+    for (let i = 0; i < 6; i++) tokens.push((await e.step({ ...empty, decode: [{ seq: 1 }] })).tokens[0].token);
+    await e.step({ ...empty, drop: [1] });
+    return tokens;
+  };
+  const first = await run();
+  t.same(await run(), first);
+});
+
 t.test('steps posted ahead: the worker feeds each row its own last token and step, and skips rows it refused', async (t) => {
   const prompt = model.tokenizer.encodeSync('In the beginning');
   const seeded = { temperature: 1, topP: 1, topK: 0, seed: 42, logprobs: 0 };

@@ -135,3 +135,17 @@ t.test('presence and frequency penalties lower the logits of generated tokens, b
   t.same(c.top!.map((x) => x.token), [1, 0]);
   t.equal(sample(7, Float32Array.of(1, 2, 3), s, 0).token, 2, 'nothing generated yet: no penalty');
 });
+
+t.test('penalties apply to seeded draws too: each draw is the one from the penalised logits', async (t) => {
+  const logits = () => Float32Array.of(0, 0, 10);
+  const generated = new Map([[2, 5]]); // token 2 generated five times: 10 − 5 × 2 = 0, level with the others
+  let other = 0;
+  for (let seed = 1; seed <= 20; seed++) {
+    const s = { temperature: 1, topP: 1, topK: 0, seed, logprobs: 0, penalties: { presence: 0, frequency: 2 } };
+    const expected = drawWeighted(weightsOf(Float32Array.of(0, 0, 0), 1), 0, 1, uniform(seed, 3));
+    const got = sample(1, logits(), s, 3, generated).token;
+    t.equal(got, expected, `seed ${seed}`);
+    if (got !== 2) other++;
+  }
+  t.ok(other > 0, `${other} of 20 draws left token 2, which the unpenalised logits all but always give`);
+});
