@@ -1,12 +1,15 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import type { StepPlan, StepResult } from '../protocol.js';
+import { RunGate } from './run-gate.js';
 import type { WorkerInit, WorkerReply } from './worker.js';
 
 export class WorkerCrashedError extends Error {}
 
-/** How long a worker abandoned as hung has to answer a ping before it is presumed stuck in JavaScript. */
-const PING_MS = 1000;
+/** How often the gate of a worker to terminate is tried while its session.run goes on (see RunGate). */
+const GATE_POLL_MS = 20;
+/** How long close() waits for the session.run in flight in its worker, and in those abandoned as hung, before it goes on anyway. */
+const CLOSE_WAIT_MS = 10_000;
 
 /** Respawn delays after failed starts: 100 ms doubling, at most 30 s. */
 const BACKOFF_MS = { first: 100, max: 30_000 };
@@ -22,13 +25,16 @@ const BACKOFF_MS = { first: 100, max: 30_000 };
  */
 export class Executor extends EventEmitter {
   private worker!: Worker;
+  /** Each worker's RunGate: it is terminated only once that is closed. */
+  private readonly gates = new WeakMap<Worker, RunGate>();
   private readonly pending = new Map<number, { resolve: (r: StepResult) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private closing = false;
   private everReady = false;
   private failedStarts = 0;
   private respawnTimer: NodeJS.Timeout | null = null;
-  private readonly abandoned = new Set<Worker>();
+  /** Workers abandoned as hung, each with its termination (once its run has returned). */
+  private readonly abandoned = new Map<Worker, Promise<void>>();
   private readyPromise!: Promise<void>;
   /** Settles when the last step posted settles: the worker runs steps in order, so a step's clock starts there. */
   private tail: Promise<unknown> = Promise.resolve();
@@ -47,7 +53,9 @@ export class Executor extends EventEmitter {
 
   private spawn(): void {
     this.respawnTimer = null;
-    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: this.init });
+    const gate = new RunGate();
+    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: { ...this.init, gate: gate.buffer } });
+    this.gates.set(worker, gate);
     this.worker = worker;
     let started = false;
     this.readyPromise = new Promise((resolve, reject) => {
@@ -144,33 +152,31 @@ export class Executor extends EventEmitter {
   }
 
   /**
-   * Fails the hung worker's steps, starts a fresh worker, and terminates the old one only where
-   * that is safe. Terminating a worker while onnxruntime-node's session.run is in flight aborts the
-   * whole process (`terminate called after throwing an instance of 'Napi::Error'`), and that run
-   * goes on natively off the worker's JS thread. So the old worker is asked for a ping: a thread
-   * that answers is waiting on that run and is terminated when the run's result comes back; one
-   * that does not answer within PING_MS is stuck in JavaScript, where terminating is safe. A run
-   * that never returns leaves its worker behind, unreferenced, rather than taking the server down.
+   * Fails the hung worker's steps, starts a fresh worker, and terminates the old one once that is
+   * safe: terminating a worker inside onnxruntime-node's session.run aborts the whole process when
+   * the run returns (RunGate). A worker stuck in JavaScript is terminated at once; one inside a run
+   * starts no other and is terminated when that run returns. A run that never returns leaves its
+   * worker behind, unreferenced, rather than taking the server down.
    */
   private abandon(worker: Worker, reason: string): void {
     const failed = [...this.pending.values()];
     this.pending.clear();
     for (const p of failed) p.reject(new WorkerCrashedError(reason));
     this.respawns++;
-    this.abandoned.add(worker);
     this.spawn();
     worker.unref();
-    let answered = false;
-    const end = () => {
-      this.abandoned.delete(worker);
-      void worker.terminate();
-    };
-    worker.on('message', (msg: WorkerReply) => {
-      if ('pong' in msg) answered = true;
-      else if ('id' in msg) end(); // its step is back: no native run in flight any more
-    });
-    worker.postMessage({ id: 0, ping: true });
-    setTimeout(() => !answered && end(), PING_MS).unref();
+    this.abandoned.set(worker, this.terminateSafely(worker).then(() => void this.abandoned.delete(worker)));
+  }
+
+  /**
+   * Terminates `worker` once no session.run is in progress in it (RunGate), none starting after; past
+   * `waitMs` (a run that does not return), it is terminated anyway.
+   */
+  private async terminateSafely(worker: Worker, waitMs = Infinity): Promise<void> {
+    const gate = this.gates.get(worker)!;
+    const until = performance.now() + waitMs;
+    while (!gate.close() && performance.now() < until) await new Promise((r) => setTimeout(r, GATE_POLL_MS).unref());
+    await worker.terminate();
   }
 
   /** Kills the worker as a crash would (tests use it to exercise recovery). */
@@ -191,6 +197,11 @@ export class Executor extends EventEmitter {
   async close(): Promise<void> {
     this.closing = true;
     if (this.respawnTimer) clearTimeout(this.respawnTimer);
-    await this.worker.terminate();
+    // A step still in flight (the engine has stopped), and the runs of workers abandoned as hung, end
+    // first: the process exiting would terminate their threads inside a run, which aborts it.
+    let timer: NodeJS.Timeout | undefined;
+    const until = new Promise((r) => (timer = setTimeout(r, CLOSE_WAIT_MS)));
+    await Promise.all([this.terminateSafely(this.worker, CLOSE_WAIT_MS), Promise.race([Promise.all(this.abandoned.values()), until])]);
+    clearTimeout(timer);
   }
 }

@@ -6,6 +6,7 @@ import { KvBatch, type Entry, type LayerKv } from './kv-batch.js';
 import { needsFullGraph, type FeedContext } from './model-constants.js';
 import { fedLength, fedPrompt, lengthRuns, PACK_POSITIONS, packOrSplit, pastColumns, prefillFeeds, RUN_COST, type PrefillItem, type PrefillLayout } from './prefill.js';
 import { PastKvCache } from './prompt-kv.js';
+import type { RunGate } from './run-gate.js';
 import { pickGraph, type ModelSessions } from './sessions.js';
 
 /**
@@ -43,6 +44,8 @@ export class StepRunner {
   private readonly prefillRunCost: number;
   /** Positions a packed prefill run holds at most (prefill.ts PACK_POSITIONS); 0: rows are never packed. */
   private readonly packPositions: number;
+  /** Held around every session.run, so that the main thread never terminates the worker inside one (run-gate.ts). */
+  private readonly gate: RunGate | null;
 
   /**
    * `promptKv` false (PROMPT_KV_CACHE=off): soft prompts are prefilled with every request, for benchmarks; on by default.
@@ -55,8 +58,9 @@ export class StepRunner {
   constructor(
     session: ort.InferenceSession,
     private readonly ctx: FeedContext,
-    opts: { promptKv?: boolean; padEmpty?: boolean; base?: ort.InferenceSession | null; prefillRunCost?: number; packPositions?: number } = {},
+    opts: { promptKv?: boolean; padEmpty?: boolean; base?: ort.InferenceSession | null; prefillRunCost?: number; packPositions?: number; gate?: RunGate } = {},
   ) {
+    this.gate = opts.gate ?? null;
     this.sessions = { session, base: opts.base ?? null };
     this.batch = new KvBatch(ctx.base.config);
     this.graphHead = session.inputNames.includes('draw_rows');
@@ -88,9 +92,14 @@ export class StepRunner {
       this.runs[run.graph]++;
       const t = performance.now();
       // A run that wants no logits (a soft prompt's KV alone) picks one dummy row, for the padded head's index 0.
-      const out = await run.session.run(this.padEmpty ? padLogitIndex(run.feeds) : run.feeds, fetch);
-      runMs += performance.now() - t;
-      return out;
+      this.gate?.enter();
+      try {
+        const out = await run.session.run(this.padEmpty ? padLogitIndex(run.feeds) : run.feeds, fetch);
+        runMs += performance.now() - t;
+        return out;
+      } finally {
+        this.gate?.leave();
+      }
     };
 
     const dropped = new Set(plan.drop);

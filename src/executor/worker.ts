@@ -6,6 +6,7 @@ import type { StepPlan } from '../protocol.js';
 import { FeedContext, type BaseTensors } from './model-constants.js';
 import { packPositions, prefillRunCost } from './prefill.js';
 import { Reclaimer } from './reclaim.js';
+import { RunGate } from './run-gate.js';
 import { RowCheck } from './row-check.js';
 import { openSessions, type ModelSessions } from './sessions.js';
 import { StepRunner } from './step-runner.js';
@@ -23,10 +24,12 @@ export interface WorkerInit {
   promptKv?: boolean;
   /** Forgotten adapter bytes between full collections (reclaim.ts RECLAIM_BYTES when absent; tests set 1). */
   reclaimBytes?: number;
+  /** The RunGate's memory, which the Executor shares (set by the Executor for each worker it starts). */
+  gate?: SharedArrayBuffer;
 }
 
-export type WorkerRequest = { id: number; plan: StepPlan } | { id: number; crash: true } | { id: number; hang: true } | { id: number; ping: true };
-export type WorkerReply = { id: number; result?: unknown; error?: string } | { ready: true; providers: string[] } | { fatal: string } | { pong: true };
+export type WorkerRequest = { id: number; plan: StepPlan } | { id: number; crash: true } | { id: number; hang: true };
+export type WorkerReply = { id: number; result?: unknown; error?: string } | { ready: true; providers: string[] } | { fatal: string };
 
 /**
  * Lowers this thread's scheduling priority (Linux: a thread id works as a pid for setpriority), so
@@ -63,7 +66,7 @@ async function main(): Promise<void> {
     parentPort!.postMessage({ fatal: `cannot create the ${init.provider} session: ${why}${hint}` });
     return;
   }
-  const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu', base: sessions.base, promptKv: init.promptKv, prefillRunCost: prefillRunCost(init.provider), packPositions: packPositions(init.provider) });
+  const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu', base: sessions.base, promptKv: init.promptKv, prefillRunCost: prefillRunCost(init.provider), packPositions: packPositions(init.provider), gate: init.gate && new RunGate(init.gate) });
   const rows = new RowCheck(init.base.config);
   const reclaim = new Reclaimer(init.reclaimBytes);
   parentPort!.postMessage({ ready: true, providers: [init.provider] });
@@ -71,9 +74,12 @@ async function main(): Promise<void> {
   let chain = Promise.resolve();
   parentPort!.on('message', (msg: WorkerRequest) => {
     if ('crash' in msg) process.exit(3); // test hook: lets the crash-recovery path be exercised for real
-    if ('hang' in msg) for (;;); // test hook: a hung step, for the main thread's watchdog
-    // Answered at once, not after the steps queued: the thread is free while session.run runs natively.
-    if ('ping' in msg) return parentPort!.postMessage({ pong: true });
+    // Test hook: a hung step, for the main thread's watchdog. In the chain, as a step runs: between a
+    // step's RunGate.enter() and its native call (onnxruntime-node makes it from a setImmediate) the
+    // thread takes messages, and a hang there would hold the gate.
+    if ('hang' in msg) return void (chain = chain.then(() => {
+      for (;;);
+    }));
     chain = chain.then(async () => {
       try {
         // Rows that cannot run fail alone: they leave the plan before session.run sees them.
