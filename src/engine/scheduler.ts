@@ -73,13 +73,12 @@ export class Scheduler {
   private readonly running = new Map<number, Running>();
   private readonly scoring = new Map<number, ScoreProgress>();
   private readonly scoreRowOwner = new Map<number, { progress: ScoreProgress; row: number }>();
-  /** The adapters the worker holds, least recently used first, with the last step that used each. */
-  private readonly workerAdapters = new Map<string, { step: number; bytes: number }>();
+  /** The adapters the worker holds, least recently used first, with their bytes (tensorBytes). */
+  private readonly workerAdapters = new Map<string, number>();
   private workerBytes = 0;
   private pendingDrop: number[] = [];
   private needsReset = false;
   private nextRowId = 1;
-  private steps = 0;
   /** Events produced while planning (cancelled jobs), handed out with the next takeEvents(). */
   private outbox: SchedulerEvent[] = [];
   /** Queued jobs, and the rows they will take (a score job counts every row). */
@@ -146,21 +145,21 @@ export class Scheduler {
 
   /** Builds the next step. Cancelled jobs are dropped here, at a step boundary. */
   plan(): StepPlan {
-    this.steps++;
     const plan: StepPlan = { reset: this.needsReset, drop: this.pendingDrop, decode: [], prefill: [], score: [], adapters: [], forget: [] };
     this.pendingDrop = [];
     this.needsReset = false;
     const used = new Set<string>();
     const useAdapter = (a: AdapterTensors | null) => {
-      if (!a) return;
+      if (!a || used.has(a.key)) return;
       used.add(a.key);
-      const held = this.workerAdapters.get(a.key);
-      if (held?.step === this.steps) return;
-      if (held) this.workerAdapters.delete(a.key); // set again below: to the most recently used end
-      else plan.adapters.push(a);
-      const bytes = held?.bytes ?? tensorBytes(a);
-      if (!held) this.workerBytes += bytes;
-      this.workerAdapters.set(a.key, { step: this.steps, bytes });
+      let bytes = this.workerAdapters.get(a.key);
+      if (bytes !== undefined) this.workerAdapters.delete(a.key); // set again below: to the most recently used end
+      else {
+        plan.adapters.push(a);
+        bytes = tensorBytes(a);
+        this.workerBytes += bytes;
+      }
+      this.workerAdapters.set(a.key, bytes);
     };
     for (const [seq, r] of this.running) {
       if (r.job.cancelled) {
@@ -292,11 +291,11 @@ export class Scheduler {
   /** Forgets the least recently used adapters no row of this step uses, while the worker holds too many or too many bytes. */
   private forgetUnused(plan: StepPlan, used: Set<string>): void {
     const { maxWorkerAdapters, maxWorkerAdapterBytes = Infinity } = this.limits;
-    for (const [key, held] of this.workerAdapters) {
+    for (const [key, bytes] of this.workerAdapters) {
       if (this.workerAdapters.size <= maxWorkerAdapters && this.workerBytes <= maxWorkerAdapterBytes) return;
       if (used.has(key)) continue;
       this.workerAdapters.delete(key);
-      this.workerBytes -= held.bytes;
+      this.workerBytes -= bytes;
       plan.forget.push(key);
     }
   }

@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import type { Inference } from '../engine/inference.js';
 import { ServerError } from '../errors.js';
+import { Penalty } from './schemas.js';
 import type { ChatMessage } from '../tokenizer/chat-template.js';
 
 /** OpenAI's chat messages, as /v1/chat/completions and /v1/tokenize take them. */
@@ -26,8 +27,8 @@ export const stopList = (stop: string | string[] | null | undefined): string[] |
 /** OpenAI's `seed`: choice i draws with seed + i, so exact integers only. */
 export const Seed = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER - 16 });
 
-/** OpenAI's `presence_penalty` and `frequency_penalty`: -2 to 2, 0 (or null) for none. */
-export const penalty = (what: string) => Type.Optional(Type.Union([Type.Number({ minimum: -2, maximum: 2, description: `Subtracted from a token's logit ${what}, before sampling and logprobs (OpenAI's definition, over the tokens this completion generated)` }), Type.Null()]));
+/** OpenAI's `presence_penalty` and `frequency_penalty` (what: schemas.ts PRESENCE or FREQUENCY), null for none as OpenAI takes it. */
+export const penalty = (what: string) => Type.Optional(Type.Union([Penalty(what), Type.Null()]));
 
 /** OpenAI's `logit_bias`: token ids in decimal digits → bias, at most 300. */
 export const logitBias = (description?: string) => Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ minimum: -100, maximum: 100 }), { maxProperties: 300, additionalProperties: false, description });

@@ -12,6 +12,11 @@ export const NumbersByKey = () => Type.Object({}, { additionalProperties: Type.N
 export const TaskParams = Type.Object({ task: Type.String({ maxLength: 128 }) });
 export type TaskParams = Static<typeof TaskParams>;
 
+/** OpenAI's `presence_penalty` or `frequency_penalty` (Sampling.penalties): -2 to 2. */
+export const Penalty = (what: string) => Type.Number({ minimum: -2, maximum: 2, description: `Subtracted from a token's logit ${what}, before sampling and logprobs (OpenAI's definition, over the tokens this request generated)` });
+export const PRESENCE = 'once it has been generated';
+export const FREQUENCY = 'times the number of times it has been generated';
+
 export const GenerateBody = Type.Object(
   {
     prompt: Type.String(),
@@ -23,8 +28,8 @@ export const GenerateBody = Type.Object(
     seed: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
     stop: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 4 })),
     logprobs: Type.Optional(Type.Integer({ minimum: 0, maximum: 20, default: 0 })),
-    presence_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0, description: "Subtracted from a token's logit once this request has generated it, before sampling and logprobs (OpenAI's)" })),
-    frequency_penalty: Type.Optional(Type.Number({ minimum: -2, maximum: 2, default: 0, description: "Subtracted from a token's logit times the number of times this request has generated it (OpenAI's)" })),
+    presence_penalty: Type.Optional(Penalty(PRESENCE)),
+    frequency_penalty: Type.Optional(Penalty(FREQUENCY)),
     stream: Type.Optional(Type.Boolean({ default: false })),
     ignore_eos: Type.Optional(Type.Boolean({ default: false, description: 'Keep generating past end-of-text until max_tokens (benchmarks).' })),
   },

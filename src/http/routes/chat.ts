@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import type { GenerateResult, Inference, TokenLogprob } from '../../engine/inference.js';
 import { ServerError } from '../../errors.js';
 import { chatMessages, logitBias, Messages, penalty, refuseUnsupported, Seed, StopForms, stopList } from '../openai.js';
-import { errorResponses } from '../schemas.js';
+import { errorResponses, FREQUENCY, PRESENCE } from '../schemas.js';
 import { clientGone, openEventStream } from '../sse.js';
 
 const maxTokens = (description?: string) => Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 1_000_000 }), Type.Null()], { description }));
@@ -24,8 +24,8 @@ const ChatBody = Type.Object(
     stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
     stream_options: Type.Optional(Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: true }), Type.Null()])),
     logit_bias: Type.Optional(Type.Union([logitBias(), Type.Null()])),
-    presence_penalty: penalty('once it has been generated'),
-    frequency_penalty: penalty('times the number of times it has been generated'),
+    presence_penalty: penalty(PRESENCE),
+    frequency_penalty: penalty(FREQUENCY),
     chat_template_kwargs: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()], { description: 'Extra variables for the chat template, as vLLM takes them (enable_thinking, …)' })),
     add_generation_prompt: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { default: true, description: "Ends the prompt with the template's assistant header (false: no header; the conversation ends as the template closes it)" })),
   },

@@ -5,7 +5,7 @@ import type { GenerateResult, Inference, TokenLogprob } from '../../engine/infer
 import { ServerError } from '../../errors.js';
 import { clientGone, openEventStream } from '../sse.js';
 import { logitBias, penalty, refuseUnsupported, Seed, StopForms, stopList, tokenName } from '../openai.js';
-import { errorResponses, NumbersByKey } from '../schemas.js';
+import { errorResponses, FREQUENCY, NumbersByKey, PRESENCE } from '../schemas.js';
 
 const CompletionBody = Type.Object(
   {
@@ -21,8 +21,8 @@ const CompletionBody = Type.Object(
     n: Type.Optional(Type.Integer({ minimum: 1, maximum: 16, default: 1, description: 'Completions per prompt: rows of the same batch, each with its own seed (seed + i when a seed is given)' })),
     echo: Type.Optional(Type.Boolean({ default: false, description: 'Put the prompt before each completion (not with logprobs)' })),
     logit_bias: Type.Optional(logitBias('token id → bias added to its logit before sampling (and before logprobs), at most 300 entries')),
-    presence_penalty: penalty('once it has been generated'),
-    frequency_penalty: penalty('times the number of times it has been generated'),
+    presence_penalty: penalty(PRESENCE),
+    frequency_penalty: penalty(FREQUENCY),
   },
   // OpenAI clients send fields that do not change the output (user, stream_options...): they are
   // ignored. Those that would change it and are not supported are refused (UNSUPPORTED).
