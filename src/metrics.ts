@@ -108,7 +108,7 @@ export class Metrics {
     kvGauge('sps_kv_capacity_columns', 'Allocated columns per slot of the worker\'s KV batch', (k) => k.capacity);
     kvGauge('sps_kv_bytes', 'Bytes of the worker\'s KV buffers', (k) => k.bytes);
     const held = sources.workerAdapters ?? (() => []);
-    new client.Gauge({ name: 'sps_worker_adapters', help: 'Adapters the worker holds (at most 512 and ADAPTER_CACHE_BYTES of them, beside those its running rows use)', labelNames: ['worker'], registers: [r], collect() { held().forEach((h, i) => this.set({ worker: String(i) }, h.held)); } });
+    new client.Gauge({ name: 'sps_worker_adapters', help: 'Adapters the worker holds (at most 512 and ADAPTER_CACHE_BYTES of them; one adapter larger than that runs alone)', labelNames: ['worker'], registers: [r], collect() { held().forEach((h, i) => this.set({ worker: String(i) }, h.held)); } });
     new client.Gauge({ name: 'sps_worker_adapter_bytes', help: 'Bytes of the adapters the worker holds', labelNames: ['worker'], registers: [r], collect() { held().forEach((h, i) => this.set({ worker: String(i) }, h.bytes)); } });
     new client.Counter({ name: 'sps_worker_gc_collections_total', help: 'Full garbage collections the worker ran to free the adapters it forgot (once per 32 MiB forgotten); starts again at 0 with a restarted worker', labelNames: ['worker'], registers: [r], collect() { this.reset(); held().forEach((h, i) => this.inc({ worker: String(i) }, h.collections ?? 0)); } });
     new client.Gauge({ name: 'sps_queue_depth', help: 'Requests waiting for admission', registers: [r], collect() { this.set(sources.queueDepth()); } });

@@ -49,7 +49,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   const adminToken = config.adminToken ?? randomBytes(24).toString('base64url');
   // On stderr whatever LOG_LEVEL says: at `error` the warning would hide the only copy of the token.
   if (!config.adminToken) process.stderr.write(`softprompt-server: ADMIN_TOKEN is not set: generated one for this process (shown once): ${adminToken}\n`);
-  const executors = Array.from({ length: config.workers }, () => new Executor({ graphPath: model.graphPath, baseGraphPath: model.baseGraphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads, spin: config.spinThreads, promptKv: config.promptKvCache }));
+  const executors = Array.from({ length: config.workers }, () => new Executor({ graphPath: model.graphPath, baseGraphPath: model.baseGraphPath, base: model.tensors, provider: config.executionProvider, threads: config.intraOpThreads, spin: config.spinThreads, promptKv: config.promptKvCache, adapterBytes: config.adapterCacheBytes }));
   await Promise.all(executors.map((e) => e.ready()));
   log.info({ provider: config.executionProvider, workers: config.workers, threads: config.intraOpThreads, ms: Math.round(performance.now() - t0) }, 'inference workers ready');
   // The scheduler budgets a step's prefill by what the workers compute, which depends on their runs.

@@ -9,9 +9,9 @@ export interface SchedulerLimits {
   /** Adapter keys the worker may hold before unused ones are forgotten. */
   maxWorkerAdapters: number;
   /**
-   * Adapter bytes (tensorBytes) the worker may hold before unused ones are forgotten (the server
-   * passes ADAPTER_CACHE_BYTES). Absent: no bound but the count. The adapters that running rows
-   * use are never forgotten, so one step's may pass it.
+   * Adapter bytes (tensorBytes) the worker may hold (the server passes ADAPTER_CACHE_BYTES): idle
+   * ones are forgotten past it, and a job whose adapter would take the running batch's adapters
+   * past it waits for rows to finish (see admits). Absent: no bound but the count.
    */
   maxWorkerAdapterBytes?: number;
   /**
@@ -77,6 +77,11 @@ export class Scheduler {
   private readonly workerAdapters = new Map<string, number>();
   private workerBytes = 0;
   private pendingDrop: number[] = [];
+  /**
+   * The job that waits for the batch's adapter bytes to fall (see admits): until it is admitted, no
+   * other job with an adapter is, so the rows that hold the bytes finish and it cannot starve.
+   */
+  private awaitingBytes: Job | null = null;
   private needsReset = false;
   private nextRowId = 1;
   /** Events produced while planning (cancelled jobs), handed out with the next takeEvents(). */
@@ -149,6 +154,7 @@ export class Scheduler {
     this.pendingDrop = [];
     this.needsReset = false;
     const used = new Set<string>();
+    let usedBytes = 0;
     const useAdapter = (a: AdapterTensors | null) => {
       if (!a || used.has(a.key)) return;
       used.add(a.key);
@@ -159,7 +165,28 @@ export class Scheduler {
         bytes = tensorBytes(a);
         this.workerBytes += bytes;
       }
+      usedBytes += bytes;
       this.workerAdapters.set(a.key, bytes);
+    };
+    /**
+     * Whether a new job with these adapters may join: its adapters not yet in the step must fit the
+     * byte budget beside those the step uses (rows running, rows admitted), or the step uses none
+     * (an adapter larger than the budget runs alone). Otherwise it waits, and holds back every
+     * other job with an adapter until it is admitted. The worker's memory follows the adapters of
+     * one batch (their tensors, and the LoRA stacks built from them), so this is what bounds it.
+     */
+    const admits = (job: Job, adapters: (AdapterTensors | null)[]): boolean => {
+      if (this.awaitingBytes && this.awaitingBytes !== job) return !adapters.some((a) => a);
+      const fresh = new Set<string>();
+      let bytes = 0;
+      for (const a of adapters) {
+        if (!a || used.has(a.key) || fresh.has(a.key)) continue;
+        fresh.add(a.key);
+        bytes += this.workerAdapters.get(a.key) ?? tensorBytes(a);
+      }
+      if (fresh.size === 0 || used.size === 0 || usedBytes + bytes <= (this.limits.maxWorkerAdapterBytes ?? Infinity)) return true;
+      this.awaitingBytes = job;
+      return false;
     };
     for (const [seq, r] of this.running) {
       if (r.job.cancelled) {
@@ -204,10 +231,13 @@ export class Scheduler {
           const j = q.shift()!;
           this.dequeued(j);
           this.dropCancelled(j);
+          if (j === this.awaitingBytes) this.awaitingBytes = null;
         }
         const job = onlyTask === null || task === onlyTask ? q[0] : undefined;
         let admitted = false;
-        if (job && job.type === 'generate' && job.members) {
+        if (job && !admits(job, job.type === 'generate' && job.members ? job.members.map((m) => m.adapter) : [job.adapter])) {
+          // Waits for the batch's adapter bytes (admits).
+        } else if (job && job.type === 'generate' && job.members) {
           admitted = this.admitEnsemble(job, plan, slots, budget, useAdapter);
           if (admitted) slots -= job.members.length;
         } else if (job && job.type === 'generate') {
@@ -231,6 +261,7 @@ export class Scheduler {
           }
         }
         if (admitted) {
+          if (job === this.awaitingBytes) this.awaitingBytes = null;
           if (this.limits.batchPolicy === 'same-task') onlyTask = task;
           this.dequeued(q.shift()!);
           progressed = true;
@@ -389,6 +420,7 @@ export class Scheduler {
     this.workerAdapters.clear();
     this.workerBytes = 0;
     this.pendingDrop = [];
+    this.awaitingBytes = null;
     this.needsReset = true;
     return lost;
   }

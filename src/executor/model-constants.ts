@@ -33,10 +33,18 @@ export class FeedContext {
   readonly layout: AdapterLayout;
   /** LoRA/IA3 feeds of a batch with no such row: the plain branch, empty stacks, broadcast ones. */
   private readonly plainFeeds: Record<string, ort.Tensor>;
-  /** LoRA stacks by their set of adapters, the last few kept: decode and prefill steps reuse them. */
-  private readonly stacks = new Map<string, Record<string, ort.Tensor>>();
+  /** LoRA stacks by their set of adapters, the latest used last: decode and prefill steps reuse them. */
+  private readonly stacks = new Map<string, { feeds: Record<string, ort.Tensor>; bytes: number }>();
+  private stackBytes = 0;
 
-  constructor(readonly base: BaseTensors) {
+  /**
+   * `maxStackBytes`: the LoRA stacks kept beside the latest set's, at most this many bytes in all
+   * and 4 sets (the worker passes ADAPTER_CACHE_BYTES); each set is a copy of its adapters' factors.
+   */
+  constructor(
+    readonly base: BaseTensors,
+    private readonly maxStackBytes = Infinity,
+  ) {
     this.biasList = biasNames(base.config);
     // onnxruntime-node refuses tensors over a SharedArrayBuffer ("Invalid argument"): copy once here.
     this.sharedBias = Object.fromEntries(this.biasList.map(({ name, size, inNorm }) => [name, new ort.Tensor('float32', inNorm ? new Float32Array(size) : new Float32Array(base.biases[name]), [1, 1, size])]));
@@ -58,13 +66,7 @@ export class FeedContext {
     const lora = ([...new Set(adapters.filter((a) => a?.kind === 'lora'))] as AdapterTensors[]).sort((a, b) => (a.key < b.key ? -1 : 1));
     const hasIa3 = adapters.some((a) => a?.kind === 'ia3');
     if (lora.length === 0 && !hasIa3) return this.plainFeeds;
-    const key = lora.map((a) => a.key).join('\n');
-    let stacks = this.stacks.get(key);
-    if (!stacks) {
-      stacks = this.loraStacks(lora);
-      if (this.stacks.size >= 4) this.stacks.delete(this.stacks.keys().next().value!);
-      this.stacks.set(key, stacks);
-    }
+    const stacks = this.stacksOf(lora);
     const offsets = new Map<AdapterTensors, number>();
     let K = 0;
     for (const a of lora) {
@@ -80,6 +82,30 @@ export class FeedContext {
       [ADAPTER_INPUTS.select]: new ort.Tensor('float32', select, [K === 0 ? 1 : adapters.length, 1, Math.max(1, K)]),
       ...this.ia3Feeds(hasIa3 ? adapters : []),
     };
+  }
+
+  /** The LoRA stacks of a set of adapters (in key order), built or reused; the least recently used sets past the bounds are dropped. */
+  private stacksOf(lora: AdapterTensors[]): Record<string, ort.Tensor> {
+    const key = lora.map((a) => a.key).join('\n');
+    let entry = this.stacks.get(key);
+    if (entry) this.stacks.delete(key); // set again below: to the most recently used end
+    else {
+      const feeds = this.loraStacks(lora);
+      entry = { feeds, bytes: (feeds[ADAPTER_INPUTS.loraA].data as Float32Array).byteLength + (feeds[ADAPTER_INPUTS.loraB].data as Float32Array).byteLength };
+      this.stackBytes += entry.bytes;
+    }
+    this.stacks.set(key, entry);
+    for (const [k, old] of this.stacks) {
+      if (k === key || (this.stacks.size <= 4 && this.stackBytes <= this.maxStackBytes)) break;
+      this.stacks.delete(k);
+      this.stackBytes -= old.bytes;
+    }
+    return entry.feeds;
+  }
+
+  /** Bytes of the LoRA stacks kept (tests). */
+  get loraStackBytes(): number {
+    return this.stackBytes;
   }
 
   /**

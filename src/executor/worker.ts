@@ -24,6 +24,8 @@ export interface WorkerInit {
   promptKv?: boolean;
   /** Forgotten adapter bytes between full collections (reclaim.ts RECLAIM_BYTES when absent; tests set 1). */
   reclaimBytes?: number;
+  /** ADAPTER_CACHE_BYTES: what the LoRA stacks kept between steps may hold beside the latest (FeedContext). */
+  adapterBytes?: number;
   /** The RunGate's memory, which the Executor shares (set by the Executor for each worker it starts). */
   gate?: SharedArrayBuffer;
 }
@@ -66,7 +68,7 @@ async function main(): Promise<void> {
     parentPort!.postMessage({ fatal: `cannot create the ${init.provider} session: ${why}${hint}` });
     return;
   }
-  const runner = new StepRunner(sessions.session, new FeedContext(init.base), { padEmpty: init.provider === 'webgpu', base: sessions.base, promptKv: init.promptKv, prefillRunCost: prefillRunCost(init.provider), packPositions: packPositions(init.provider), gate: init.gate && new RunGate(init.gate) });
+  const runner = new StepRunner(sessions.session, new FeedContext(init.base, init.adapterBytes), { padEmpty: init.provider === 'webgpu', base: sessions.base, promptKv: init.promptKv, prefillRunCost: prefillRunCost(init.provider), packPositions: packPositions(init.provider), gate: init.gate && new RunGate(init.gate) });
   const rows = new RowCheck(init.base.config);
   const reclaim = new Reclaimer(init.reclaimBytes);
   parentPort!.postMessage({ ready: true, providers: [init.provider] });

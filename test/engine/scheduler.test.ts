@@ -324,10 +324,39 @@ t.test('the worker holds adapters within a count and a byte budget: the least re
   t.same(byBytes.map((p) => p.forget), [[], [], [], [], ['b'], ['c']], 'past 4 KiB: b, then c (a was used after them; long runs)');
   const byCount = run({ count: 4 });
   t.same(byCount.flatMap((p) => p.forget), ['b', 'c'], 'the count bound forgets in the same order');
-  const tight = run({ count: 100, bytes: 1 });
-  t.notOk(tight.some((p) => p.forget.includes('long')), "a running row's adapter is never forgotten, even past the budget");
-  t.same(tight[1].forget, ['a'], 'an idle one is, at the next step');
+  // 2 KiB: long and one other at a time (admission waits for bytes, below); the idle ones are forgotten.
+  const tight = run({ count: 100, bytes: 2 * 1024 });
+  t.notOk(tight.some((p) => p.forget.includes('long')), "a running row's adapter is never forgotten");
+  t.same(tight.map((p) => p.forget), [[], ['a'], ['b'], ['c'], ['a'], ['d']], 'an idle one is, at the next step');
   t.same(tight[3].adapters.map((a) => a.key), ['a'], 'and one forgotten is sent again when a row needs it');
+});
+
+t.test("a job whose adapter would take the batch's adapters past the byte budget waits for rows to finish, and no other adapter job passes it", async (t) => {
+  const adapter = (key: string, floats = 256): AdapterTensors => ({ key, kind: 'prompt', virtualTokens: 1, embeddings: new Float32Array(floats) });
+  const s = new Scheduler({ maxBatchSize: 8, maxBatchTokens: 1000, maxWorkerAdapters: 100, maxWorkerAdapterBytes: 2 * 1024 });
+  const admitted: string[][] = [];
+  const serve = (name: string, a: AdapterTensors | null, maxTokens: number) => s.enqueue({ ...gen(name, maxTokens), adapter: a });
+  const step = () => {
+    const p = s.plan();
+    admitted.push(p.prefill.map((r) => r.adapter ?? 'base'));
+    apply(s, p);
+  };
+  const x = adapter('x');
+  serve('x', x, 3);
+  serve('y', adapter('y'), 3);
+  step(); // x and y: 2 KiB, the budget
+  serve('z', adapter('z'), 2);
+  serve('x-again', x, 2); // x is in the batch already, but z waits ahead of it
+  serve('base', null, 2); // no adapter: not held back
+  for (let i = 0; i < 5; i++) step();
+  t.same(admitted, [['x', 'y'], ['base'], [], ['z', 'x'], [], []], 'z joins once x and y have finished, and x again beside it (2 KiB)');
+  // An adapter larger than the whole budget runs, alone among adapters.
+  serve('huge', adapter('huge', 1024), 2);
+  serve('small', adapter('small'), 2);
+  const p = s.plan();
+  t.same(p.prefill.map((r) => r.adapter), ['huge']);
+  apply(s, p);
+  t.same(s.plan().prefill, [], 'the small one waits for it');
 });
 
 t.test("after a reset (a failed step), the worker's adapters are counted again from nothing", async (t) => {
