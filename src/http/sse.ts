@@ -1,4 +1,5 @@
 import type { FastifyReply } from 'fastify';
+import type { TokenLogprob } from '../engine/inference.js';
 
 /** Aborts when the connection closes before the response is complete (the client went away). */
 export function clientGone(reply: FastifyReply): AbortSignal {
@@ -54,17 +55,30 @@ export function openEventStream(reply: FastifyReply) {
   };
 }
 
-type TokenSink = (tokenId: number, text: string) => void;
+type TokenSink = (tokenId: number, text: string, logprob?: TokenLogprob) => void;
+
+/** What the last event of a generation's stream says: how it ended, and which adapter versions served it. */
+interface StreamEnd {
+  finish_reason: string;
+  usage: unknown;
+  task?: string;
+  adapter_version?: string;
+  tasks?: string[];
+  adapter_versions?: string[];
+}
 
 /**
- * A generation as server-sent events: one `{token_id, text}` event per token (`{text}` for text
- * held back by stop strings), then `{finish_reason, usage}` and `[DONE]`.
+ * A generation as server-sent events: one `{token_id, text}` event per token, with its `logprob`
+ * and `top` alternatives when the request asks for logprobs (as the non-streamed response lists
+ * them), `{text}` for text held back by stop strings; then `{finish_reason, usage}` with the task
+ * and `adapter_version` (an ensemble's `tasks` and `adapter_versions`), and `[DONE]`.
  */
-export async function streamGeneration(reply: FastifyReply, generate: (onToken: TokenSink) => Promise<{ finish_reason: string; usage: unknown }>): Promise<void> {
+export async function streamGeneration(reply: FastifyReply, generate: (onToken: TokenSink) => Promise<StreamEnd>): Promise<void> {
   const stream = openEventStream(reply);
   try {
-    const result = await generate((tokenId, text) => stream.send(tokenId >= 0 ? { token_id: tokenId, text } : { text }));
-    stream.send({ finish_reason: result.finish_reason, usage: result.usage });
+    const result = await generate((tokenId, text, lp) => stream.send(tokenId < 0 ? { text } : lp ? { token_id: tokenId, text, logprob: lp.logprob, top: lp.top } : { token_id: tokenId, text }));
+    const { finish_reason, usage, task, adapter_version, tasks, adapter_versions } = result;
+    stream.send({ finish_reason, usage, task, adapter_version, tasks, adapter_versions });
     stream.done();
   } catch (e) {
     stream.fail(e as Error);
