@@ -1,4 +1,4 @@
-import { Type, type Static } from '@sinclair/typebox';
+import { Type, type SchemaOptions, type Static, type TSchema } from '@sinclair/typebox';
 import type { Inference } from '../engine/inference.js';
 import { ServerError } from '../errors.js';
 import { Penalty } from './schemas.js';
@@ -27,8 +27,25 @@ export const stopList = (stop: string | string[] | null | undefined): string[] |
 /** OpenAI's `seed`: choice i draws with seed + i, so exact integers only. */
 export const Seed = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER - 16 });
 
-/** OpenAI's `presence_penalty` and `frequency_penalty` (what: schemas.ts PRESENCE or FREQUENCY), null for none as OpenAI takes it. */
-export const penalty = (what: string) => Type.Optional(Type.Union([Penalty(what), Type.Null()]));
+/** An optional field that may also be null, as OpenAI's API marks most of its request fields (null: the default). */
+export const orNull = <T extends TSchema>(schema: T, options: SchemaOptions = {}) => Type.Optional(Type.Union([schema, Type.Null()], options));
+
+/** OpenAI's `presence_penalty` and `frequency_penalty` (what: schemas.ts PRESENCE or FREQUENCY). */
+export const penalty = (what: string) => orNull(Penalty(what));
+
+/** vLLM's `top_k` extension of the OpenAI routes: -1 or 0 is off (vLLM's old and new default), at most 1000 as in generate. */
+export const topK = orNull(Type.Integer({ minimum: -1, maximum: 1000 }), { description: "vLLM's extension: sample among the k likeliest tokens (-1 or 0: off; at most 1000)" });
+
+/**
+ * Sampling parameters of vLLM's OpenAI routes that this server does not implement, with their
+ * neutral values: a client that sets one (as `extra_body`) gets 400 rather than other output.
+ */
+export const VLLM_UNSUPPORTED: Record<string, unknown[]> = {
+  min_p: [0, null],
+  repetition_penalty: [1, null],
+  min_tokens: [0, null],
+  use_beam_search: [false, null],
+};
 
 /** OpenAI's `logit_bias`: token ids in decimal digits → bias, at most 300. */
 export const logitBias = (description?: string) => Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ minimum: -100, maximum: 100 }), { maxProperties: 300, additionalProperties: false, description });

@@ -151,6 +151,10 @@ t.test("the request's parameters reach the template and the generation", async (
   t.same(await sampled(3, 7), three, 'reproducible');
   t.equal(new Set(three).size, 3, 'three different draws');
   t.same([...(await sampled(1, 7)), ...(await sampled(1, 8)), ...(await sampled(1, 9))], three, 'choice i is the request with seed + i');
+  // vLLM's top_k: 1 samples the greedy answer, -1 is off.
+  const topK = async (top_k: number) => (await post(server.app, { model: 'base', messages: user(c.text), max_tokens: want.tokens, temperature: 1, seed: 7, top_k })).json().choices[0].message.content;
+  t.equal(await topK(1), want.text);
+  t.not(await topK(-1), want.text, 'top_k -1: sampled from the whole vocabulary');
 });
 
 t.test("without max_tokens an answer runs to the end of the context, a soft prompt's positions counted", async (t) => {

@@ -80,7 +80,7 @@ t.test('streamed generate: tokens equal the non-streamed ones, text only in whol
     t.same(tokens.map((e) => e.token_id), plain.token_ids);
     t.equal(tokens.map((e) => e.text).join(''), plain.text);
     for (const e of tokens) t.notOk(e.text.includes('\uFFFD'), 'no broken character');
-    t.match(events.at(-2), { finish_reason: plain.finish_reason, usage: plain.usage });
+    t.same(events.at(-2), { finish_reason: plain.finish_reason, usage: plain.usage, task: plain.task, adapter_version: plain.adapter_version }, 'the last event names the version that served it');
     t.equal(events.at(-1), '[DONE]');
   }
   // A seeded sample through multi-byte text: the streamed pieces join to exactly the non-streamed text
@@ -89,6 +89,22 @@ t.test('streamed generate: tokens equal the non-streamed ones, text only in whol
   const plain = (await server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: body })).json();
   const events = (await sse('/v1/tasks/base/generate', { ...body, stream: true })) as { text?: string }[];
   t.equal(events.map((e) => (typeof e === 'object' && e.text) || '').join(''), plain.text);
+});
+
+t.test('streamed generate and ensembles with logprobs: each token event carries its logprob and top alternatives, equal to the non-streamed ones', async (t) => {
+  for (const [path, extra] of [['/v1/tasks/kjv-prompt/generate', {}], ['/v1/ensembles/generate', { tasks: ['kjv-prompt', 'fortune-ptuning'] }]] as const) {
+    const body = { prompt: 'And the LORD said', raw: true, max_tokens: 12, temperature: 0, logprobs: 3, ...extra };
+    const plain = (await server.app.inject({ method: 'POST', url: path, payload: body })).json();
+    t.equal(plain.logprobs.length, 12);
+    const events = (await sse(path, { ...body, stream: true })) as { token_id?: number; logprob?: number; top?: unknown[] }[];
+    const tokens = events.filter((e) => typeof e === 'object' && e.token_id !== undefined);
+    t.same(tokens.map((e) => ({ token_id: e.token_id, logprob: e.logprob, top: e.top })), plain.logprobs, path);
+    t.equal(tokens[0].top!.length, 3);
+    const end = plain.adapter_versions ? { tasks: plain.tasks, adapter_versions: plain.adapter_versions } : { task: plain.task, adapter_version: plain.adapter_version };
+    t.match(events.at(-2), { finish_reason: plain.finish_reason, usage: plain.usage, ...end });
+  }
+  const without = (await sse('/v1/tasks/base/generate', { prompt: 'x', max_tokens: 2, stream: true })) as object[];
+  t.notOk(without.some((e) => typeof e === 'object' && ('logprob' in e || 'top' in e)), 'no logprobs unless asked');
 });
 
 t.test('a client that disconnects mid-stream cancels its row', async (t) => {
@@ -224,6 +240,43 @@ t.test('parameters that would change the output and are not supported are 400, n
   }
   const neutral = await client.completions.create({ model: 'base', prompt: 'x', max_tokens: 1, presence_penalty: 0, frequency_penalty: 0, best_of: 1 });
   t.equal(neutral.choices.length, 1, 'neutral values are accepted');
+  // vLLM's sampling extensions that this server does not implement, sent as the openai client's extra body.
+  for (const [name, value] of [['min_p', 0.1], ['repetition_penalty', 1.2], ['min_tokens', 4], ['use_beam_search', true]] as const) {
+    for (const url of ['/v1/completions', '/v1/chat/completions']) {
+      const body = url === '/v1/completions' ? { model: 'base', prompt: 'x', max_tokens: 1 } : { model: 'base', messages: [{ role: 'user', content: 'x' }], max_tokens: 1 };
+      const refused = await server.app.inject({ method: 'POST', url, payload: { ...body, [name]: value } });
+      t.equal(refused.statusCode, 400, `${url} ${name}`);
+      t.match(refused.json().error.message, name);
+    }
+  }
+  const vllmNeutral = await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'base', prompt: 'x', max_tokens: 1, min_p: 0, repetition_penalty: 1, min_tokens: 0, use_beam_search: false } });
+  t.equal(vllmNeutral.statusCode, 200, "vLLM's neutral values are accepted");
+});
+
+t.test('null is every optional field\'s default, as OpenAI takes it', async (t) => {
+  const nulls = { max_tokens: null, top_p: null, top_k: null, stop: null, seed: null, logprobs: null, stream: null, n: null, echo: null, logit_bias: null, presence_penalty: null, frequency_penalty: null };
+  const withNulls = await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'kjv-prompt', prompt: 'And the LORD said', temperature: 0, ...nulls } });
+  t.equal(withNulls.statusCode, 200, withNulls.body);
+  const without = await client.completions.create({ model: 'kjv-prompt', prompt: 'And the LORD said', temperature: 0 });
+  t.equal(withNulls.json().choices[0].text, without.choices[0].text);
+  t.equal(withNulls.json().usage.completion_tokens, 16, 'max_tokens null: the default 16');
+  t.equal(withNulls.json().choices.length, 1);
+  t.equal(withNulls.json().choices[0].logprobs, null);
+  const sampled = await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'base', prompt: 'x', max_tokens: 2, temperature: null } });
+  t.equal(sampled.statusCode, 200);
+});
+
+t.test("vLLM's top_k on /v1/completions: top_k 1 samples the greedy tokens; -1 and 0 are off (chat.test.ts: chat's)", async (t) => {
+  const c = reference.cases.find((x) => x.adapter === 'kjv-prompt' && x.greedy.length === 20)!;
+  const greedy = tok.decode(c.greedy);
+  const one = await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'kjv-prompt', prompt: c.text, max_tokens: 20, temperature: 1, seed: 3, top_k: 1 } });
+  t.equal(one.json().choices[0].text, greedy);
+  const sampled = (top_k?: number) => client.completions.create({ model: 'kjv-prompt', prompt: c.text, max_tokens: 20, temperature: 1, seed: 3, ...(top_k !== undefined && { top_k }) } as OpenAI.CompletionCreateParamsNonStreaming);
+  const off = (await sampled()).choices[0].text;
+  t.not(off, greedy, 'temperature 1 without top_k samples other tokens');
+  t.equal((await sampled(-1)).choices[0].text, off);
+  t.equal((await sampled(0)).choices[0].text, off);
+  t.equal((await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'base', prompt: 'x', top_k: 1001 } })).statusCode, 400);
 });
 
 t.test('presence and frequency penalties through the official client: the tokens the native route gives with them (the reference test checks those); out of -2..2 is 400', async (t) => {

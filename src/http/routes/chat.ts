@@ -3,31 +3,32 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { GenerateResult, Inference, TokenLogprob } from '../../engine/inference.js';
 import { ServerError } from '../../errors.js';
-import { chatMessages, logitBias, Messages, penalty, refuseUnsupported, Seed, StopForms, stopList } from '../openai.js';
+import { chatMessages, logitBias, Messages, orNull, penalty, refuseUnsupported, Seed, StopForms, stopList, topK, VLLM_UNSUPPORTED } from '../openai.js';
 import { errorResponses, FREQUENCY, PRESENCE } from '../schemas.js';
 import { clientGone, openEventStream } from '../sse.js';
 
-const maxTokens = (description?: string) => Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 1_000_000 }), Type.Null()], { description }));
+const maxTokens = (description?: string) => orNull(Type.Integer({ minimum: 1, maximum: 1_000_000 }), { description });
 const ChatBody = Type.Object(
   {
     model: Type.String({ maxLength: 128, description: 'A task id, or base' }),
     messages: Messages,
     max_tokens: maxTokens(),
     max_completion_tokens: maxTokens("OpenAI's newer name for max_tokens (wins where both are given); without either, up to the end of the context"),
-    temperature: Type.Optional(Type.Union([Type.Number({ minimum: 0, maximum: 2 }), Type.Null()])),
-    top_p: Type.Optional(Type.Union([Type.Number({ exclusiveMinimum: 0, maximum: 1 }), Type.Null()])),
-    stop: Type.Optional(Type.Union([...StopForms, Type.Null()])),
-    seed: Type.Optional(Type.Union([Seed, Type.Null()])),
-    n: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 16 }), Type.Null()])),
-    logprobs: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
-    top_logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 20 }), Type.Null()])),
-    stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
-    stream_options: Type.Optional(Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: true }), Type.Null()])),
-    logit_bias: Type.Optional(Type.Union([logitBias(), Type.Null()])),
+    temperature: orNull(Type.Number({ minimum: 0, maximum: 2 })),
+    top_p: orNull(Type.Number({ exclusiveMinimum: 0, maximum: 1 })),
+    top_k: topK,
+    stop: orNull(Type.Union(StopForms)),
+    seed: orNull(Seed),
+    n: orNull(Type.Integer({ minimum: 1, maximum: 16 })),
+    logprobs: orNull(Type.Boolean()),
+    top_logprobs: orNull(Type.Integer({ minimum: 0, maximum: 20 })),
+    stream: orNull(Type.Boolean()),
+    stream_options: orNull(Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: true })),
+    logit_bias: orNull(logitBias()),
     presence_penalty: penalty(PRESENCE),
     frequency_penalty: penalty(FREQUENCY),
-    chat_template_kwargs: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()], { description: 'Extra variables for the chat template, as vLLM takes them (enable_thinking, …)' })),
-    add_generation_prompt: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { default: true, description: "Ends the prompt with the template's assistant header (false: no header; the conversation ends as the template closes it)" })),
+    chat_template_kwargs: orNull(Type.Record(Type.String(), Type.Unknown()), { description: 'Extra variables for the chat template, as vLLM takes them (enable_thinking, …)' }),
+    add_generation_prompt: orNull(Type.Boolean(), { default: true, description: "Ends the prompt with the template's assistant header (false: no header; the conversation ends as the template closes it)" }),
   },
   { additionalProperties: true, examples: [{ model: 'base', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 16, temperature: 0 }] },
 );
@@ -44,6 +45,7 @@ const UNSUPPORTED: Record<string, unknown[]> = {
   modalities: [['text'], null],
   prediction: [null],
   web_search_options: [null],
+  ...VLLM_UNSUPPORTED,
 };
 
 const TopLogprob = Type.Object({ token: Type.String(), logprob: Type.Number(), bytes: Type.Array(Type.Integer()) });
@@ -93,6 +95,7 @@ export function chatRoutes(app: FastifyInstance, inference: Inference): void {
         max_tokens: b.max_completion_tokens ?? b.max_tokens ?? undefined,
         temperature: b.temperature ?? 1,
         top_p: b.top_p ?? 1,
+        top_k: Math.max(0, b.top_k ?? 0),
         stop: stopList(b.stop),
         logprobs: b.logprobs ? (b.top_logprobs ?? 0) : 0,
         chosen_logprob: b.logprobs === true,

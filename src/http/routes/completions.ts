@@ -4,23 +4,24 @@ import type { FastifyInstance } from 'fastify';
 import type { GenerateResult, Inference, TokenLogprob } from '../../engine/inference.js';
 import { ServerError } from '../../errors.js';
 import { clientGone, openEventStream } from '../sse.js';
-import { logitBias, penalty, refuseUnsupported, Seed, StopForms, stopList, tokenName } from '../openai.js';
+import { logitBias, orNull, penalty, refuseUnsupported, Seed, StopForms, stopList, tokenName, topK, VLLM_UNSUPPORTED } from '../openai.js';
 import { errorResponses, FREQUENCY, NumbersByKey, PRESENCE } from '../schemas.js';
 
 const CompletionBody = Type.Object(
   {
     model: Type.String({ maxLength: 128, description: 'A task id, or base' }),
     prompt: Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1, maxItems: 64 })]),
-    max_tokens: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096, default: 16 })),
-    temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2, default: 1 })),
-    top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 1 })),
-    stop: Type.Optional(Type.Union(StopForms)),
-    seed: Type.Optional(Seed),
-    logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 20 }), Type.Null()])),
-    stream: Type.Optional(Type.Boolean({ default: false })),
-    n: Type.Optional(Type.Integer({ minimum: 1, maximum: 16, default: 1, description: 'Completions per prompt: rows of the same batch, each with its own seed (seed + i when a seed is given)' })),
-    echo: Type.Optional(Type.Boolean({ default: false, description: 'Put the prompt before each completion (not with logprobs)' })),
-    logit_bias: Type.Optional(logitBias('token id → bias added to its logit before sampling (and before logprobs), at most 300 entries')),
+    max_tokens: orNull(Type.Integer({ minimum: 1, maximum: 4096 }), { default: 16 }),
+    temperature: orNull(Type.Number({ minimum: 0, maximum: 2 }), { default: 1 }),
+    top_p: orNull(Type.Number({ exclusiveMinimum: 0, maximum: 1 }), { default: 1 }),
+    top_k: topK,
+    stop: orNull(Type.Union(StopForms)),
+    seed: orNull(Seed),
+    logprobs: orNull(Type.Integer({ minimum: 0, maximum: 20 })),
+    stream: orNull(Type.Boolean(), { default: false }),
+    n: orNull(Type.Integer({ minimum: 1, maximum: 16 }), { default: 1, description: 'Completions per prompt: rows of the same batch, each with its own seed (seed + i when a seed is given)' }),
+    echo: orNull(Type.Boolean(), { default: false, description: 'Put the prompt before each completion (not with logprobs)' }),
+    logit_bias: orNull(logitBias('token id → bias added to its logit before sampling (and before logprobs), at most 300 entries')),
     presence_penalty: penalty(PRESENCE),
     frequency_penalty: penalty(FREQUENCY),
   },
@@ -49,7 +50,7 @@ const CompletionResponse = Type.Object({
 });
 
 /** Parameters that change OpenAI's output which this server does not implement, with their neutral values. */
-const UNSUPPORTED: Record<string, unknown[]> = { best_of: [1, null], suffix: [null, ''] };
+const UNSUPPORTED: Record<string, unknown[]> = { best_of: [1, null], suffix: [null, ''], ...VLLM_UNSUPPORTED };
 
 /** OpenAI's completions logprobs layout, from ours. */
 function openaiLogprobs(logprobs: TokenLogprob[], name: (id: number) => string) {
@@ -84,10 +85,11 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
         max_tokens: b.max_tokens ?? 16,
         temperature: b.temperature ?? 1,
         top_p: b.top_p ?? 1,
+        top_k: Math.max(0, b.top_k ?? 0),
         stop: stopList(b.stop),
         logprobs: b.logprobs ?? 0,
         chosen_logprob: typeof b.logprobs === 'number',
-        logit_bias: b.logit_bias,
+        logit_bias: b.logit_bias ?? undefined,
         presence_penalty: b.presence_penalty ?? undefined,
         frequency_penalty: b.frequency_penalty ?? undefined,
       };
@@ -105,7 +107,7 @@ export function completionsRoutes(app: FastifyInstance, inference: Inference): v
       // The prompts are one request: validated, tokenised and admitted together (one refusal
       // refuses all before anything is sent or queued), and cancelled together.
       // Choice i*n + j is the j-th completion of prompt i, as OpenAI orders them.
-      const all = prompts.flatMap((prompt) => Array.from({ length: n }, (_, j) => ({ ...params, prompt, seed: b.seed === undefined ? undefined : b.seed + j })));
+      const all = prompts.flatMap((prompt) => Array.from({ length: n }, (_, j) => ({ ...params, prompt, seed: b.seed === undefined || b.seed === null ? undefined : b.seed + j })));
       const text = (index: number, completion: string) => (echo ? all[index].prompt : '') + completion;
       if (!b.stream) {
         const results = await inference.generateAll(b.model, all, { signal });
