@@ -14,7 +14,7 @@ import { errorBody } from '../errors.js';
 import type { Metrics } from '../metrics.js';
 import type { BaseModel } from '../model/base-model.js';
 import { bearerGuard } from './auth.js';
-import { installErrorHandler } from './errors.js';
+import { installErrorHandler, sendError } from './errors.js';
 import { registerRateLimit } from './rate-limit.js';
 import { adminRoutes } from './routes/admin.js';
 import { chatRoutes } from './routes/chat.js';
@@ -94,7 +94,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // Errors raised before a route runs keep the contract's shape too.
     frameworkErrors: (err: FastifyError, _req, reply) => {
       const tooLong = err.code === 'FST_ERR_MAX_PARAM_LENGTH';
-      return (reply as FastifyReply).code(tooLong ? 414 : 400).send(errorBody(tooLong ? 'uri_too_long' : 'invalid_request', tooLong ? 'a path parameter is too long (task ids have at most 64 characters)' : err.message));
+      return sendError(reply as FastifyReply, tooLong ? 414 : 400, tooLong ? 'uri_too_long' : 'invalid_request', tooLong ? 'a path parameter is too long (task ids have at most 64 characters)' : err.message);
     },
     clientErrorHandler,
   });
@@ -117,7 +117,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.addHook('onRequest', async (req, reply) => {
     const encoding = req.headers['content-encoding'];
     if (encoding && encoding.trim().toLowerCase() !== 'identity') {
-      return reply.code(415).send(errorBody('unsupported_media_type', `Content-Encoding ${JSON.stringify(encoding.slice(0, 64))} is not supported: send the body uncompressed`));
+      return sendError(reply, 415, 'unsupported_media_type', `Content-Encoding ${JSON.stringify(encoding.slice(0, 64))} is not supported: send the body uncompressed`);
     }
   });
 
@@ -134,7 +134,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       const task = typeof named === 'string' && taskExists(deps.registry, named) ? named : 'unknown';
       deps.metrics.request(task, req.routeOptions.url ?? 'unknown', status, code);
     };
-    scope.addHook('onResponse', async (req, reply) => count(req, reply.statusCode, reply.statusCode >= 400 ? (req.errorCode ?? String(reply.statusCode)) : undefined));
+    scope.addHook('onResponse', async (req, reply) => count(req, reply.statusCode, reply.statusCode >= 400 ? (req.errorCode ?? 'unknown') : undefined));
     // A client that leaves before its response ends fires no onResponse (nor onRequestAbort, once its
     // body was read): counted as 499 client_closed, nginx's code, when the socket closes unfinished.
     scope.addHook('onRequest', async (req, reply) => {

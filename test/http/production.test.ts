@@ -37,6 +37,8 @@ t.test('metrics: queue, batches, latencies, per-task counters folded past the li
     await server.app.inject({ method: 'POST', url: `/v1/tasks/${task}/generate`, payload: { prompt: 'love', max_tokens: 3, temperature: 0, ignore_eos: true } });
   }
   await server.app.inject({ method: 'POST', url: '/v1/tasks/missing/generate', payload: { prompt: 'love' } });
+  // Failures of the schema and of the framework count under the code their body names, as a handler's do.
+  t.equal((await server.app.inject({ method: 'POST', url: '/v1/tasks/base/generate', payload: 'love', headers: { 'content-type': 'text/plain' } })).statusCode, 415);
   const res = await server.app.inject('/metrics');
   t.equal(res.statusCode, 200);
   const text = res.body;
@@ -46,6 +48,9 @@ t.test('metrics: queue, batches, latencies, per-task counters folded past the li
   t.match(text, /sps_generated_tokens_total\{task="base"\} 3/);
   t.match(text, /sps_generated_tokens_total\{task="other"\} 6/, 'tasks past METRICS_MAX_TASKS are folded into other');
   t.match(text, /sps_errors_total\{task="unknown",code="task_not_found"\} 4/);
+  t.match(text, /sps_errors_total\{task="unknown",code="invalid_request"\} 3\n/);
+  t.match(text, /sps_errors_total\{task="base",code="unsupported_media_type"\} 1\n/);
+  t.notMatch(text, /code="\d+"/, 'no failure is labelled by its bare status');
   t.notMatch(text, /squat/, 'made-up task ids have no series');
 });
 
