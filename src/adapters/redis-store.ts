@@ -155,7 +155,7 @@ export class RedisStore implements AdapterStore {
   async save({ meta, files }: StoredAdapter): Promise<{ replaced: boolean }> {
     const fields: Record<string, Buffer> = { config: files.config, ...weightFields(files.weights) };
     if (files.task) fields.task = files.task;
-    const change: StoreChange = { task: meta.task, version: meta.version };
+    const change: StoreChange = { task: meta.task, version: meta.version, createdAt: meta.createdAt };
     // Staged field by field, each its own command: ioredis builds a command's bytes in one buffer,
     // and the whole upload in one MULTI was copied twice on the event loop. A save that fails
     // leaves no staged key behind for long (it expires).

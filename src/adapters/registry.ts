@@ -290,9 +290,12 @@ export class Registry {
       this.drop(change.task);
       this.log.info({ task: change.task }, 'adapter deleted on another replica');
     } else if (this.meta.get(change.task)?.version === change.version) {
-      // Already held (this replica's own upload): still a change, so older loads in flight lose.
+      // Already held (this replica's own upload, or the same files uploaded again elsewhere): still
+      // a change, so older loads in flight lose; an upload elsewhere brings its time.
       this.begin(change.task);
       this.orphans.delete(change.task);
+      const held = this.meta.get(change.task)!;
+      if (change.createdAt && change.createdAt !== held.createdAt) this.meta.set(change.task, { ...held, createdAt: change.createdAt });
     } else await this.loadAnnounced(change.task, change.version, RETRY_FIRST_MS);
   }
 

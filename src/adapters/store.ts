@@ -20,6 +20,8 @@ export interface StoreChange {
   task: string;
   /** The new version, or null when the task was deleted. */
   version: string | null;
+  /** When the new version was uploaded: the same files uploaded again are the same version, uploaded later. */
+  createdAt?: string;
 }
 
 /**

@@ -59,6 +59,13 @@ t.test('an upload on one replica is served by the other within 1 s', async (t) =
   const t1 = performance.now();
   while ((await generate(b.url, 'shared-task', 'You will')).body.adapter_version !== v2 && performance.now() - t1 < 3000) await new Promise((r) => setTimeout(r, 20));
   t.ok(performance.now() - t1 < 1000, 'the new version is served within 1 s');
+  // The same files again: the same version, uploaded later; the other replica lists the new time (no reconcile runs here).
+  const again = (await (await upload(a.url, 'shared-task', 'fortune-ptuning')).json()) as { version: string; created_at: string };
+  t.equal(again.version, v2);
+  const createdAt = async () => ((await (await fetch(`${b.url}/v1/adapters/shared-task`, { headers: auth })).json()) as { created_at: string }).created_at;
+  const t2 = performance.now();
+  while ((await createdAt()) !== again.created_at && performance.now() - t2 < 3000) await new Promise((r) => setTimeout(r, 20));
+  t.equal(await createdAt(), again.created_at, "the other replica lists the upload's time");
 });
 
 t.test('redis stopped and restarted during traffic: no failed inference, writes 503, then resync', async (t) => {

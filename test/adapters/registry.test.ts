@@ -59,10 +59,11 @@ class FakeSharedStore implements AdapterStore {
   }
   async close() {}
   /** Another replica writes: the store changes, then the announcement arrives. */
-  external(task: string, f: AdapterFiles | null) {
-    if (f) this.data.set(task, { meta: metaOf(task, f), files: f });
+  external(task: string, f: AdapterFiles | null, createdAt?: string) {
+    const meta = f && { ...metaOf(task, f), ...(createdAt && { createdAt }) };
+    if (f) this.data.set(task, { meta: meta!, files: f });
     else this.data.delete(task);
-    this.listener!({ task, version: f ? metaOf(task, f).version : null });
+    this.listener!({ task, version: meta?.version ?? null, createdAt: meta?.createdAt });
   }
   release() {
     for (const r of this.held.splice(0)) r();
@@ -397,4 +398,18 @@ t.test('shutting down: uploads and deletes are refused with 503 shutting_down, a
   await t.rejects(registry.upload('late', files('kjv-prompt')), { code: 'shutting_down', status: 503 });
   await t.rejects(registry.remove('kept'), { code: 'shutting_down', status: 503 });
   t.same(registry.list().map((a) => a.task), ['kept']);
+});
+
+t.test('the same files uploaded again on another replica: the same version, and its new upload time here too', async (t) => {
+  const { store, registry } = await fresh();
+  store.external('again', files('kjv-prompt'), '2026-01-01T00:00:00.000Z');
+  await registry.resolve('again');
+  const first = await registry.describe('again');
+  t.equal(first.created_at, '2026-01-01T00:00:00.000Z');
+  store.external('again', files('kjv-prompt'), '2026-02-02T00:00:00.000Z');
+  await tick();
+  const second = await registry.describe('again');
+  t.equal(second.version, first.version);
+  t.equal(second.created_at, '2026-02-02T00:00:00.000Z');
+  registry.stop();
 });
