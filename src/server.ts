@@ -13,6 +13,7 @@ import { Executor } from './executor/executor.js';
 import { prefillRunCost } from './executor/prefill.js';
 import { buildApp } from './http/app.js';
 import { Metrics } from './metrics.js';
+import { loraStackBytesPerRank } from './model/adapter-ops.js';
 import { loadBaseModel, type BaseModel } from './model/base-model.js';
 import { ChatTemplate } from './tokenizer/chat-template.js';
 
@@ -53,7 +54,7 @@ export async function createServer(config: Config, log: Logger = pino({ level: c
   await Promise.all(executors.map((e) => e.ready()));
   log.info({ provider: config.executionProvider, workers: config.workers, threads: config.intraOpThreads, ms: Math.round(performance.now() - t0) }, 'inference workers ready');
   // The scheduler budgets a step's prefill by what the workers compute, which depends on their runs.
-  const engine = new Engine(executors, { ...config, maxWorkerAdapters: 512, maxWorkerAdapterBytes: config.adapterCacheBytes, prefillRunCost: prefillRunCost(config.executionProvider) }, log);
+  const engine = new Engine(executors, { ...config, maxWorkerAdapters: 512, maxWorkerAdapterBytes: config.adapterCacheBytes, loraStackBytesPerRank: loraStackBytesPerRank(model.config), prefillRunCost: prefillRunCost(config.executionProvider) }, log);
   for (const e of executors) e.on('error', (err: Error) => log.error({ err: err.message }, 'inference worker failed to restart'));
   engine.start();
   const metrics = new Metrics(config.metricsMaxTasks, {

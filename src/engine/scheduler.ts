@@ -9,11 +9,17 @@ export interface SchedulerLimits {
   /** Adapter keys the worker may hold before unused ones are forgotten. */
   maxWorkerAdapters: number;
   /**
-   * Adapter bytes (tensorBytes) the worker may hold (the server passes ADAPTER_CACHE_BYTES): idle
-   * ones are forgotten past it, and a job whose adapter would take the running batch's adapters
-   * past it waits for rows to finish (see admits). Absent: no bound but the count.
+   * Adapter bytes the worker may hold (the server passes ADAPTER_CACHE_BYTES): idle ones are
+   * forgotten past it (counting their tensors, tensorBytes), and a job whose adapter would take the
+   * running batch's past it waits for rows to finish (counting their LoRA stacks too: see admits).
+   * Absent: no bound but the count.
    */
   maxWorkerAdapterBytes?: number;
+  /**
+   * Bytes of LoRA stack per unit of rank (src/executor/model-constants.ts loraStacks: 4 × (Σin +
+   * Σout) over every adaptable module, whichever modules an adapter targets). Absent: 0.
+   */
+  loraStackBytesPerRank?: number;
   /**
    * 'mixed' (default): rows of any task share a batch. 'same-task': a batch holds one task at a
    * time, as servers that swap adapters per batch do; kept as a baseline for the benchmarks.
@@ -81,7 +87,8 @@ export class Scheduler {
    * The job that waits for the batch's adapter bytes to fall (see admits): until it is admitted, no
    * other job with an adapter is, so the rows that hold the bytes finish and it cannot starve.
    */
-  private awaitingBytes: Job | null = null;
+  private byteWaiter: Job | null = null;
+  private readonly batchCost = new WeakMap<AdapterTensors, number>();
   private needsReset = false;
   private nextRowId = 1;
   /** Events produced while planning (cancelled jobs), handed out with the next takeEvents(). */
@@ -154,10 +161,12 @@ export class Scheduler {
     this.pendingDrop = [];
     this.needsReset = false;
     const used = new Set<string>();
+    /** What the step's adapters cost the worker: their tensors and their LoRA stacks (batchBytes). */
     let usedBytes = 0;
     const useAdapter = (a: AdapterTensors | null) => {
       if (!a || used.has(a.key)) return;
       used.add(a.key);
+      usedBytes += this.batchBytes(a);
       let bytes = this.workerAdapters.get(a.key);
       if (bytes !== undefined) this.workerAdapters.delete(a.key); // set again below: to the most recently used end
       else {
@@ -165,7 +174,6 @@ export class Scheduler {
         bytes = tensorBytes(a);
         this.workerBytes += bytes;
       }
-      usedBytes += bytes;
       this.workerAdapters.set(a.key, bytes);
     };
     /**
@@ -176,16 +184,16 @@ export class Scheduler {
      * one batch (their tensors, and the LoRA stacks built from them), so this is what bounds it.
      */
     const admits = (job: Job, adapters: (AdapterTensors | null)[]): boolean => {
-      if (this.awaitingBytes && this.awaitingBytes !== job) return !adapters.some((a) => a);
+      if (this.byteWaiter && this.byteWaiter !== job) return !adapters.some((a) => a);
       const fresh = new Set<string>();
       let bytes = 0;
       for (const a of adapters) {
         if (!a || used.has(a.key) || fresh.has(a.key)) continue;
         fresh.add(a.key);
-        bytes += this.workerAdapters.get(a.key) ?? tensorBytes(a);
+        bytes += this.batchBytes(a);
       }
       if (fresh.size === 0 || used.size === 0 || usedBytes + bytes <= (this.limits.maxWorkerAdapterBytes ?? Infinity)) return true;
-      this.awaitingBytes = job;
+      this.byteWaiter = job;
       return false;
     };
     for (const [seq, r] of this.running) {
@@ -231,16 +239,17 @@ export class Scheduler {
           const j = q.shift()!;
           this.dequeued(j);
           this.dropCancelled(j);
-          if (j === this.awaitingBytes) this.awaitingBytes = null;
+          if (j === this.byteWaiter) this.byteWaiter = null;
         }
         const job = onlyTask === null || task === onlyTask ? q[0] : undefined;
         let admitted = false;
-        if (job && !admits(job, job.type === 'generate' && job.members ? job.members.map((m) => m.adapter) : [job.adapter])) {
-          // Waits for the batch's adapter bytes (admits).
-        } else if (job && job.type === 'generate' && job.members) {
+        const waits = job && !admits(job, job.type === 'generate' && job.members ? job.members.map((m) => m.adapter) : [job.adapter]);
+        if (!job || waits) {
+          // Nothing queued here for this turn, or it waits for the batch's adapter bytes (admits).
+        } else if (job.type === 'generate' && job.members) {
           admitted = this.admitEnsemble(job, plan, slots, budget, useAdapter);
           if (admitted) slots -= job.members.length;
-        } else if (job && job.type === 'generate') {
+        } else if (job.type === 'generate') {
           const t = prefillWidth(job.adapter, job.tokens.length, this.softPromptCached);
           if (slots > 0 && budget.fits(t)) {
             budget.take(t);
@@ -252,7 +261,7 @@ export class Scheduler {
             useAdapter(job.adapter);
             admitted = true;
           }
-        } else if (job && job.type === 'score') {
+        } else if (job.type === 'score') {
           const p: ScoreProgress = { job, next: 0, results: new Array(job.rows.length), outstanding: job.rows.length };
           if (this.planScoreRows(p, plan, budget, useAdapter, chunk) > 0 || job.rows.length === 0) {
             this.scoring.set(job.id, p);
@@ -261,7 +270,7 @@ export class Scheduler {
           }
         }
         if (admitted) {
-          if (job === this.awaitingBytes) this.awaitingBytes = null;
+          if (job === this.byteWaiter) this.byteWaiter = null;
           if (this.limits.batchPolicy === 'same-task') onlyTask = task;
           this.dequeued(q.shift()!);
           progressed = true;
@@ -278,6 +287,13 @@ export class Scheduler {
     for (const p of this.scoring.values()) this.planScoreRows(p, plan, budget, useAdapter, Infinity);
     this.forgetUnused(plan, used);
     return plan;
+  }
+
+  /** What an adapter in the batch costs the worker: its tensors, and for a LoRA its columns of the stacks built per step (each step asks: kept per adapter object). */
+  private batchBytes(a: AdapterTensors): number {
+    let bytes = this.batchCost.get(a);
+    if (bytes === undefined) this.batchCost.set(a, (bytes = tensorBytes(a) + (a.lora ? a.lora.rank * (this.limits.loraStackBytesPerRank ?? 0) : 0)));
+    return bytes;
   }
 
   /** An ensemble joins whole or not at all: every member row needs a slot and the token budget. */
@@ -420,7 +436,7 @@ export class Scheduler {
     this.workerAdapters.clear();
     this.workerBytes = 0;
     this.pendingDrop = [];
-    this.awaitingBytes = null;
+    this.byteWaiter = null;
     this.needsReset = true;
     return lost;
   }

@@ -38,8 +38,9 @@ export class FeedContext {
   private stackBytes = 0;
 
   /**
-   * `maxStackBytes`: the LoRA stacks kept beside the latest set's, at most this many bytes in all
-   * and 4 sets (the worker passes ADAPTER_CACHE_BYTES); each set is a copy of its adapters' factors.
+   * `maxStackBytes`: the LoRA stacks kept hold at most this many bytes in all, the latest set's
+   * included (that set alone may pass it), and 4 sets (the worker passes ADAPTER_CACHE_BYTES); each
+   * set is a copy of its adapters' factors.
    */
   constructor(
     readonly base: BaseTensors,

@@ -24,7 +24,7 @@ export interface WorkerInit {
   promptKv?: boolean;
   /** Forgotten adapter bytes between full collections (reclaim.ts RECLAIM_BYTES when absent; tests set 1). */
   reclaimBytes?: number;
-  /** ADAPTER_CACHE_BYTES: what the LoRA stacks kept between steps may hold beside the latest (FeedContext). */
+  /** ADAPTER_CACHE_BYTES: what the LoRA stacks kept between steps may hold in all, the latest set's included; that set alone may pass it (FeedContext). */
   adapterBytes?: number;
   /** The RunGate's memory, which the Executor shares (set by the Executor for each worker it starts). */
   gate?: SharedArrayBuffer;

@@ -134,7 +134,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       const task = typeof named === 'string' && taskExists(deps.registry, named) ? named : 'unknown';
       deps.metrics.request(task, req.routeOptions.url ?? 'unknown', status, code);
     };
-    scope.addHook('onResponse', async (req, reply) => count(req, reply.statusCode, reply.statusCode >= 400 ? (req.errorCode ?? 'unknown') : undefined));
+    scope.addHook('onResponse', async (req, reply) => count(req, reply.statusCode, reply.statusCode >= 400 ? (req.errorCode ?? String(reply.statusCode)) : undefined));
     // A client that leaves before its response ends fires no onResponse (nor onRequestAbort, once its
     // body was read): counted as 499 client_closed, nginx's code, when the socket closes unfinished.
     scope.addHook('onRequest', async (req, reply) => {

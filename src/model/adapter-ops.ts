@@ -104,6 +104,15 @@ export function adapterLayout(modules: LinearModule[]): AdapterLayout {
   return { slots, byName: new Map(slots.map((s) => [s.name, s])), totalIn, totalOut };
 }
 
+/**
+ * Bytes of the packed LoRA stacks (A [Σin, K] and B [K, Σout], float32) per unit of K, the ranks of
+ * a batch's LoRAs summed: each LoRA takes its rank's columns over every module, targeted or not.
+ */
+export function loraStackBytesPerRank(c: LinearShape): number {
+  const { totalIn, totalOut } = adapterLayout(linearModules(c));
+  return 4 * (totalIn + totalOut);
+}
+
 /** Outputs of one Split: with its input, WebGPU's limit of 16 storage buffers per shader. */
 const MAX_SPLIT = 15;
 

@@ -359,6 +359,18 @@ t.test("a job whose adapter would take the batch's adapters past the byte budget
   t.same(s.plan().prefill, [], 'the small one waits for it');
 });
 
+t.test("a LoRA costs the batch its tensors and its columns of the stacks, which span every module, whichever it targets", async (t) => {
+  // Rank 8 on one small module: 64 bytes of tensors, but 8 × 256 bytes of stacks at 256 bytes per rank.
+  const lora = (key: string): AdapterTensors => ({ key, kind: 'lora', virtualTokens: 0, lora: { rank: 8, modules: { m: { a: new Float32Array(8), b: new Float32Array(8) } } } });
+  const run = (loraStackBytesPerRank: number) => {
+    const s = new Scheduler({ maxBatchSize: 8, maxBatchTokens: 1000, maxWorkerAdapters: 100, maxWorkerAdapterBytes: 3 * 1024, loraStackBytesPerRank });
+    for (const key of ['p', 'q']) s.enqueue({ ...gen(key, 3), adapter: lora(key) });
+    return s.plan().prefill.map((r) => r.adapter);
+  };
+  t.same(run(0), ['p', 'q'], 'by their tensors alone, both fit');
+  t.same(run(256), ['p'], 'with their stacks (2 KiB each), one at a time');
+});
+
 t.test("after a reset (a failed step), the worker's adapters are counted again from nothing", async (t) => {
   const adapter = (key: string): AdapterTensors => ({ key, kind: 'prompt', virtualTokens: 1, embeddings: new Float32Array(256) });
   const s = new Scheduler({ maxBatchSize: 8, maxBatchTokens: 1000, maxWorkerAdapters: 100, maxWorkerAdapterBytes: 2 * 1024 });
